@@ -1,0 +1,72 @@
+"""Atomic, deterministic writing (and reading) of the files every stage produces.
+
+Everything is written to a temporary path in the destination's folder and moved into place
+with ``os.replace``, so a crashed stage never leaves a half-written output behind. JSON is
+written with sorted keys, no ASCII escaping and a trailing newline, so identical data gives
+identical bytes and DVC can stop a cascade when a re-run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def dumps(obj: Any) -> str:
+    """Canonical one-line JSON: sorted keys, UTF-8 kept as is."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success move it onto `path` (file or folder).
+
+    On an exception the temporary file or folder is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON atomically (metrics files, manifests)."""
+    write_text(path, json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write one canonical JSON object per line atomically; return the number of records."""
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for record in records:
+            f.write(dumps(record) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file written by :func:`write_jsonl`."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
