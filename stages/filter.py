@@ -1,0 +1,35 @@
+"""Stage `filter`: drop short, excluded and duplicate samples; truncate long inputs.
+
+Reads:  data/extracted.jsonl, params.yaml `filter`
+Writes: data/filtered.jsonl, metrics/filter.json (seen, kept, dropped per reason, truncated)
+Run:    python stages/filter.py [--params params.yaml] [--in data/extracted.jsonl] [--out data/filtered.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, io, params
+from repotune.filters import filter_samples
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--in", dest="inp", type=Path, default=Path("data/extracted.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("data/filtered.jsonl"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/filter.json"))
+    args = parser.parse_args(argv)
+    filter_params = params.load(args.params).filter
+
+    kept, counts = filter_samples(io.read_jsonl(args.inp), filter_params)
+    io.write_jsonl(args.out, kept)
+    io.write_json(args.metrics, dict(counts))
+    print(f"filter: kept {counts['kept']} of {counts['seen']} samples")
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

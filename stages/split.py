@@ -1,0 +1,38 @@
+"""Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
+
+Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test)
+Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split)
+Run:    python stages/split.py [--params params.yaml] [--in data/filtered.jsonl] [--out data/split]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, io, params
+from repotune.split import split_samples
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--in", dest="inp", type=Path, default=Path("data/filtered.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("data/split"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
+    args = parser.parse_args(argv)
+    split_params = params.load(args.params).split
+
+    splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
+    with io.atomic_path(args.out) as out:
+        out.mkdir()
+        for name, records in splits.items():
+            io.write_jsonl(out / f"{name}.jsonl", records)
+    io.write_json(args.metrics, counts)
+    print("split: " + ", ".join(f"{name} {len(records)}" for name, records in splits.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))
