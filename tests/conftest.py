@@ -74,3 +74,137 @@ def build_tiny_model(folder: Path) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny HF model folder (safetensors + tokenizer), built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+# ---------------------------------------------------------------------------------------------
+# A real git repository with real-looking Python code, plus the broken files a crawler meets.
+
+GEOMETRY_PY = '''\
+"""Geometry helpers."""
+import functools
+
+
+def area(width, height):
+    """Return the area of a rectangle whose sides are width and height, in square units of the inputs."""
+    return width * height
+
+
+@functools.lru_cache(maxsize=None)
+@staticmethod
+def perimeter(width, height):
+    """Return the perimeter of a rectangle.
+
+    Both sides must be non-negative numbers; the result has the unit of the inputs.
+    """
+    # a comment that stays
+    return 2 * (width + height)
+
+
+async def fetch_shape(client, name):
+    r"""Fetch the shape called name from the client and parse it with a regex like \\d+ into numbers."""
+    data = await client.get(name)
+    return data
+
+
+def no_docstring(x):
+    return x + 1
+
+
+def byte_doc():
+    b"""Byte strings are not docstrings: Python leaves __doc__ as None."""
+    return 1
+
+
+def only_doc():
+    """Do nothing at all, but explain at length why nothing needs to be done here today."""
+
+
+def one_liner(): """Return None without looking at anything, which is all this one-liner does."""
+
+
+class Shape:
+    """A shape in the plane, described by its vertices in counter-clockwise order."""
+
+    sides = 0
+
+    def __init__(self, vertices):
+        """Create a shape from a list of (x, y) vertices given in counter-clockwise order."""
+        self.vertices = vertices
+
+    def __repr__(self):
+        """Return a developer-friendly representation listing the vertices of the shape."""
+        return f"Shape({self.vertices!r})"
+
+    @property
+    def count(self):
+        """The number of vertices of this shape, which is also its number of sides."""
+        return len(self.vertices)
+
+    def scaled(self, factor):
+        """Return a copy scaled by factor about the origin, keeping the vertex order intact."""
+
+        def scale(point):
+            """Scale one point by the enclosing factor and return the new (x, y) tuple."""
+            return (point[0] * factor, point[1] * factor)
+
+        return Shape([scale(p) for p in self.vertices])
+
+    async def render(self, canvas):
+        """Draw the shape on the canvas asynchronously and wait until the canvas is done."""
+        await canvas.draw(self.vertices)
+
+    def test_like_method(self):
+        """A method named like a test, which the filter drops when tests are excluded."""
+        return True
+'''
+
+FIXTURE_FILES: dict[str, bytes] = {
+    "pkg/__init__.py": b'"""The package."""\n',
+    "pkg/geometry.py": GEOMETRY_PY.encode(),
+    "pkg/copy_of_area.py": (
+        b'def area(width, height):\n'
+        b'    """Return the area of a rectangle whose sides are width and height, in square units of the inputs."""\n'
+        b'    return width * height\n'
+    ),
+    "pkg/broken.py": b'def broken(:\n    """A docstring in a file that does not parse at all, so it is skipped."""\n',
+    "pkg/latin1.py": 'def caf\xe9():\n    """Caf\xe9 docstring in a Latin-1 file that is not valid UTF-8 at all."""\n'.encode("latin-1"),
+    "pkg/binary.py": b"\x00\x01\x02binary\x00" * 10,
+    "pkg/huge.py": b"x = [" + b"1, " * 400_000 + b"]\n",
+    "tests/test_geometry.py": b'def test_area():\n    """Check the area of a unit square, which must be one square unit."""\n    assert True\n',
+    "README.md": b"# fixture\n",
+}
+
+
+def make_source_repo(path: Path, outside: Path | None = None):
+    """Create a git repo at `path`: two commits, tag v1 on the first, branch `feature`.
+
+    The second commit (HEAD of main) holds FIXTURE_FILES plus a symlink pointing outside the
+    repository (to `outside`, when given). Returns the gitpython Repo.
+    """
+    import git
+
+    repo = git.Repo.init(path, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test")
+        cw.set_value("user", "email", "test@example.com")
+    (path / "pkg").mkdir(parents=True)
+    (path / "pkg/__init__.py").write_bytes(FIXTURE_FILES["pkg/__init__.py"])
+    repo.index.add(["pkg/__init__.py"])
+    repo.index.commit("first")
+    repo.create_tag("v1")
+    for rel, data in FIXTURE_FILES.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_bytes(data)
+    if outside is not None:
+        (path / "pkg/outside.py").symlink_to(outside)
+    repo.git.add("--all")
+    repo.index.commit("second")
+    repo.create_head("feature", "HEAD~1")
+    return repo
+
+
+@pytest.fixture
+def source_repo(tmp_path: Path):
+    outside = tmp_path / "outside.py"
+    outside.write_text('def secret():\n    """A file outside the repository that must never be read."""\n')
+    return make_source_repo(tmp_path / "source", outside=outside)

@@ -46,8 +46,8 @@ def source_files(
         counts: updated in place: ``files_seen`` and ``files_skipped_<reason>`` with reason
             one of excluded, symlink, too_large, binary, not_utf8.
     """
-    included = pathspec.PathSpec.from_lines("gitwildmatch", include)
-    excluded = pathspec.PathSpec.from_lines("gitwildmatch", exclude)
+    included = pathspec.PathSpec.from_lines("gitignore", include)
+    excluded = pathspec.PathSpec.from_lines("gitignore", exclude)
     suffixes = EXTENSIONS[lang]
     for path in sorted(root.rglob("*")):
         if path.suffix not in suffixes or path.is_dir():

@@ -135,6 +135,7 @@ def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> str:
             repo = git.Repo.clone_from(
                 url, dest, multi_options=[*(f"--config={c}" for c in _GIT_SAFE[1::2]), "--no-checkout"],
                 env=_GIT_ENV,
+                allow_unsafe_options=True,  # only our own --config values above, never user input
             )
         except git.GitCommandError as exc:
             raise RepotuneError(f"cannot clone source.url {url!r}: {_first_line(exc)}") from None

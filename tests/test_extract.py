@@ -1,0 +1,147 @@
+"""Docstring extraction on fixture files covering every shape of definition and broken file."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_FILES, GEOMETRY_PY
+
+from repotune.files import source_files
+from repotune.languages import parser
+from repotune.tasks import docstring, extract_samples
+
+EXCLUDE = ["tests/"]
+
+
+def samples_of(code: str, target: str = "summary") -> dict[str, dict]:
+    src = code.encode()
+    tree = parser("python").parse(src)
+    return {s["name"]: s for s in docstring.extract(tree.root_node, src, target, Counter())}
+
+
+@pytest.fixture(scope="module")
+def geometry() -> dict[str, dict]:
+    return samples_of(GEOMETRY_PY)
+
+
+def test_every_definition_with_a_docstring_is_found(geometry):
+    assert sorted(geometry) == sorted([
+        "area", "perimeter", "fetch_shape", "only_doc", "one_liner", "Shape", "Shape.__init__",
+        "Shape.__repr__", "Shape.count", "Shape.scaled", "Shape.scaled.<locals>.scale",
+        "Shape.render", "Shape.test_like_method",
+    ])
+
+
+def test_kinds(geometry):
+    assert geometry["area"]["kind"] == "function"
+    assert geometry["fetch_shape"]["kind"] == "async_function"
+    assert geometry["Shape"]["kind"] == "class"
+    assert geometry["Shape.count"]["kind"] == "method"  # decorated method
+    assert geometry["Shape.render"]["kind"] == "async_method"
+    assert geometry["Shape.scaled.<locals>.scale"]["kind"] == "function"  # nested in a method
+
+
+def test_no_docstring_and_byte_strings_are_not_samples(geometry):
+    assert "no_docstring" not in geometry
+    assert "byte_doc" not in geometry  # Python's __doc__ is None for b"..."
+
+
+def test_input_is_source_without_docstring_rest_byte_identical(geometry):
+    sample = geometry["perimeter"]
+    assert sample["input"] == (
+        "@functools.lru_cache(maxsize=None)\n@staticmethod\ndef perimeter(width, height):\n"
+        "    # a comment that stays\n    return 2 * (width + height)"
+    )
+    lines = GEOMETRY_PY.splitlines()
+    assert lines[sample["start_line"] - 1] == "@functools.lru_cache(maxsize=None)"
+    assert lines[sample["end_line"] - 1] == "    return 2 * (width + height)"
+
+
+def test_indentation_of_methods_is_kept(geometry):
+    assert geometry["Shape.__init__"]["input"] == (
+        "    def __init__(self, vertices):\n        self.vertices = vertices"
+    )
+    nested = geometry["Shape.scaled.<locals>.scale"]["input"]
+    assert nested.startswith("        def scale(point):\n            return")
+
+
+def test_docstring_only_body_becomes_ellipsis_and_stays_valid_python(geometry):
+    assert geometry["only_doc"]["input"] == "def only_doc():\n    ..."
+    assert geometry["one_liner"]["input"] == "def one_liner(): ..."
+    for name in ("only_doc", "one_liner", "area", "Shape"):
+        ast.parse(geometry[name]["input"])
+
+
+def test_targets_are_cleaned_values(geometry):
+    assert geometry["area"]["target"].startswith("Return the area of a rectangle")
+    assert geometry["perimeter"]["target"] == "Return the perimeter of a rectangle."
+    # raw string: the backslash is kept as written
+    assert r"\d+" in geometry["fetch_shape"]["target"]
+
+
+def test_full_target_keeps_every_paragraph_with_common_indentation_removed():
+    full = samples_of(GEOMETRY_PY, target="full")["perimeter"]["target"]
+    assert full == (
+        "Return the perimeter of a rectangle.\n\n"
+        "Both sides must be non-negative numbers; the result has the unit of the inputs."
+    )
+
+
+def test_escapes_and_concatenation_follow_python():
+    code = 'def f():\n    "caf\\u00e9 " "and more"\n    return 1\n'
+    sample = samples_of(code)["f"]
+    assert sample["target"] == "caf\u00e9 and more"
+    assert sample["input"] == "def f():\n    return 1"
+
+
+def test_fstring_is_not_a_docstring_and_semicolon_is_taken_with_docstring():
+    assert "f" not in samples_of('def f():\n    f"""not {1} a docstring"""\n')
+    assert samples_of('def g():\n    """Doc."""; x = 1\n')["g"]["input"] == "def g():\n    x = 1"
+
+
+def test_broken_files_are_counted_by_reason_never_fatal(tmp_path: Path):
+    for rel, data in FIXTURE_FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    outside = tmp_path.parent / "elsewhere.py"
+    outside.write_text('def secret():\n    """Never read: this file is outside the repository tree."""\n')
+    (tmp_path / "pkg/link.py").symlink_to(outside)
+    records, counts = extract_samples(
+        tmp_path, repo="r", sha="0" * 40, task="docstring", lang="python", target="summary",
+        include=["*"], exclude=EXCLUDE, max_file_bytes=100_000,
+    )
+    assert counts["files_skipped_syntax_error"] == 1
+    assert counts["files_skipped_not_utf8"] == 1
+    assert counts["files_skipped_binary"] == 1
+    assert counts["files_skipped_too_large"] == 1
+    assert counts["files_skipped_symlink"] == 1
+    assert counts["files_skipped_excluded"] == 1  # tests/
+    assert counts["files_parsed"] == 3
+    assert counts["files_seen"] == 9
+    names = {r["name"] for r in records}
+    assert "secret" not in names and "test_area" not in names and "broken" not in names
+    assert counts["samples"] == len(records) == 14
+    assert records == sorted(records, key=lambda r: (r["path"], r["start_line"], r["name"]))
+    first = records[0]
+    assert set(first) == {"id", "repo", "sha", "path", "language", "task", "kind", "name",
+                          "start_line", "end_line", "input", "target"}
+
+
+def test_include_and_exclude_globs(tmp_path: Path):
+    for rel in ("a/x.py", "a/vendor/y.py", "b/z.py", "a/x_test.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    counts: Counter = Counter()
+    found = [f.path for f in source_files(tmp_path, "python", ["a/"], ["vendor/", "*_test.py"], 10**6, counts)]
+    assert found == ["a/x.py"]
+    assert counts["files_skipped_excluded"] == 3
+
+
+def test_ids_are_stable_and_distinct(geometry):
+    from repotune.tasks import sample_id
+
+    assert sample_id("p.py", "f", 3) == sample_id("p.py", "f", 3)
+    assert len({sample_id("p.py", "f", line) for line in range(100)}) == 100

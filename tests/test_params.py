@@ -1,0 +1,79 @@
+"""params.yaml loading: defaults, unknown keys, types, ranges, every problem at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repotune import params
+from repotune.errors import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_yaml_is_valid():
+    p = params.load(ROOT / "params.yaml")
+    assert p.split.seed == 42
+    assert p.source.url.startswith("pypi:")
+
+
+def test_every_key_in_params_yaml_has_a_trailing_comment():
+    for number, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        if line[0] != " ":  # a section header
+            continue
+        assert "#" in line, f"params.yaml:{number} has no comment: {line!r}"
+
+
+def test_defaults_fill_missing_sections():
+    p = params.parse({"source": {"url": "."}})
+    assert (p.split.train, p.split.val, p.split.test) == (0.8, 0.1, 0.1)
+    assert p.filter.min_target_tokens == 20
+
+
+def test_all_problems_are_reported_at_once_with_key_value_and_allowed():
+    with pytest.raises(ParamsError) as info:
+        params.parse({
+            "source": {"url": "."},
+            "filter": {"min_target_tokens": -1, "max_input_tokens": "400"},
+            "split": {"trian": 0.8},
+            "extract": {"target": "everything"},
+            "surprise": {},
+        })
+    lines = str(info.value).splitlines()
+    assert "params.yaml: filter.min_target_tokens must be greater than or equal to 0, got -1" in lines
+    assert "params.yaml: filter.max_input_tokens must be a valid integer, got '400'" in lines
+    assert "params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test)" in lines
+    assert any(line.startswith("params.yaml: extract.target must be 'summary' or 'full'") for line in lines)
+    assert any(line.startswith("params.yaml: surprise is not a known key (valid keys: source,") for line in lines)
+    assert len(lines) == 5
+
+
+def test_yaml_1_1_float_written_as_2e_minus_4_is_a_string_and_rejected():
+    with pytest.raises(ParamsError, match="train.lr must be a valid number, got '2e-4'"):
+        params.parse({"source": {"url": "."}, "train": {"lr": "2e-4"}})
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ParamsError, match=r"split: train \+ val \+ test must sum to 1.0, got 1.1"):
+        params.parse({"source": {"url": "."}, "split": {"train": 0.9, "val": 0.1, "test": 0.1}})
+
+
+def test_unimplemented_task_is_a_clear_error():
+    with pytest.raises(ParamsError, match="task 'docstring' for language 'kotlin' is not implemented yet"):
+        params.parse({"source": {"url": "."}, "task": {"language": "kotlin"}})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        params.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("source: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        params.load(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping of sections"):
+        params.load(bad)
