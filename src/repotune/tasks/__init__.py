@@ -6,6 +6,8 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from repotune.files import source_files
 from repotune.languages import parser
 
@@ -40,7 +42,8 @@ def extract_samples(
     counts: Counter = Counter()
     records: list[dict] = []
     ts_parser = parser(lang)
-    for source in source_files(root, lang, include, exclude, max_file_bytes, counts):
+    files = source_files(root, lang, include, exclude, max_file_bytes, counts)
+    for source in tqdm(files, desc="extract", unit=" files", mininterval=1.0):
         tree = ts_parser.parse(source.data)
         if tree.root_node.has_error:
             counts["files_skipped_syntax_error"] += 1
