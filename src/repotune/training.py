@@ -1,0 +1,359 @@
+"""LoRA / QLoRA supervised fine-tuning of a causal LM on prompt/completion rows, with TRL.
+
+Each sample becomes one row ``{"prompt": build_prompt(...), "completion": build_completion(...)}``.
+TRL 1.16 sees a prompt-completion dataset and computes the loss on completion tokens only
+(prompt tokens are labelled -100), and appends the tokenizer's EOS to every completion so the
+model learns to stop. Curves (train loss, eval loss, learning rate, grad norm) go to a dvclive
+folder; the adapter, the tokenizer and ``training.json`` (exact params, library versions, final
+losses; nothing time-dependent) go to one folder written atomically.
+
+Heavy imports (torch, transformers, peft, trl, dvclive) stay inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repotune import io
+from repotune.errors import RepotuneError
+from repotune.prompts import build_completion, build_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, TrainerCallback
+    from trl import SFTConfig
+
+    from repotune.params import LoraParams, PromptParams, TrainParams
+
+# Libraries whose versions decide what the adapter contains; recorded in training.json.
+VERSIONED = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
+
+REQUIRED_KEYS = ("id", "input", "target")
+
+# Trainer log keys -> dvclive metric names (plots/metrics/<name>.tsv). Nothing time-dependent.
+LIVE_METRICS = {
+    "loss": "train/loss",
+    "learning_rate": "train/learning_rate",
+    "grad_norm": "train/grad_norm",
+    "mean_token_accuracy": "train/token_accuracy",
+    "eval_loss": "eval/loss",
+    "eval_mean_token_accuracy": "eval/token_accuracy",
+}
+
+
+def load_split(path: str | Path, max_samples: int = 0) -> list[dict[str, Any]]:
+    """Read a split file, sorted by id; keep the first `max_samples` (0 = all).
+
+    Sorting first makes the subset independent of the file's line order, so the same
+    `max_samples` always selects the same samples.
+
+    Raises:
+        RepotuneError: the file is missing, is not JSONL, or a record lacks id/input/target.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RepotuneError(f"{path}: file not found (run the split stage first)")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RepotuneError(f"{path}:{number}: not valid JSON: {exc}") from None
+            missing = [key for key in REQUIRED_KEYS if not isinstance(record.get(key), str)]
+            if missing:
+                raise RepotuneError(f"{path}:{number}: record lacks string key(s) {missing}")
+            records.append(record)
+    records.sort(key=lambda r: r["id"])
+    return records[:max_samples] if max_samples > 0 else records
+
+
+def make_rows(records: Sequence[dict[str, Any]], template: str) -> list[dict[str, str]]:
+    """Prompt/completion rows in TRL's prompt-completion format."""
+    return [{"prompt": build_prompt(template, r), "completion": build_completion(r)} for r in records]
+
+
+def count_lengths(
+    rows: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, int]:
+    """Count what TRL will do to each row at `max_length` (it keeps the start of a sequence).
+
+    Returns:
+        ``tokens``: prompt + completion + EOS tokens over all rows before truncation;
+        ``truncated``: rows whose completion is cut (they lose their EOS, so part of the
+        target and the stop signal are not learned); ``too_long``: rows whose prompt alone
+        fills `max_length`, which TRL drops because no completion token is left to learn.
+    """
+    counts = {"tokens": 0, "truncated": 0, "too_long": 0}
+    for row in rows:
+        prompt = len(tokenizer(row["prompt"])["input_ids"])
+        # +1: the EOS token TRL appends to the completion.
+        total = len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
+        counts["tokens"] += total
+        if prompt >= max_length:
+            counts["too_long"] += 1
+        elif total > max_length:
+            counts["truncated"] += 1
+    return counts
+
+
+def library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in VERSIONED}
+
+
+def live_callback(folder: str | Path) -> TrainerCallback:
+    """A Trainer callback that writes the curves in :data:`LIVE_METRICS` with dvclive.
+
+    The x axis is the optimizer step. dvclive's DVC integration is switched off: on its own it
+    runs ``dvc init`` in a git repository without DVC and ``git add``s its folder inside
+    ``dvc exp run``; the pipeline declares the folder as plots instead. No dvc.yaml, no report,
+    no experiment is written. Call ``callback.live.end()`` after the last evaluation.
+    """
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    class _Live(Live):
+        def _init_dvc(self) -> None:  # noqa: D102 - see live_callback's docstring
+            pass
+
+    class _LiveCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.live = _Live(dir=str(folder), save_dvc_exp=False, dvcyaml=False, report=None)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ARG002
+            if not state.is_world_process_zero or not logs:
+                return
+            values = {name: logs[key] for key, name in LIVE_METRICS.items() if key in logs}
+            if not values:
+                return
+            self.live.step = state.global_step
+            for name, value in values.items():
+                self.live.log_metric(name, float(value))
+            self.live.next_step()
+
+    return _LiveCallback()
+
+
+def sft_config(
+    train: TrainParams,
+    output_dir: str,
+    device: str,
+    precision: str,
+    has_eval: bool,
+    gradient_checkpointing: bool,
+) -> SFTConfig:
+    """TRL's SFTConfig from the train params, with the device and precision already resolved."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,  # scratch: nothing is saved there (save_strategy="no")
+        save_strategy="no",
+        report_to="none",  # curves go through our own dvclive callback
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,  # -1: use num_train_epochs
+        learning_rate=train.lr,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        warmup_steps=train.warmup,  # a float in [0, 1) is a ratio of the total steps
+        max_length=train.max_length,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=train.eval_steps,
+        prediction_loss_only=True,
+        # Train loss is averaged over each logging window; at most 10 steps per point.
+        logging_steps=min(10, train.eval_steps),
+        logging_first_step=True,
+        seed=train.seed,
+        data_seed=train.seed,
+        # SFTConfig defaults to bf16=True, which fails (or crawls) on CPU.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        dataloader_pin_memory=device == "cuda",
+        # transformers 5 renamed gradient_checkpointing (TRL's default for it: True).
+        activation_checkpointing=gradient_checkpointing,
+    )
+
+
+def train_adapter(
+    base: str | Path,
+    train_records: Sequence[dict[str, Any]],
+    val_records: Sequence[dict[str, Any]],
+    out: str | Path,
+    lora: LoraParams,
+    train: TrainParams,
+    prompt: PromptParams,
+    live_dir: str | Path | None = None,
+    gradient_checkpointing: bool = False,
+    base_name: str | None = None,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter on `train_records`, evaluating on `val_records`; save to `out`.
+
+    Args:
+        base: HF model folder (config.json, safetensors, tokenizer).
+        train_records: samples with ``input`` (code) and ``target`` (docstring), already
+            selected (see :func:`load_split`).
+        val_records: samples for the eval loss, every ``train.eval_steps`` steps and at the end.
+            Empty: no evaluation (``eval_loss`` is None).
+        out: adapter folder to write (replaced atomically): adapter safetensors +
+            adapter_config.json + tokenizer + training.json.
+        lora: LoRA rank, alpha, dropout, bias, target modules.
+        train: optimisation, device/precision/quantization and thread settings.
+        prompt: prompt templates; ``prompt.docstring`` builds the prompts.
+        live_dir: dvclive folder for the curves; None disables logging.
+        gradient_checkpointing: recompute activations in the backward pass. Saves memory,
+            costs speed: measured slower on CPU for SmolLM2-135M (see README), so off.
+        base_name: how training.json and adapter_config.json name the base model (e.g. the
+            ``model.base`` param); defaults to `base` as given. Never an absolute path unless
+            given one, so the adapter folder is identical wherever the pipeline runs.
+        extra_info: more JSON-able facts to record in training.json (e.g. the task).
+
+    Returns:
+        Results: ``train_loss`` (mean over the last logging window), ``train_loss_avg`` (over
+        the whole run), ``eval_loss`` (final), ``steps``, ``epochs``, ``train_tokens`` (prompt +
+        completion tokens seen), sample counts, and the time-dependent ``train_seconds``,
+        ``eval_seconds``, ``train_tokens_per_s`` (training only, evaluation excluded).
+
+    Raises:
+        RepotuneError: bad base folder, no training sample left, non-finite loss.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from trl import SFTTrainer
+
+    from repotune import modeling
+
+    base = Path(base)
+    if not (base / "config.json").is_file():
+        raise RepotuneError(f"{base}: not a Hugging Face model folder (no config.json)")
+    if not train_records:
+        raise RepotuneError("no training samples (is the train split empty?)")
+
+    device = modeling.resolve_device(train.device)
+    precision = modeling.resolve_precision(train.precision, device)
+    modeling.set_threads(train.threads)
+
+    tokenizer = modeling.load_tokenizer(base)
+    model = modeling.load_causal_lm(base, device=device, precision=precision, quantize=train.quantize)
+    if train.quantize == "4bit":
+        # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+
+    train_rows = make_rows(train_records, prompt.docstring)
+    val_rows = make_rows(val_records, prompt.docstring)
+    lengths = count_lengths(train_rows, tokenizer, train.max_length)
+    if lengths["too_long"] == len(train_rows):
+        raise RepotuneError(
+            f"every training prompt is at least train.max_length={train.max_length} tokens long"
+        )
+
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    callbacks = [live_callback(live_dir)] if live_dir is not None else []
+
+    # CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since this is
+    # process-wide). CUDA: only seeds; deterministic CUDA needs CUDA_LAUNCH_BLOCKING (slow).
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="repotune-train-") as scratch:
+            trainer = SFTTrainer(
+                model=model,
+                args=sft_config(
+                    train, scratch, device, precision, bool(val_rows), gradient_checkpointing
+                ),
+                train_dataset=Dataset.from_list(train_rows),
+                eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+                callbacks=callbacks,
+            )
+            output = trainer.train()
+            # train_runtime includes the evaluations run inside the training loop.
+            in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
+            evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+            if val_rows and (not evaluated or evaluated[-1] != trainer.state.global_step):
+                trainer.evaluate()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        for callback in callbacks:
+            callback.live.end()
+
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
+    final_loss = train_losses[-1] if train_losses else output.training_loss
+    if not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
+        raise RepotuneError(f"training diverged: train loss {final_loss}, eval loss {eval_loss}")
+    # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
+    train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
+    train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
+    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in eval_logs)
+
+    results: dict[str, Any] = {
+        "train_loss": final_loss,
+        "train_loss_avg": output.training_loss,
+        "eval_loss": eval_loss,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_tokens": train_tokens,
+        "train_samples": len(train_rows),
+        "val_samples": len(val_rows),
+        "samples_truncated": lengths["truncated"],
+        "samples_too_long": lengths["too_long"],
+    }
+    info = {
+        "base_model": base_name or str(base),
+        "params": {
+            "lora": lora.model_dump(mode="json"),
+            "train": train.model_dump(mode="json"),
+            "prompt": prompt.model_dump(mode="json"),
+        },
+        "resolved": {
+            "device": device,
+            "precision": precision,
+            "gradient_checkpointing": gradient_checkpointing,
+            "eos_token": tokenizer.eos_token,
+        },
+        "versions": library_versions(),
+        "results": results,
+        **(extra_info or {}),
+    }
+
+    peft_model = trainer.model
+    saved_config = peft_model.peft_config["default"]
+    # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
+    # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
+    saved_config.base_model_name_or_path = info["base_model"]
+    if isinstance(saved_config.target_modules, set):
+        saved_config.target_modules = sorted(saved_config.target_modules)
+    with io.atomic_path(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        io.write_json(tmp / "training.json", info)
+
+    return {
+        **results,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "train_tokens_per_s": train_tokens / train_seconds,
+    }

@@ -1,0 +1,68 @@
+"""Stage `merge`: merge the LoRA adapter into the fp32 base model and check the result.
+
+Reads:  models/base/, models/adapter/ (with training.json), data/split/val.jsonl (probe
+        prompts), metrics/clone.json (source url and sha for the model card, if present)
+Writes: models/merged/ (safetensors, config, generation config, tokenizer, README.md card),
+        metrics/merge.json (max |merged - adapter| logit difference on the probes)
+
+    python stages/merge.py [--base models/base] [--adapter models/adapter] [--out models/merged] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, io
+from repotune.errors import RepotuneError
+from repotune.merging import merge_adapter, model_card
+from repotune.prompts import build_prompt
+from repotune.training import load_split
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--adapter", type=Path, default=Path("models/adapter"))
+    parser.add_argument("--val", type=Path, default=Path("data/split/val.jsonl"))
+    parser.add_argument("--clone", type=Path, default=Path("metrics/clone.json"))
+    parser.add_argument("--out", type=Path, default=Path("models/merged"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/merge.json"))
+    parser.add_argument("--probes", type=int, default=4, help="val prompts to compare logits on")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = parser.parse_args(argv)
+
+    training_file = args.adapter / "training.json"
+    if not training_file.is_file():
+        raise RepotuneError(f"{training_file}: file not found (run the train stage first)")
+    training = io.read_json(training_file)
+    clone = io.read_json(args.clone) if args.clone.is_file() else None
+
+    # Probes are built with the prompt template the adapter was trained with, not params.yaml,
+    # so this stage depends on no params.
+    template = training["params"]["prompt"]["docstring"]
+    probes = [build_prompt(template, r) for r in load_split(args.val, args.probes)]
+    max_tokens = training["params"]["train"]["max_length"]
+
+    from repotune.modeling import set_threads
+
+    set_threads(args.threads)
+    result = merge_adapter(
+        args.base,
+        args.adapter,
+        args.out,
+        probes,
+        tolerance=args.tolerance,
+        max_probe_tokens=max_tokens,
+        card=lambda merge: model_card(training, clone, merge),
+    )
+    io.write_json(args.metrics, result)
+    print(f"merged into {args.out}: max |logit diff| {result['max_abs_diff']:.2e} "
+          f"(adapter effect {result['adapter_effect']:.2e}) on {result['probes']} probes")
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

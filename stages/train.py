@@ -1,0 +1,70 @@
+"""Stage `train`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
+
+Reads:  params.yaml (lora, train, prompt; task and model.base are recorded), models/base/,
+        data/split/train.jsonl, data/split/val.jsonl
+Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
+        dvclive/train/ (curves: train/eval loss, learning rate, grad norm),
+        metrics/train.json (final losses, steps, tokens, training tokens/s)
+
+    python stages/train.py [--params params.yaml] [--base models/base] [--out models/adapter] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, io, params
+from repotune.training import load_split, train_adapter
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--train", type=Path, default=Path("data/split/train.jsonl"))
+    parser.add_argument("--val", type=Path, default=Path("data/split/val.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("models/adapter"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+    parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
+    args = parser.parse_args(argv)
+
+    p = params.load(args.params)
+    train_records = load_split(args.train, p.train.max_samples)
+    val_records = load_split(args.val)
+    print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
+
+    results = train_adapter(
+        args.base,
+        train_records,
+        val_records,
+        args.out,
+        lora=p.lora,
+        train=p.train,
+        prompt=p.prompt,
+        live_dir=args.live,
+        # Measured on 2 CPU cores with SmolLM2-135M: checkpointing costs speed, memory is ample.
+        gradient_checkpointing=False,
+        base_name=p.model.base if p.model is not None else str(args.base),
+        extra_info={"task": p.task.model_dump(mode="json")},
+    )
+
+    metrics = {
+        key: results[key]
+        for key in (
+            "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
+            "train_samples", "val_samples", "samples_truncated", "samples_too_long",
+            "train_seconds", "train_tokens_per_s",
+        )
+    }
+    io.write_json(args.metrics, metrics)
+    print(
+        f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "
+        f"{results['steps']} steps, {results['train_tokens_per_s']:.1f} train tokens/s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

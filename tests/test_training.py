@@ -1,0 +1,294 @@
+"""Stages `train` and `merge` on the tiny model: prompts, data loading, LoRA training, merging.
+
+One training run (module fixture) feeds most tests; the determinism and QLoRA tests train
+again. Every run is a few steps of a 2-layer model on one CPU thread: seconds in all.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from repotune import errors
+from repotune.errors import RepotuneError
+from repotune.prompts import build_completion, build_prompt
+from repotune.training import count_lengths, load_split, make_rows
+
+STAGES = Path(__file__).resolve().parent.parent / "stages"
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+FUNCTIONS = [
+    ("add", "def add(a, b):\n    return a + b\n", "Return the sum of two numbers."),
+    ("push", "def push(self, item):\n    self.items.append(item)\n", "Push an item onto the stack."),
+    ("read", "def read(path):\n    return Path(path).read_text()\n", "Read a file and return its text."),
+    ("keys", "def keys(d):\n    return {k: 1 for k in d}\n", "Map every key of a dict to one."),
+]
+
+PARAMS = """\
+source:
+  url: /nonexistent/repo  # not used by train or merge
+lora:
+  r: 8
+  alpha: 16
+  dropout: 0.0
+train:
+  max_steps: 8
+  batch_size: 4
+  eval_steps: 4
+  lr: 5.0e-2
+  warmup: 0.0
+  max_length: 64
+  threads: 1
+"""
+
+
+def load_stage(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", STAGES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(i: int, split: str) -> dict:
+    name, code, target = FUNCTIONS[i % len(FUNCTIONS)]
+    return {
+        "id": f"{split}-{i:03d}",
+        "input": code,
+        "target": target,
+        "repo": "tiny",
+        "sha": "0" * 40,
+        "path": f"pkg/mod{i}.py",
+        "language": "python",
+        "kind": "function",
+        "name": name,
+        "start_line": 1,
+        "end_line": 2,
+    }
+
+
+def write_data(root: Path, params: str = PARAMS) -> Path:
+    (root / "split").mkdir(parents=True, exist_ok=True)
+    # Written in reverse id order: load_split must sort.
+    for split, count in (("train", 16), ("val", 4)):
+        lines = [json.dumps(record(i, split)) for i in reversed(range(count))]
+        (root / "split" / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "params.yaml").write_text(params, encoding="utf-8")
+    return root
+
+
+def train_args(root: Path, base: Path, out: str = "adapter") -> list[str]:
+    return [
+        "--params", str(root / "params.yaml"),
+        "--base", str(base),
+        "--train", str(root / "split/train.jsonl"),
+        "--val", str(root / "split/val.jsonl"),
+        "--out", str(root / out),
+        "--metrics", str(root / f"metrics/{out}.json"),
+        "--live", str(root / f"live/{out}"),
+    ]  # fmt: skip
+
+
+def merge_args(root: Path, base: Path, adapter: str = "adapter", out: str = "merged") -> list[str]:
+    return [
+        "--base", str(base),
+        "--adapter", str(root / adapter),
+        "--val", str(root / "split/val.jsonl"),
+        "--clone", str(root / "metrics/clone.json"),
+        "--out", str(root / out),
+        "--metrics", str(root / f"metrics/{out}.json"),
+    ]  # fmt: skip
+
+
+def read_tsv(path: Path) -> list[float]:
+    with path.open(encoding="utf-8") as f:
+        return [float(row[-1]) for row in list(csv.reader(f, delimiter="\t"))[1:]]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with data, params, and the outputs of one run of the train stage."""
+    root = write_data(tmp_path_factory.mktemp("train"))
+    (root / "metrics").mkdir()
+    (root / "metrics/clone.json").write_text(
+        json.dumps({"url": "https://example.org/tiny.git", "sha": "a" * 40}), encoding="utf-8"
+    )
+    load_stage("train").main(train_args(root, tiny_model))
+    return root
+
+
+# --- prompts and data ---------------------------------------------------------------------
+
+
+def test_prompt_keeps_braces_and_drops_trailing_whitespace():
+    rec = {"input": "def f():\n    return {'a': 1}\n\n", "target": "  Make a dict.\n"}
+    assert build_prompt("{code}\nDocstring:", rec) == "def f():\n    return {'a': 1}\nDocstring:"
+    assert build_completion(rec) == " Make a dict.\n"
+
+
+def test_load_split_sorts_by_id_and_takes_first_n(tmp_path):
+    root = write_data(tmp_path)
+    records = load_split(root / "split/train.jsonl", max_samples=3)
+    assert [r["id"] for r in records] == ["train-000", "train-001", "train-002"]
+    assert len(load_split(root / "split/train.jsonl")) == 16
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "file not found"), ('{"id": "a"\n', "not valid JSON"), ('{"id": "a"}\n', "lacks")],
+)
+def test_load_split_errors_name_the_file(tmp_path, content, message):
+    path = tmp_path / "train.jsonl"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(RepotuneError, match=message) as info:
+        load_split(path)
+    assert str(path) in str(info.value)
+
+
+def test_count_lengths_counts_truncated_and_too_long(tiny_model):
+    from repotune.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    rows = make_rows([record(0, "x")], "{code}\nDocstring:")
+    prompt = len(tokenizer(rows[0]["prompt"])["input_ids"])
+    assert count_lengths(rows, tokenizer, 1000) == {
+        "tokens": count_lengths(rows, tokenizer, 1000)["tokens"],
+        "truncated": 0,
+        "too_long": 0,
+    }
+    assert count_lengths(rows, tokenizer, prompt + 1)["truncated"] == 1
+    assert count_lengths(rows, tokenizer, prompt)["too_long"] == 1
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+def test_train_writes_adapter_training_json_and_metrics(trained):
+    adapter = trained / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json"):
+        assert (adapter / name).is_file(), name
+    info = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
+    assert info["params"]["lora"]["r"] == 8
+    assert info["params"]["train"]["max_steps"] == 8
+    assert info["resolved"] == {
+        "device": "cpu",
+        "precision": "fp32",
+        "gradient_checkpointing": False,
+        "eos_token": "<|endoftext|>",
+    }
+    assert set(info["versions"]) >= {"torch", "transformers", "peft", "trl", "datasets"}
+    assert info["results"]["steps"] == 8
+    assert info["results"]["train_tokens"] > 0
+    assert "train_seconds" not in info["results"]  # time-dependent: metrics only
+
+    metrics = json.loads((trained / "metrics/adapter.json").read_text(encoding="utf-8"))
+    assert metrics["steps"] == 8
+    assert metrics["train_tokens_per_s"] > 0
+    assert metrics["samples_truncated"] == metrics["samples_too_long"] == 0
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["target_modules"] == sorted(TARGET_MODULES)
+    assert config["base_model_name_or_path"].endswith("model")
+
+
+def test_train_loss_is_finite_and_falls(trained):
+    live = trained / "live/adapter/plots/metrics"
+    for name in ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss"):
+        assert (live / f"{name}.tsv").is_file(), name
+    train_loss = read_tsv(live / "train/loss.tsv")
+    eval_loss = read_tsv(live / "eval/loss.tsv")
+    assert all(v == v and v < float("inf") for v in train_loss + eval_loss)
+    assert train_loss[-1] < train_loss[0] - 0.1
+    assert len(eval_loss) == 2 and eval_loss[-1] < eval_loss[0]
+
+
+def test_adapter_holds_only_trained_lora_weights(trained):
+    from safetensors.torch import load_file
+
+    tensors = load_file(trained / "adapter/adapter_model.safetensors")
+    assert tensors and all(".lora_A." in k or ".lora_B." in k for k in tensors)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors} == set(TARGET_MODULES)
+    # lora_B starts at zero: non-zero means the adapter was trained.
+    assert all(t.abs().max() > 0 for k, t in tensors.items() if ".lora_B." in k)
+
+
+def test_train_is_deterministic(trained, tiny_model):
+    load_stage("train").main(train_args(trained, tiny_model, out="again"))
+    for name in ("adapter_model.safetensors", "adapter_config.json", "training.json"):
+        assert (trained / "again" / name).read_bytes() == (trained / "adapter" / name).read_bytes()
+
+
+def test_qlora_trains_and_merges_into_full_precision(tiny_model, tmp_path):
+    root = write_data(tmp_path, PARAMS.replace("  threads: 1\n", "  threads: 1\n  quantize: 4bit\n"))
+    load_stage("train").main(train_args(root, tiny_model))
+    info = json.loads((root / "adapter/training.json").read_text(encoding="utf-8"))
+    assert info["params"]["train"]["quantize"] == "4bit"
+    load_stage("merge").main(merge_args(root, tiny_model))
+    merge = json.loads((root / "metrics/merged.json").read_text(encoding="utf-8"))
+    assert merge["max_abs_diff"] <= 1e-4 and merge["adapter_effect"] > 0
+
+
+# --- merge ----------------------------------------------------------------------------------
+
+
+def test_merge_matches_adapter_logits_and_changes_only_lora_targets(trained, tiny_model):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    load_stage("merge").main(merge_args(trained, tiny_model))
+    merged_dir = trained / "merged"
+    merge = json.loads((trained / "metrics/merged.json").read_text(encoding="utf-8"))
+    assert merge["max_abs_diff"] <= 1e-4
+    assert merge["adapter_effect"] > 1e-3  # the check compares models that really differ
+    assert merge["probes"] == 4
+
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (merged_dir / name).is_file(), name
+    card = (merged_dir / "README.md").read_text(encoding="utf-8")
+    assert "https://example.org/tiny.git" in card and "a" * 40 in card
+    assert "r=8" in card and "docstring (python)" in card and "metrics/benchmark.json" in card
+
+    # Independent check: merged model vs base + adapter through peft, on a fresh prompt.
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer(build_prompt("{code}\nDocstring:", record(1, "t")), return_tensors="pt")
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), trained / "adapter"
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        gap = (adapted(**ids).logits - merged(**ids).logits).abs().max().item()
+    assert gap <= 1e-4
+
+    # Only the LoRA-targeted projections differ from the base weights.
+    base = load_file(tiny_model / "model.safetensors")
+    new = load_file(merged_dir / "model.safetensors")
+    assert base.keys() == new.keys()
+    changed = {k for k in base if not torch.equal(base[k], new[k])}
+    assert changed and all(k.split(".")[-2] in TARGET_MODULES for k in changed)
+    assert len(changed) == len(TARGET_MODULES) * 2  # 2 layers
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_bad_paths_give_clear_errors(trained, tiny_model, tmp_path, capsys):
+    train = load_stage("train")
+    args = train_args(trained, tmp_path / "no-model", out="never")
+    with pytest.raises(RepotuneError, match="no-model: not a Hugging Face model folder"):
+        train.main(args)
+    assert not (trained / "never").exists()
+
+    missing = train_args(trained, tiny_model)
+    missing[missing.index("--train") + 1] = str(tmp_path / "missing.jsonl")
+    assert errors.run(train.main, missing) == 1
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+    with pytest.raises(RepotuneError, match="training.json: file not found"):
+        load_stage("merge").main(merge_args(trained, tiny_model, adapter="no-adapter"))
