@@ -17,6 +17,7 @@ from conftest import make_source_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["clone", "extract", "filter", "split"]
+ALL_STAGES = ["base", *DATA_STAGES, "train", "merge", "benchmark"]
 
 
 def project_copy(dest: Path) -> git.Repo:
@@ -46,12 +47,12 @@ def set_params(project: Path, **sections: dict) -> None:
     path = project / "params.yaml"
     raw = yaml.safe_load(path.read_text())
     for section, values in sections.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def ran(output: str) -> list[str]:
-    return [s for s in DATA_STAGES if f"Running stage '{s}'" in output]
+    return [s for s in ALL_STAGES if f"Running stage '{s}'" in output]
 
 
 @pytest.fixture
@@ -89,3 +90,30 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
 
     shown = json.loads(dvc(project, "metrics", "show", "--json"))
     assert shown  # metrics are declared and readable by dvc
+
+
+# A budget that makes the model stages take seconds on the tiny model.
+TINY_BUDGET = {
+    "train": {"max_steps": 3, "batch_size": 2, "eval_steps": 2, "max_length": 128, "max_samples": 8},
+    "benchmark": {"max_samples": 3},
+    "decoding": {"max_new_tokens": 8, "batch_size": 2},
+}
+
+
+def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model: Path):
+    # The fixture repository has a dozen samples in two files: split per sample so every
+    # split has some.
+    split = {"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3}
+    set_params(project, model={"base": str(tiny_model), "file": None, "sha256": None}, split=split, **TINY_BUDGET)
+    first = dvc(project, "repro")
+    assert ran(first) == ALL_STAGES
+    bench = json.loads((project / "metrics/benchmark.json").read_text())
+    assert {"base_chrf", "finetuned_chrf", "delta_chrf"} <= set(bench)
+
+    set_params(project, decoding={"max_new_tokens": 6})
+    assert ran(dvc(project, "repro")) == ["benchmark"]
+
+    set_params(project, lora={"r": 8})
+    assert ran(dvc(project, "repro")) == ["train", "merge", "benchmark"]
+
+    assert ran(dvc(project, "repro")) == []
