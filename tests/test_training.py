@@ -24,8 +24,8 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 FUNCTIONS = [
     ("add", "def add(a, b):\n    return a + b\n", "Return the sum of two numbers."),
-    ("push", "def push(self, item):\n    self.items.append(item)\n", "Push an item onto the stack."),
-    ("read", "def read(path):\n    return Path(path).read_text()\n", "Read a file and return its text."),
+    ("push", "def push(self, item):\n    self.items.append(item)\n", "Push an item on the stack."),
+    ("read", "def read(path):\n    return Path(path).read_text()\n", "Return a file's text."),
     ("keys", "def keys(d):\n    return {k: 1 for k in d}\n", "Map every key of a dict to one."),
 ]
 
@@ -179,6 +179,7 @@ def test_train_writes_adapter_training_json_and_metrics(trained):
         "device": "cpu",
         "precision": "fp32",
         "gradient_checkpointing": False,
+        "group_by_length": True,
         "eos_token": "<|endoftext|>",
     }
     assert set(info["versions"]) >= {"torch", "transformers", "peft", "trl", "datasets"}
@@ -224,7 +225,8 @@ def test_train_is_deterministic(trained, tiny_model):
 
 
 def test_qlora_trains_and_merges_into_full_precision(tiny_model, tmp_path):
-    root = write_data(tmp_path, PARAMS.replace("  threads: 1\n", "  threads: 1\n  quantize: 4bit\n"))
+    params = PARAMS.replace("  threads: 1\n", "  threads: 1\n  quantize: 4bit\n")
+    root = write_data(tmp_path, params)
     load_stage("train").main(train_args(root, tiny_model))
     info = json.loads((root / "adapter/training.json").read_text(encoding="utf-8"))
     assert info["params"]["train"]["quantize"] == "4bit"

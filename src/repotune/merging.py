@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
 
 def _logits(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_tokens: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_tokens: int,
 ) -> list[torch.Tensor]:
     """Logits (shape [tokens, vocab]) per prompt, one prompt at a time so no padding is involved."""
     import torch
@@ -81,7 +84,9 @@ def merge_adapter(
     if not probes:
         raise RepotuneError("no probe prompts to check the merge with (is the val split empty?)")
 
-    tokenizer = modeling.load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    # The tokenizer saved with the adapter is the one training used (pad token set by TRL).
+    has_tokenizer = (adapter / "tokenizer_config.json").is_file()
+    tokenizer = modeling.load_tokenizer(adapter if has_tokenizer else base)
     model = modeling.load_causal_lm(base, device="cpu", precision="fp32")
     peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
 
@@ -119,7 +124,9 @@ def merge_adapter(
     return result
 
 
-def model_card(training: dict[str, Any], clone: dict[str, Any] | None, merge: dict[str, Any]) -> str:
+def model_card(
+    training: dict[str, Any], clone: dict[str, Any] | None, merge: dict[str, Any]
+) -> str:
     """A README.md for the merged model: base, source repo and revision, task, LoRA, results.
 
     Args:

@@ -77,7 +77,9 @@ def load_split(path: str | Path, max_samples: int = 0) -> list[dict[str, Any]]:
 
 def make_rows(records: Sequence[dict[str, Any]], template: str) -> list[dict[str, str]]:
     """Prompt/completion rows in TRL's prompt-completion format."""
-    return [{"prompt": build_prompt(template, r), "completion": build_completion(r)} for r in records]
+    return [
+        {"prompt": build_prompt(template, r), "completion": build_completion(r)} for r in records
+    ]
 
 
 def count_lengths(
@@ -147,7 +149,8 @@ def sft_config(
     device: str,
     precision: str,
     has_eval: bool,
-    gradient_checkpointing: bool,
+    gradient_checkpointing: bool = False,
+    group_by_length: bool = True,
 ) -> SFTConfig:
     """TRL's SFTConfig from the train params, with the device and precision already resolved."""
     from trl import SFTConfig
@@ -179,6 +182,10 @@ def sft_config(
         dataloader_pin_memory=device == "cuda",
         # transformers 5 renamed gradient_checkpointing (TRL's default for it: True).
         activation_checkpointing=gradient_checkpointing,
+        # Batches padded to their longest row: random batches of docstring samples were 47%
+        # real tokens at batch 8, batches of similar length 97% (shuffled megabatches of up to
+        # 50 batches, sorted by length; the longest batch first, so an OOM shows at once).
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
 
 
@@ -192,6 +199,7 @@ def train_adapter(
     prompt: PromptParams,
     live_dir: str | Path | None = None,
     gradient_checkpointing: bool = False,
+    group_by_length: bool = True,
     base_name: str | None = None,
     extra_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -209,8 +217,10 @@ def train_adapter(
         train: optimisation, device/precision/quantization and thread settings.
         prompt: prompt templates; ``prompt.docstring`` builds the prompts.
         live_dir: dvclive folder for the curves; None disables logging.
-        gradient_checkpointing: recompute activations in the backward pass. Saves memory,
-            costs speed: measured slower on CPU for SmolLM2-135M (see README), so off.
+        gradient_checkpointing: recompute activations in the backward pass. Halves memory
+            (SmolLM2-135M, batch 8: 6.6 GB instead of 11.7 GB RSS), costs ~20% speed on CPU.
+        group_by_length: batch rows of similar length together (about 2x fewer padding
+            tokens computed); False samples batches uniformly at random.
         base_name: how training.json and adapter_config.json name the base model (e.g. the
             ``model.base`` param); defaults to `base` as given. Never an absolute path unless
             given one, so the adapter folder is identical wherever the pipeline runs.
@@ -243,7 +253,9 @@ def train_adapter(
     modeling.set_threads(train.threads)
 
     tokenizer = modeling.load_tokenizer(base)
-    model = modeling.load_causal_lm(base, device=device, precision=precision, quantize=train.quantize)
+    model = modeling.load_causal_lm(
+        base, device=device, precision=precision, quantize=train.quantize
+    )
     if train.quantize == "4bit":
         # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
         model = prepare_model_for_kbit_training(
@@ -251,7 +263,11 @@ def train_adapter(
         )
 
     train_rows = make_rows(train_records, prompt.docstring)
-    val_rows = make_rows(val_records, prompt.docstring)
+    # Evaluation batches are taken in order and padded to their longest row: sorting by length
+    # (characters, a proxy for tokens) halves the padding. The order only regroups the batches.
+    val_rows = sorted(
+        make_rows(val_records, prompt.docstring), key=lambda r: len(r["prompt"] + r["completion"])
+    )
     lengths = count_lengths(train_rows, tokenizer, train.max_length)
     if lengths["too_long"] == len(train_rows):
         raise RepotuneError(
@@ -278,7 +294,13 @@ def train_adapter(
             trainer = SFTTrainer(
                 model=model,
                 args=sft_config(
-                    train, scratch, device, precision, bool(val_rows), gradient_checkpointing
+                    train,
+                    scratch,
+                    device,
+                    precision,
+                    has_eval=bool(val_rows),
+                    gradient_checkpointing=gradient_checkpointing,
+                    group_by_length=group_by_length,
                 ),
                 train_dataset=Dataset.from_list(train_rows),
                 eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
@@ -288,8 +310,9 @@ def train_adapter(
             )
             output = trainer.train()
             # train_runtime includes the evaluations run inside the training loop.
-            in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
-            evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+            history = trainer.state.log_history
+            in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
+            evaluated = [h["step"] for h in history if "eval_loss" in h]
             if val_rows and (not evaluated or evaluated[-1] != trainer.state.global_step):
                 trainer.evaluate()
     finally:
@@ -332,6 +355,7 @@ def train_adapter(
             "device": device,
             "precision": precision,
             "gradient_checkpointing": gradient_checkpointing,
+            "group_by_length": group_by_length,
             "eos_token": tokenizer.eos_token,
         },
         "versions": library_versions(),
