@@ -1,0 +1,222 @@
+"""Generation throughput of a model folder: tokens/s per batch size, FLOP/s and MFU.
+
+Measures what the benchmark stage does (``repotune.generation.generate``: left padding,
+length-sorted batches, stop sequences that end rows early) on a set of docstring prompts, at
+several batch sizes, and relates it to this machine's fp32 matmul rate:
+
+- model FLOPs per token: 2 FLOPs (a multiply and an add) per weight of every matmul the token
+  goes through, i.e. 2 x non-embedding parameters, plus the output projection onto the vocabulary
+  (2 x hidden x vocab; it is real compute even when tied to the input embedding, whose lookup is
+  free; transformers' generate computes it for the last prompt position only), plus attention
+  over the context: QK^T and AV cost 2 x 2 x (heads x head_dim) FLOPs per layer per context
+  position, i.e. 4 x layers x attention width x context.
+- achieved FLOP/s: the FLOPs of the real (unpadded) tokens, prompt prefill included, divided
+  by the wall time; "generated-only" counts just the decoding steps' FLOPs, as tokens/s x FLOPs
+  per generated token.
+- MFU: achieved FLOP/s divided by the measured rate of SmolLM2-shaped fp32 matmuls
+  (2048x576 @ 576x1536) with the same number of threads.
+
+Prompts come from a test.jsonl (records with ``input``) or, by default, from docstring-bearing
+functions of the running Python's standard library (docstring removed, as in the pipeline).
+
+    python bench/generation_throughput.py --model /tmp/smollm2-base [--prompts test.jsonl]
+        [--samples 48] [--batch-sizes 1 8] [--threads 2] [--max-new-tokens 64] [--out out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import os
+import sys
+import sysconfig
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import io
+from repotune.params import DecodingParams, PromptParams
+
+
+def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> list[dict]:
+    """Docstring samples from the standard library's top-level modules, chosen deterministically.
+
+    Args:
+        count: how many records to return (evenly spread over all candidates).
+        min_chars: shortest function source (without docstring) to keep, in characters.
+        max_chars: longest one; ~1500 characters is ~400 tokens, the filter stage's default cap.
+
+    Returns:
+        Records with id, input (the function without its docstring) and target (the first
+        paragraph of the docstring).
+    """
+    candidates = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        source = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or node.name.startswith("__"):
+                continue
+            docnode = node.body[0]
+            start = (node.decorator_list[0] if node.decorator_list else node).lineno
+            kept = lines[start - 1 : docnode.lineno - 1] + lines[docnode.end_lineno : node.end_lineno]
+            code = textwrap.dedent("\n".join(kept))
+            if min_chars <= len(code) <= max_chars and len(node.body) > 1:
+                target = inspect.cleandoc(doc).split("\n\n")[0].strip()
+                candidates.append({"id": f"{path.stem}:{node.lineno}", "input": code, "target": target})
+    step = max(1, len(candidates) // count)
+    return candidates[::step][:count]
+
+
+def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float:
+    """Measured fp32 FLOP/s of (m x k) @ (k x n) products, the shape of SmolLM2's MLP."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):  # warm-up: thread pool start, caches
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * m * k * n * runs / (time.perf_counter() - start)
+
+
+def model_shape(model) -> dict[str, int]:
+    """Parameter counts and the dimensions the FLOPs formula needs."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    # Tied output embeddings are one tensor counted once by model.parameters().
+    embed_params = embedding.numel() + (0 if head is embedding else head.numel())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {
+        "params": total,
+        "non_embedding_params": total - embed_params,
+        "hidden": config.hidden_size,
+        "vocab": head.shape[0],
+        "layers": config.num_hidden_layers,
+        "attention_width": config.num_attention_heads * head_dim,
+    }
+
+
+def generation_flops(shape: dict[str, int], prompt_tokens: Sequence[int], new_tokens: Sequence[int]) -> tuple[float, float]:
+    """Useful FLOPs of a generate run: (prefill + decoding, decoding only). Padding not counted.
+
+    A prompt of p tokens costs 2N per token, attention 4·L·w·(position) summed over positions
+    (≈ 2·L·w·p²) and one vocabulary projection (2·h·V); each later generated token costs
+    2N + 2·h·V + 4·L·w·(context). The first generated token comes out of the prefill.
+    """
+    n2 = 2 * shape["non_embedding_params"]
+    head = 2 * shape["hidden"] * shape["vocab"]
+    attn = 4 * shape["layers"] * shape["attention_width"]
+    total = decode = 0.0
+    for p, g in zip(prompt_tokens, new_tokens):
+        total += n2 * p + attn * p * (p + 1) / 2 + head
+        steps = sum(n2 + head + attn * (p + t) for t in range(1, g))
+        total += steps
+        decode += steps + (n2 + head + attn * p if g else 0)  # count the first token too
+    return total, decode
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    decoding, prompt = DecodingParams(), PromptParams()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="HF model folder")
+    parser.add_argument("--prompts", help="test.jsonl (default: stdlib functions)")
+    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, decoding.batch_size])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=decoding.max_new_tokens)
+    parser.add_argument("--stop", nargs="*", default=decoding.stop)
+    parser.add_argument("--no-stop-early", action="store_true", help="cut stops only afterwards")
+    parser.add_argument(
+        "--compare-stop-early", action="store_true", help="run every batch size with and without"
+    )
+    parser.add_argument("--template", default=prompt.docstring)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from repotune.generation import generate
+    from repotune.modeling import load_causal_lm, load_tokenizer
+    from repotune.prompts import build_prompt
+
+    torch.set_num_threads(args.threads)
+    if args.prompts:
+        records = sorted(io.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples]
+    else:
+        records = stdlib_records(args.samples)
+    prompts = [build_prompt(args.template, r) for r in records]
+    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    shape = model_shape(model)
+    stop_early = [True, False] if args.compare_stop_early else [not args.no_stop_early]
+    result = {
+        "model": Path(args.model).name,
+        "samples": len(prompts),
+        "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens,
+        "stop": args.stop,
+        **shape,
+        "runs": [],
+    }
+    # Warm-up (not timed): the first generate call pays for thread-pool start and allocations.
+    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, stop=[], progress=False)
+    texts = None
+    for batch_size in args.batch_sizes:
+        for early in stop_early:
+            # The cores may be shared: the matmul rate is measured around every run (the
+            # better of before and after is the reference), with the load average, so that
+            # a slow run can be told apart from a busy machine.
+            peak_before, load_before = matmul_flops(args.threads, seconds=1.5), os.getloadavg()[0]
+            cpu = time.process_time()
+            run = generate(
+                model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                batch_size=batch_size, stop=args.stop, stop_early=early,
+                desc=f"batch {batch_size}" + ("" if early else " (no early stop)"),
+            )
+            cpu = time.process_time() - cpu
+            peak = max(peak_before, matmul_flops(args.threads, seconds=1.5))
+            total, decode = generation_flops(shape, run.prompt_tokens, run.new_tokens)
+            generated = sum(run.new_tokens)
+            result["runs"].append({
+                "batch_size": batch_size,
+                "stop_early": early,
+                "seconds": round(run.seconds, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "prompt_tokens": sum(run.prompt_tokens),
+                "generated_tokens": generated,
+                "tokens_per_s": round(generated / run.seconds, 2),
+                "samples_per_s": round(len(prompts) / run.seconds, 3),
+                "flops_per_generated_token": round(decode / max(generated, 1)),
+                "achieved_flops_per_s": round(total / run.seconds),
+                "matmul_flops_per_s": round(peak),
+                "mfu": round(total / run.seconds / peak, 4),
+                "mfu_generated_only": round(decode / run.seconds / peak, 4),
+                # Greedy outputs must not depend on batch size or early stopping.
+                "same_texts_as_first": texts is None or run.texts == texts,
+            })
+            texts = texts or run.texts
+            print(json.dumps(result["runs"][-1]), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        io.write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
