@@ -20,7 +20,11 @@ Prompts come from a test.jsonl (records with ``input``) or, by default, from doc
 functions of the running Python's standard library (docstring removed, as in the pipeline).
 
     python bench/generation_throughput.py --model /tmp/smollm2-base [--prompts test.jsonl]
-        [--samples 48] [--batch-sizes 1 8] [--threads 2] [--max-new-tokens 64] [--out out.json]
+        [--samples 48] [--batch-sizes 1 8] [--threads 2] [--max-new-tokens 64]
+        [--compare-stop-early | --no-stop-early] [--out out.json]
+
+Wall times include anything else running on the machine: every run records the load average
+and the matmul rate around it; compare runs only when those agree.
 """
 
 from __future__ import annotations

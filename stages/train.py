@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for key in (
             "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
             "train_samples", "val_samples", "samples_truncated", "samples_too_long",
-            "train_seconds", "train_tokens_per_s",
+            "train_seconds", "eval_seconds", "train_tokens_per_s",
         )
     }
     io.write_json(args.metrics, metrics)

@@ -48,7 +48,7 @@ def merge_adapter(
     adapter: str | Path,
     out: str | Path,
     probes: Sequence[str],
-    tolerance: float = 1e-4,
+    tolerance: float = 1e-3,
     max_probe_tokens: int = 512,
     card: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def merge_adapter(
         adapter: the adapter folder written by :func:`repotune.training.train_adapter`.
         out: folder to write: safetensors, config, generation config, tokenizer, README.md.
         probes: prompts on which merged and unmerged logits are compared (at least one).
-        tolerance: largest allowed absolute logit difference.
+        tolerance: largest allowed absolute logit difference. fp32 rounding alone gave
+            5.8e-5 to 7.7e-5 on SmolLM2-135M (30 layers, logits ~20); a wrong merge is off by ~1.
         max_probe_tokens: each probe is cut to this many tokens (bounds the check's cost).
         card: makes the README.md model card from the check's result (see :func:`model_card`);
             None writes no card.
