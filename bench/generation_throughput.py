@@ -41,6 +41,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from flops import generation_flops, matmul_flops, model_shape  # bench/flops.py
+
 from repotune import io
 from repotune.params import DecodingParams, PromptParams
 
@@ -80,59 +82,6 @@ def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> l
                 candidates.append({"id": f"{path.stem}:{node.lineno}", "input": code, "target": target})
     step = max(1, len(candidates) // count)
     return candidates[::step][:count]
-
-
-def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float:
-    """Measured fp32 FLOP/s of (m x k) @ (k x n) products, the shape of SmolLM2's MLP."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    for _ in range(3):  # warm-up: thread pool start, caches
-        a @ b
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        runs += 1
-    return 2 * m * k * n * runs / (time.perf_counter() - start)
-
-
-def model_shape(model) -> dict[str, int]:
-    """Parameter counts and the dimensions the FLOPs formula needs."""
-    config = model.config
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
-    # Tied output embeddings are one tensor counted once by model.parameters().
-    embed_params = embedding.numel() + (0 if head is embedding else head.numel())
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return {
-        "params": total,
-        "non_embedding_params": total - embed_params,
-        "hidden": config.hidden_size,
-        "vocab": head.shape[0],
-        "layers": config.num_hidden_layers,
-        "attention_width": config.num_attention_heads * head_dim,
-    }
-
-
-def generation_flops(shape: dict[str, int], prompt_tokens: Sequence[int], new_tokens: Sequence[int]) -> tuple[float, float]:
-    """Useful FLOPs of a generate run: (prefill + decoding, decoding only). Padding not counted.
-
-    A prompt of p tokens costs 2N per token, attention 4·L·w·(position) summed over positions
-    (≈ 2·L·w·p²) and one vocabulary projection (2·h·V); each later generated token costs
-    2N + 2·h·V + 4·L·w·(context). The first generated token comes out of the prefill.
-    """
-    n2 = 2 * shape["non_embedding_params"]
-    head = 2 * shape["hidden"] * shape["vocab"]
-    attn = 4 * shape["layers"] * shape["attention_width"]
-    total = decode = 0.0
-    for p, g in zip(prompt_tokens, new_tokens):
-        total += n2 * p + attn * p * (p + 1) / 2 + head
-        steps = sum(n2 + head + attn * (p + t) for t in range(1, g))
-        total += steps
-        decode += steps + (n2 + head + attn * p if g else 0)  # count the first token too
-    return total, decode
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,108 @@
+"""Shared arithmetic of the bench scripts: the machine's matmul rate and a model's FLOPs.
+
+FLOPs are counted as 2 per multiply-add, for real (unpadded) tokens only:
+
+- every non-embedding weight matrix costs 2 FLOPs per weight per token (2 x non-embedding
+  parameters; norms and activations are negligible);
+- the output projection onto the vocabulary costs 2 x hidden x vocab per position whose logits
+  are computed (real compute even when tied to the input embedding, whose lookup is free);
+- causal attention costs, per layer, 2 x width x position for QK^T and the same for AV, i.e.
+  4 x layers x width x position for the token at that position (width = heads x head_dim).
+
+The reference rate is measured, not taken from a datasheet: fp32 products of SmolLM2-135M's MLP
+shape (2048x576 @ 576x1536) with the same number of threads as the workload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+
+def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float:
+    """Measured fp32 FLOP/s of (m x k) @ (k x n) products with `threads` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):  # warm-up: thread pool start, caches
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * m * k * n * runs / (time.perf_counter() - start)
+
+
+def model_shape(model) -> dict[str, int]:
+    """Parameter counts and the dimensions the FLOPs formulas need (of a plain HF causal LM)."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    # Tied output embeddings are one tensor counted once by model.parameters().
+    embed_params = embedding.numel() + (0 if head is embedding else head.numel())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {
+        "params": total,
+        "non_embedding_params": total - embed_params,
+        "hidden": config.hidden_size,
+        "vocab": head.shape[0],
+        "layers": config.num_hidden_layers,
+        "attention_width": config.num_attention_heads * head_dim,
+    }
+
+
+def generation_flops(
+    shape: dict[str, int], prompt_tokens: Sequence[int], new_tokens: Sequence[int]
+) -> tuple[float, float]:
+    """Useful FLOPs of a generate run: (prefill + decoding, decoding only). Padding not counted.
+
+    A prompt of p tokens costs 2N per token, attention 4·L·w·(position) summed over positions
+    and one vocabulary projection (transformers' generate computes logits for the last prompt
+    position only); each later generated token costs 2N + 2·h·V + 4·L·w·(context). The first
+    generated token comes out of the prefill.
+    """
+    n2 = 2 * shape["non_embedding_params"]
+    head = 2 * shape["hidden"] * shape["vocab"]
+    attn = 4 * shape["layers"] * shape["attention_width"]
+    total = decode = 0.0
+    for p, g in zip(prompt_tokens, new_tokens):
+        total += n2 * p + attn * p * (p + 1) / 2 + head
+        steps = sum(n2 + head + attn * (p + t) for t in range(1, g))
+        total += steps
+        decode += steps + (n2 + head + attn * p if g else 0)  # count the first token too
+    return total, decode
+
+
+def lora_training_flops(shape: dict[str, int], lengths: Sequence[int], lora_flops_per_token: float) -> float:
+    """Useful FLOPs of LoRA training on sequences of `lengths` tokens (forward + backward).
+
+    The base weights are frozen, so the backward pass computes gradients of activations only
+    (as much as the forward pass: 2N + 2hV per token) and none of the frozen weights' gradients
+    (the 2N that the usual "6N per token" rule of full fine-tuning adds). Attention backward
+    costs twice its forward (dQ, dK from dS; dV, dP). Logits are computed at every position
+    (the loss masks the prompt, but the model computes them all). The LoRA branches cost
+    `lora_flops_per_token` forward, and twice that backward (activation and weight gradients).
+    """
+    n2 = 2 * shape["non_embedding_params"]
+    head = 2 * shape["hidden"] * shape["vocab"]
+    attn = 4 * shape["layers"] * shape["attention_width"]
+    total = 0.0
+    for p in lengths:
+        forward = (n2 + head + lora_flops_per_token) * p + attn * p * (p + 1) / 2
+        backward = (n2 + head + 2 * lora_flops_per_token) * p + 2 * attn * p * (p + 1) / 2
+        total += forward + backward
+    return total
+
+
+def lora_flops_per_token(model) -> float:
+    """Forward FLOPs per token of a peft model's LoRA branches (A then B, per adapted layer)."""
+    total = 0
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or "default" not in lora_a:
+            continue
+        a, b = lora_a["default"].weight, module.lora_B["default"].weight
+        total += 2 * (a.numel() + b.numel())
+    return float(total)

@@ -1,0 +1,177 @@
+"""Training throughput of the train stage: tokens/s, FLOPs per token, MFU.
+
+Two measurements, both with the LoRA and train settings of params.yaml:
+
+- ``stage``: ``repotune.training.train_adapter``, exactly as the train stage runs it (TRL
+  SFTTrainer, completion-only loss, length-grouped batches, AdamW), for one epoch over the first
+  ``--samples`` train samples by id (no evaluation). Tokens are the real (unpadded) prompt +
+  completion tokens TRL trains on; the wall time includes the trainer's own work (collation,
+  optimizer, logging) and the padding of every batch.
+- ``kernel``: the same peft LoRA model doing forward + backward + AdamW step on a fixed
+  batch of ``batch_size`` x ``--kernel-length`` tokens with no padding, timed over a few steps:
+  what the model's arithmetic alone achieves on this CPU.
+
+Both are put against the machine's limit: the measured fp32 matmul rate with the same number
+of threads. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
+forward and activation gradients of the frozen base, LoRA forward and both its gradients,
+attention at the real sequence lengths); the weight gradients of frozen weights are not
+computed and not counted.
+
+    python bench/train_throughput.py --model models/base --train data/split/train.jsonl
+        [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
+        [--kernel-length 192] [--out out.json]
+
+Wall times include anything else running on the machine: the matmul rate and the load average
+are recorded around every measurement; compare runs only when those agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from flops import lora_flops_per_token, lora_training_flops, matmul_flops, model_shape  # bench/flops.py
+
+from repotune import io, params
+from repotune.training import load_split, make_rows
+
+
+def trained_lengths(rows: Sequence[dict[str, str]], tokenizer, max_length: int) -> list[int]:
+    """Token length of every row as TRL trains it: prompt + completion + EOS, cut at max_length.
+
+    Rows whose prompt alone fills max_length are dropped by TRL and left out here too.
+    """
+    lengths = []
+    for row in rows:
+        prompt = len(tokenizer(row["prompt"])["input_ids"])
+        total = len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
+        if prompt < max_length:
+            lengths.append(min(total, max_length))
+    return lengths
+
+
+def measure(threads: int, work) -> dict:
+    """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements."""
+    peak_before, load_before = matmul_flops(threads, seconds=1.5), os.getloadavg()[0]
+    seconds, flops, facts = work()
+    peak = max(peak_before, matmul_flops(threads, seconds=1.5))
+    return {
+        **facts,
+        "seconds": round(seconds, 2),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "achieved_flops_per_s": round(flops / seconds),
+        "matmul_flops_per_s": round(peak),
+        "mfu": round(flops / seconds / peak, 4),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="HF model folder (e.g. models/base)")
+    parser.add_argument("--train", default="data/split/train.jsonl", help="train split JSONL")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--samples", type=int, default=320, help="train samples for the stage run (train.max_samples)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kernel-steps", type=int, default=4, help="timed kernel steps")
+    parser.add_argument("--kernel-length", type=int, default=0, help="0: mean trained length")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from repotune import modeling
+    from repotune.training import train_adapter
+
+    p = params.load(args.params)
+    train = p.train.model_copy(
+        update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
+                "precision": "fp32", "quantize": "none"}
+    )
+    torch.set_num_threads(args.threads)
+    records = load_split(args.train, args.samples)
+    tokenizer = modeling.load_tokenizer(args.model)
+    lengths = trained_lengths(make_rows(records, p.prompt.docstring), tokenizer, train.max_length)
+
+    base = modeling.load_causal_lm(args.model)
+    shape = model_shape(base)  # before peft adds the LoRA weights
+    model = get_peft_model(
+        base,
+        LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
+                   bias=p.lora.bias, target_modules=p.lora.target_modules, task_type="CAUSAL_LM"),
+    )
+    lora_fpt = lora_flops_per_token(model)
+    length = args.kernel_length or round(sum(lengths) / len(lengths))
+    result = {
+        "model": Path(args.model).name,
+        "threads": args.threads,
+        "lora": p.lora.model_dump(mode="json"),
+        "batch_size": train.batch_size,
+        "max_length": train.max_length,
+        **shape,
+        "lora_flops_per_token": lora_fpt,
+        "flops_per_token_at_mean_length": round(lora_training_flops(shape, [length], lora_fpt) / length),
+    }
+
+    def kernel():
+        model.train()
+        optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=train.lr)
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, shape["vocab"], (train.batch_size, length), generator=generator)
+
+        def step() -> None:
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        step()  # warm-up: allocations, thread pool
+        start = time.perf_counter()
+        for _ in range(args.kernel_steps):
+            step()
+        seconds = time.perf_counter() - start
+        tokens = args.kernel_steps * train.batch_size * length
+        flops = args.kernel_steps * lora_training_flops(shape, [length] * train.batch_size, lora_fpt)
+        return seconds, flops, {
+            "steps": args.kernel_steps, "sequence_length": length, "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+        }
+
+    def stage():
+        with tempfile.TemporaryDirectory(prefix="repotune-bench-") as scratch:
+            run = train_adapter(
+                args.model, records, [], Path(scratch) / "adapter",
+                lora=p.lora, train=train, prompt=p.prompt, live_dir=None,
+            )
+        seconds = run["train_seconds"]
+        return seconds, lora_training_flops(shape, lengths, lora_fpt), {
+            "samples": len(records),
+            "steps": run["steps"],
+            "tokens": run["train_tokens"],
+            "tokens_counted_here": sum(lengths),
+            "tokens_per_s": round(run["train_tokens"] / seconds, 1),
+            "mean_length": round(sum(lengths) / len(lengths), 1),
+            "final_loss": round(run["train_loss"], 4),
+        }
+
+    result["kernel"] = measure(args.threads, kernel)
+    print(json.dumps(result["kernel"]), file=sys.stderr)
+    del model, base  # the stage loads its own copy
+    result["stage"] = measure(args.threads, stage)
+    print(json.dumps(result["stage"]), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        io.write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
