@@ -4,12 +4,7 @@ Measures what the benchmark stage does (``repotune.generation.generate``: left p
 length-sorted batches, stop sequences that end rows early) on a set of docstring prompts, at
 several batch sizes, and relates it to this machine's fp32 matmul rate:
 
-- model FLOPs per token: 2 FLOPs (a multiply and an add) per weight of every matmul the token
-  goes through, i.e. 2 x non-embedding parameters, plus the output projection onto the vocabulary
-  (2 x hidden x vocab; it is real compute even when tied to the input embedding, whose lookup is
-  free; transformers' generate computes it for the last prompt position only), plus attention
-  over the context: QK^T and AV cost 2 x 2 x (heads x head_dim) FLOPs per layer per context
-  position, i.e. 4 x layers x attention width x context.
+- model FLOPs per token: see ``bench/flops.py`` (real tokens only, prefill included).
 - achieved FLOP/s: the FLOPs of the real (unpadded) tokens, prompt prefill included, divided
   by the wall time; "generated-only" counts just the decoding steps' FLOPs, as tokens/s x FLOPs
   per generated token.
@@ -99,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--compare-stop-early", action="store_true", help="run every batch size with and without"
     )
     parser.add_argument("--template", default=prompt.docstring)
+    parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -134,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # The cores may be shared: the matmul rate is measured around every run (the
             # better of before and after is the reference), with the load average, so that
             # a slow run can be told apart from a busy machine.
-            peak_before, load_before = matmul_flops(args.threads, seconds=1.5), os.getloadavg()[0]
+            peak_before, load_before = matmul_flops(args.threads, seconds=args.matmul_seconds), os.getloadavg()[0]
             cpu = time.process_time()
             run = generate(
                 model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
@@ -142,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 desc=f"batch {batch_size}" + ("" if early else " (no early stop)"),
             )
             cpu = time.process_time() - cpu
-            peak = max(peak_before, matmul_flops(args.threads, seconds=1.5))
+            peak = max(peak_before, matmul_flops(args.threads, seconds=args.matmul_seconds))
             total, decode = generation_flops(shape, run.prompt_tokens, run.new_tokens)
             generated = sum(run.new_tokens)
             result["runs"].append({

@@ -56,11 +56,11 @@ def trained_lengths(rows: Sequence[dict[str, str]], tokenizer, max_length: int) 
     return lengths
 
 
-def measure(threads: int, work) -> dict:
+def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
     """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements."""
-    peak_before, load_before = matmul_flops(threads, seconds=1.5), os.getloadavg()[0]
+    peak_before, load_before = matmul_flops(threads, seconds=matmul_seconds), os.getloadavg()[0]
     seconds, flops, facts = work()
-    peak = max(peak_before, matmul_flops(threads, seconds=1.5))
+    peak = max(peak_before, matmul_flops(threads, seconds=matmul_seconds))
     return {
         **facts,
         "seconds": round(seconds, 2),
@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kernel-steps", type=int, default=4, help="timed kernel steps")
     parser.add_argument("--kernel-length", type=int, default=0, help="0: mean trained length")
+    parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -162,10 +163,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "final_loss": round(run["train_loss"], 4),
         }
 
-    result["kernel"] = measure(args.threads, kernel)
+    result["kernel"] = measure(args.threads, kernel, args.matmul_seconds)
     print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy
-    result["stage"] = measure(args.threads, stage)
+    result["stage"] = measure(args.threads, stage, args.matmul_seconds)
     print(json.dumps(result["stage"]), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)

@@ -1,0 +1,126 @@
+"""The bench scripts: their FLOPs arithmetic, and a smoke run of both on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import flops  # noqa: E402  (bench/flops.py)
+
+# The tiny Llama of conftest: hidden 32, MLP 64, 2 layers, 4 heads of 8, 2 KV heads, tied head.
+HIDDEN, MLP, LAYERS, KV_WIDTH = 32, 64, 2, 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    from repotune.modeling import load_causal_lm
+
+    return load_causal_lm(tiny_model)
+
+
+def test_model_shape_counts_every_matmul_weight_once(tiny):
+    shape = flops.model_shape(tiny)
+    per_layer = (
+        HIDDEN * HIDDEN * 2  # q, o
+        + HIDDEN * KV_WIDTH * 2  # k, v
+        + HIDDEN * MLP * 3  # gate, up, down
+        + HIDDEN * 2  # two RMSNorms
+    )
+    assert shape["non_embedding_params"] == LAYERS * per_layer + HIDDEN  # + final norm
+    assert shape["params"] == shape["non_embedding_params"] + shape["vocab"] * HIDDEN  # tied
+    assert (shape["hidden"], shape["layers"], shape["attention_width"]) == (HIDDEN, LAYERS, 32)
+
+
+def test_lora_flops_per_token_is_two_per_lora_weight(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from repotune.modeling import load_causal_lm
+
+    model = get_peft_model(
+        load_causal_lm(tiny_model),
+        LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"),
+    )
+    in_plus_out = (HIDDEN + HIDDEN) * 2 + (HIDDEN + KV_WIDTH) * 2
+    assert flops.lora_flops_per_token(model) == 2 * 4 * in_plus_out * LAYERS
+
+
+def test_training_flops_are_forward_plus_activation_gradients(tiny):
+    shape = flops.model_shape(tiny)
+    n2, head = 2 * shape["non_embedding_params"], 2 * HIDDEN * shape["vocab"]
+    attn = 4 * LAYERS * shape["attention_width"]
+    p = 10
+    forward = (n2 + head) * p + attn * p * (p + 1) / 2
+    assert flops.lora_training_flops(shape, [p], 0.0) == pytest.approx(2 * forward + attn * p * (p + 1) / 2)
+    # LoRA branches: forward once, backward twice; sequences add up.
+    with_lora = flops.lora_training_flops(shape, [p, p], 100.0)
+    assert with_lora == pytest.approx(2 * flops.lora_training_flops(shape, [p], 0.0) + 2 * 3 * 100.0 * p)
+
+
+def test_generation_flops_prefill_then_one_step_per_new_token(tiny):
+    shape = flops.model_shape(tiny)
+    n2, head = 2 * shape["non_embedding_params"], 2 * HIDDEN * shape["vocab"]
+    attn = 4 * LAYERS * shape["attention_width"]
+    prefill = n2 * 5 + attn * 5 * 6 / 2 + head
+    total, decode = flops.generation_flops(shape, [5], [1])  # the first token comes from the prefill
+    assert total == pytest.approx(prefill)
+    assert decode == pytest.approx(n2 + head + attn * 5)
+    total3, decode3 = flops.generation_flops(shape, [5], [3])
+    assert total3 - total == pytest.approx(2 * (n2 + head) + attn * (6 + 7))
+    assert decode3 - decode == pytest.approx(total3 - total)
+    assert flops.generation_flops(shape, [5], [0]) == (pytest.approx(prefill), 0.0)
+
+
+def test_matmul_rate_is_measured(tiny):
+    rate = flops.matmul_flops(threads=1, m=64, k=64, n=64, seconds=0.05)
+    assert 1e6 < rate < 1e14
+
+
+def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, capsys):
+    import generation_throughput
+    import train_throughput
+
+    from repotune import io
+
+    records = [
+        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."}
+        for i in range(4)
+    ]
+    split = tmp_path / "train.jsonl"
+    io.write_jsonl(split, records)
+    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
+    raw["train"].update(batch_size=2, max_length=64)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+
+    out = tmp_path / "train.json"
+    train_throughput.main([
+        "--model", str(tiny_model), "--train", str(split), "--params", str(params),
+        "--samples", "4", "--threads", "1", "--kernel-steps", "1", "--matmul-seconds", "0.05",
+        "--out", str(out),
+    ])
+    result = json.loads(out.read_text())
+    assert result["stage"]["steps"] == 2 and result["stage"]["samples"] == 4
+    # TRL's own token count and the bench's count of the same rows agree.
+    assert result["stage"]["tokens"] == result["stage"]["tokens_counted_here"]
+    for run in (result["kernel"], result["stage"]):
+        assert run["tokens_per_s"] > 0 and 0 < run["mfu"]
+
+    out = tmp_path / "gen.json"
+    generation_throughput.main([
+        "--model", str(tiny_model), "--prompts", str(split), "--samples", "4",
+        "--batch-sizes", "2", "1", "--threads", "1", "--max-new-tokens", "4",
+        "--matmul-seconds", "0.05", "--out", str(out),
+    ])
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["batch_size"] for r in runs] == [2, 1]
+    assert all(r["same_texts_as_first"] for r in runs)
+    assert runs[0]["generated_tokens"] == runs[1]["generated_tokens"] > 0
+    capsys.readouterr()
