@@ -75,23 +75,30 @@ def generation_flops(
     return total, decode
 
 
-def lora_training_flops(shape: dict[str, int], lengths: Sequence[int], lora_flops_per_token: float) -> float:
+def lora_training_flops(
+    shape: dict[str, int],
+    lengths: Sequence[int],
+    lora_flops_per_token: float,
+    scored: Sequence[int] | None = None,
+) -> float:
     """Useful FLOPs of LoRA training on sequences of `lengths` tokens (forward + backward).
 
     The base weights are frozen, so the backward pass computes gradients of activations only
     (as much as the forward pass: 2N + 2hV per token) and none of the frozen weights' gradients
     (the 2N that the usual "6N per token" rule of full fine-tuning adds). Attention backward
-    costs twice its forward (dQ, dK from dS; dV, dP). Logits are computed at every position
-    (the loss masks the prompt, but the model computes them all). The LoRA branches cost
-    `lora_flops_per_token` forward, and twice that backward (activation and weight gradients).
+    costs twice its forward (dQ, dK from dS; dV, dP). The vocabulary projection counts only at
+    the `scored` positions of each sequence (default: all): a completion-only loss needs the
+    logits of the completion tokens alone, so projecting the prompt is work done, not work
+    needed. The LoRA branches cost `lora_flops_per_token` forward, and twice that backward
+    (activation and weight gradients).
     """
     n2 = 2 * shape["non_embedding_params"]
     head = 2 * shape["hidden"] * shape["vocab"]
     attn = 4 * shape["layers"] * shape["attention_width"]
     total = 0.0
-    for p in lengths:
-        forward = (n2 + head + lora_flops_per_token) * p + attn * p * (p + 1) / 2
-        backward = (n2 + head + 2 * lora_flops_per_token) * p + 2 * attn * p * (p + 1) / 2
+    for p, k in zip(lengths, scored if scored is not None else lengths, strict=True):
+        forward = (n2 + lora_flops_per_token) * p + head * k + attn * p * (p + 1) / 2
+        backward = (n2 + 2 * lora_flops_per_token) * p + head * k + 2 * attn * p * (p + 1) / 2
         total += forward + backward
     return total
 

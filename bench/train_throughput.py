@@ -15,7 +15,9 @@ Both are put against the machine's limit: the measured fp32 matmul rate with the
 of threads. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
 forward and activation gradients of the frozen base, LoRA forward and both its gradients,
 attention at the real sequence lengths); the weight gradients of frozen weights are not
-computed and not counted.
+computed and not counted. The vocabulary projection counts at the completion positions only
+for the stage (its loss needs no more; see ``training.completion_positions_only``) and at
+every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
@@ -42,18 +44,20 @@ from repotune import io, params
 from repotune.training import load_split, make_rows
 
 
-def trained_lengths(rows: Sequence[dict[str, str]], tokenizer, max_length: int) -> list[int]:
-    """Token length of every row as TRL trains it: prompt + completion + EOS, cut at max_length.
-
-    Rows whose prompt alone fills max_length are dropped by TRL and left out here too.
+def trained_lengths(
+    rows: Sequence[dict[str, str]], tokenizer, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Tokens of every row as TRL trains it: (prompt + completion + EOS, completion + EOS), cut
+    at max_length. Rows whose prompt alone fills max_length are dropped by TRL and here too.
     """
-    lengths = []
+    lengths, completions = [], []
     for row in rows:
         prompt = len(tokenizer(row["prompt"])["input_ids"])
         total = len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
         if prompt < max_length:
             lengths.append(min(total, max_length))
-    return lengths
+            completions.append(lengths[-1] - prompt)
+    return lengths, completions
 
 
 def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
@@ -100,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     records = load_split(args.train, args.samples)
     tokenizer = modeling.load_tokenizer(args.model)
-    lengths = trained_lengths(make_rows(records, p.prompt.docstring), tokenizer, train.max_length)
+    lengths, completions = trained_lengths(
+        make_rows(records, p.prompt.docstring), tokenizer, train.max_length
+    )
 
     base = modeling.load_causal_lm(args.model)
     shape = model_shape(base)  # before peft adds the LoRA weights
@@ -153,13 +159,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 lora=p.lora, train=train, prompt=p.prompt, live_dir=None,
             )
         seconds = run["train_seconds"]
-        return seconds, lora_training_flops(shape, lengths, lora_fpt), {
+        return seconds, lora_training_flops(shape, lengths, lora_fpt, completions), {
             "samples": len(records),
             "steps": run["steps"],
             "tokens": run["train_tokens"],
             "tokens_counted_here": sum(lengths),
             "tokens_per_s": round(run["train_tokens"] / seconds, 1),
             "mean_length": round(sum(lengths) / len(lengths), 1),
+            "completion_tokens": sum(completions),
             "final_loss": round(run["train_loss"], 4),
         }
 

@@ -61,6 +61,10 @@ def test_training_flops_are_forward_plus_activation_gradients(tiny):
     # LoRA branches: forward once, backward twice; sequences add up.
     with_lora = flops.lora_training_flops(shape, [p, p], 100.0)
     assert with_lora == pytest.approx(2 * flops.lora_training_flops(shape, [p], 0.0) + 2 * 3 * 100.0 * p)
+    # The vocabulary projection counts only where it is scored (forward and backward).
+    assert flops.lora_training_flops(shape, [p], 0.0, [3]) == pytest.approx(
+        flops.lora_training_flops(shape, [p], 0.0) - 2 * head * (p - 3)
+    )
 
 
 def test_generation_flops_prefill_then_one_step_per_new_token(tiny):

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from repotune import errors
 from repotune.errors import RepotuneError
@@ -222,6 +223,39 @@ def test_train_is_deterministic(trained, tiny_model):
     load_stage("train").main(train_args(trained, tiny_model, out="again"))
     for name in ("adapter_model.safetensors", "adapter_config.json", "training.json"):
         assert (trained / "again" / name).read_bytes() == (trained / "adapter" / name).read_bytes()
+
+
+def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monkeypatch):
+    """TRL's fused loss gets the completion tokens only, and its switch is restored afterwards."""
+    import trl.trainer.utils as trl_utils
+
+    from repotune import modeling, params
+    from repotune.training import train_adapter
+
+    original_switch = trl_utils._use_triton
+    scored: list[int] = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            scored.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    records = [record(i, "train") for i in range(4)]
+    p = params.parse(yaml.safe_load(PARAMS))
+    train = p.train.model_copy(update={"max_steps": 1})
+    train_adapter(tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train, prompt=p.prompt)
+
+    tokenizer = modeling.load_tokenizer(tiny_model)
+    completion_tokens = sum(
+        len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1  # + EOS
+        - len(tokenizer(r["prompt"])["input_ids"])
+        for r in make_rows(records, p.prompt.docstring)
+    )
+    assert scored == [completion_tokens]  # one batch of all 4 rows, no prompt or padding
+    assert trl_utils._use_triton is original_switch
 
 
 def test_qlora_trains_and_merges_into_full_precision(tiny_model, tmp_path):

@@ -12,10 +12,11 @@ Heavy imports (torch, transformers, peft, trl, dvclive) stay inside the function
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,31 @@ def count_lengths(
         elif total > max_length:
             counts["truncated"] += 1
     return counts
+
+
+@contextlib.contextmanager
+def completion_positions_only() -> Iterator[None]:
+    """Make TRL's fused loss score only the completion positions on CPU too.
+
+    TRL 1.16 projects onto the vocabulary only the positions that have a label when Triton runs
+    the kernel, and *every* position (prompt and padding included) elsewhere, to keep shapes
+    fixed for compilers such as Neuron's (``trl/trainer/utils.py``: ``compact =
+    _use_triton(device)``; the kernel choice itself is made separately). On CPU nothing is
+    compiled, and the prompt positions' log-probabilities are masked out of the loss anyway.
+    Measured on SmolLM2-135M, 160 Twisted samples: the same train loss to the last digit and
+    1.48x the training tokens/s (112 -> 165). A TRL without that switch is left as it is.
+    """
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def library_versions() -> dict[str, str]:
@@ -290,7 +316,10 @@ def train_adapter(
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
     try:
-        with tempfile.TemporaryDirectory(prefix="repotune-train-") as scratch:
+        with (
+            tempfile.TemporaryDirectory(prefix="repotune-train-") as scratch,
+            completion_positions_only(),
+        ):
             trainer = SFTTrainer(
                 model=model,
                 args=sft_config(
