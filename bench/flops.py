@@ -1,4 +1,4 @@
-"""Shared arithmetic of the bench scripts: the machine's matmul rate and a model's FLOPs.
+"""Shared by the bench scripts: the machine's matmul rate, a model's FLOPs, the output.
 
 FLOPs are counted as 2 per multiply-add, for real (unpadded) tokens only:
 
@@ -15,8 +15,12 @@ shape (2048x576 @ 576x1536) with the same number of threads as the workload.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 
 def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float:
@@ -32,6 +36,31 @@ def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, secon
         a @ b
         runs += 1
     return 2 * m * k * n * runs / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def machine_rate(threads: int, seconds: float = 1.5) -> Iterator[dict]:
+    """Measure the matmul rate and the load average before and after the block.
+
+    The cores may be shared: the better of the two rates is the reference, and the load
+    averages tell a slow run from a busy machine. The yielded dict is filled when the block
+    ends with ``matmul_flops_per_s`` and ``load_average_1min`` (before, after).
+    """
+    state: dict = {}
+    before, load = matmul_flops(threads, seconds=seconds), os.getloadavg()[0]
+    yield state
+    state["matmul_flops_per_s"] = round(max(before, matmul_flops(threads, seconds=seconds)))
+    state["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+
+
+def write_result(result: dict, out: str | Path | None) -> None:
+    """Print the result as JSON and, if `out` is given, write it there too."""
+    from repotune import io
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        io.write_text(out, text + "\n")
 
 
 def model_shape(model) -> dict[str, int]:

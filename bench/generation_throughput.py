@@ -28,7 +28,6 @@ import argparse
 import ast
 import inspect
 import json
-import os
 import sys
 import sysconfig
 import textwrap
@@ -36,7 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flops import generation_flops, matmul_flops, model_shape  # bench/flops.py
+from flops import generation_flops, machine_rate, model_shape, write_result  # bench/flops.py
 
 from repotune import io
 from repotune.params import DecodingParams, PromptParams
@@ -127,18 +126,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = None
     for batch_size in args.batch_sizes:
         for early in stop_early:
-            # The cores may be shared: the matmul rate is measured around every run (the
-            # better of before and after is the reference), with the load average, so that
-            # a slow run can be told apart from a busy machine.
-            peak_before, load_before = matmul_flops(args.threads, seconds=args.matmul_seconds), os.getloadavg()[0]
-            cpu = time.process_time()
-            run = generate(
-                model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                batch_size=batch_size, stop=args.stop, stop_early=early,
-                desc=f"batch {batch_size}" + ("" if early else " (no early stop)"),
-            )
-            cpu = time.process_time() - cpu
-            peak = max(peak_before, matmul_flops(args.threads, seconds=args.matmul_seconds))
+            with machine_rate(args.threads, args.matmul_seconds) as machine:
+                cpu = time.process_time()
+                run = generate(
+                    model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                    batch_size=batch_size, stop=args.stop, stop_early=early,
+                    desc=f"batch {batch_size}" + ("" if early else " (no early stop)"),
+                )
+                cpu = time.process_time() - cpu
+            peak = machine["matmul_flops_per_s"]
             total, decode = generation_flops(shape, run.prompt_tokens, run.new_tokens)
             generated = sum(run.new_tokens)
             result["runs"].append({
@@ -146,14 +142,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "stop_early": early,
                 "seconds": round(run.seconds, 2),
                 "cpu_seconds": round(cpu, 2),
-                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "load_average_1min": machine["load_average_1min"],
                 "prompt_tokens": sum(run.prompt_tokens),
                 "generated_tokens": generated,
                 "tokens_per_s": round(generated / run.seconds, 2),
                 "samples_per_s": round(len(prompts) / run.seconds, 3),
                 "flops_per_generated_token": round(decode / max(generated, 1)),
                 "achieved_flops_per_s": round(total / run.seconds),
-                "matmul_flops_per_s": round(peak),
+                "matmul_flops_per_s": peak,
                 "mfu": round(total / run.seconds / peak, 4),
                 "mfu_generated_only": round(decode / run.seconds / peak, 4),
                 # Greedy outputs must not depend on batch size or early stopping.
@@ -161,10 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             })
             texts = texts or run.texts
             print(json.dumps(result["runs"][-1]), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        io.write_text(args.out, text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

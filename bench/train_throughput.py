@@ -31,17 +31,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flops import lora_flops_per_token, lora_training_flops, matmul_flops, model_shape  # bench/flops.py
+from flops import (  # bench/flops.py
+    lora_flops_per_token,
+    lora_training_flops,
+    machine_rate,
+    model_shape,
+    write_result,
+)
 
-from repotune import io, params
-from repotune.training import load_split, make_rows
+from repotune import params
+from repotune.training import load_split, make_rows, token_lengths
 
 
 def trained_lengths(
@@ -50,28 +55,20 @@ def trained_lengths(
     """Tokens of every row as TRL trains it: (prompt + completion + EOS, completion + EOS), cut
     at max_length. Rows whose prompt alone fills max_length are dropped by TRL and here too.
     """
-    lengths, completions = [], []
-    for row in rows:
-        prompt = len(tokenizer(row["prompt"])["input_ids"])
-        total = len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
-        if prompt < max_length:
-            lengths.append(min(total, max_length))
-            completions.append(lengths[-1] - prompt)
-    return lengths, completions
+    kept = [(p, min(t, max_length)) for p, t in token_lengths(rows, tokenizer) if p < max_length]
+    return [t for _, t in kept], [t - p for p, t in kept]
 
 
 def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
     """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements."""
-    peak_before, load_before = matmul_flops(threads, seconds=matmul_seconds), os.getloadavg()[0]
-    seconds, flops, facts = work()
-    peak = max(peak_before, matmul_flops(threads, seconds=matmul_seconds))
+    with machine_rate(threads, matmul_seconds) as machine:
+        seconds, flops, facts = work()
     return {
         **facts,
         "seconds": round(seconds, 2),
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        **machine,
         "achieved_flops_per_s": round(flops / seconds),
-        "matmul_flops_per_s": round(peak),
-        "mfu": round(flops / seconds / peak, 4),
+        "mfu": round(flops / seconds / machine["matmul_flops_per_s"], 4),
     }
 
 
@@ -175,10 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     del model, base  # the stage loads its own copy
     result["stage"] = measure(args.threads, stage, args.matmul_seconds)
     print(json.dumps(result["stage"]), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        io.write_text(args.out, text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

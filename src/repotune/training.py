@@ -83,6 +83,22 @@ def make_rows(records: Sequence[dict[str, Any]], template: str) -> list[dict[str
     ]
 
 
+def token_lengths(
+    rows: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[int, int]]:
+    """(prompt tokens, prompt + completion + EOS tokens) of every row, as TRL tokenizes it.
+
+    The +1 is the EOS token TRL appends to every completion.
+    """
+    return [
+        (
+            len(tokenizer(row["prompt"])["input_ids"]),
+            len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1,
+        )
+        for row in rows
+    ]
+
+
 def count_lengths(
     rows: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> dict[str, int]:
@@ -95,10 +111,7 @@ def count_lengths(
         fills `max_length`, which TRL drops because no completion token is left to learn.
     """
     counts = {"tokens": 0, "truncated": 0, "too_long": 0}
-    for row in rows:
-        prompt = len(tokenizer(row["prompt"])["input_ids"])
-        # +1: the EOS token TRL appends to the completion.
-        total = len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
+    for prompt, total in token_lengths(rows, tokenizer):
         counts["tokens"] += total
         if prompt >= max_length:
             counts["too_long"] += 1
