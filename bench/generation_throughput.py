@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from repotune.generation import generate
-    from repotune.modeling import load_causal_lm, load_tokenizer
+    from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
     from repotune.prompts import build_prompt
 
     torch.set_num_threads(args.threads)
@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         records = stdlib_records(args.samples)
     prompts = [build_prompt(args.template, r) for r in records]
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
-    shape = model_shape(model)
+    tokenizer = load_tokenizer(args.model)
+    shape = model_shape(load_causal_lm(args.model))
     stop_early = [True, False] if args.compare_stop_early else [not args.no_stop_early]
     result = {
         "model": Path(args.model).name,
@@ -121,10 +121,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         **shape,
         "runs": [],
     }
-    # Warm-up (not timed): the first generate call pays for thread-pool start and allocations.
-    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, stop=[], progress=False)
     texts = None
     for batch_size in args.batch_sizes:
+        # As the benchmark stage loads it (generate_from_folder): linears packed for this batch.
+        model = load_causal_lm(args.model)
+        prepack_linears(model, batch_size)
+        # Warm-up (not timed): the first calls pay for thread-pool start and allocations.
+        generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, stop=[], progress=False)
         for early in stop_early:
             with machine_rate(args.threads, args.matmul_seconds) as machine:
                 cpu = time.process_time()
@@ -146,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "prompt_tokens": sum(run.prompt_tokens),
                 "generated_tokens": generated,
                 "tokens_per_s": round(generated / run.seconds, 2),
+                "prefill_seconds": round(run.prefill_seconds, 2),
+                "decode_steps": run.decode_steps,
+                "rows_per_decode_step": round((generated - len(prompts)) / max(run.decode_steps, 1), 2),
                 "samples_per_s": round(len(prompts) / run.seconds, 3),
                 "flops_per_generated_token": round(decode / max(generated, 1)),
                 "achieved_flops_per_s": round(total / run.seconds),

@@ -164,6 +164,100 @@ def test_sampling_is_reproducible_with_a_seed(tiny):
     assert generate(model, tokenizer, PROMPTS, seed=1, **options).texts == first.texts
 
 
+def test_continuous_batching_equals_model_generate(tiny):
+    """Slots refilled mid-run (5 prompts, 2 slots, rows ending at different steps) give
+    exactly the tokens of transformers' own generate, one prompt at a time."""
+    from repotune.generation import _generate_padded
+
+    model, tokenizer = tiny
+    full = generate(model, tokenizer, PROMPTS, max_new_tokens=16, stop=[], progress=False)
+    text = full.texts[1]
+    stop = [text[len(text) // 2 : len(text) // 2 + 2]]  # ends some rows early, not all
+    options = {"max_new_tokens": 16, "stop": stop, "progress": False}
+    continuous = generate(model, tokenizer, PROMPTS, batch_size=2, **options)
+    assert continuous.decode_steps > 0 and continuous.prefill_seconds > 0
+    reference = _generate_padded(
+        model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=16, do_sample=False,
+        temperature=1.0, top_p=1.0, num_beams=1, batch_size=1, stop=stop, seed=0,
+        stop_early=True, eos_ids={tokenizer.eos_token_id}, on_done=lambda: None,
+    )
+    assert continuous.new_tokens == [len(row) for row in reference]
+    assert continuous.texts == [truncate_at_stop(tokenizer.decode(r), stop) for r in reference]
+    assert len(set(continuous.new_tokens)) > 1  # rows really ended at different steps
+    # Fewer steps than one prompt at a time: rows shared the decoding steps.
+    one_slot = generate(model, tokenizer, PROMPTS, batch_size=1, **options)
+    assert one_slot.texts == continuous.texts
+    assert continuous.decode_steps < one_slot.decode_steps == sum(continuous.new_tokens) - len(PROMPTS)
+
+
+def test_a_row_ending_at_eos_counts_it_and_frees_its_slot(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")
+    row = model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids["input_ids"].shape[1] :]
+    eos = int(row[2])  # make prompt 0's third token its end
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = eos
+    try:
+        ended = generate(model, tokenizer, PROMPTS, max_new_tokens=6, stop=[], batch_size=2, progress=False)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert ended.new_tokens[0] == row.tolist().index(eos) + 1 <= 3
+    assert all(0 < n <= 6 for n in ended.new_tokens)  # the freed slot served the other prompts
+
+
+def test_sampling_does_not_depend_on_batch_size(tiny):
+    model, tokenizer = tiny
+    options = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.0, "top_p": 0.95, "stop": [], "progress": False}
+    one = generate(model, tokenizer, PROMPTS, batch_size=1, seed=3, **options)
+    three = generate(model, tokenizer, PROMPTS, batch_size=3, seed=3, **options)
+    assert one.texts == three.texts
+    greedy = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False)
+    assert one.texts != greedy.texts  # it really sampled
+    assert generate(model, tokenizer, PROMPTS, batch_size=3, seed=4, **options).texts != three.texts
+
+
+def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from repotune.slot_cache import supports
+
+    model, tokenizer = tiny
+    assert supports(model)
+    beams = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=5, num_beams=2, stop=[], progress=False)
+    assert beams.decode_steps == 0 and all(0 < n <= 5 for n in beams.new_tokens)
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    sliding = MistralForCausalLM(config)
+    assert not supports(sliding)
+    out = generate(sliding, tokenizer, PROMPTS[:2], max_new_tokens=5, stop=[], progress=False)
+    assert out.decode_steps == 0 and all(0 < n <= 5 for n in out.new_tokens)
+
+
+def test_prepacked_linears_keep_the_logits(lively_model):
+    import torch
+
+    from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
+
+    model, tokenizer = load_causal_lm(lively_model), load_tokenizer(lively_model)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    ids = tokenizer(PROMPTS[1], return_tensors="pt")
+    with torch.inference_mode():
+        before = model(**ids).logits
+        assert prepack_linears(model, batch_size=8) == linears == 2 * 7 + 1  # + lm_head
+        assert not any(type(m) is torch.nn.Linear for m in model.modules())
+        after = model(**ids).logits
+    assert torch.allclose(before, after, atol=1e-4)
+    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
+    reference = load_causal_lm(lively_model)
+    assert texts == generate(reference, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
+
+
 # --- report ----------------------------------------------------------------------------------
 
 

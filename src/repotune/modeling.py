@@ -98,3 +98,54 @@ def load_causal_lm(
     if quantize != "4bit":
         model.to(device)
     return model
+
+
+def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
+    """Pre-pack every plain ``nn.Linear`` of a CPU fp32 model for oneDNN; for inference only.
+
+    torch's CPU ``F.linear`` hands each call to MKL's sgemm, which re-packs the whole weight
+    matrix for small row counts: on this CPU the 211 linears of SmolLM2-135M took 92 ms for 8
+    rows (a decoding step at batch 8) against 51 ms for 1 row. Weights reordered once into
+    oneDNN's blocked layout (the ops torch's own inductor uses for frozen CPU models) took 40
+    and 34 ms, and a 150-token prefill went from 0.32-0.42 s to 0.25 s. Logits change by
+    float rounding only (1.4e-4 at most on SmolLM2's).
+
+    The model can no longer be trained or saved afterwards. Nothing happens off the CPU, in
+    another dtype, for quantized layers (``nn.Linear`` subclasses are left alone), or where this
+    torch build has no oneDNN.
+
+    Args:
+        model: the model to change in place.
+        batch_size: the row count the weight layout is tuned for (the decoding batch size).
+
+    Returns:
+        How many linears were packed.
+    """
+    import torch
+
+    ops = getattr(torch.ops, "mkldnn", None)
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")):
+        return 0
+
+    class PackedLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            weight = linear.weight.detach()
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(1, batch_size))
+            self.bias = None if linear.bias is None else linear.bias.detach()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    packed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                type(child) is torch.nn.Linear
+                and child.weight.device.type == "cpu"
+                and child.weight.dtype == torch.float32
+            ):
+                setattr(parent, name, PackedLinear(child))
+                packed += 1
+    return packed
