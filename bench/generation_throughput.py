@@ -1,8 +1,9 @@
 """Generation throughput of a model folder: tokens/s per batch size, FLOP/s and MFU.
 
-Measures what the benchmark stage does (``repotune.generation.generate``: left padding,
-length-sorted batches, stop sequences that end rows early) on a set of docstring prompts, at
-several batch sizes, and relates it to this machine's fp32 matmul rate:
+Measures what the benchmark stage does (``repotune.generation.generate_from_folder``: linears
+pre-packed for the batch size, continuous batching, stop sequences that end rows early) on a
+set of docstring prompts, at several batch sizes, and relates it to this machine's fp32 matmul
+rate:
 
 - model FLOPs per token: see ``bench/flops.py`` (real tokens only, prefill included).
 - achieved FLOP/s: the FLOPs of the real (unpadded) tokens, prompt prefill included, divided
@@ -25,12 +26,9 @@ and the matmul rate around it; compare runs only when those agree.
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import sys
 import sysconfig
-import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,14 +36,17 @@ from pathlib import Path
 from flops import generation_flops, machine_rate, model_shape, write_result  # bench/flops.py
 
 from repotune import io
-from repotune.params import DecodingParams, PromptParams
+from repotune.params import DecodingParams, ExtractParams, PromptParams
+from repotune.tasks import extract_samples
 
 
 def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> list[dict]:
     """Docstring samples from the standard library's top-level modules, chosen deterministically.
 
+    Mined as the extract stage mines a repository (``repotune.tasks.extract_samples``).
+
     Args:
-        count: how many records to return (evenly spread over all candidates).
+        count: how many records to return (evenly spread over all candidates; 0 = all).
         min_chars: shortest function source (without docstring) to keep, in characters.
         max_chars: longest one; ~1500 characters is ~400 tokens, the filter stage's default cap.
 
@@ -53,29 +54,19 @@ def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> l
         Records with id, input (the function without its docstring) and target (the first
         paragraph of the docstring).
     """
-    candidates = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        source = path.read_text(encoding="utf-8", errors="replace")
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        lines = source.splitlines()
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            doc = ast.get_docstring(node)
-            if not doc or node.name.startswith("__"):
-                continue
-            docnode = node.body[0]
-            start = (node.decorator_list[0] if node.decorator_list else node).lineno
-            kept = lines[start - 1 : docnode.lineno - 1] + lines[docnode.end_lineno : node.end_lineno]
-            code = textwrap.dedent("\n".join(kept))
-            if min_chars <= len(code) <= max_chars and len(node.body) > 1:
-                target = inspect.cleandoc(doc).split("\n\n")[0].strip()
-                candidates.append({"id": f"{path.stem}:{node.lineno}", "input": code, "target": target})
-    step = max(1, len(candidates) // count)
-    return candidates[::step][:count]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    extract = ExtractParams()
+    records, _ = extract_samples(
+        stdlib, repo="stdlib", sha=sys.version.split()[0], task="docstring", lang="python",
+        target="summary", include=["/*.py"], exclude=[], max_file_bytes=extract.max_file_bytes,
+    )
+    candidates = [
+        r for r in records
+        if r["kind"] != "class" and not r["name"].split(".")[-1].startswith("__")
+        and min_chars <= len(r["input"]) <= max_chars
+    ]
+    step = max(1, len(candidates) // count) if count else 1
+    return candidates[::step][: count or None]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -83,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="HF model folder")
     parser.add_argument("--prompts", help="test.jsonl (default: stdlib functions)")
-    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--samples", type=int, default=48, help="first N prompts by id (0 = all)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, decoding.batch_size])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=decoding.max_new_tokens)
@@ -105,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     if args.prompts:
-        records = sorted(io.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples]
+        records = sorted(io.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples or None]
     else:
         records = stdlib_records(args.samples)
     prompts = [build_prompt(args.template, r) for r in records]

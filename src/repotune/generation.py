@@ -355,7 +355,7 @@ def generate(
     temperature: float = 0.7,
     top_p: float = 0.9,
     num_beams: int = 1,
-    batch_size: int = 8,
+    batch_size: int = 16,
     stop: Sequence[str] = ("\n\n",),
     seed: int = 42,
     stop_early: bool = True,
@@ -466,7 +466,7 @@ def generate_from_folder(
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder, device=device, precision=precision)
     # This model only generates: its linears can take oneDNN's packed layout (CPU fp32 only).
-    prepack_linears(model, decoding.get("batch_size", 8))
+    prepack_linears(model, decoding.get("batch_size", 16))
     try:
         return generate(model, tokenizer, prompts, desc=desc or Path(folder).name, **decoding)
     finally:

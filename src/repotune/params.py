@@ -135,7 +135,7 @@ class DecodingParams(Section):
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=16, gt=0)
     stop: list[str] = Field(default_factory=lambda: ["\n\n"])
     seed: int = 42
 
