@@ -97,7 +97,26 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if quantize != "4bit":
         model.to(device)
+    elif device == "cpu":
+        _avx512bf16_kernel_only_where_it_fits(model)
     return model
+
+
+def _avx512bf16_kernel_only_where_it_fits(model: PreTrainedModel) -> None:
+    """Keep bitsandbytes' plain 4-bit CPU kernel for layers its AVX512-bf16 path cannot take.
+
+    On CPUs with AVX512-bf16, bitsandbytes 0.50 repacks a 4-bit weight at its first no-grad
+    forward (an eval pass) into blocks of 32 output rows and one absmax per `blocksize` inputs;
+    for other shapes it crashes ("shape '[32, 0]' is invalid", seen on a 32-wide test model).
+    Real models' widths are multiples of both; the rest keep the kernel that works everywhere.
+    """
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        blocksize = getattr(state, "blocksize", 64)
+        if module.out_features % 32 or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
