@@ -83,6 +83,12 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return body[:cut].strip()
 
 
+def _is_stopped(text: str, stops: Sequence[str]) -> bool:
+    """Whether `text`, leading whitespace ignored, holds one of `stops` (non-empty strings)."""
+    body = text.lstrip()
+    return any(s in body for s in stops)
+
+
 def _stop_criterion(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_len: int):
     """A transformers StoppingCriteria that ends a row once its stripped text holds a stop.
 
@@ -111,8 +117,7 @@ def _stop_criterion(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], pro
                 if row in self.stopped_at:
                     done[row] = True
                     continue
-                text = tokenizer.decode(new[row], skip_special_tokens=True).lstrip()
-                if any(s in text for s in stops):
+                if _is_stopped(tokenizer.decode(new[row], skip_special_tokens=True), stops):
                     self.stopped_at[row] = new.shape[1]
                     done[row] = True
             return done
@@ -142,11 +147,6 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def _is_stopped(text: str, stops: Sequence[str]) -> bool:
-    body = text.lstrip()
-    return any(s in body for s in stops)
 
 
 def _sampler(temperature: float, top_p: float):
