@@ -257,18 +257,16 @@ def _generate_continuous(
             tokens[index].append(greedy[slot] if greedy is not None else pick(logits[slot], index))
             if finished(index):
                 ended.append(slot)
-        for slot in ended:
+        # Highest slot first, so that the last slot is always a live row: a slot left without
+        # a prompt takes the last row, and steps keep computing rows [0, active) only.
+        for slot in reversed(ended):
             on_done()
             if not fill(slot):
-                slot_prompt[slot] = -1  # free, and no prompt left to put there
-        # Keep the active slots first (steps compute rows [0, active)): the last active slot
-        # moves into each freed one.
-        for slot in range(len(slot_prompt)):
-            while slot_prompt and slot_prompt[-1] == -1:
+                last = len(slot_prompt) - 1
+                if slot != last:
+                    cache.move(last, slot)
+                    slot_prompt[slot] = slot_prompt[last]
                 slot_prompt.pop()
-            if slot < len(slot_prompt) and slot_prompt[slot] == -1:
-                cache.move(len(slot_prompt) - 1, slot)
-                slot_prompt[slot] = slot_prompt.pop()
         cache.active = len(slot_prompt)
     return tokens, prefill_seconds, steps
 
