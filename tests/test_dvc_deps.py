@@ -1,0 +1,157 @@
+"""dvc.yaml declares exactly what each stage reads: its project modules and params sections.
+
+DVC re-runs a stage only when something it declares changes. A module a stage imports but does
+not declare (the 4-bit loading fix in modeling.py did not mark `train` stale) silently keeps an
+old output; a params section it reads but does not declare does the same, and one it declares
+but never reads re-runs it for nothing. Both directions are checked.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "repotune"
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module `repotune.x.y` (a module or a package's __init__), if it exists."""
+    path = PACKAGE.joinpath(*name.split(".")[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def direct_imports(path: Path) -> set[Path]:
+    """Project modules `path` imports anywhere (top level or inside functions)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "repotune":
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "repotune")
+    # Importing repotune.a.b runs repotune/a/__init__.py first.
+    for name in list(names):
+        parts = name.split(".")
+        names.update(".".join(parts[:i]) for i in range(2, len(parts)))
+    # An empty package __init__ runs no code: nothing to declare.
+    return {
+        f for name in names
+        if (f := module_file(name)) is not None and f.read_text(encoding="utf-8").strip()
+    }
+
+
+def closure(script: Path) -> set[Path]:
+    """Every project module `script` imports, transitively."""
+    seen: set[Path] = set()
+    todo = list(direct_imports(script))
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(direct_imports(path))
+    return seen
+
+
+def params_sections(script: Path) -> set[str]:
+    """Top-level params.yaml sections a stage script reads.
+
+    Recognises ``params.load(...).section`` and ``p = params.load(...)`` followed by
+    ``p.section``: the two forms the stage scripts use.
+    """
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+
+    def is_load(node: ast.AST) -> bool:
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "params"
+        )
+
+    holders = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and is_load(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    sections = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            if is_load(node.value) or (isinstance(node.value, ast.Name) and node.value.id in holders):
+                sections.add(node.attr)
+    return sections
+
+
+def script_of(stage: dict) -> Path:
+    return ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
+
+
+def declared_deps(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_every_module_it_imports(name: str) -> None:
+    stage = STAGES[name]
+    deps = declared_deps(stage)
+    imported = {p.relative_to(ROOT).as_posix() for p in closure(script_of(stage))}
+
+    def covered(module: str) -> bool:
+        return any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps)
+
+    missing = sorted(m for m in imported if not covered(m))
+    assert not missing, f"stage {name!r} imports but does not declare: {missing}"
+
+    # And nothing declared under src/ that the stage never imports (it would re-run for nothing).
+    # A declared folder must hold only modules the stage imports; query files count as part of
+    # repotune.languages, which loads them.
+    for dep in (d for d in deps if d.startswith("src/")):
+        path = ROOT / dep
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in (f for f in files if f.is_file() and "__pycache__" not in f.parts):
+            rel = file.relative_to(ROOT).as_posix()
+            if file.suffix == ".py":
+                assert rel in imported, f"stage {name!r} declares {rel} but never imports it"
+            else:
+                assert any(m.startswith("src/repotune/languages") for m in imported), (
+                    f"stage {name!r} declares data file {rel} but does not import repotune.languages"
+                )
+    assert (ROOT / stage["cmd"].split()[-1]).as_posix().endswith(".py")
+    assert script_of(stage).relative_to(ROOT).as_posix() in deps, f"{name}: its own script is not a dep"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_exactly_the_params_sections_it_reads(name: str) -> None:
+    stage = STAGES[name]
+    declared = {p.split(".")[0] for p in stage.get("params", [])}
+    assert declared == params_sections(script_of(stage)), f"stage {name!r}"
+
+
+def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
+    """The benchmark stage imports its model modules inside main(); they must still count."""
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from repotune.generation import generate\n")
+    found = {p.relative_to(ROOT).as_posix() for p in closure(script)}
+    assert "src/repotune/generation.py" in found
+    assert "src/repotune/slot_cache.py" in found  # imported by generation, transitively
+
+
+def test_params_sections_sees_both_forms(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "def main():\n"
+        "    p = params.load('x')\n"
+        "    print(p.train.lr, p.model.base)\n"
+        "    q = params.load('x').split\n"
+    )
+    assert params_sections(script) == {"train", "model", "split"}
