@@ -37,6 +37,7 @@ from flops import generation_flops, machine_rate, model_shape, write_result  # b
 
 from repotune import io
 from repotune.params import DecodingParams, ExtractParams, PromptParams
+from repotune.prompts import template_text
 from repotune.tasks import extract_samples
 
 
@@ -55,10 +56,9 @@ def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> l
         paragraph of the docstring).
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    extract = ExtractParams()
+    extract = ExtractParams(include=["/*.py"])
     records, _ = extract_samples(
-        stdlib, repo="stdlib", sha=sys.version.split()[0], task="docstring", lang="python",
-        target="summary", include=["/*.py"], exclude=[], max_file_bytes=extract.max_file_bytes,
+        stdlib, repo="stdlib", sha=sys.version.split()[0], task_name="docstring", extract=extract
     )
     candidates = [
         r for r in records
@@ -78,12 +78,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, decoding.batch_size])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=decoding.max_new_tokens)
-    parser.add_argument("--stop", nargs="*", default=decoding.stop)
+    parser.add_argument("--stop", nargs="*", default=["\n\n"], help="the docstring task's default")
     parser.add_argument("--no-stop-early", action="store_true", help="cut stops only afterwards")
     parser.add_argument(
         "--compare-stop-early", action="store_true", help="run every batch size with and without"
     )
-    parser.add_argument("--template", default=prompt.docstring)
+    parser.add_argument("--template", default=template_text(prompt, "docstring"))
     parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -92,14 +92,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from repotune.generation import generate
     from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
-    from repotune.prompts import build_prompt
+    from repotune.prompts import Prompter
 
     torch.set_num_threads(args.threads)
     if args.prompts:
         records = sorted(io.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples or None]
     else:
         records = stdlib_records(args.samples)
-    prompts = [build_prompt(args.template, r) for r in records]
+    prompts = [Prompter("docstring", args.template).prompt(r) for r in records]
     tokenizer = load_tokenizer(args.model)
     shape = model_shape(load_causal_lm(args.model))
     stop_early = [True, False] if args.compare_stop_early else [not args.no_stop_early]

@@ -46,7 +46,8 @@ from flops import (  # bench/flops.py
 )
 
 from repotune import params
-from repotune.training import load_split, make_rows, token_lengths
+from repotune.prompts import Prompter
+from repotune.training import load_split, token_lengths
 
 
 def trained_lengths(
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = load_split(args.train, args.samples)
     tokenizer = modeling.load_tokenizer(args.model)
     lengths, completions = trained_lengths(
-        make_rows(records, p.prompt.docstring), tokenizer, train.max_length
+        Prompter.from_params(p.prompt, p.task.name).rows(records, tokenizer), tokenizer, train.max_length
     )
 
     base = modeling.load_causal_lm(args.model)
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="repotune-bench-") as scratch:
             run = train_adapter(
                 args.model, records, [], Path(scratch) / "adapter",
-                lora=p.lora, train=train, prompt=p.prompt, live_dir=None,
+                lora=p.lora, train=train, prompt=p.prompt, task_name=p.task.name, live_dir=None,
             )
         seconds = run["train_seconds"]
         return seconds, lora_training_flops(shape, lengths, lora_fpt, completions), {

@@ -1,7 +1,8 @@
 """Stage `extract`: mine task samples from the checked-out repository with tree-sitter.
 
-Reads:  data/repo/, metrics/clone.json (url and sha for provenance),
-        params.yaml `task` (name, language) and `extract` (target, include, exclude, max_file_bytes)
+Reads:  data/repo/, metrics/clone.json (url and sha for provenance), models/base/ (its
+        tokenizer, for tasks that cut on model tokens: completion),
+        params.yaml `task` (name) and `extract` (languages, include/exclude, task knobs)
 Writes: data/extracted.jsonl (one sample per line, sorted by path and line)
         metrics/extract.json (files seen/parsed/skipped per reason, definitions, samples per kind)
 Run:    python stages/extract.py [--params params.yaml] [--repo data/repo] [--out data/extracted.jsonl]
@@ -15,13 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import errors, io, params
-from repotune.tasks import extract_samples
+from repotune.tasks import extract_samples, task
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--repo", type=Path, default=Path("data/repo"))
+    parser.add_argument("--base", type=Path, default=Path("models/base"), help="tokenizer (completion)")
     parser.add_argument("--clone-metrics", type=Path, default=Path("metrics/clone.json"))
     parser.add_argument("--out", type=Path, default=Path("data/extracted.jsonl"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/extract.json"))
@@ -31,16 +33,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(f"{args.repo} is not a folder: run the clone stage first")
     clone = io.read_json(args.clone_metrics)
 
+    tokenizer = None
+    if task(p.task.name).NEEDS_TOKENIZER:
+        # Completion windows are cut on the base model's own token boundaries.
+        if not (args.base / "config.json").is_file():
+            raise errors.RepotuneError(f"{args.base}: no model folder (run the base stage first)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.base)
+
     records, counts = extract_samples(
-        args.repo,
-        repo=clone["url"],
-        sha=clone["sha"],
-        task=p.task.name,
-        lang=p.task.language,
-        target=p.extract.target,
-        include=p.extract.include,
-        exclude=p.extract.exclude,
-        max_file_bytes=p.extract.max_file_bytes,
+        args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name,
+        extract=p.extract, tokenizer=tokenizer,
     )
     io.write_jsonl(args.out, records)
     io.write_json(args.metrics, dict(counts))

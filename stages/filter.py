@@ -1,6 +1,6 @@
 """Stage `filter`: drop short, excluded and duplicate samples; truncate long inputs.
 
-Reads:  data/extracted.jsonl, params.yaml `filter`
+Reads:  data/extracted.jsonl, params.yaml `filter` and `task` (the task's own drop reasons)
 Writes: data/filtered.jsonl, metrics/filter.json (seen, kept, dropped per reason, truncated)
 Run:    python stages/filter.py [--params params.yaml] [--in data/extracted.jsonl] [--out data/filtered.jsonl]
 """
@@ -23,9 +23,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/filtered.jsonl"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/filter.json"))
     args = parser.parse_args(argv)
-    filter_params = params.load(args.params).filter
+    p = params.load(args.params)
 
-    kept, counts = filter_samples(io.read_jsonl(args.inp), filter_params)
+    kept, counts = filter_samples(io.read_jsonl(args.inp), p.filter, p.task.name)
     io.write_jsonl(args.out, kept)
     io.write_json(args.metrics, dict(counts))
     print(f"filter: kept {counts['kept']} of {counts['seen']} samples")

@@ -18,7 +18,8 @@ from pathlib import Path
 from repotune import errors, io
 from repotune.errors import RepotuneError
 from repotune.merging import merge_adapter, model_card
-from repotune.prompts import build_prompt
+from repotune.params import PromptParams
+from repotune.prompts import Prompter
 from repotune.training import load_split
 
 
@@ -41,14 +42,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise RepotuneError(f"{training_file}: file not found (run the train stage first)")
     training = io.read_json(training_file)
     clone = io.read_json(args.clone) if args.clone.is_file() else None
+    source_file = args.base / "SOURCE.md"  # written by the base stage
+    base_source = source_file.read_text(encoding="utf-8") if source_file.is_file() else None
 
     # Probes are built with the prompt template the adapter was trained with, not params.yaml,
     # so this stage depends on no params.
-    template = training["params"]["prompt"]["docstring"]
-    probes = [build_prompt(template, r) for r in load_split(args.val, args.probes)]
-    max_tokens = training["params"]["train"]["max_length"]
+    from repotune.modeling import load_tokenizer, set_threads
 
-    from repotune.modeling import set_threads
+    prompter = Prompter.from_params(PromptParams(**training["params"]["prompt"]), training["task"])
+    tokenizer = load_tokenizer(args.base)
+    probes = [prompter.prompt(r, tokenizer) for r in load_split(args.val, args.probes)]
+    max_tokens = training["params"]["train"]["max_length"]
 
     set_threads(args.threads)
     result = merge_adapter(
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         probes,
         tolerance=args.tolerance,
         max_probe_tokens=max_tokens,
-        card=lambda merge: model_card(training, clone, merge),
+        card=lambda merge: model_card(training, clone, merge, base_source),
     )
     io.write_json(args.metrics, result)
     print(f"merged into {args.out}: max |logit diff| {result['max_abs_diff']:.2e} "

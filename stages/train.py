@@ -1,6 +1,6 @@
 """Stage `train`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
 
-Reads:  params.yaml (lora, train, prompt; task and model.base are recorded), models/base/,
+Reads:  params.yaml (lora, train, prompt, task; model.base is recorded), models/base/,
         data/split/train.jsonl, data/split/val.jsonl
 Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
         dvclive/train/ (curves: train/eval loss, learning rate, grad norm),
@@ -44,12 +44,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         lora=p.lora,
         train=p.train,
         prompt=p.prompt,
+        task_name=p.task.name,
         live_dir=args.live,
         # SmolLM2-135M on 2 CPU cores: checkpointing cost ~20% speed for half the memory.
         gradient_checkpointing=False,
         group_by_length=True,  # ~2x fewer padding tokens computed
-        base_name=p.model.base if p.model is not None else str(args.base),
-        extra_info={"task": p.task.model_dump(mode="json")},
+        base_name=p.model.label if p.model is not None else str(args.base),
+        extra_info={"languages": sorted({r.get("language", "unknown") for r in train_records})},
     )
 
     metrics = {

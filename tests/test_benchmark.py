@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from repotune import io, metrics
-from repotune.generation import _count_new_tokens, generate, truncate_at_stop
+from repotune.generation import _count_new_tokens, generate
 from repotune.report import prediction_rows, render_report
+from repotune.stops import cut_at_stop, truncate_at_stop
+from repotune.tasks import docstring
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +37,12 @@ def load_stage(name: str):
 
 def test_identical_texts_score_100():
     refs = ["Return the sum of two numbers.", "Push an item onto the stack."]
-    assert metrics.score(refs, refs) == {"chrf": 100.0, "rouge_l": 100.0, "bleu": 100.0, "exact_match": 100.0}
+    assert docstring.score(refs, refs) == {"chrf": 100.0, "rouge_l": 100.0, "bleu": 100.0, "exact_match": 100.0}
     assert metrics.sentence_chrf(refs, refs) == [100.0, 100.0]
 
 
 def test_disjoint_texts_score_low():
-    scores = metrics.score(["zzz qqq xxx", "vvv www"], ["Return the sum.", "Push an item."])
+    scores = docstring.score(["zzz qqq xxx", "vvv www"], ["Return the sum.", "Push an item."])
     assert scores["chrf"] < 10 and scores["bleu"] < 1 and scores["rouge_l"] == 0
     assert scores["exact_match"] == 0
 
@@ -54,9 +56,9 @@ def test_exact_match_ignores_whitespace_and_rouge_ignores_case_and_punctuation()
 
 def test_compare_is_flat_with_deltas():
     refs = ["Return the sum of two numbers.", "Push an item onto the stack."]
-    flat = metrics.compare(refs, base=["x", "y"], finetuned=refs)
+    flat = metrics.compare(refs, {"base": ["x", "y"], "finetuned": refs}, docstring.score)
     assert flat["samples"] == 2
-    for name in metrics.METRICS:
+    for name in docstring.METRICS:
         assert flat[f"delta_{name}"] == pytest.approx(flat[f"finetuned_{name}"] - flat[f"base_{name}"])
     assert flat["delta_chrf"] > 90
     with pytest.raises(ValueError):
@@ -79,6 +81,13 @@ def test_compare_is_flat_with_deltas():
 )
 def test_truncate_at_stop(text, stop, expected):
     assert truncate_at_stop(text, stop) == expected
+
+
+def test_code_completion_stops_do_not_skip_leading_whitespace():
+    # Mid-line cursor: a newline first means the line is complete; indentation is kept.
+    assert cut_at_stop("\n    return x\n", ["\n"], skip_leading_whitespace=False) == ""
+    assert cut_at_stop("  x + 1)\n", ["\n"], skip_leading_whitespace=False) == "  x + 1)"
+    assert cut_at_stop("\n    return x\n", ["\n"]) == "\n    return x"
 
 
 def test_count_new_tokens():
@@ -179,7 +188,7 @@ def test_continuous_batching_equals_model_generate(tiny):
     reference = _generate_padded(
         model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=16, do_sample=False,
         temperature=1.0, top_p=1.0, num_beams=1, batch_size=1, stop=stop, seed=0,
-        stop_early=True, eos_ids={tokenizer.eos_token_id}, on_done=lambda: None,
+        stop_early=True, skip_leading_whitespace=True, eos_ids={tokenizer.eos_token_id}, on_done=lambda: None,
     )
     assert continuous.new_tokens == [len(row) for row in reference]
     assert continuous.texts == [truncate_at_stop(tokenizer.decode(r), stop) for r in reference]
@@ -263,13 +272,16 @@ def test_prepacked_linears_keep_the_logits(lively_model):
 
 def test_report_shows_table_and_largest_changes():
     records = [
-        {"id": "b", "target": "Return the sum.", "path": "m.py", "name": "add", "start_line": 3},
-        {"id": "a", "target": "Push an item.", "path": "m.py", "name": "push", "start_line": 9},
+        {"id": "b", "target": "Return the sum.", "path": "m.py", "name": "add", "start_line": 3, "input": "def add(): ..."},
+        {"id": "a", "target": "Push an item.", "path": "m.py", "name": "push", "start_line": 9, "input": "def push(): ..."},
     ]
-    rows = prediction_rows(records, base=["zzz", "Push an item."], finetuned=["Return the sum.", "qq"])
+    rows = prediction_rows(
+        records, ["zzz", "Push an item."], ["Return the sum.", "qq"], docstring.sample_scores
+    )
     assert [r["id"] for r in rows] == ["a", "b"]
-    summary = metrics.compare([r["target"] for r in records], ["zzz", "Push an item."], ["Return the sum.", "qq"])
-    text = render_report(summary, rows, {"max_new_tokens": 64})
+    outputs = {"base": ["zzz", "Push an item."], "finetuned": ["Return the sum.", "qq"]}
+    summary = metrics.compare([r["target"] for r in records], outputs, docstring.score)
+    text = render_report(summary, rows, docstring.METRICS, "chrf", {"max_new_tokens": 64})
     assert "| chrF (sacrebleu, corpus) |" in text and "## Largest gains" in text
     assert text.index("`add`") < text.index("## Largest losses") < text.index("`push`")
 
@@ -325,14 +337,14 @@ def test_stage_identical_models_zero_delta_and_deterministic(tmp_path, lively_mo
     second = run_stage(tmp_path, lively_model, "m2")
 
     summary = json.loads((first / "benchmark.json").read_text())
-    expected = {"samples"} | {f"{k}_{m}" for k in ("base", "finetuned", "delta") for m in metrics.METRICS}
+    expected = {"samples", "task"} | {f"{k}_{m}" for k in ("base", "finetuned", "delta") for m in docstring.METRICS}
     assert set(summary) == expected
-    assert summary["samples"] == len(PROMPTS)
-    assert all(summary[f"delta_{m}"] == 0 for m in metrics.METRICS)
+    assert summary["samples"] == len(PROMPTS) and summary["task"] == "docstring"
+    assert all(summary[f"delta_{m}"] == 0 for m in docstring.METRICS)
 
     rows = io.read_jsonl(first / "predictions.jsonl")
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
-    assert all(r["base"] == r["finetuned"] and r["delta_chrf"] == 0 for r in rows)
+    assert all(r["base"] == r["finetuned"] and r["delta_score"] == 0 for r in rows)
 
     speed = json.loads((first / "benchmark_speed.json").read_text())
     assert speed["base_tokens_per_s"] > 0 and speed["finetuned_generated_tokens"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from repotune.filters import count_tokens, filter_samples, truncate_tokens
+from repotune.languages.python import is_test
 from repotune.params import FilterParams, SplitParams
 from repotune.split import split_samples
 
@@ -10,7 +11,7 @@ LONG = "Return the thing that this function computes from its many and varied ar
 
 
 def rec(name: str, target: str = LONG, code: str | None = None, path: str = "a.py") -> dict:
-    return {"id": f"{path}:{name}", "path": path, "name": name, "target": target,
+    return {"id": f"{path}:{name}", "path": path, "name": name, "target": target, "is_test": is_test(name),
             "input": code if code is not None else f"def {name.split('.')[-1]}(x):\n    return x\n"}
 
 
@@ -19,7 +20,10 @@ def test_tokens_are_words_and_symbols():
     assert count_tokens("") == 0
     assert truncate_tokens("a b c d", 2) == ("a b", True)
     assert truncate_tokens("a b", 2) == ("a b", False)
-    assert truncate_tokens("a b  \n", 2) == ("a b", False)
+    assert truncate_tokens("a b  \n", 2) == ("a b  \n", False)  # nothing cut: left as it is
+    # A tail keeps the last tokens from the start of their line: the end stays byte-identical.
+    assert truncate_tokens("a b\nc d e\n  f(g", 4, keep="tail") == ("  f(g", True)
+    assert truncate_tokens("a b\nc d\n  f(g", 5, keep="tail") == ("c d\n  f(g", True)
 
 
 def test_every_drop_reason_is_counted():
@@ -34,7 +38,7 @@ def test_every_drop_reason_is_counted():
         rec("copy", code="def kept(x):\n        return   x\n"),  # same input as `kept`, other spacing
         rec("other.kept", code="def kept(y):\n    return y\n"),  # same target and short name
     ]
-    kept, counts = filter_samples(records, FilterParams(drop_private=True))
+    kept, counts = filter_samples(records, FilterParams(drop_private=True), "docstring")
     assert [r["name"] for r in kept] == ["Cls.__init__", "kept"]
     assert counts == {
         "seen": 9, "kept": 2, "dropped_short_target": 1, "dropped_dunder": 1, "dropped_test": 2,
@@ -46,13 +50,13 @@ def test_every_drop_reason_is_counted():
 
 def test_switches_turn_exclusions_off():
     records = [rec("Cls.__repr__"), rec("test_thing"), rec("_private")]
-    kept, _ = filter_samples(records, FilterParams(drop_dunder=False, drop_tests=False, drop_duplicates=False))
+    kept, _ = filter_samples(records, FilterParams(drop_dunder=False, drop_tests=False, drop_duplicates=False), "docstring")
     assert len(kept) == 3
 
 
 def test_long_inputs_are_truncated_and_marked():
     code = "def f(x):\n" + "    x = x + 1\n" * 100
-    kept, counts = filter_samples([rec("f", code=code)], FilterParams(max_input_tokens=50))
+    kept, counts = filter_samples([rec("f", code=code)], FilterParams(max_input_tokens=50), "docstring")
     assert count_tokens(kept[0]["input"]) == 50
     assert kept[0]["input_truncated"] is True
     assert code.startswith(kept[0]["input"])

@@ -62,9 +62,21 @@ def test_split_fractions_must_sum_to_one():
         params.parse({"source": {"url": "."}, "split": {"train": 0.9, "val": 0.1, "test": 0.1}})
 
 
-def test_unimplemented_task_is_a_clear_error():
-    with pytest.raises(ParamsError, match="task 'docstring' for language 'kotlin' is not implemented yet"):
+def test_task_and_language_params_are_checked():
+    with pytest.raises(ParamsError, match=r"task.language is not a known key \(valid keys: name\)"):
         params.parse({"source": {"url": "."}, "task": {"language": "kotlin"}})
+    with pytest.raises(ParamsError, match=r"extract.languages.0 must be 'python', 'kotlin' or 'java', got 'go'"):
+        params.parse({"source": {"url": "."}, "extract": {"languages": ["go"]}})
+    with pytest.raises(ParamsError, match="languages lists a language twice"):
+        params.parse({"source": {"url": "."}, "extract": {"languages": ["java", "java"]}})
+    with pytest.raises(ParamsError, match="extract.languages list should have at least 1 item"):
+        params.parse({"source": {"url": "."}, "extract": {"languages": []}})
+    with pytest.raises(ParamsError, match="extract.window.target must be 'tokens', 'line' or 'lines'"):
+        params.parse({"source": {"url": "."}, "extract": {"window": {"target": "word"}}})
+    with pytest.raises(ParamsError, match=r"templates.completion.bare must contain the placeholder \{code\}"):
+        params.parse({"source": {"url": "."}, "prompt": {"templates": {"completion": {"bare": "x"}}}})
+    p = params.parse({"source": {"url": "."}, "task": {"name": "method_name"}, "extract": {"languages": ["kotlin", "java"]}})
+    assert p.task.name == "method_name" and p.extract.languages == ["kotlin", "java"]
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

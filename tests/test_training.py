@@ -17,8 +17,10 @@ import yaml
 
 from repotune import errors
 from repotune.errors import RepotuneError
-from repotune.prompts import build_completion, build_prompt
-from repotune.training import count_lengths, load_split, make_rows
+from repotune.prompts import Prompter
+from repotune.training import count_lengths, load_split
+
+DOCSTRING = Prompter("docstring", "{code}\nDocstring:")
 
 STAGES = Path(__file__).resolve().parent.parent / "stages"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -127,8 +129,8 @@ def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_prompt_keeps_braces_and_drops_trailing_whitespace():
     rec = {"input": "def f():\n    return {'a': 1}\n\n", "target": "  Make a dict.\n"}
-    assert build_prompt("{code}\nDocstring:", rec) == "def f():\n    return {'a': 1}\nDocstring:"
-    assert build_completion(rec) == " Make a dict.\n"
+    assert DOCSTRING.prompt(rec) == "def f():\n    return {'a': 1}\nDocstring:"
+    assert DOCSTRING.completion(rec) == " Make a dict.\n"
 
 
 def test_load_split_sorts_by_id_and_takes_first_n(tmp_path):
@@ -155,7 +157,7 @@ def test_count_lengths_counts_truncated_and_too_long(tiny_model):
     from repotune.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)
-    rows = make_rows([record(0, "x")], "{code}\nDocstring:")
+    rows = DOCSTRING.rows([record(0, "x")])
     prompt = len(tokenizer(rows[0]["prompt"])["input_ids"])
     assert count_lengths(rows, tokenizer, 1000) == {
         "tokens": count_lengths(rows, tokenizer, 1000)["tokens"],
@@ -246,13 +248,15 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     records = [record(i, "train") for i in range(4)]
     p = params.parse(yaml.safe_load(PARAMS))
     train = p.train.model_copy(update={"max_steps": 1})
-    train_adapter(tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train, prompt=p.prompt)
+    train_adapter(
+        tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train, prompt=p.prompt, task_name="docstring"
+    )
 
     tokenizer = modeling.load_tokenizer(tiny_model)
     completion_tokens = sum(
         len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1  # + EOS
         - len(tokenizer(r["prompt"])["input_ids"])
-        for r in make_rows(records, p.prompt.docstring)
+        for r in Prompter.from_params(p.prompt, "docstring").rows(records)
     )
     assert scored == [completion_tokens]  # one batch of all 4 rows, no prompt or padding
     assert trl_utils._use_triton is original_switch
@@ -289,11 +293,11 @@ def test_merge_matches_adapter_logits_and_changes_only_lora_targets(trained, tin
         assert (merged_dir / name).is_file(), name
     card = (merged_dir / "README.md").read_text(encoding="utf-8")
     assert "https://example.org/tiny.git" in card and "a" * 40 in card
-    assert "r=8" in card and "docstring (python)" in card and "metrics/benchmark.json" in card
+    assert "r=8" in card and "docstring (python)" in card and "`{code}\\nDocstring:`" in card and "metrics/benchmark.json" in card
 
     # Independent check: merged model vs base + adapter through peft, on a fresh prompt.
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    ids = tokenizer(build_prompt("{code}\nDocstring:", record(1, "t")), return_tensors="pt")
+    ids = tokenizer(DOCSTRING.prompt(record(1, "t")), return_tensors="pt")
     adapted = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model), trained / "adapter"
     ).eval()
@@ -328,3 +332,14 @@ def test_bad_paths_give_clear_errors(trained, tiny_model, tmp_path, capsys):
 
     with pytest.raises(RepotuneError, match="training.json: file not found"):
         load_stage("merge").main(merge_args(trained, tiny_model, adapter="no-adapter"))
+
+
+def test_model_card_quotes_where_the_base_weights_come_from(trained):
+    from repotune.merging import model_card
+
+    training = json.loads((trained / "adapter/training.json").read_text(encoding="utf-8"))
+    merge = {"max_abs_diff": 1e-5, "probes": 4, "tolerance": 1e-3}
+    source = "# Where these base weights come from\n\nThe assembled GGUF has sha256 `abc`.\n"
+    card = model_card(training, None, merge, source)
+    assert "\n## Where these base weights come from\n\nThe assembled GGUF has sha256 `abc`." in card
+    assert "Where these base weights" not in model_card(training, None, merge)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from repotune.stops import cut_at_stop, is_stopped, truncate_at_stop
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,7 +43,9 @@ class Generation:
     """Outputs of :func:`generate`, in the order of the prompts.
 
     Attributes:
-        texts: completions, cut at the first stop sequence and stripped.
+        texts: completions cut at the first stop sequence (and stripped, when stops are looked
+            for after leading whitespace; code completions keep their whitespace).
+        raw_texts: the decoded new tokens as generated, before any cut.
         new_tokens: tokens the model generated per prompt (up to and including EOS or the
             token that completed a stop sequence; padding of finished rows excluded).
         prompt_tokens: prompt length in tokens per prompt (special tokens included).
@@ -53,6 +57,7 @@ class Generation:
     """
 
     texts: list[str]
+    raw_texts: list[str]
     new_tokens: list[int]
     prompt_tokens: list[int]
     seconds: float
@@ -65,31 +70,9 @@ class Generation:
         return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Cut `text` at the first stop sequence that follows its first non-blank character; strip.
-
-    Leading whitespace is ignored when looking for stops, so ``"\\n\\nReturn x.\\n\\nMore"``
-    with stop ``["\\n\\n"]`` gives ``"Return x."`` and not ``""``.
-
-    Args:
-        text: a raw completion (the decoded new tokens).
-        stop: stop sequences; empty strings are ignored.
-
-    Returns:
-        The text before the earliest stop, stripped of surrounding whitespace.
-    """
-    body = text.lstrip()
-    cut = min((i for s in stop if s and (i := body.find(s)) >= 0), default=len(body))
-    return body[:cut].strip()
-
-
-def _is_stopped(text: str, stops: Sequence[str]) -> bool:
-    """Whether `text`, leading whitespace ignored, holds one of `stops` (non-empty strings)."""
-    body = text.lstrip()
-    return any(s in body for s in stops)
-
-
-def _stop_criterion(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_len: int):
+def _stop_criterion(
+    tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_len: int, skip_leading_whitespace: bool
+):
     """A transformers StoppingCriteria that ends a row once its stripped text holds a stop.
 
     transformers' built-in ``stop_strings`` cannot ignore leading whitespace (a ``"\\n\\n"``
@@ -117,7 +100,8 @@ def _stop_criterion(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], pro
                 if row in self.stopped_at:
                     done[row] = True
                     continue
-                if _is_stopped(tokenizer.decode(new[row], skip_special_tokens=True), stops):
+                text = tokenizer.decode(new[row], skip_special_tokens=True)
+                if is_stopped(text, stops, skip_leading_whitespace):
                     self.stopped_at[row] = new.shape[1]
                     done[row] = True
             return done
@@ -170,6 +154,7 @@ def _generate_continuous(
     stop: Sequence[str],
     seed: int,
     stop_early: bool,
+    skip_leading_whitespace: bool,
     eos_ids: set[int],
     on_done,
 ) -> tuple[list[list[int]], float, int]:
@@ -215,7 +200,9 @@ def _generate_continuous(
         row = tokens[index]
         if row[-1] in eos_ids or len(row) >= max_new_tokens:
             return True
-        return bool(stops) and _is_stopped(tokenizer.decode(row, skip_special_tokens=True), stops)
+        return bool(stops) and is_stopped(
+            tokenizer.decode(row, skip_special_tokens=True), stops, skip_leading_whitespace
+        )
 
     def fill(slot: int) -> bool:
         """Prefill prompts into `slot` until one needs decoding; False when none is left."""
@@ -286,6 +273,7 @@ def _generate_padded(
     stop: Sequence[str],
     seed: int,
     stop_early: bool,
+    skip_leading_whitespace: bool,
     eos_ids: set[int],
     on_done,
 ) -> list[list[int]]:
@@ -324,7 +312,7 @@ def _generate_padded(
             criteria = StoppingCriteriaList()
             criterion = None
             if stop_early and any(stop):
-                criterion = _stop_criterion(tokenizer, stop, prompt_len)
+                criterion = _stop_criterion(tokenizer, stop, prompt_len, skip_leading_whitespace)
                 criteria.append(criterion)
             if do_sample:
                 torch.manual_seed(seed + b)
@@ -357,6 +345,7 @@ def generate(
     stop: Sequence[str] = ("\n\n",),
     seed: int = 42,
     stop_early: bool = True,
+    skip_leading_whitespace: bool = True,
     progress: bool = True,
     desc: str = "generate",
 ) -> Generation:
@@ -381,6 +370,8 @@ def generate(
             ``model.generate`` call).
         stop: stop sequences; the text is cut at the first one after leading whitespace.
         seed: seed for sampling.
+        skip_leading_whitespace: look for stops only after the first non-blank character
+            (docstrings); False for code completion, where a leading newline ends the line.
         stop_early: also end generation of a row once it holds a stop sequence (saves time;
             the texts are the same either way).
         progress: show a tqdm progress bar (per prompt).
@@ -406,6 +397,7 @@ def generate(
     options = dict(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
         batch_size=batch_size, stop=stop, seed=seed, stop_early=stop_early, eos_ids=eos_ids,
+        skip_leading_whitespace=skip_leading_whitespace,
     )
     prefill_seconds, steps = 0.0, 0
     with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
@@ -421,9 +413,14 @@ def generate(
                     model, tokenizer, prompts, order, num_beams=num_beams,
                     on_done=lambda: bar.update(1), **options,
                 )
-    texts = [truncate_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop) for row in tokens]
+    raw = [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+    if skip_leading_whitespace:
+        texts = [truncate_at_stop(text, stop) for text in raw]
+    else:
+        texts = [cut_at_stop(text, stop, skip_leading_whitespace=False) for text in raw]
     return Generation(
         texts=texts,
+        raw_texts=raw,
         new_tokens=[len(row) for row in tokens],
         prompt_tokens=lengths,
         seconds=time.perf_counter() - start,

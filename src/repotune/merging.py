@@ -126,7 +126,10 @@ def merge_adapter(
 
 
 def model_card(
-    training: dict[str, Any], clone: dict[str, Any] | None, merge: dict[str, Any]
+    training: dict[str, Any],
+    clone: dict[str, Any] | None,
+    merge: dict[str, Any],
+    base_source: str | None = None,
 ) -> str:
     """A README.md for the merged model: base, source repo and revision, task, LoRA, results.
 
@@ -134,17 +137,25 @@ def model_card(
         training: the adapter's training.json.
         clone: metrics/clone.json (``url``, ``sha``), or None when not available.
         merge: the result of :func:`merge_adapter` (it goes in the card's merge check line).
+        base_source: the base folder's SOURCE.md (where the base weights come from and how
+            they were checked), appended as a section when given.
     """
     p = training.get("params", {})
     lora, train, prompt = p.get("lora", {}), p.get("train", {}), p.get("prompt", {})
-    task = training.get("task", {})
+    task = training.get("task", "unknown")
+    languages = ", ".join(training.get("languages", [])) or "unknown"
     results = training.get("results", {})
     base = training.get("base_model", "unknown")
     url = (clone or {}).get("url", "unknown")
     sha = (clone or {}).get("sha", "unknown")
     targets = lora.get("target_modules")
     targets = ", ".join(targets) if isinstance(targets, list) else targets
-    template = prompt.get("docstring", "").replace("\n", "\\n")
+    from repotune.params import PromptParams
+    from repotune.prompts import template_text
+
+    template = "`" + template_text(PromptParams(**prompt), task).replace("\n", "\\n") + "`"
+    if prompt.get("chat_template"):
+        template += " in the tokenizer's chat template"
     lines = [
         "---",
         f"base_model: {base}",
@@ -162,8 +173,8 @@ def model_card(
         f"| base model | `{base}` |",
         f"| source repository | {url} |",
         f"| source revision | `{sha}` |",
-        f"| task | {task.get('name', 'unknown')} ({task.get('language', 'unknown')}) |",
-        f"| prompt | `{template}` then the completion, ended by EOS |",
+        f"| task | {task} ({languages}) |",
+        f"| prompt | {template}, then the completion, ended by EOS |",
         f"| LoRA | r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
         f"bias={lora.get('bias')}, target modules: {targets} |",
         f"| training | {results.get('steps')} steps ({results.get('epochs')} epochs) on "
@@ -181,6 +192,9 @@ def model_card(
         "model. Training curves: `dvclive/train`.",
         "",
     ]
+    if base_source:
+        # SOURCE.md starts with its own "# ..." title: one level down inside the card.
+        lines += ["#" + base_source.strip(), ""]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Text-similarity metrics for generated docstrings: pure functions on lists of strings.
+"""Metrics: pure functions on lists of predictions and references. Tasks choose among them.
 
 All scores are on a 0–100 scale, rounded to 4 decimals so that JSON files are stable and a
 difference of identical systems is exactly 0.
@@ -11,22 +11,26 @@ difference of identical systems is exactly 0.
   lowercases and treats every non-alphanumeric character as a separator (punctuation and
   symbols are ignored), without stemming.
 - exact match: percentage of predictions equal to their reference once whitespace runs are
-  collapsed (docstrings differ in line wrapping more than in meaning).
+  collapsed (CodeXGLUE's code-completion evaluator: ``pred.split() == gt.split()``);
+  ``exact_match_ci`` also ignores case.
+- edit similarity: mean over samples of rapidfuzz ``fuzz.ratio(pred, ref)`` (the normalised
+  Indel similarity, 0–100) on both texts stripped of surrounding whitespace, as CodeXGLUE's
+  line-completion evaluator computes it with fuzzywuzzy.
+- sub-token precision/recall/F1: identifiers split at camelCase humps, digits and ``_``,
+  lowercased; true positives, predicted and reference sub-tokens summed over the corpus
+  (micro average, as code2vec/code2seq report it); a sub-token counts at most as often as it
+  occurs in the reference.
 
 ``evaluate.load`` is not used: it fetches metric scripts from the Hub, which is unreachable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-# Keys of :func:`score`, in report order, with a label that says how each is computed.
-METRICS: dict[str, str] = {
-    "chrf": "chrF (sacrebleu, corpus)",
-    "rouge_l": "ROUGE-L F (rouge_score, lowercased alphanumeric tokens)",
-    "bleu": "BLEU (sacrebleu 13a, corpus)",
-    "exact_match": "exact match % (whitespace-normalised)",
-}
+import re
+from collections import Counter
+
 DIGITS = 4
 
 
@@ -87,29 +91,92 @@ def sentence_chrf(predictions: Sequence[str], references: Sequence[str]) -> list
     ]
 
 
-def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Every corpus metric of :data:`METRICS`: ``{"chrf": ..., "rouge_l": ..., ...}``."""
+def exact_match_ci(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Like :func:`exact_match`, case-insensitive."""
+    return exact_match([p.lower() for p in predictions], [r.lower() for r in references])
+
+
+def sentence_edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """rapidfuzz ``fuzz.ratio`` (0–100) of each stripped prediction against its stripped reference."""
+    from rapidfuzz import fuzz
+
+    _check(predictions, references)
+    return [round(fuzz.ratio(p.strip(), r.strip()), DIGITS) for p, r in zip(predictions, references)]
+
+
+def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean per-sample edit similarity (0–100), see :func:`sentence_edit_similarity`."""
+    scores = sentence_edit_similarity(predictions, references)
+    return round(sum(scores) / len(scores), DIGITS)
+
+
+_SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def subtokens(name: str) -> list[str]:
+    """``getHTTPResponse2_code`` -> ``['get', 'http', 'response', '2', 'code']``."""
+    return [t.lower() for t in _SUBTOKEN.findall(name)]
+
+
+def _subtoken_counts(prediction: str, reference: str) -> tuple[int, int, int]:
+    """(true positives, predicted, reference) sub-tokens of one pair."""
+    pred, ref = Counter(subtokens(prediction)), Counter(subtokens(reference))
+    return sum((pred & ref).values()), sum(pred.values()), sum(ref.values())
+
+
+def subtoken_prf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Micro sub-token precision, recall and F1 (0–100) over the corpus."""
+    _check(predictions, references)
+    tp = n_pred = n_ref = 0
+    for p, r in zip(predictions, references):
+        a, b, c = _subtoken_counts(p, r)
+        tp, n_pred, n_ref = tp + a, n_pred + b, n_ref + c
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_ref if n_ref else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "chrf": chrf(predictions, references),
-        "rouge_l": rouge_l(predictions, references),
-        "bleu": bleu(predictions, references),
-        "exact_match": exact_match(predictions, references),
+        "subtoken_precision": round(100 * precision, DIGITS),
+        "subtoken_recall": round(100 * recall, DIGITS),
+        "subtoken_f1": round(100 * f1, DIGITS),
     }
 
 
+def sentence_subtoken_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sub-token F1 (0–100) of each prediction against its reference."""
+    _check(predictions, references)
+    scores = []
+    for p, r in zip(predictions, references):
+        tp, n_pred, n_ref = _subtoken_counts(p, r)
+        scores.append(round(100 * 2 * tp / (n_pred + n_ref), DIGITS) if n_pred + n_ref else 0.0)
+    return scores
+
+
 def compare(
-    references: Sequence[str], base: Sequence[str], finetuned: Sequence[str]
+    references: Sequence[str],
+    outputs: dict[str, Sequence[str]],
+    score: Callable[[Sequence[str], Sequence[str]], dict[str, float]],
+    reference_system: str = "base",
 ) -> dict[str, float | int]:
-    """Flat comparison of two systems on the same references.
+    """Flat comparison of named systems on the same references.
+
+    Args:
+        references: the targets.
+        outputs: system name -> its predictions (same order as `references`).
+        score: the task's corpus scorer, ``{"metric": value, ...}``.
+        reference_system: deltas are taken against this system.
 
     Returns:
-        ``{"base_chrf", "finetuned_chrf", "delta_chrf", ...}`` for every metric of
-        :data:`METRICS` (delta = fine-tuned − base) and ``"samples"``.
+        ``{"samples": n, "<system>_<metric>": ..., "delta_<metric>": ...}``; with two systems the
+        delta is other − reference; with more, ``delta_<system>_<metric>`` per other system.
     """
-    scores = {"base": score(base, references), "finetuned": score(finetuned, references)}
+    scores = {name: score(preds, references) for name, preds in outputs.items()}
+    others = [name for name in outputs if name != reference_system]
     flat: dict[str, float | int] = {"samples": len(references)}
-    for name in METRICS:
-        flat[f"base_{name}"] = scores["base"][name]
-        flat[f"finetuned_{name}"] = scores["finetuned"][name]
-        flat[f"delta_{name}"] = round(scores["finetuned"][name] - scores["base"][name], DIGITS)
+    for name, values in scores.items():
+        for metric, value in values.items():
+            flat[f"{name}_{metric}"] = value
+    for other in others:
+        prefix = "delta" if len(others) == 1 else f"delta_{other}"
+        for metric, value in scores[other].items():
+            flat[f"{prefix}_{metric}"] = round(value - scores[reference_system][metric], DIGITS)
     return flat

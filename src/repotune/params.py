@@ -27,11 +27,6 @@ from pydantic import (
 
 from repotune.errors import ParamsError
 
-# Task/language pairs that have an extractor. Others are rejected at load time with a clear
-# message rather than failing deep inside a stage.
-IMPLEMENTED_TASKS: dict[str, tuple[str, ...]] = {"docstring": ("python",)}
-
-
 class Section(BaseModel):
     """Base for every params section: frozen, strict types, unknown keys rejected."""
 
@@ -46,34 +41,53 @@ class SourceParams(Section):
 
 class TaskParams(Section):
     name: Literal["docstring", "completion", "method_name"] = "docstring"
-    language: Literal["python", "kotlin", "java"] = "python"
 
-    @model_validator(mode="after")
-    def _implemented(self) -> TaskParams:
-        languages = IMPLEMENTED_TASKS.get(self.name, ())
-        if self.language not in languages:
-            done = ", ".join(f"{t}/{lang}" for t, ls in IMPLEMENTED_TASKS.items() for lang in ls)
-            raise ValueError(
-                f"task {self.name!r} for language {self.language!r} is not implemented yet "
-                f"(implemented: {done})"
-            )
-        return self
+
+class WindowParams(Section):
+    """Sliding windows of the completion task, in tokens of the base model's tokenizer."""
+
+    prefix_tokens: int = Field(default=256, gt=0)
+    target: Literal["tokens", "line", "lines"] = "line"
+    target_tokens: int = Field(default=32, gt=0)
+    lines: int = Field(default=2, gt=0)
+    stride: int = Field(default=256, gt=0)
+    min_file_tokens: int = Field(default=64, gt=0)
+    seed: int = 42
 
 
 class ExtractParams(Section):
+    languages: list[Literal["python", "kotlin", "java"]] = Field(
+        default_factory=lambda: ["python"], min_length=1
+    )
     target: Literal["summary", "full"] = "summary"
+    doc_tags: Literal["keep", "strip"] = "keep"
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
+    generated: list[str] = Field(default_factory=list)
     max_file_bytes: int = Field(default=1_000_000, gt=0)
+    window: WindowParams = WindowParams()
+    mask: str = Field(default="<MASK>", min_length=1)
+    keep_doc: bool = False
+
+    @model_validator(mode="after")
+    def _unique_languages(self) -> ExtractParams:
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages lists a language twice: {self.languages}")
+        return self
 
 
 class FilterParams(Section):
+    kinds: list[str] = Field(default_factory=list)
     min_target_tokens: int = Field(default=20, ge=0)
     max_input_tokens: int = Field(default=400, gt=0)
     drop_duplicates: bool = True
     drop_dunder: bool = True
     drop_tests: bool = True
     drop_private: bool = False
+    min_body_lines: int = Field(default=3, ge=0)
+    drop_accessors: bool = True
+    drop_super_calls: bool = True
+    max_literal_chars: int = Field(default=120, gt=0)
 
 
 class SplitParams(Section):
@@ -191,12 +205,21 @@ class TrainParams(Section):
 
 
 class PromptParams(Section):
-    docstring: str = "{code}\nDocstring:"
+    template: str = Field(default="plain", min_length=1)
+    chat_template: bool = False
+    system: str | None = None
+    templates: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _placeholders(self) -> PromptParams:
-        if "{code}" not in self.docstring:
-            raise ValueError("docstring must contain the placeholder {code}")
+        bad = [
+            f"templates.{task}.{name}"
+            for task, named in self.templates.items()
+            for name, text in named.items()
+            if "{code}" not in text
+        ]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must contain the placeholder {{code}}")
         return self
 
 
@@ -207,7 +230,7 @@ class DecodingParams(Section):
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
     batch_size: int = Field(default=16, gt=0)
-    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
+    stop: list[str] | None = None
     seed: int = 42
 
 

@@ -7,63 +7,73 @@ on the same predictions gives the same bytes. Timing figures are not part of the
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repotune.metrics import DIGITS, METRICS, sentence_chrf
+from repotune.metrics import DIGITS
 
 SYSTEMS = {"base": "base", "finetuned": "fine-tuned"}
 
 
 def prediction_rows(
-    records: Sequence[Mapping[str, Any]], base: Sequence[str], finetuned: Sequence[str]
+    records: Sequence[Mapping[str, Any]],
+    base: Sequence[str],
+    finetuned: Sequence[str],
+    sample_scores: Callable[[Sequence[str], Sequence[str]], list[float]],
 ) -> list[dict[str, Any]]:
-    """One row per test sample with both outputs and their per-sample chrF, sorted by id.
+    """One row per test sample with both outputs and their per-sample score, sorted by id.
 
     Args:
         records: test records (``id``, ``target`` and provenance ``path``, ``name``, ...).
         base: the base model's output for each record, same order.
         finetuned: the fine-tuned model's output for each record, same order.
+        sample_scores: the task's per-sample scorer (``SAMPLE_METRIC``).
 
     Returns:
-        Rows with keys id, path, name, start_line, reference, base, finetuned, base_chrf,
-        finetuned_chrf, delta_chrf.
+        Rows with keys id, path, name, start_line, reference, base, finetuned, base_score,
+        finetuned_score, delta_score.
     """
     references = [r["target"] for r in records]
-    base_chrf = sentence_chrf(base, references)
-    finetuned_chrf = sentence_chrf(finetuned, references)
+    base_score = sample_scores(base, references)
+    finetuned_score = sample_scores(finetuned, references)
     rows = [
         {
             "id": record["id"],
             "path": record.get("path"),
             "name": record.get("name"),
             "start_line": record.get("start_line"),
+            "input": record["input"],
             "reference": record["target"],
             "base": b,
             "finetuned": f,
-            "base_chrf": bc,
-            "finetuned_chrf": fc,
-            "delta_chrf": round(fc - bc, DIGITS),
+            "base_score": bs,
+            "finetuned_score": fs,
+            "delta_score": round(fs - bs, DIGITS),
         }
-        for record, b, f, bc, fc in zip(records, base, finetuned, base_chrf, finetuned_chrf)
+        for record, b, f, bs, fs in zip(records, base, finetuned, base_score, finetuned_score)
     ]
     return sorted(rows, key=lambda row: row["id"])
 
 
-def plot_spec(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A Vega-Lite spec: metric bars base vs fine-tuned, and per-sample chrF base vs fine-tuned.
+def plot_spec(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    metric_names: Sequence[str],
+    sample_metric: str,
+) -> dict[str, Any]:
+    """A Vega-Lite spec: metric bars base vs fine-tuned, and the per-sample score of each.
 
     Points above the diagonal of the scatter are samples the fine-tuned model does better on.
     The data is inlined, so the spec renders offline (see :func:`write_png`).
     """
     bars = [
         {"metric": name, "system": label, "score": summary[f"{key}_{name}"]}
-        for name in METRICS
+        for name in metric_names
         for key, label in SYSTEMS.items()
     ]
     points = [
-        {"id": r["id"], "name": r["name"], "base": r["base_chrf"], "finetuned": r["finetuned_chrf"]}
+        {"id": r["id"], "name": r["name"], "base": r["base_score"], "finetuned": r["finetuned_score"]}
         for r in rows
     ]
     axis = {"scale": {"domain": [0, 100]}}
@@ -81,7 +91,7 @@ def plot_spec(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
                     "x": {
                         "field": "metric",
                         "type": "nominal",
-                        "sort": list(METRICS),
+                        "sort": list(metric_names),
                         "title": None,
                         "axis": {"labelAngle": 0},
                     },
@@ -91,7 +101,7 @@ def plot_spec(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
                 },
             },
             {
-                "title": "per-sample chrF",
+                "title": f"per-sample {sample_metric}",
                 "width": 260,
                 "height": 260,
                 "layer": [
@@ -107,11 +117,11 @@ def plot_spec(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
                         "data": {"values": points},
                         "mark": {"type": "point", "filled": True, "opacity": 0.6, "color": "#e45756"},
                         "encoding": {
-                            "x": {"field": "base", "type": "quantitative", "title": "base chrF", **axis},
+                            "x": {"field": "base", "type": "quantitative", "title": f"base {sample_metric}", **axis},
                             "y": {
                                 "field": "finetuned",
                                 "type": "quantitative",
-                                "title": "fine-tuned chrF",
+                                "title": f"fine-tuned {sample_metric}",
                                 **axis,
                             },
                             "tooltip": [{"field": "id"}, {"field": "name"}],
@@ -141,20 +151,29 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text or '(empty)'}\n{fence}"
 
 
-def _example(row: Mapping[str, Any]) -> str:
+def _example(row: Mapping[str, Any], sample_metric: str, input_lines: int = 12) -> str:
     where = f"{row['path']}:{row['start_line']}" if row.get("path") else row["id"]
     head = (
         f"### `{row['name']}` ({where})\n\n"
-        f"chrF base {row['base_chrf']:.1f} → fine-tuned {row['finetuned_chrf']:.1f} "
-        f"({row['delta_chrf']:+.1f})\n"
+        f"{sample_metric} base {row['base_score']:.1f} → fine-tuned {row['finetuned_score']:.1f} "
+        f"({row['delta_score']:+.1f})\n"
     )
-    parts = [("reference", row["reference"]), ("base", row["base"]), ("fine-tuned", row["finetuned"])]
+    lines = row["input"].splitlines()
+    excerpt = "\n".join(lines[-input_lines:]) if len(lines) > input_lines else row["input"]
+    parts = [
+        (f"input (last {input_lines} lines)" if len(lines) > input_lines else "input", excerpt),
+        ("reference", row["reference"]),
+        ("base", row["base"]),
+        ("fine-tuned", row["finetuned"]),
+    ]
     return head + "".join(f"\n{label}:\n{_fenced(text)}\n" for label, text in parts)
 
 
 def render_report(
     summary: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
+    metric_labels: Mapping[str, str],
+    sample_metric: str,
     settings: Mapping[str, Any] | None = None,
     examples: int = 3,
 ) -> str:
@@ -163,8 +182,10 @@ def render_report(
     Args:
         summary: the flat metrics of ``metrics.compare``.
         rows: per-sample rows of :func:`prediction_rows`.
+        metric_labels: the task's metrics, name -> how it is computed (table order).
+        sample_metric: the name of the per-sample score of the rows.
         settings: what to state about the run (prompt, decoding, ...), shown as a list.
-        examples: how many of the largest per-sample chrF gains and losses to show.
+        examples: how many of the largest per-sample gains and losses to show.
 
     Returns:
         The report text, ending in a newline.
@@ -177,7 +198,7 @@ def render_report(
         "| metric | base | fine-tuned | delta |",
         "|---|---:|---:|---:|",
     ]
-    for name, label in METRICS.items():
+    for name, label in metric_labels.items():
         lines.append(
             f"| {label} | {summary[f'base_{name}']:.2f} | {summary[f'finetuned_{name}']:.2f} "
             f"| {summary[f'delta_{name}']:+.2f} |"
@@ -191,11 +212,11 @@ def render_report(
         "`predictions.jsonl`; the plot is `benchmark.png`.",
     ]
     # Ties broken by id so that the choice of examples is deterministic.
-    gains = sorted((r for r in rows if r["delta_chrf"] > 0), key=lambda r: (-r["delta_chrf"], r["id"]))
-    losses = sorted((r for r in rows if r["delta_chrf"] < 0), key=lambda r: (r["delta_chrf"], r["id"]))
+    gains = sorted((r for r in rows if r["delta_score"] > 0), key=lambda r: (-r["delta_score"], r["id"]))
+    losses = sorted((r for r in rows if r["delta_score"] < 0), key=lambda r: (r["delta_score"], r["id"]))
     for title, chosen in (("Largest gains", gains), ("Largest losses", losses)):
-        lines += ["", f"## {title} (per-sample chrF)", ""]
+        lines += ["", f"## {title} (per-sample {sample_metric})", ""]
         if not chosen:
             lines.append("None: no sample scores differently in this direction.")
-        lines += [_example(row) for row in chosen[:examples]]
+        lines += [_example(row, sample_metric) for row in chosen[:examples]]
     return "\n".join(lines).rstrip() + "\n"

@@ -385,7 +385,7 @@ def export_tree(checkout: Path, dest: Path) -> dict[str, int]:
     """
     import shutil
 
-    from repotune.languages import EXTENSIONS
+    from repotune.files import EXTENSIONS
 
     by_suffix = {suffix: lang for lang, suffixes in EXTENSIONS.items() for suffix in suffixes}
     counts: dict[str, int] = {"files": 0, "bytes": 0, "symlinks_skipped": 0, "files_other": 0}

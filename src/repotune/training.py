@@ -1,6 +1,6 @@
 """LoRA / QLoRA supervised fine-tuning of a causal LM on prompt/completion rows, with TRL.
 
-Each sample becomes one row ``{"prompt": build_prompt(...), "completion": build_completion(...)}``.
+Each sample becomes one row ``{"prompt": ..., "completion": ...}`` built by a ``prompts.Prompter``.
 TRL 1.16 sees a prompt-completion dataset and computes the loss on completion tokens only
 (prompt tokens are labelled -100), and appends the tokenizer's EOS to every completion so the
 model learns to stop. Curves (train loss, eval loss, learning rate, grad norm) go to a dvclive
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from repotune import io
 from repotune.errors import RepotuneError
-from repotune.prompts import build_completion, build_prompt
+from repotune.prompts import Prompter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
@@ -74,13 +74,6 @@ def load_split(path: str | Path, max_samples: int = 0) -> list[dict[str, Any]]:
             records.append(record)
     records.sort(key=lambda r: r["id"])
     return records[:max_samples] if max_samples > 0 else records
-
-
-def make_rows(records: Sequence[dict[str, Any]], template: str) -> list[dict[str, str]]:
-    """Prompt/completion rows in TRL's prompt-completion format."""
-    return [
-        {"prompt": build_prompt(template, r), "completion": build_completion(r)} for r in records
-    ]
 
 
 def token_lengths(
@@ -236,6 +229,7 @@ def train_adapter(
     lora: LoraParams,
     train: TrainParams,
     prompt: PromptParams,
+    task_name: str,
     live_dir: str | Path | None = None,
     gradient_checkpointing: bool = False,
     group_by_length: bool = True,
@@ -254,7 +248,8 @@ def train_adapter(
             adapter_config.json + tokenizer + training.json.
         lora: LoRA rank, alpha, dropout, bias, target modules.
         train: optimisation, device/precision/quantization and thread settings.
-        prompt: prompt templates; ``prompt.docstring`` builds the prompts.
+        prompt: the prompt params (template name, templates, chat rendering, system prompt).
+        task_name: the task (``repotune.tasks.TASKS``) whose prompts and completions to build.
         live_dir: dvclive folder for the curves; None disables logging.
         gradient_checkpointing: recompute activations in the backward pass. Halves memory
             (SmolLM2-135M, batch 8: 6.6 GB instead of 11.7 GB RSS), costs ~20% speed on CPU.
@@ -301,11 +296,12 @@ def train_adapter(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
 
-    train_rows = make_rows(train_records, prompt.docstring)
+    prompter = Prompter.from_params(prompt, task_name)
+    train_rows = prompter.rows(train_records, tokenizer)
     # Evaluation batches are taken in order and padded to their longest row: sorting by length
     # (characters, a proxy for tokens) halves the padding. The order only regroups the batches.
     val_rows = sorted(
-        make_rows(val_records, prompt.docstring), key=lambda r: len(r["prompt"] + r["completion"])
+        prompter.rows(val_records, tokenizer), key=lambda r: len(r["prompt"] + r["completion"])
     )
     lengths = count_lengths(train_rows, tokenizer, train.max_length)
     if lengths["too_long"] == len(train_rows):
@@ -393,6 +389,7 @@ def train_adapter(
             "train": train.model_dump(mode="json"),
             "prompt": prompt.model_dump(mode="json"),
         },
+        "task": task_name,
         "resolved": {
             "device": device,
             "precision": precision,

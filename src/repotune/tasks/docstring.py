@@ -1,147 +1,164 @@
-"""Docstring generation samples from Python: definition without its docstring -> docstring.
+"""Task `docstring`: a definition without its doc comment -> the doc comment.
 
-A sample's input is the source of a class or function (decorators and the first line's
-indentation included) with the docstring statement removed and the rest byte-identical.
-When the docstring was the whole body, it is replaced by ``...`` so the input stays valid
-Python. The target is the docstring's value (escapes resolved, as ``__doc__`` holds it),
-cleaned with ``inspect.cleandoc``; ``summary`` keeps its first paragraph.
+A sample's input is a class or function as written (decorators, annotations and the first
+line's indentation included) with its docstring / KDoc / Javadoc removed; the target is the
+doc text (Python: as ``__doc__`` holds it, cleaned with ``inspect.cleandoc``; Kotlin/Java:
+comment markers and leading ``*`` removed). ``extract.target: summary`` keeps the first
+paragraph (Kotlin/Java: the part before the first block tag, first paragraph of that);
+``extract.doc_tags: strip`` removes block tags (``@param``, ``@return``, ``@throws``, ...).
+
+Scored with chrF and BLEU (sacrebleu, corpus level), ROUGE-L F and exact match.
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
 import re
-import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from tree_sitter import Node
+from repotune import metrics
+from repotune.languages import Definition
 
-from repotune.languages import captures
+if TYPE_CHECKING:
+    from repotune.params import ExtractParams, FilterParams
 
-_DEFINITIONS = ("function_definition", "class_definition")
+# The same docstring on a definition of the same name is a copy (overloads, re-exports).
+DUPLICATE_TARGETS = True
+NEEDS_TOKENIZER = False
+# Long inputs are cut at the end: the signature and the first lines say the most.
+KEEP_INPUT = "head"
+PROMPTS = {
+    "plain": "{code}\nDocstring:",
+    "verbose": (
+        "Write the documentation comment of the following code, in the style of its "
+        "project.\n\n{code}\n\nDocumentation:"
+    ),
+}
+# Answers start after blank lines: stops count only once text has begun.
+STOP_AFTER_LEADING_WHITESPACE = True
+METRICS = {
+    "chrf": "chrF (sacrebleu, corpus)",
+    "rouge_l": "ROUGE-L F (rouge_score, lowercased alphanumeric tokens)",
+    "bleu": "BLEU (sacrebleu 13a, corpus)",
+    "exact_match": "exact match % (whitespace-normalised)",
+}
+# The per-sample score shown in the report and plotted.
+SAMPLE_METRIC = "chrf"
+
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# A block tag starts a line: `@param x ...` (Javadoc/KDoc/epytext) or `:param x:` (reST).
+_BLOCK_TAG = re.compile(r"^[ \t]*(@[A-Za-z]+\b|:(param|type|return|returns|rtype|raises|raise)\b)", re.M)
 
 
-def docstring_value(node: Node) -> str | None:
-    """The docstring a Python definition node really has (``__doc__``), else None.
+def clean(doc: str, target: str, doc_tags: str) -> str:
+    """The target text of a doc comment: 'summary' keeps the first paragraph; tags kept/stripped.
 
-    Only a plain or raw ``str`` literal (or an implicit concatenation of them) as the first
-    statement is a docstring; byte strings and f-strings are not (Python leaves ``__doc__``
-    None for them).
+    Args:
+        doc: the cleaned doc text of a definition (see ``languages.Definition.doc``).
+        target: 'summary' (first paragraph) or 'full'.
+        doc_tags: 'keep' or 'strip' (drop everything from the first block-tag line on).
     """
-    stmt = docstring_statement(node)
-    if stmt is None:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid escapes such as "\d" warn but still evaluate
-        try:
-            value = ast.literal_eval(stmt.named_children[0].text.decode("utf-8"))
-        except (ValueError, SyntaxError):
-            return None  # f-strings and anything else that is not a constant
-    return value if isinstance(value, str) else None
-
-
-def docstring_statement(node: Node) -> Node | None:
-    """The first statement of the body if it is a lone string expression."""
-    body = node.child_by_field_name("body")
-    if body is None:
-        return None
-    first = next((c for c in body.named_children if c.type != "comment"), None)
-    if first is None or first.type != "expression_statement" or first.named_child_count != 1:
-        return None
-    if first.named_children[0].type not in ("string", "concatenated_string"):
-        return None
-    return first
-
-
-def clean(value: str, target: str) -> str:
-    """``inspect.cleandoc`` the docstring; 'summary' keeps only its first paragraph."""
-    text = inspect.cleandoc(value)
+    text = doc
+    if doc_tags == "strip":
+        tag = _BLOCK_TAG.search(text)
+        text = text[: tag.start()] if tag else text
     if target == "summary":
-        text = _PARAGRAPH_BREAK.split(text, maxsplit=1)[0]
+        text = _PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)[0]
     return text.strip()
 
 
-def qualified_name(node: Node) -> str:
-    """Python's ``__qualname__``: Outer.method, func.<locals>.inner."""
-    parts = [node.child_by_field_name("name").text.decode("utf-8")]
-    parent = node.parent
-    while parent is not None:
-        if parent.type in _DEFINITIONS:
-            name = parent.child_by_field_name("name").text.decode("utf-8")
-            if parent.type == "function_definition":
-                parts.append("<locals>")
-            parts.append(name)
-        parent = parent.parent
-    return ".".join(reversed(parts))
-
-
-def kind(node: Node) -> str:
-    """class, function, method, async_function or async_method."""
-    if node.type == "class_definition":
-        return "class"
-    outer = node.parent
-    if outer is not None and outer.type == "decorated_definition":
-        outer = outer.parent
-    is_method = outer is not None and outer.type == "block" and outer.parent.type == "class_definition"
-    base = "method" if is_method else "function"
-    is_async = any(c.type == "async" for c in node.children)
-    return f"async_{base}" if is_async else base
-
-
-def _line_start(src: bytes, offset: int) -> int:
-    return src.rfind(b"\n", 0, offset) + 1
-
-
-def strip_docstring(src: bytes, node: Node, stmt: Node) -> str:
-    """Source of the definition (from its first line's start) without the docstring."""
-    outer = node.parent if node.parent is not None and node.parent.type == "decorated_definition" else node
-    start, end = _line_start(src, outer.start_byte), node.end_byte
-    body = node.child_by_field_name("body")
-    alone = all(c.id == stmt.id or c.type == "comment" for c in body.named_children)
-    cut_start, cut_end = stmt.start_byte, stmt.end_byte
-    if alone:
-        # The docstring was the whole body: keep the body valid with `...`.
-        return (src[start:cut_start] + b"..." + src[cut_end:end]).decode("utf-8")
-    # `"""doc"""; x = 1`: take the `;` and the spaces after it too.
-    rest = re.match(rb"[ \t]*;[ \t]*", src[cut_end:end])
-    if rest:
-        cut_end += rest.end()
-    line_start = _line_start(src, cut_start)
-    line_end = src.find(b"\n", cut_end)
-    line_end = len(src) if line_end == -1 else line_end + 1
-    if not src[line_start:cut_start].strip() and not src[cut_end:line_end].strip():
-        cut_start, cut_end = line_start, min(line_end, end)  # the docstring's lines go whole
-    return (src[start:cut_start] + src[cut_end:end]).decode("utf-8")
-
-
-def extract(root: Node, src: bytes, target: str, counts: Counter) -> Iterator[dict]:
-    """Yield one sample per class or function that has a docstring.
+def samples(
+    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter
+) -> Iterator[dict[str, Any]]:
+    """One partial record per definition with a doc comment.
 
     Args:
-        root: the parsed module's root node.
-        src: the module's bytes (tree-sitter offsets are byte offsets).
-        target: 'summary' or 'full'.
-        counts: updated in place: definitions, definitions_without_docstring.
-
-    Yields:
-        Partial records: kind, name, start_line, end_line (1-based, inclusive), input, target.
+        definitions: the file's definitions (source order).
+        text: the whole file (unused here: docstrings are cut from definitions).
+        extract: target and doc_tags decide the target text.
+        counts: updated in place: definitions, definitions_without_doc, empty_doc.
     """
-    for node in captures("python", "definitions", root, "definition"):
+    for d in definitions:
         counts["definitions"] += 1
-        value = docstring_value(node)
-        if value is None:
-            counts["definitions_without_docstring"] += 1
+        if d.doc is None:
+            counts["definitions_without_doc"] += 1
             continue
-        stmt = docstring_statement(node)
-        outer = node.parent if node.parent.type == "decorated_definition" else node
+        target = clean(d.doc, extract.target, extract.doc_tags)
+        if not target:
+            counts["definitions_empty_doc"] += 1
+            continue
         yield {
-            "kind": kind(node),
-            "name": qualified_name(node),
-            "start_line": outer.start_point.row + 1,
-            "end_line": node.end_point.row + 1,
-            "input": strip_docstring(src, node, stmt),
-            "target": clean(value, target),
+            "kind": d.kind,
+            "name": d.qualified_name,
+            "start_line": d.start_line,
+            "end_line": d.end_line,
+            "input": d.code,
+            "target": target,
+            "is_test": d.is_test,
         }
+
+
+def _short_name(record: Mapping[str, Any]) -> str:
+    return record["name"].rsplit(".", 1)[-1]
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
+    """The docstring task's reasons to drop a sample, or None."""
+    from repotune.filters import count_tokens
+
+    name = _short_name(record)
+    if count_tokens(record["target"]) < params.min_target_tokens:
+        return "short_target"
+    if params.drop_dunder and _is_dunder(name) and name != "__init__":
+        return "dunder"
+    if params.drop_tests and record.get("is_test"):
+        return "test"
+    if params.drop_private and name.startswith("_") and not _is_dunder(name):
+        return "private"
+    return None
+
+
+def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
+    return ["\n\n"]
+
+
+def prompt_input(record: Mapping[str, Any]) -> str:
+    """The code put into the prompt: trailing whitespace dropped, so that the prompt does not
+    depend on whether the extractor kept the final newline."""
+    return record["input"].rstrip()
+
+
+def completion(record: Mapping[str, Any]) -> str:
+    """The text trained to follow the prompt: ``" " + target + "\\n"``.
+
+    The leading space separates the answer from the prompt's final ``:``, so byte-level BPE
+    tokenizes the prompt identically alone and followed by the completion; TRL appends EOS.
+    """
+    return " " + record["target"].strip() + "\n"
+
+
+def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  # noqa: ARG001
+    """Model output -> prediction: cut at the first stop after leading whitespace, stripped."""
+    from repotune.stops import truncate_at_stop
+
+    return truncate_at_stop(raw, stop)
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Every corpus metric of :data:`METRICS`."""
+    return {
+        "chrf": metrics.chrf(predictions, references),
+        "rouge_l": metrics.rouge_l(predictions, references),
+        "bleu": metrics.bleu(predictions, references),
+        "exact_match": metrics.exact_match(predictions, references),
+    }
+
+
+def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per-sample chrF, for the report's examples and the scatter plot."""
+    return metrics.sentence_chrf(predictions, references)

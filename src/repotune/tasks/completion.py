@@ -1,0 +1,233 @@
+"""Task `completion`: a window of preceding code that ends mid-line -> the code that follows.
+
+Windows are cut from whole files in tokens of the base model's tokenizer, so that the
+prefix/target boundary is a token boundary the model itself would produce (measured: a cut in
+the middle of a token, or right after a stray newline, makes small models write garbage). The
+alternative, token healing at generation time, would make the benchmark depend on a decoding
+trick the user's editor may not do; a boundary on the tokenizer's own tokens needs nothing.
+
+For each file (licence header removed; files shorter than ``window.min_file_tokens`` skipped):
+an anchor every ``window.stride`` tokens; the cursor is a token boundary inside the anchor's
+line (after its first non-blank character, before its last), picked with a hash of
+(``window.seed``, path, anchor) among that line's boundaries; the prefix is up to
+``window.prefix_tokens`` tokens before the cursor, starting at a line's first token; the
+target is the next ``window.target_tokens`` tokens, the rest of the line, or the rest of the
+line and ``window.lines - 1`` more lines. A prefix whose re-tokenisation differs from the
+file's tokens is not used (counted). No window crosses a file boundary.
+
+Scored with exact match and edit similarity as CodeXGLUE's line-completion evaluator
+computes them, and sacrebleu corpus BLEU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from repotune import metrics
+from repotune.languages import Definition
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from repotune.params import ExtractParams, FilterParams, WindowParams
+
+# Windows are duplicates only when their prefixes are.
+DUPLICATE_TARGETS = False
+NEEDS_TOKENIZER = True
+# Long prefixes are cut at the start: the code next to the cursor matters most.
+KEEP_INPUT = "tail"
+PROMPTS = {
+    "plain": "{code}",
+}
+# The cursor sits mid-line: a newline first means the line is complete.
+STOP_AFTER_LEADING_WHITESPACE = False
+METRICS = {
+    "exact_match": "exact match % (whitespace-normalised, CodeXGLUE)",
+    "edit_similarity": "edit similarity (rapidfuzz fuzz.ratio, 0-100, CodeXGLUE)",
+    "bleu": "BLEU (sacrebleu 13a, corpus)",
+}
+SAMPLE_METRIC = "edit_similarity"
+
+# A comment block at the top of a file that mentions a copyright or a licence.
+_HEADER = re.compile(r"\A(?:[ \t]*(?:#|//)[^\n]*\n|[ \t]*\n)+|\A[ \t\n]*/\*.*?\*/[ \t]*\n", re.S)
+_LICENCE = re.compile(r"copyright|licen[cs]e|spdx", re.I)
+_STRING = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")
+_RUN = re.compile(r"\S+")
+
+
+def strip_licence_header(text: str) -> tuple[str, int]:
+    """Drop a leading comment block that mentions a copyright or licence.
+
+    Returns:
+        The text and the number of lines removed (to keep line numbers of the original file).
+    """
+    match = _HEADER.match(text)
+    if not match or not _LICENCE.search(match.group(0)):
+        return text, 0
+    return text[match.end():], match.group(0).count("\n")
+
+
+def _anchor_choice(seed: int, path: str, anchor: int, n: int) -> int:
+    digest = hashlib.sha256(f"{seed}\0{path}\0{anchor}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n
+
+
+def _target_end(text: str, cursor: int, token_end: int, window: WindowParams) -> int:
+    """Character offset where the target ends (exclusive, trailing newline not included)."""
+    if window.target == "tokens":
+        return token_end
+    end = cursor
+    for _ in range(window.lines if window.target == "lines" else 1):
+        newline = text.find("\n", end)
+        if newline == -1:
+            return len(text)
+        end = newline + 1
+    return end - 1
+
+
+def _midline_boundaries(
+    text: str, starts: list[int], clean: list[bool], begin: int, stop: int
+) -> list[int]:
+    """The clean token boundaries of the first line at or after token `begin` that has any
+    strictly inside its content (a non-blank character before and after), up to token `stop`."""
+    i = begin
+    while i < stop:
+        line_start = text.rfind("\n", 0, starts[i]) + 1
+        line_end = text.find("\n", starts[i])
+        line_end = len(text) if line_end == -1 else line_end
+        line = text[line_start:line_end]
+        content = line_start + len(line) - len(line.lstrip())
+        last = line_start + len(line.rstrip())
+        found = []
+        while i < stop and starts[i] < line_end:
+            if clean[i] and content < starts[i] < last:
+                found.append(i)
+            i += 1
+        if found:
+            return found
+        i += 1 if i < stop and starts[i] == line_end else 0
+    return []
+
+
+def windows(
+    text: str, path: str, tokenizer: PreTrainedTokenizerBase, window: WindowParams, counts: Counter
+) -> Iterator[tuple[int, int, int]]:
+    """(prefix start, cursor, target end) character offsets of the windows of one file."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    n = len(ids)
+    if n < window.min_file_tokens:
+        counts["files_too_short"] += 1
+        return
+    # Token index -> is a clean boundary: the previous token ends exactly where this one starts
+    # (byte-level BPE can split a multi-byte character over two tokens).
+    starts = [o[0] for o in offsets]
+    clean = [i > 0 and offsets[i - 1][1] == starts[i] for i in range(n)]
+    used: set[int] = set()
+    for anchor in range(window.stride, n, window.stride):
+        candidates = _midline_boundaries(text, starts, clean, anchor, min(n, anchor + window.stride))
+        if not candidates:
+            counts["anchors_without_midline_cut"] += 1
+            continue
+        b = candidates[_anchor_choice(window.seed, path, anchor, len(candidates))]
+        if b in used:
+            continue
+        used.add(b)
+        first = max(0, b - window.prefix_tokens)
+        # Start the prefix at the first token that begins a line's content (or the file).
+        for j in range(first, b):
+            before = text[text.rfind("\n", 0, starts[j]) + 1:starts[j]]
+            if starts[j] == 0 or (clean[j] and not before.strip()):
+                first = j
+                break
+        cursor = starts[b]
+        prefix = text[starts[first]:cursor]
+        if tokenizer(prefix, add_special_tokens=False)["input_ids"] != ids[first:b]:
+            counts["windows_dropped_retokenized"] += 1
+            continue
+        token_end = offsets[min(n, b + window.target_tokens) - 1][1]
+        yield starts[first], cursor, _target_end(text, cursor, token_end, window)
+
+
+def samples(
+    definitions: Sequence[Definition],
+    text: str,
+    extract: ExtractParams,
+    counts: Counter,
+    *,
+    path: str,
+    tokenizer: PreTrainedTokenizerBase,
+) -> Iterator[dict[str, Any]]:
+    """The windows of one file as partial records (kind ``window``, name ``line:column``)."""
+    body, header_lines = strip_licence_header(text)
+    counts["files_licence_header_stripped"] += header_lines > 0
+    for start, cursor, end in windows(body, path, tokenizer, extract.window, counts):
+        target = body[cursor:end].rstrip()
+        if not target.strip():
+            counts["windows_dropped_empty_target"] += 1
+            continue
+        line = body.count("\n", 0, cursor) + 1 + header_lines
+        column = cursor - (body.rfind("\n", 0, cursor) + 1)
+        counts["windows"] += 1
+        yield {
+            "kind": "window",
+            "name": f"{line}:{column}",
+            "start_line": body.count("\n", 0, start) + 1 + header_lines,
+            "end_line": body.count("\n", 0, end) + 1 + header_lines,
+            "input": body[start:cursor],
+            "target": target,
+        }
+
+
+def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
+    """Windows dominated by a long literal (an escaped-unicode blob, base64, a huge number)."""
+    window = record["input"] + record["target"]
+    longest = max(
+        (len(m.group(0)) for pattern in (_STRING, _RUN) for m in pattern.finditer(window)), default=0
+    )
+    if longest > params.max_literal_chars:
+        return "long_literal"
+    return None
+
+
+def default_stop(extract: ExtractParams) -> list[str]:
+    """A line target ends at the newline; multi-line and token targets run to their length."""
+    return ["\n"] if extract.window.target == "line" else []
+
+
+def prompt_input(record: Mapping[str, Any]) -> str:
+    """The prefix exactly as cut: the prompt ends at the cursor, whitespace included."""
+    return record["input"]
+
+
+def completion(record: Mapping[str, Any]) -> str:
+    """The target exactly as cut (TRL appends EOS)."""
+    return record["target"]
+
+
+def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:
+    """Model output -> prediction: cut at the first stop (leading whitespace kept), at most as
+    many lines as the target has (``lines``: ``window.lines``; ``line``: one)."""
+    from repotune.stops import cut_at_stop
+
+    text = cut_at_stop(raw, stop, skip_leading_whitespace=False)
+    if extract.window.target != "tokens":
+        keep = extract.window.lines if extract.window.target == "lines" else 1
+        text = "\n".join(text.split("\n")[:keep])
+    return text.rstrip()
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    return {
+        "exact_match": metrics.exact_match(predictions, references),
+        "edit_similarity": metrics.edit_similarity(predictions, references),
+        "bleu": metrics.bleu(predictions, references),
+    }
+
+
+def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    return metrics.sentence_edit_similarity(predictions, references)

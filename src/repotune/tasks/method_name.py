@@ -1,0 +1,154 @@
+"""Task `method_name`: a function whose own name is masked everywhere in it -> the name.
+
+The input is the function as written (its doc comment kept with ``extract.keep_doc``), with
+every whole-word occurrence of its name, in the declaration, in recursive calls and in
+comments alike, replaced by ``extract.mask``. Functions and methods only (not constructors,
+whose name is their class's, nor classes).
+
+Filters (reference setup): bodiless/abstract functions (always: nothing to read the name from),
+test functions, bodies of fewer than ``filter.min_body_lines`` non-blank lines, overrides whose
+body only calls the super implementation, trivial getters and setters.
+
+Scored with exact match, case-insensitive exact match, sub-token precision/recall/F1 and edit
+similarity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from repotune import metrics
+from repotune.languages import Definition
+
+if TYPE_CHECKING:
+    from repotune.params import ExtractParams, FilterParams
+
+# Many functions share a name (toString, run): only identical inputs are duplicates.
+DUPLICATE_TARGETS = False
+NEEDS_TOKENIZER = False
+KEEP_INPUT = "head"
+PROMPTS = {
+    "plain": "{code}\nThe name of the masked function is:",
+    "instruct": (
+        "The name of the following function was replaced by a mask. Answer with the original "
+        "name only.\n\n{code}\n\nName:"
+    ),
+}
+# Answers start after blank lines: stops count only once text has begun.
+STOP_AFTER_LEADING_WHITESPACE = True
+METRICS = {
+    "exact_match": "exact match %",
+    "exact_match_ci": "exact match %, case-insensitive",
+    "subtoken_precision": "sub-token precision (micro)",
+    "subtoken_recall": "sub-token recall (micro)",
+    "subtoken_f1": "sub-token F1 (micro)",
+    "edit_similarity": "edit similarity (rapidfuzz fuzz.ratio, 0-100)",
+}
+SAMPLE_METRIC = "subtoken_f1"
+
+_FUNCTION_KINDS = {"function", "method", "extension_function", "async_function", "async_method"}
+_IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
+# One statement (optionally `return`) that only calls the super implementation.
+_SUPER_CALL = re.compile(r"^(return\s+)?super(\(\))?(<[^>]*>)?\.(?P<name>[\w$]+)\s*\(.*\)\s*;?$", re.S)
+# Trivial accessors: `return x`, `return this.x`, `self.x = x`, `this.x = value`, `field = x`.
+_GETTER_BODY = re.compile(r"^(return\s+)?((this|self)\.)?[\w$]+\s*;?$")
+_SETTER_BODY = re.compile(r"^((this|self)\.)?[\w$]+\s*=\s*[\w$]+\s*;?$")
+_ACCESSOR_NAME = re.compile(r"^(get|set|is)([A-Z_]|$)")
+
+
+def mask_name(code: str, name: str, mask: str) -> str:
+    """`code` with every whole-word occurrence of `name` replaced by `mask`."""
+    return re.sub(rf"(?<![\w$]){re.escape(name)}(?![\w$])", lambda _: mask, code)
+
+
+def samples(
+    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter
+) -> Iterator[dict[str, Any]]:
+    """One partial record per function or method of a file."""
+    for d in definitions:
+        counts["definitions"] += 1
+        if d.kind not in _FUNCTION_KINDS:
+            counts["definitions_not_functions"] += 1
+            continue
+        code = d.text if extract.keep_doc else d.code
+        yield {
+            "kind": d.kind,
+            "name": d.qualified_name,
+            "start_line": d.start_line,
+            "end_line": d.end_line,
+            "input": mask_name(code, d.name, extract.mask),
+            "target": d.name,
+            "body": d.body,
+            "modifiers": list(d.modifiers),
+            "is_test": d.is_test,
+        }
+
+
+def body_statements(body: str) -> list[str]:
+    """Non-blank lines of a body, without its braces or a Kotlin expression body's ``=``."""
+    text = body.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    elif text.startswith("="):
+        text = text[1:]
+    return [line.strip() for line in text.splitlines() if line.strip() not in ("", "{", "}")]
+
+
+def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
+    """The method-name task's reasons to drop a sample, or None."""
+    body = record.get("body")
+    if body is None:
+        return "no_body"
+    if params.drop_tests and record.get("is_test"):
+        return "test"
+    name = record["target"]
+    if params.drop_dunder and len(name) > 4 and name.startswith("__") and name.endswith("__"):
+        return "dunder"
+    statements = body_statements(body)
+    joined = " ".join(statements)
+    if params.drop_super_calls:
+        call = _SUPER_CALL.match(joined)
+        if call and call.group("name") == name:
+            return "super_call"
+    if params.drop_accessors and _ACCESSOR_NAME.match(name) and len(statements) <= 1:
+        if _GETTER_BODY.match(joined) or _SETTER_BODY.match(joined):
+            return "accessor"
+    if len(statements) < params.min_body_lines:
+        return "short_body"
+    return None
+
+
+def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
+    return ["\n"]
+
+
+def prompt_input(record: Mapping[str, Any]) -> str:
+    return record["input"].rstrip()
+
+
+def completion(record: Mapping[str, Any]) -> str:
+    return " " + record["target"] + "\n"
+
+
+def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  # noqa: ARG001
+    """Model output -> the first identifier of its first non-blank line ('' if none)."""
+    from repotune.stops import truncate_at_stop
+
+    match = _IDENTIFIER.search(truncate_at_stop(raw, stop).strip("`'\" "))
+    return match.group(0) if match else ""
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    return {
+        "exact_match": metrics.exact_match(predictions, references),
+        "exact_match_ci": metrics.exact_match_ci(predictions, references),
+        **metrics.subtoken_prf(predictions, references),
+        "edit_similarity": metrics.edit_similarity(predictions, references),
+    }
+
+
+def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    return metrics.sentence_subtoken_f1(predictions, references)

@@ -1,0 +1,229 @@
+"""Tasks `completion` and `method_name`: samples, filters, post-processing and metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from repotune import metrics
+from repotune.languages import definitions, parser
+from repotune.params import ExtractParams, FilterParams, WindowParams
+from repotune.tasks import completion, extract_samples, method_name
+
+MODULE = '''\
+# Copyright 2024 Example Corp.
+# Licensed under the Apache License, Version 2.0.
+
+import os
+
+
+def read_all(paths):
+    """Read every file."""
+    texts = []
+    for path in paths:
+        with open(path) as handle:
+            texts.append(handle.read())
+    return texts
+
+
+def count_words(text):
+    words = text.split()
+    return len(words)
+
+
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def increment(self, step=1):
+        self.value = self.value + step
+        return self.value
+
+    def factorial(self, n):
+        if n <= 1:
+            return 1
+        return n * self.factorial(n - 1)
+'''
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def window_samples(text: str, tokenizer, path: str = "m.py", **window) -> tuple[list[dict], Counter]:
+    counts: Counter = Counter()
+    extract = ExtractParams(window=WindowParams(**{"min_file_tokens": 8, **window}))
+    found = list(completion.samples([], text, extract, counts, path=path, tokenizer=tokenizer))
+    return found, counts
+
+
+# --- completion -----------------------------------------------------------------------------
+
+
+def test_licence_header_is_stripped_and_other_headers_kept():
+    body, lines = completion.strip_licence_header(MODULE)
+    assert lines == 3 and body.startswith("import os\n")
+    plain = "# A helper module.\n\nimport os\n"
+    assert completion.strip_licence_header(plain) == (plain, 0)
+    java = "/*\n * Copyright (c) Meta.\n */\npackage x;\n"
+    assert completion.strip_licence_header(java) == ("package x;\n", 3)
+
+
+@pytest.mark.parametrize("target", ["line", "lines", "tokens"])
+def test_windows_end_mid_line_on_a_token_boundary_inside_one_file(tokenizer, target):
+    records, counts = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, target=target, lines=2)
+    assert len(records) >= 4 and counts["windows"] == len(records)
+    body, header = completion.strip_licence_header(MODULE)
+    enc = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [o[0] for o in enc["offset_mapping"]]
+    for r in records:
+        prefix, target_text = r["input"], r["target"]
+        # The window is a piece of the file, prefix then target, nothing added or lost.
+        start = body.index(prefix + target_text)
+        cursor = start + len(prefix)
+        line_before = body[body.rfind("\n", 0, cursor) + 1:cursor]
+        assert line_before.strip(), "the cursor has code before it on its line"
+        assert not prefix.endswith("\n")
+        # Prefix and cursor sit on token boundaries of the whole file, and the prefix alone
+        # tokenizes to exactly the file's tokens between them.
+        assert start in starts and cursor in starts
+        file_ids = enc["input_ids"][starts.index(start):starts.index(cursor)]
+        assert tokenizer(prefix, add_special_tokens=False)["input_ids"] == file_ids
+        assert 0 < len(file_ids) <= 40
+        if target == "line":
+            assert "\n" not in target_text and target_text.strip()
+        elif target == "lines":
+            assert target_text.count("\n") <= 1
+        line, column = map(int, r["name"].split(":"))
+        assert MODULE.splitlines()[line - 1][column:].startswith(target_text.split("\n")[0])
+        assert r["start_line"] > header  # the licence lines are never part of a window
+
+
+def test_windows_are_deterministic_and_seeded(tokenizer):
+    first, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30)
+    again, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30)
+    other, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, seed=7)
+    assert first == again
+    assert [r["name"] for r in first] != [r["name"] for r in other]
+
+
+def test_short_files_are_counted_not_windowed(tokenizer):
+    records, counts = window_samples("x = 1\n", tokenizer)
+    assert records == [] and counts["files_too_short"] == 1
+
+
+def test_completion_extract_keeps_windows_inside_their_file(tokenizer, tmp_path: Path):
+    (tmp_path / "a.py").write_text(MODULE)
+    (tmp_path / "b.py").write_text(MODULE.replace("count_words", "count_lines"))
+    extract = ExtractParams(window=WindowParams(prefix_tokens=40, stride=30, min_file_tokens=8))
+    records, counts = extract_samples(
+        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, tokenizer=tokenizer
+    )
+    texts = {"a.py": (tmp_path / "a.py").read_text(), "b.py": (tmp_path / "b.py").read_text()}
+    assert {r["path"] for r in records} == {"a.py", "b.py"}
+    for r in records:
+        assert r["input"] + r["target"] in texts[r["path"]]
+        assert r["task"] == "completion" and r["kind"] == "window"
+    assert counts["samples_window"] == len(records)
+    with pytest.raises(ValueError, match="needs the base model's tokenizer"):
+        extract_samples(tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract)
+
+
+def test_windows_with_long_literals_are_dropped():
+    params = FilterParams(max_literal_chars=20)
+    blob = {"input": 'const val S = "' + "\\uD83C" * 10 + '"\nval x = ', "target": "1"}
+    assert completion.drop_reason(blob, params) == "long_literal"
+    assert completion.drop_reason({"input": "val x = listOf(1, 2)\nval y = ", "target": "x"}, params) is None
+
+
+def test_completion_postprocess_keeps_indentation_and_cuts_lines():
+    line = ExtractParams()
+    assert completion.postprocess("  x + 1)\nmore", ["\n"], line) == "  x + 1)"
+    assert completion.postprocess("\nnext line", ["\n"], line) == ""
+    two = ExtractParams(window=WindowParams(target="lines", lines=2))
+    assert completion.postprocess(" a\n    b\n    c", [], two) == " a\n    b"
+
+
+def test_completion_metrics_match_hand_computed_values():
+    # rapidfuzz ratio = 2 * matches / total length: "abc" vs "abd" -> 2*2/6.
+    assert metrics.edit_similarity(["abc", "x = 1"], ["abd", "x = 1"]) == pytest.approx((66.6667 + 100) / 2, abs=1e-3)
+    assert metrics.exact_match(["return  x\n"], ["return x"]) == 100.0
+    scores = completion.score(["return x", "foo"], ["return x", "bar(1)"])
+    assert scores["exact_match"] == 50.0
+    assert set(scores) == set(completion.METRICS)
+
+
+# --- method_name ----------------------------------------------------------------------------
+
+
+def python_samples(code: str, **extract) -> dict[str, dict]:
+    tree = parser("python").parse(code.encode())
+    found = list(definitions("python", tree.root_node, code.encode()))
+    counts: Counter = Counter()
+    return {s["name"]: s for s in method_name.samples(found, code, ExtractParams(**extract), counts)}
+
+
+def test_name_is_masked_everywhere_but_not_inside_other_words():
+    code = "def fact(n):\n    # fact of n, see factorial\n    return 1 if n < 2 else n * fact(n - 1)\n"
+    assert method_name.mask_name(code, "fact", "<MASK>") == (
+        "def <MASK>(n):\n    # <MASK> of n, see factorial\n    return 1 if n < 2 else n * <MASK>(n - 1)\n"
+    )
+
+
+def test_method_name_samples_are_functions_with_masked_input():
+    samples = python_samples(MODULE)
+    assert set(samples) == {"read_all", "count_words", "Counter.__init__", "Counter.increment", "Counter.factorial"}
+    fact = samples["Counter.factorial"]
+    assert fact["target"] == "factorial"
+    assert "factorial" not in fact["input"] and fact["input"].count("<MASK>") == 2
+    assert '"""Read every file."""' not in samples["read_all"]["input"]
+    assert '"""Read every file."""' in python_samples(MODULE, keep_doc=True)["read_all"]["input"]
+
+
+def record(name: str, body: str | None, **extra) -> dict:
+    return {"name": name, "target": name.rsplit(".", 1)[-1], "body": body, "input": "x", **extra}
+
+
+@pytest.mark.parametrize(
+    ("sample", "reason"),
+    [
+        (record("Shape.area", None), "no_body"),
+        (record("test_area", "{\n  a()\n  b()\n  c()\n}", is_test=True), "test"),
+        (record("Shape.draw", "{\n    super.draw(canvas)\n}"), "super_call"),
+        (record("Shape.draw", "= super.draw(canvas)"), "super_call"),
+        (record("Shape.getWidth", "{\n    return this.width;\n}"), "accessor"),
+        (record("Shape.setWidth", "{ this.width = width; }"), "accessor"),
+        (record("Shape.area", "{\n    return w * h;\n}"), "short_body"),
+        (record("Shape.__repr__", ":\n    a = 1\n    b = 2\n    return a"), "dunder"),
+        (record("Shape.render", "{\n    val a = 1\n    val b = 2\n    draw(a, b)\n}"), None),
+        (record("Shape.getArea", "{\n    val a = w\n    val b = h\n    return a * b\n}"), None),
+    ],
+)
+def test_method_name_drop_reasons(sample, reason):
+    assert method_name.drop_reason(sample, FilterParams()) == reason
+
+
+def test_method_name_postprocess_takes_the_first_identifier():
+    extract = ExtractParams()
+    assert method_name.postprocess("  `getName`()\nmore", ["\n"], extract) == "getName"
+    assert method_name.postprocess("\n\n  compute_total\n", ["\n"], extract) == "compute_total"
+    assert method_name.postprocess("   ", ["\n"], extract) == ""
+
+
+def test_method_name_metrics_match_hand_computed_values():
+    # getUserName vs getName: predicted {get, user, name}, reference {get, name}:
+    # tp 2, precision 2/3, recall 2/2; second pair: "run" vs "execute" tp 0 (1 predicted, 1 ref).
+    scores = method_name.score(["getUserName", "run"], ["getName", "execute"])
+    assert scores["subtoken_precision"] == pytest.approx(100 * 2 / 4)
+    assert scores["subtoken_recall"] == pytest.approx(100 * 2 / 3)
+    p, r = 0.5, 2 / 3
+    assert scores["subtoken_f1"] == pytest.approx(round(100 * 2 * p * r / (p + r), 4))
+    assert method_name.score(["GETNAME"], ["getName"])["exact_match_ci"] == 100.0
+    assert method_name.score(["GETNAME"], ["getName"])["exact_match"] == 0.0
+    assert metrics.sentence_subtoken_f1(["getUserName"], ["getName"]) == [80.0]
+    assert metrics.subtokens("parseHTTPResponse_v2") == ["parse", "http", "response", "v", "2"]
