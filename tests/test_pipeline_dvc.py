@@ -15,6 +15,8 @@ import yaml
 
 from conftest import make_source_repo
 
+from repotune import io
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["clone", "extract", "filter", "split"]
 ALL_STAGES = ["base", *DATA_STAGES, "train", "merge", "benchmark"]
@@ -123,3 +125,45 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     assert ran(dvc(project, "repro")) == ["train", "merge", "benchmark"]
 
     assert ran(dvc(project, "repro")) == []
+
+
+def add_kotlin_and_java(project: Path) -> None:
+    """Commit the Kotlin and Java fixture files into the project's source repository."""
+    source = Path(yaml.safe_load((project / "params.yaml").read_text())["source"]["url"])
+    fixtures = Path(__file__).parent / "fixtures"
+    for rel in ("kotlin/Shapes.kt", "java/Cart.java"):
+        dest = source / "android/src/main" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(fixtures / rel, dest)
+    repo = git.Repo(source)
+    repo.git.add("--all")
+    repo.index.commit("android sources")
+
+
+def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(project: Path):
+    add_kotlin_and_java(project)
+    split = {"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3}
+    set_params(
+        project, split=split, **TINY_BUDGET,
+        task={"name": "method_name"},
+        extract={"languages": ["kotlin", "java"]},
+        filter={"min_body_lines": 1},
+    )
+    assert ran(dvc(project, "repro")) == ALL_STAGES
+    extracted = io.read_json(project / "metrics/extract.json")
+    assert extracted["files_parsed_kotlin"] == 1 and extracted["files_parsed_java"] == 1
+    bench = io.read_json(project / "metrics/benchmark.json")
+    assert bench["task"] == "method_name"
+    assert {"base_subtoken_f1", "finetuned_exact_match_ci", "delta_edit_similarity"} <= set(bench)
+    assert "chrf" not in " ".join(bench)
+
+    # Another task: everything from extract on re-runs; base and clone do not.
+    set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
+    assert ran(dvc(project, "repro")) == ["extract", "filter", "split", "train", "merge", "benchmark"]
+    bench = io.read_json(project / "metrics/benchmark.json")
+    assert bench["task"] == "completion"
+    assert set(bench) == {"task", "samples"} | {
+        f"{s}_{m}" for s in ("base", "finetuned", "delta") for m in ("exact_match", "edit_similarity", "bleu")
+    }
+    for row in io.read_jsonl(project / "metrics/predictions.jsonl"):
+        assert "\n" not in row["base"] and "\n" not in row["finetuned"]  # one line each

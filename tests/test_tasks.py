@@ -227,3 +227,34 @@ def test_method_name_metrics_match_hand_computed_values():
     assert method_name.score(["GETNAME"], ["getName"])["exact_match"] == 0.0
     assert metrics.sentence_subtoken_f1(["getUserName"], ["getName"]) == [80.0]
     assert metrics.subtokens("parseHTTPResponse_v2") == ["parse", "http", "response", "v", "2"]
+
+
+# --- docstring on Kotlin and Java -----------------------------------------------------------
+
+
+def test_docstring_samples_from_kotlin_and_java_fixtures(tmp_path: Path):
+    import shutil
+
+    fixtures = Path(__file__).parent / "fixtures"
+    shutil.copytree(fixtures / "kotlin", tmp_path / "kt")
+    shutil.copytree(fixtures / "java", tmp_path / "java")
+    records, counts = extract_samples(
+        tmp_path, repo="r", sha="0" * 40, task_name="docstring",
+        extract=ExtractParams(languages=["kotlin", "java"], target="summary"),
+    )
+    assert counts["files_parsed_kotlin"] == 1 and counts["files_parsed_java"] == 1
+    assert {r["language"] for r in records} == {"kotlin", "java"}
+    for r in records:
+        assert not r["input"].lstrip().startswith("/**") and "*/" not in r["target"]  # its own doc is gone
+        assert "@param" not in r["target"] and "@return" not in r["target"]
+        assert not r["target"].startswith("*")
+
+
+def test_summary_stops_at_the_first_block_tag():
+    from repotune.tasks.docstring import clean
+
+    doc = "Adds an item to the cart.\n@param item the item\n@return the new size"
+    assert clean(doc, "summary", "keep") == "Adds an item to the cart."
+    assert clean(doc, "full", "keep") == doc
+    assert clean(doc, "full", "strip") == "Adds an item to the cart."
+    assert clean("First.\n\nSecond.", "summary", "keep") == "First."

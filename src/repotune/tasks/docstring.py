@@ -52,7 +52,8 @@ _BLOCK_TAG = re.compile(r"^[ \t]*(@[A-Za-z]+\b|:(param|type|return|returns|rtype
 
 
 def clean(doc: str, target: str, doc_tags: str) -> str:
-    """The target text of a doc comment: 'summary' keeps the first paragraph; tags kept/stripped.
+    """The target text of a doc comment: 'summary' keeps the first paragraph before any block
+    tag; 'full' keeps everything, block tags kept or stripped.
 
     Args:
         doc: the cleaned doc text of a definition (see ``languages.Definition.doc``).
@@ -60,7 +61,8 @@ def clean(doc: str, target: str, doc_tags: str) -> str:
         doc_tags: 'keep' or 'strip' (drop everything from the first block-tag line on).
     """
     text = doc
-    if doc_tags == "strip":
+    if doc_tags == "strip" or target == "summary":
+        # A summary never runs into the tag section, even without a blank line before it.
         tag = _BLOCK_TAG.search(text)
         text = text[: tag.start()] if tag else text
     if target == "summary":
@@ -77,7 +79,8 @@ def samples(
         definitions: the file's definitions (source order).
         text: the whole file (unused here: docstrings are cut from definitions).
         extract: target and doc_tags decide the target text.
-        counts: updated in place: definitions, definitions_without_doc, empty_doc.
+        counts: updated in place: definitions, definitions_without_doc, definitions_empty_target
+            (a doc whose target is empty, e.g. a summary of a doc that is only @param tags).
     """
     for d in definitions:
         counts["definitions"] += 1
@@ -86,7 +89,7 @@ def samples(
             continue
         target = clean(d.doc, extract.target, extract.doc_tags)
         if not target:
-            counts["definitions_empty_doc"] += 1
+            counts["definitions_empty_target"] += 1
             continue
         yield {
             "kind": d.kind,
