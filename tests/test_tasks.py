@@ -258,3 +258,37 @@ def test_summary_stops_at_the_first_block_tag():
     assert clean(doc, "full", "keep") == doc
     assert clean(doc, "full", "strip") == "Adds an item to the cart."
     assert clean("First.\n\nSecond.", "summary", "keep") == "First."
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+def test_prompter_renders_named_templates_and_the_chat_template(tokenizer):
+    from repotune.errors import RepotuneError
+    from repotune.params import PromptParams
+    from repotune.prompts import Prompter
+
+    record = {"input": "fun <MASK>(x: Int) = x * 2\n", "target": "double"}
+    plain = Prompter.from_params(PromptParams(), "method_name")
+    assert plain.prompt(record) == "fun <MASK>(x: Int) = x * 2\nThe name of the masked function is:"
+    assert plain.completion(record) == " double\n"
+    custom = PromptParams(template="short", templates={"method_name": {"short": "{code}\nName:"}})
+    assert Prompter.from_params(custom, "method_name").prompt(record).endswith("x * 2\nName:")
+    with pytest.raises(RepotuneError, match="prompt template 'short' is not defined for task 'docstring'"):
+        Prompter.from_params(custom, "docstring")
+
+    chat = PromptParams(template="instruct", chat_template=True, system="You name Kotlin functions.")
+    prompter = Prompter.from_params(chat, "method_name")
+    with pytest.raises(RepotuneError, match="has no chat template"):
+        prompter.prompt(record, tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    try:
+        text = prompter.prompt(record, tokenizer)
+    finally:
+        tokenizer.chat_template = None
+    assert text.startswith("<|im_start|>system\nYou name Kotlin functions.\n<|im_start|>user\nThe name of")
+    assert text.endswith("Name:\n<|im_start|>assistant\n")
+    assert prompter.completion(record) == "double"  # the answer alone after the assistant cue
