@@ -292,3 +292,12 @@ def test_prompter_renders_named_templates_and_the_chat_template(tokenizer):
     assert text.startswith("<|im_start|>system\nYou name Kotlin functions.\n<|im_start|>user\nThe name of")
     assert text.endswith("Name:\n<|im_start|>assistant\n")
     assert prompter.completion(record) == "double"  # the answer alone after the assistant cue
+
+
+def test_line_targets_are_trained_with_the_newline_that_ends_them(tokenizer):
+    records, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, target="line")
+    assert records and all(r["ends_line"] for r in records)
+    assert all(completion.completion(r) == r["target"] + "\n" for r in records)
+    tokens, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, target="tokens")
+    assert not any(r["ends_line"] for r in tokens)
+    assert all(completion.completion(r) == r["target"] for r in tokens)
