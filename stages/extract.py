@@ -46,6 +46,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name,
         extract=p.extract, tokenizer=tokenizer,
     )
+    if not records:
+        raise errors.RepotuneError(
+            f"extract: no {p.task.name} samples in {args.repo} for languages {p.extract.languages} "
+            f"({counts['files_seen']} files of them seen, {counts['files_parsed']} parsed, "
+            f"{counts['files_skipped_excluded']} excluded); check extract.languages, "
+            "extract.include/exclude and source.url"
+        )
     io.write_jsonl(args.out, records)
     io.write_json(args.metrics, dict(counts))
     print(f"extract: {counts['samples']} samples from {counts['files_parsed']} files")

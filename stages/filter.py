@@ -26,6 +26,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
 
     kept, counts = filter_samples(io.read_jsonl(args.inp), p.filter, p.task.name)
+    if not kept:
+        dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(counts.items()) if k.startswith("dropped_"))
+        raise errors.RepotuneError(
+            f"filter: none of {counts['seen']} samples kept (dropped: {dropped or 'none'}); "
+            "loosen the filter params behind the largest reason (e.g. filter.min_target_tokens)"
+        )
     io.write_jsonl(args.out, kept)
     io.write_json(args.metrics, dict(counts))
     print(f"filter: kept {counts['kept']} of {counts['seen']} samples")

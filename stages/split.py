@@ -26,6 +26,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     split_params = params.load(args.params).split
 
     splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
+    empty = [name for name in ("train", "test") if not splits[name]]
+    if empty:
+        sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
+        raise errors.RepotuneError(
+            f"split: the {' and '.join(empty)} split is empty ({sizes} samples); raise "
+            f"split.{empty[0]} (now {getattr(split_params, empty[0])}) or use more of the repository"
+        )
     with io.atomic_path(args.out) as out:
         out.mkdir()
         for name, records in splits.items():

@@ -89,3 +89,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping of sections"):
         params.load(bad)
+
+
+def test_a_key_written_twice_is_refused_with_its_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("source:\n  url: x\ntrain:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
+    with pytest.raises(ParamsError, match=r"^params.yaml: line 5: key 'lr' is written twice \(first on line 4\)$"):
+        params.load(path)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_floats_must_be_finite(value):
+    with pytest.raises(ParamsError, match="train.lr must be a finite number"):
+        params.parse({"source": {"url": "."}, "train": {"lr": value}})
+
+
+def test_sha256_is_accepted_in_either_case_and_kept_lowercase():
+    p = params.parse({"source": {"url": "."}, "model": {"base": "pypi:a==1", "file": "a.gguf", "sha256": "AB" * 32}})
+    assert p.model.sha256 == "ab" * 32

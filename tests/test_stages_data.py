@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import git
+import re
+
 import pytest
 import yaml
 
@@ -392,3 +394,29 @@ def test_npm_tarball_cannot_write_outside_or_plant_links(tmp_path, monkeypatch, 
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in tmp_path.rglob("*evil*")) == []
     assert not list(tmp_path.rglob("hacked"))
+
+
+@pytest.mark.parametrize(
+    ("sections", "failing", "message"),
+    [
+        ({"extract": {"languages": ["kotlin"]}}, "extract",
+         r"^extract: no docstring samples in data/repo for languages \['kotlin'\] \(0 files of them seen"),
+        ({"filter": {"min_target_tokens": 100000}}, "filter",
+         r"^filter: none of \d+ samples kept \(dropped: .*short_target \d+.*\); loosen"),
+        ({"split": {"train": 1.0, "val": 0.0, "test": 0.0}}, "split",
+         r"^split: the test split is empty \(train \d+, val 0, test 0 samples\); raise split.test \(now 0.0\)"),
+    ],
+)
+def test_a_stage_that_produces_nothing_fails_there_with_counts(
+    tmp_path, source_repo, monkeypatch, capsys, sections, failing, message
+):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, source_repo.working_dir, **sections)
+    for name in ("clone", "extract", "filter", "split"):
+        if name == failing:
+            assert run(stage(name).main, []) == 1
+            # One line, after the progress bars on stderr.
+            errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+            assert len(errs) == 1 and re.search(message, errs[0].removeprefix("error: ")), errs
+            break
+        stage(name).main([])

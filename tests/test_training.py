@@ -343,3 +343,31 @@ def test_model_card_quotes_where_the_base_weights_come_from(trained):
     card = model_card(training, None, merge, source)
     assert "\n## Where these base weights come from\n\nThe assembled GGUF has sha256 `abc`." in card
     assert "Where these base weights" not in model_card(training, None, merge)
+
+
+def test_unknown_lora_target_module_is_one_line_naming_the_real_ones(tiny_model, tmp_path):
+    from repotune import params
+    from repotune.training import train_adapter
+
+    p = params.parse(yaml.safe_load(PARAMS))
+    lora = p.lora.model_copy(update={"target_modules": ["q_proj", "nonexistent_proj"]})
+    with pytest.raises(RepotuneError, match=r"lora.target_modules \['nonexistent_proj'\] not in the base model "
+                       r"\(its linear and embedding modules: down_proj, embed_tokens, gate_proj, k_proj, "
+                       r"lm_head, o_proj, q_proj, up_proj, v_proj; or all-linear\)$"):
+        train_adapter(tiny_model, [record(0, "t")], [], tmp_path / "a", lora=lora, train=p.train,
+                      prompt=p.prompt, task_name="docstring")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_diverging_run_saves_nothing_and_says_where(tiny_model, tmp_path):
+    from repotune import params
+    from repotune.training import train_adapter
+
+    p = params.parse(yaml.safe_load(PARAMS))
+    train = p.train.model_copy(update={"lr": 1.0e30, "max_steps": 4, "eval_steps": 100})
+    records = [record(i, "t") for i in range(8)]
+    with pytest.raises(RepotuneError, match=r"training diverged: the LoRA weights went non-finite at step \d+ \(16 tensors hold NaN/inf; final train loss [\d.]+, eval loss None\); "
+                       r"lower train.lr \(now 1e\+30\); nothing was saved$"):
+        train_adapter(tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train,
+                      prompt=p.prompt, task_name="docstring")
+    assert not (tmp_path / "a").exists()

