@@ -191,7 +191,7 @@ def render_report(
         The report text, ending in a newline.
     """
     lines = [
-        "# Benchmark: base vs fine-tuned",
+        "# Benchmark: base vs fine-tuned" + (f", task `{summary['task']}`" if summary.get("task") else ""),
         "",
         f"{summary['samples']} held-out test samples, same prompt and decoding for both models.",
         "",
