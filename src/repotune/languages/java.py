@@ -24,21 +24,20 @@ A test is a definition with an annotation whose simple name ends in ``Test`` (``
 named ``*Test``, ``*Tests`` or ``Test*`` (see :func:`is_test_class_name`), or anything inside
 one of those.
 
-The helpers :func:`doc_comment`, :func:`clean_doc`, :func:`code_and_text` and
-:func:`is_test_class_name` are shared with ``kotlin`` (KDoc has Javadoc's syntax).
+The helpers :func:`doc_comment`, :func:`clean_doc`, :func:`code_and_text`,
+:func:`is_test_class_name` and the walk itself (:func:`walk_definitions`) are shared with
+``kotlin`` (KDoc has Javadoc's syntax).
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tree_sitter import Node
 
 from repotune.languages import Definition, captures, line_start, node_text
-
-EXTENSIONS = (".java",)
 
 _KINDS = {
     "class_declaration": "class",
@@ -193,48 +192,73 @@ def _annotation_names(modifiers: list[Node]) -> list[str]:
     return names
 
 
-def definitions(root: Node, src: bytes) -> Iterator[Definition]:
-    """Every class-like and method-like definition of a parsed file, in source order."""
+def walk_definitions(
+    lang: str,
+    root: Node,
+    src: bytes,
+    *,
+    name: Callable[[Node], str | None],
+    scope_name: Callable[[Node], str | None],
+    kind: Callable[[Node], str],
+    modifiers: Callable[[Node], list[Node]],
+    annotation_names: Callable[[list[Node]], list[str]],
+    body: Callable[[Node], Node | None],
+    class_kinds: tuple[str, ...],
+) -> Iterator[Definition]:
+    """The definitions of a Java-family file (Java, Kotlin), in source order.
+
+    The grammar-specific parts come as functions of a declaration node; naming, tests, doc
+    comments, code and text are worked out the same way for both languages.
+    """
     # node id -> (qualified name, is_test) of the definitions yielded so far; an enclosing
     # definition always comes first in source order.
     seen: dict[int, tuple[str, bool]] = {}
-    for node in captures("java", "definitions", root, "definition"):
-        name = _name(node)
-        if name is None:
+    for node in captures(lang, "definitions", root, "definition"):
+        simple = name(node)
+        if simple is None:
             continue
-        parts, inherited_test = [name], False
+        parts, inherited_test = [simple], False
         parent = node.parent
         while parent is not None:
             if parent.id in seen:
                 outer, inherited_test = seen[parent.id]
                 parts.append(outer)
                 break  # the enclosing definition's qualified name holds the rest
-            scope = _scope_name(parent)
+            scope = scope_name(parent)
             if scope is not None:
                 parts.append(scope)
             parent = parent.parent
         qualname = ".".join(reversed(parts))
-        kind = _kind(node)
-        modifiers = _modifiers(node)
+        what = kind(node)
+        mods = modifiers(node)
         is_test = (
             inherited_test
-            or any(a.endswith("Test") for a in _annotation_names(modifiers))
-            or (kind in _CLASS_KINDS and is_test_class_name(name))
+            or any(a.endswith("Test") for a in annotation_names(mods))
+            or (what in class_kinds and is_test_class_name(simple))
         )
         seen[node.id] = (qualname, is_test)
         doc = doc_comment(root, src, node)
         code, text = code_and_text(root, src, node, doc)
-        body = node.child_by_field_name("body")
+        block = body(node)
         yield Definition(
-            name=name,
+            name=simple,
             qualified_name=qualname,
-            kind=kind,
+            kind=what,
             start_line=node.start_point.row + 1,
             end_line=node.end_point.row + 1,
             code=code,
             text=text,
             doc=clean_doc(node_text(doc)) if doc is not None else None,
-            body=node_text(body) if body is not None else None,
-            modifiers=tuple(node_text(m) for m in modifiers),
+            body=node_text(block) if block is not None else None,
+            modifiers=tuple(node_text(m) for m in mods),
             is_test=is_test,
         )
+
+
+def definitions(root: Node, src: bytes) -> Iterator[Definition]:
+    """Every class-like and method-like definition of a parsed file, in source order."""
+    return walk_definitions(
+        "java", root, src, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
+        annotation_names=_annotation_names, body=lambda node: node.child_by_field_name("body"),
+        class_kinds=_CLASS_KINDS,
+    )

@@ -34,10 +34,8 @@ from collections.abc import Iterator
 
 from tree_sitter import Node
 
-from repotune.languages import Definition, captures, node_text
-from repotune.languages.java import clean_doc, code_and_text, doc_comment, is_test_class_name
-
-EXTENSIONS = (".kt", ".kts")
+from repotune.languages import Definition, node_text
+from repotune.languages.java import walk_definitions
 
 _CLASS_KINDS = ("class", "interface", "enum", "object")
 _CLASS_BODIES = ("class_body", "enum_class_body")
@@ -150,46 +148,7 @@ def _body(node: Node) -> Node | None:
 
 def definitions(root: Node, src: bytes) -> Iterator[Definition]:
     """Every class-like and function-like definition of a parsed file, in source order."""
-    # node id -> (qualified name, is_test) of the definitions yielded so far; an enclosing
-    # definition always comes first in source order.
-    seen: dict[int, tuple[str, bool]] = {}
-    for node in captures("kotlin", "definitions", root, "definition"):
-        name = _name(node)
-        if name is None:
-            continue
-        parts, inherited_test = [name], False
-        parent = node.parent
-        while parent is not None:
-            if parent.id in seen:
-                outer, inherited_test = seen[parent.id]
-                parts.append(outer)
-                break  # the enclosing definition's qualified name holds the rest
-            scope = _scope_name(parent)
-            if scope is not None:
-                parts.append(scope)
-            parent = parent.parent
-        qualname = ".".join(reversed(parts))
-        kind = _kind(node)
-        modifiers = _modifiers(node)
-        is_test = (
-            inherited_test
-            or any(a.endswith("Test") for a in _annotation_names(modifiers))
-            or (kind in _CLASS_KINDS and is_test_class_name(name))
-        )
-        seen[node.id] = (qualname, is_test)
-        doc = doc_comment(root, src, node)
-        code, text = code_and_text(root, src, node, doc)
-        body = _body(node)
-        yield Definition(
-            name=name,
-            qualified_name=qualname,
-            kind=kind,
-            start_line=node.start_point.row + 1,
-            end_line=node.end_point.row + 1,
-            code=code,
-            text=text,
-            doc=clean_doc(node_text(doc)) if doc is not None else None,
-            body=node_text(body) if body is not None else None,
-            modifiers=tuple(node_text(m) for m in modifiers),
-            is_test=is_test,
-        )
+    return walk_definitions(
+        "kotlin", root, src, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
+        annotation_names=_annotation_names, body=_body, class_kinds=_CLASS_KINDS,
+    )
