@@ -17,7 +17,7 @@ from pathlib import Path
 
 from repotune import errors, io
 from repotune.errors import RepotuneError
-from repotune.merging import merge_adapter, model_card
+from repotune.merging import TOLERANCE, merge_adapter, model_card
 from repotune.params import PromptParams
 from repotune.prompts import Prompter
 from repotune.training import load_split
@@ -32,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/merged"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/merge.json"))
     parser.add_argument("--probes", type=int, default=4, help="val prompts to compare logits on")
-    # Measured 7.7e-5 on the default SmolLM2 run (30 layers, fp32): 1e-4 left too little room.
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max abs logit difference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from repotune import params
 from repotune.errors import ParamsError
@@ -107,3 +108,12 @@ def test_floats_must_be_finite(value):
 def test_sha256_is_accepted_in_either_case_and_kept_lowercase():
     p = params.parse({"source": {"url": "."}, "model": {"base": "pypi:a==1", "file": "a.gguf", "sha256": "AB" * 32}})
     assert p.model.sha256 == "ab" * 32
+
+
+def test_params_yaml_writes_out_the_schema_defaults():
+    """One default per knob: params.yaml holds exactly the schema's defaults (plus the
+    required source and model), so a key missing from a user's params.yaml means the same."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    written = params.parse(raw)
+    defaults = params.Params(source=written.source, model=written.model)
+    assert written == defaults

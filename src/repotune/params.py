@@ -27,6 +27,29 @@ from pydantic import (
 
 from repotune.errors import ParamsError
 
+# Tests, docs, examples, vendored code: not the repository's own code to learn from.
+DEFAULT_EXCLUDE = (
+    "tests/",
+    "test/",
+    "androidTest/",
+    "testFixtures/",
+    "testing/",
+    "test_*.py",
+    "*_test.py",
+    "conftest.py",
+    "docs/",
+    "doc/",
+    "examples/",
+    "example/",
+    "benchmarks/",
+    "_vendor/",
+    "vendor/",
+    "vendored/",
+    "third_party/",
+    "setup.py",
+)
+
+
 class Section(BaseModel):
     """Base for every params section: frozen, strict types, unknown keys rejected."""
 
@@ -63,7 +86,7 @@ class ExtractParams(Section):
     target: Literal["summary", "full"] = "summary"
     doc_tags: Literal["keep", "strip"] = "keep"
     include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     generated: list[str] = Field(default_factory=list)
     max_file_bytes: int = Field(default=1_000_000, gt=0)
     window: WindowParams = WindowParams()
@@ -194,12 +217,12 @@ class TrainParams(Section):
     lr: float = Field(default=2.0e-4, gt=0)
     batch_size: int = Field(default=8, gt=0)
     grad_accum: int = Field(default=1, gt=0)
-    max_length: int = Field(default=512, gt=0)
+    max_length: int = Field(default=384, gt=0)
     max_steps: int = Field(default=-1, ge=-1)
     warmup: float = Field(default=0.05, ge=0, lt=1)
     seed: int = 42
-    eval_steps: int = Field(default=50, gt=0)
-    max_samples: int = Field(default=0, ge=0)
+    eval_steps: int = Field(default=20, gt=0)
+    max_samples: int = Field(default=320, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     quantize: Literal["none", "4bit"] = "none"
