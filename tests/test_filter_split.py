@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from repotune.filters import count_tokens, filter_samples, truncate_tokens
 from repotune.languages.python import is_test
 from repotune.params import FilterParams, SplitParams
@@ -88,3 +90,43 @@ def test_sample_split_spreads_a_file_over_splits():
     splits, counts = split_samples(many(n_files=2, per_file=200), SplitParams(by="sample"))
     assert counts["files_in_several_splits"] > 0
     assert abs(counts["train_fraction"] - 0.8) < 0.08
+
+
+def files_of_sizes(sizes: list[int]) -> list[dict]:
+    return [rec(f"f{i}", path=f"pkg/m{f}.py") | {"id": f"{f}-{i}"} for f, n in enumerate(sizes) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [5] * 60,                                   # even files
+        [1] * 40 + [30, 25, 20],                    # a few big files among many small ones
+        [60, 30, 15, 8, 5, 4, 3, 2, 1, 1, 1],       # the lumpy small-library shape: 130 samples in 11 files
+        [17, 3, 9, 12, 1, 1, 2, 40, 6, 6, 6, 7, 8, 5, 6],  # a 15-file library
+    ],
+)
+def test_balanced_file_split_comes_as_close_to_the_targets_as_whole_files_allow(sizes):
+    records = files_of_sizes(sizes)
+    splits, counts = split_samples(records, SplitParams())
+    assert counts["files_in_several_splits"] == 0
+    assert counts["samples"] == sum(sizes) == sum(len(v) for v in splits.values())
+    largest = max(sizes)
+    for name, target in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert counts[f"{name}_target"] == target
+        # Greedy on the running deficit: off by at most one file's samples.
+        assert abs(len(splits[name]) - target * sum(sizes)) <= largest, (name, counts)
+    assert counts["test_samples"] > 0 and counts["val_samples"] > 0
+
+
+def test_the_hash_split_of_a_small_library_is_no_longer_lumpy():
+    # 15 files, 129 samples: the old hash-of-path split gave 3 test samples here.
+    sizes = [12, 10, 9, 9, 9, 9, 9, 8, 8, 9, 9, 9, 9, 5, 5]
+    _, counts = split_samples(files_of_sizes(sizes), SplitParams())
+    assert counts["samples"] == 129
+    # Within one typical file (9 samples) of the 12.9 each of val and test should get.
+    assert abs(counts["test_samples"] - 12.9) <= 9 and abs(counts["val_samples"] - 12.9) <= 9
+
+
+def test_a_zero_target_gets_nothing():
+    splits, counts = split_samples(many(), SplitParams(train=0.9, val=0.0, test=0.1))
+    assert splits["val"] == [] and counts["val_target"] == 0.0

@@ -1,7 +1,12 @@
-"""Deterministic train/val/test assignment by a hash of the file path (or of the sample id).
+"""Deterministic train/val/test assignment of whole files (or single samples), balanced.
 
 Grouping by file keeps every definition of a file in one split, so a test sample never has
-its siblings (same helpers, same idioms) in the training data.
+its siblings (same helpers, same idioms) in the training data. A hash of each file's path
+alone gave lumpy splits on small repositories (a 15-file library: 3 test samples of 129), so
+files are taken in the order of a seeded hash of their path and each goes to the split that is
+furthest below its target share of the samples assigned so far: the realised fractions come
+as close to the targets as whole files allow, and the same files always land in the same
+splits for the same seed and data.
 """
 
 from __future__ import annotations
@@ -20,38 +25,51 @@ def unit_interval(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign(key: str, params: SplitParams) -> str:
-    u = unit_interval(key, params.seed)
-    if u < params.train:
-        return "train"
-    if u < params.train + params.val:
-        return "val"
-    return "test"
+def assign_units(sizes: dict[str, int], params: SplitParams) -> dict[str, str]:
+    """Unit (file path or sample id) -> split, greedily balanced on sample counts.
+
+    Units are visited in the order of :func:`unit_interval` (ties by key); each goes to the
+    split whose target share of the samples assigned so far, this unit included, exceeds what
+    it holds by the most (ties: train, val, test). A split with target 0 gets nothing.
+    """
+    targets = {name: getattr(params, name) for name in SPLITS}
+    held = dict.fromkeys(SPLITS, 0)
+    assigned: dict[str, str] = {}
+    for key in sorted(sizes, key=lambda k: (unit_interval(k, params.seed), k)):
+        total = sum(held.values()) + sizes[key]
+        name = max(SPLITS, key=lambda s: (targets[s] > 0, targets[s] * total - held[s], -SPLITS.index(s)))
+        assigned[key] = name
+        held[name] += sizes[key]
+    return assigned
 
 
 def split_samples(records: list[dict], params: SplitParams) -> tuple[dict[str, list[dict]], dict]:
     """Partition `records` into train/val/test (order kept within each split).
 
     Returns:
-        The splits, and the counts for metrics/split.json: samples and files per split and
-        the realised sample fractions (file grouping makes them approximate).
+        The splits, and the counts for metrics/split.json: samples and files per split, the
+        target and realised sample fractions, and files found in more than one split (0 with
+        ``by: file``; ``by: sample`` splits a file's samples, which leaks its idioms).
     """
+    def unit(record: dict) -> str:
+        return record["path"] if params.by == "file" else record["id"]
+
+    assigned = assign_units(Counter(unit(r) for r in records), params)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     files: dict[str, set[str]] = defaultdict(set)
     for record in records:
-        key = record["path"] if params.by == "file" else record["id"]
-        name = assign(key, params)
+        name = assigned[unit(record)]
         splits[name].append(record)
         files[name].add(record["path"])
     total = len(records)
-    counts: Counter = Counter()
+    counts: dict = {}
     for name in SPLITS:
         counts[f"{name}_samples"] = len(splits[name])
         counts[f"{name}_files"] = len(files[name])
         counts[f"{name}_fraction"] = round(len(splits[name]) / total, 4) if total else 0.0
+        counts[f"{name}_target"] = getattr(params, name)
     counts["samples"] = total
-    # With file grouping no file may appear in two splits; by sample it may.
     counts["files_in_several_splits"] = len(
         (files["train"] & files["val"]) | (files["train"] & files["test"]) | (files["val"] & files["test"])
     )
-    return splits, dict(counts)
+    return splits, counts
