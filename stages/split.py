@@ -1,6 +1,7 @@
 """Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
 
-Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test)
+Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test) and
+        `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
 Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split)
 Run:    python stages/split.py [--params params.yaml] [--in data/filtered.jsonl] [--out data/split]
 """
@@ -23,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/split"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     args = parser.parse_args(argv)
-    split_params = params.load(args.params).split
+    p = params.load(args.params)
+    split_params = p.split
 
     splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
     empty = [name for name in ("train", "test") if not splits[name]]
@@ -32,6 +34,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(
             f"split: the {' and '.join(empty)} split is empty ({sizes} samples); raise "
             f"split.{empty[0]} (now {getattr(split_params, empty[0])}) or use more of the repository"
+        )
+    minimum = p.benchmark.min_samples
+    if len(splits["test"]) < minimum:
+        sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
+        raise errors.RepotuneError(
+            f"split: the test split has {len(splits['test'])} samples, fewer than "
+            f"benchmark.min_samples={minimum} ({sizes}): scores on so few mean little. Raise "
+            "split.test, keep more samples (filter.min_target_tokens, extract.target: full), or "
+            "point source.url at more of the repository; benchmark.min_samples: 0 goes on anyway"
         )
     with io.atomic_path(args.out) as out:
         out.mkdir()

@@ -68,6 +68,7 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
         source={"url": source.working_dir, "rev": "main"},
         filter={"min_target_tokens": 10},
         model={"base": str(tiny_model), "file": None, "sha256": None},
+        benchmark={"min_samples": 0},  # a dozen samples: too few to mean anything, on purpose
     )
     repo.git.add("--all")
     repo.index.commit("project")

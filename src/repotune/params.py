@@ -261,6 +261,7 @@ class DecodingParams(Section):
 
 class BenchmarkParams(Section):
     max_samples: int = Field(default=0, ge=0)
+    min_samples: int = Field(default=30, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0)
 
