@@ -1,7 +1,8 @@
 """Stage `benchmark`: base vs fine-tuned model on the held-out test split.
 
 Reads models/base/, models/merged/, data/split/test.jsonl and the params sections benchmark,
-decoding, prompt, task and extract (a completion target's shape decides its stops). Both models get the same prompts and the same decoding. Writes into
+decoding, prompt, task, extract (a completion target's shape decides its stops) and
+train.max_length (long code is cut to fit it, as in training). Both models get the same prompts and the same decoding. Writes into
 metrics/:
 
 - benchmark.json: flat corpus metrics per model and their deltas (deterministic),
@@ -47,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(f"{args.test}: no test samples to benchmark")
     prompter = Prompter.from_params(p.prompt, p.task.name)
     tokenizer = load_tokenizer(args.base)  # the merged model keeps the base's tokenizer
-    prompts = [prompter.prompt(r, tokenizer) for r in records]
+    # As in training, long code is cut to fit train.max_length, here with room for the longest
+    # answer allowed (decoding.max_new_tokens), so no reference length leaks into the prompt.
+    budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
+    fitted = [prompter.fitted_prompt(r, tokenizer, budget) for r in records]
+    prompts = [f[0] if f is not None else prompter.prompt(r, tokenizer) for f, r in zip(fitted, records)]
     references = [r["target"] for r in records]
 
     set_threads(p.benchmark.threads)
@@ -69,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     summary = {"task": p.task.name, **metrics.compare(references, outputs, module.score)}
     rows = report.prediction_rows(records, outputs["base"], outputs["finetuned"], module.sample_scores)
+    summary["prompts_code_cut"] = sum(1 for f in fitted if f is not None and f[1])
     speed = {"device": device, "threads": p.benchmark.threads, "batch_size": p.decoding.batch_size}
     for name, run in runs.items():
         speed[f"{name}_tokens_per_s"] = round(run.tokens_per_second, 2)

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for key in (
             "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
             "train_samples", "val_samples", "samples_truncated", "samples_too_long",
+            "samples_code_cut", "samples_target_too_long",
             "train_seconds", "eval_seconds", "train_tokens_per_s",
         )
     }

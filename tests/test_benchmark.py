@@ -337,7 +337,7 @@ def test_stage_identical_models_zero_delta_and_deterministic(tmp_path, lively_mo
     second = run_stage(tmp_path, lively_model, "m2")
 
     summary = json.loads((first / "benchmark.json").read_text())
-    expected = {"samples", "task"} | {f"{k}_{m}" for k in ("base", "finetuned", "delta") for m in docstring.METRICS}
+    expected = {"samples", "task", "prompts_code_cut"} | {f"{k}_{m}" for k in ("base", "finetuned", "delta") for m in docstring.METRICS}
     assert set(summary) == expected
     assert summary["samples"] == len(PROMPTS) and summary["task"] == "docstring"
     assert all(summary[f"delta_{m}"] == 0 for m in docstring.METRICS)

@@ -163,7 +163,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     assert ran(dvc(project, "repro")) == ["extract", "filter", "split", "train", "merge", "benchmark"]
     bench = io.read_json(project / "metrics/benchmark.json")
     assert bench["task"] == "completion"
-    assert set(bench) == {"task", "samples"} | {
+    assert set(bench) == {"task", "samples", "prompts_code_cut"} | {
         f"{s}_{m}" for s in ("base", "finetuned", "delta") for m in ("exact_match", "edit_similarity", "bleu")
     }
     for row in io.read_jsonl(project / "metrics/predictions.jsonl"):

@@ -301,3 +301,30 @@ def test_line_targets_are_trained_with_the_newline_that_ends_them(tokenizer):
     tokens, _ = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, target="tokens")
     assert not any(r["ends_line"] for r in tokens)
     assert all(completion.completion(r) == r["target"] for r in tokens)
+
+
+def test_fitting_cuts_the_code_never_the_instruction_or_the_target(tokenizer):
+    from repotune.params import PromptParams
+    from repotune.prompts import Prompter
+
+    size = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    code = "def add(a, b):\n" + "    a = a + b\n" * 40 + "    return a\n"
+    record = {"input": code, "target": "Add b to a forty times and return it."}
+    doc = Prompter.from_params(PromptParams(), "docstring")
+    full = doc.prompt(record, tokenizer)
+    prompt, cut = doc.fitted_prompt(record, tokenizer, 60)
+    assert cut and size(prompt) <= 60 and prompt.endswith("\nDocstring:")
+    assert code.startswith(prompt.removesuffix("\nDocstring:"))  # the head of the code is kept
+    assert doc.fitted_prompt(record, tokenizer, size(full)) == (full, False)
+    assert doc.fitted_prompt(record, tokenizer, 2) is None  # not even the instruction fits
+
+    rows, counts = doc.fitted_rows([record, {**record, "target": "word " * 200}], tokenizer, 80)
+    assert counts == {"fitted": 1, "target_too_long": 1} and len(rows) == 1
+    assert size(rows[0]["prompt"] + rows[0]["completion"]) + 1 <= 80
+    assert rows[0]["completion"] == " Add b to a forty times and return it.\n"  # whole
+
+    # A completion prefix keeps its end: the cursor.
+    prefix = {"input": code + "    print(a", "target": ")"}
+    comp = Prompter.from_params(PromptParams(), "completion")
+    prompt, cut = comp.fitted_prompt(prefix, tokenizer, 30)
+    assert cut and prompt.endswith("    print(a") and (code + "    print(a").endswith(prompt)

@@ -96,3 +96,67 @@ class Prompter:
     ) -> list[dict[str, str]]:
         """Prompt/completion rows in TRL's prompt-completion format."""
         return [{"prompt": self.prompt(r, tokenizer), "completion": self.completion(r)} for r in records]
+
+    def fitted_prompt(
+        self, record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, budget: int
+    ) -> tuple[str, bool] | None:
+        """The prompt of `record` in at most `budget` tokens (the tokenizer's special tokens
+        included): the code is cut on a token boundary (the task's ``KEEP_INPUT`` end kept:
+        the head of a definition, the tail of a completion prefix, so the cursor stays), the
+        template's instruction never.
+
+        Returns:
+            (prompt, whether the code was cut), or None when even no code at all would not fit.
+        """
+        def size(text: str) -> int:
+            return len(tokenizer(text)["input_ids"])
+
+        prompt = self.prompt(record, tokenizer)
+        if size(prompt) <= budget:
+            return prompt, False
+        code = task(self.task_name).prompt_input(record)
+        enc = tokenizer(code, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        keep_tail = task(self.task_name).KEEP_INPUT == "tail"
+
+        def cut(k: int) -> str:  # `record` with only k of its code tokens
+            if k == 0:
+                text = ""
+            else:
+                text = code[offsets[len(offsets) - k][0]:] if keep_tail else code[: offsets[k - 1][1]]
+            return self.prompt({**record, "input": text}, tokenizer)
+
+        # The largest k that fits, by bisection (sizes grow with k, give or take a merge).
+        low, high = 0, len(offsets)
+        if size(cut(0)) > budget:
+            return None
+        while low < high:
+            mid = (low + high + 1) // 2
+            if size(cut(mid)) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        return cut(low), True
+
+    def fitted_rows(
+        self, records: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> tuple[list[dict[str, str]], dict[str, int]]:
+        """Rows whose prompt + completion + EOS fit `max_length` tokens: the code is cut to make
+        room (never the instruction or the target); a row whose target alone leaves no room is
+        dropped and counted.
+
+        Returns:
+            The rows, and counts ``fitted`` (code cut) and ``target_too_long`` (dropped).
+        """
+        rows, counts = [], {"fitted": 0, "target_too_long": 0}
+        for record in records:
+            completion = self.completion(record)
+            # + 1: the EOS that TRL appends to every completion.
+            room = max_length - len(tokenizer(completion, add_special_tokens=False)["input_ids"]) - 1
+            fitted = self.fitted_prompt(record, tokenizer, room) if room > 0 else None
+            if fitted is None:
+                counts["target_too_long"] += 1
+                continue
+            counts["fitted"] += fitted[1]
+            rows.append({"prompt": fitted[0], "completion": completion})
+        return rows, counts

@@ -345,17 +345,21 @@ def train_adapter(
         )
 
     prompter = Prompter.from_params(prompt, task_name)
-    train_rows = prompter.rows(train_records, tokenizer)
+    # Code is cut so that every row fits max_length; only a target that alone leaves no room
+    # drops its sample (TRL would otherwise drop a row whose prompt fills max_length).
+    train_rows, fit = prompter.fitted_rows(train_records, tokenizer, train.max_length)
+    if not train_rows:
+        raise RepotuneError(
+            f"no training sample fits train.max_length={train.max_length} tokens "
+            f"({fit['target_too_long']} targets alone are too long)"
+        )
     # Evaluation batches are taken in order and padded to their longest row: sorting by length
     # (characters, a proxy for tokens) halves the padding. The order only regroups the batches.
     val_rows = sorted(
-        prompter.rows(val_records, tokenizer), key=lambda r: len(r["prompt"] + r["completion"])
+        prompter.fitted_rows(val_records, tokenizer, train.max_length)[0],
+        key=lambda r: len(r["prompt"] + r["completion"]),
     )
     lengths = count_lengths(train_rows, tokenizer, train.max_length)
-    if lengths["too_long"] == len(train_rows):
-        raise RepotuneError(
-            f"every training prompt is at least train.max_length={train.max_length} tokens long"
-        )
 
     check_target_modules(model, lora.target_modules)
     peft_config = LoraConfig(
@@ -444,6 +448,8 @@ def train_adapter(
         "val_samples": len(val_rows),
         "samples_truncated": lengths["truncated"],
         "samples_too_long": lengths["too_long"],
+        "samples_code_cut": fit["fitted"],
+        "samples_target_too_long": fit["target_too_long"],
     }
     info = {
         "base_model": base_name or str(base),
