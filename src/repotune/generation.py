@@ -14,11 +14,12 @@ Prompts are tokenised the way the model was trained (the tokenizer's own special
 a BOS where it adds one) and are prefilled longest first, so the first prefill shows the
 worst-case memory and time at once.
 
-Stop sequences are applied twice: during generation, a row ends as soon as its (left-stripped)
-text contains a stop sequence, which saves the remaining decoding steps; afterwards
-:func:`truncate_at_stop` cuts the text at the first stop. Both ignore leading whitespace
-because SmolLM2 completions start with blank lines: a ``"\\n\\n"`` stop must not end an answer
-that has not started yet.
+Stop sequences are applied twice: during generation, a row ends as soon as its text contains
+a stop sequence, which saves the remaining decoding steps; afterwards the text is cut at the
+first stop (``repotune.stops``). By default both ignore leading whitespace, because SmolLM2
+completions start with blank lines: a ``"\\n\\n"`` stop must not end an answer that has not
+started yet; code completion passes ``skip_leading_whitespace=False`` (a newline first means
+the line is complete). The raw texts are kept too, for the task's own post-processing.
 
 Heavy imports (torch, transformers, tqdm) stay inside the functions.
 """
