@@ -69,6 +69,9 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
         filter={"min_target_tokens": 10},
         model={"base": str(tiny_model), "file": None, "sha256": None},
         benchmark={"min_samples": 0},  # a dozen samples: too few to mean anything, on purpose
+        # Ten samples, nine of them in one file: whole files cannot give every split some,
+        # so split per sample here (tests of the file grouping are in test_filter_split.py).
+        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
     )
     repo.git.add("--all")
     repo.index.commit("project")
@@ -110,10 +113,7 @@ TINY_BUDGET = {
 
 
 def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model: Path):
-    # The fixture repository has a dozen samples in two files: split per sample so every
-    # split has some.
-    split = {"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3}
-    set_params(project, split=split, **TINY_BUDGET)
+    set_params(project, **TINY_BUDGET)
     first = dvc(project, "repro")
     assert ran(first) == ALL_STAGES
     bench = json.loads((project / "metrics/benchmark.json").read_text())
