@@ -208,3 +208,48 @@ def source_repo(tmp_path: Path):
     outside = tmp_path / "outside.py"
     outside.write_text('def secret():\n    """A file outside the repository that must never be read."""\n')
     return make_source_repo(tmp_path / "source", outside=outside)
+
+
+@pytest.fixture(scope="session")
+def one_thread():
+    """One torch thread: the tiny model's ops take microseconds, and two threads spin-waiting on
+    a shared 2-core machine made these tests 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def lively_model(tiny_model, tmp_path_factory, one_thread) -> Path:
+    """The tiny model with larger random weights (std 0.2), saved to its own folder.
+
+    With the fixture's small init every prompt yields the same token over and over, which
+    would let a batching or ordering bug pass unnoticed; here outputs depend on the prompt.
+    """
+    import torch
+
+    from repotune.modeling import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.2)
+    folder = tmp_path_factory.mktemp("lively") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_stage(name: str):
+    """The module of stages/<name>.py, to call its ``main([...])`` in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", Path(__file__).resolve().parents[1] / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -112,8 +112,11 @@ def test_sha256_is_accepted_in_either_case_and_kept_lowercase():
 
 def test_params_yaml_writes_out_the_schema_defaults():
     """One default per knob: params.yaml holds exactly the schema's defaults (plus the
-    required source and model), so a key missing from a user's params.yaml means the same."""
+    corpora and model it chooses: source, model, benchmark.ood), so a key missing from a
+    user's params.yaml means the same."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     written = params.parse(raw)
-    defaults = params.Params(source=written.source, model=written.model)
+    benchmark = params.BenchmarkParams(ood=written.benchmark.ood)
+    defaults = params.Params(source=written.source, model=written.model, benchmark=benchmark)
     assert written == defaults
+    assert params.BenchmarkParams().ood is None  # no out-of-domain download unless asked

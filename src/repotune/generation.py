@@ -1,4 +1,4 @@
-"""Text generation for the benchmark: continuous batching over a slot KV cache, stop strings.
+"""Text generation for the evaluation sets: continuous batching over a slot KV cache, stop strings.
 
 Greedy and sampled decoding run on a small continuous-batching loop (:func:`generate`):
 ``batch_size`` slots share one forward pass per decoding step; a prompt is prefilled on its
@@ -27,7 +27,7 @@ Heavy imports (torch, transformers, tqdm) stay inside the functions.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +37,8 @@ from repotune.stops import cut_at_stop, is_stopped, truncate_at_stop
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from repotune.params import DecodingParams
 
 
 @dataclass(frozen=True)
@@ -432,28 +434,30 @@ def generate(
 
 def generate_from_folder(
     folder: str | Path,
-    prompts: Sequence[str],
+    prompts: Mapping[str, Sequence[str]],
+    decoding: DecodingParams,
     *,
+    stop: Sequence[str],
+    skip_leading_whitespace: bool,
     device: str = "cpu",
     precision: str = "fp32",
-    desc: str | None = None,
-    **decoding,
-) -> Generation:
-    """Load the model and tokenizer in `folder`, generate for `prompts`, free the model.
+) -> dict[str, Generation]:
+    """Load the model and tokenizer in `folder` once, generate for each list of prompts, free it.
 
     On a CPU in fp32 the model's linears are pre-packed for oneDNN first
     (``modeling.prepack_linears``): generation here is bound by those matmuls.
 
     Args:
         folder: a HF model folder (config, safetensors, tokenizer).
-        prompts: the prompt texts.
+        prompts: name -> prompt texts (one progress bar each, labelled with the name).
+        decoding: the ``decoding`` params (its ``stop`` is ignored: `stop` is the resolved one).
+        stop: the stop sequences (``decoding.stop``, or the task's default when that is null).
+        skip_leading_whitespace: see :func:`generate`.
         device: 'cpu' or 'cuda' (resolved, see ``modeling.resolve_device``).
         precision: 'fp32', 'bf16' or 'fp16' (resolved, see ``modeling.resolve_precision``).
-        desc: progress bar label (default: the folder name).
-        **decoding: keyword arguments of :func:`generate` (the ``decoding`` params section).
 
     Returns:
-        The :class:`Generation` for the prompts.
+        name -> the :class:`Generation` of that list.
     """
     import gc
 
@@ -462,10 +466,18 @@ def generate_from_folder(
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder, device=device, precision=precision)
     # This model only generates: its linears can take oneDNN's packed layout (CPU fp32 only).
-    prepack_linears(model, decoding.get("batch_size", 16))
+    prepack_linears(model, decoding.batch_size)
     try:
-        return generate(model, tokenizer, prompts, desc=desc or Path(folder).name, **decoding)
+        return {
+            name: generate(
+                model, tokenizer, texts, max_new_tokens=decoding.max_new_tokens,
+                do_sample=decoding.do_sample, temperature=decoding.temperature, top_p=decoding.top_p,
+                num_beams=decoding.num_beams, batch_size=decoding.batch_size, stop=stop,
+                seed=decoding.seed, skip_leading_whitespace=skip_leading_whitespace, desc=name,
+            )
+            for name, texts in prompts.items()
+        }
     finally:
-        # The benchmark loads two models one after the other; drop the first before the second.
+        # Stages may load one model after another; drop this one first.
         del model
         gc.collect()

@@ -1,35 +1,46 @@
-"""Metrics: pure functions on lists of predictions and references. Tasks choose among them.
+"""Metrics: each defined once, as per-sample sufficient statistics and how a corpus of them
+aggregates into a score, so that a bootstrap resample recomputes a corpus-level metric exactly.
 
-All scores are on a 0–100 scale, rounded to 4 decimals so that JSON files are stable and a
-difference of identical systems is exactly 0.
+All scores are on a 0–100 scale; :meth:`Metric.score` rounds to 4 decimals so that JSON files
+are stable and a difference of identical systems is exactly 0. Empty predictions and references
+score without errors or NaN (chrF/BLEU 0 unless both are empty, ROUGE-L 0, edit similarity
+of two empty texts 100). The definitions (also in :data:`METRICS`, shown in reports):
 
-- chrF: sacrebleu ``CHRF()`` defaults (character 6-grams, beta 2, no word n-grams), corpus level
-  (statistics summed over all samples, not an average of sentence scores).
-- BLEU: sacrebleu ``BLEU()`` defaults (13a tokenizer, case-sensitive, exponential smoothing),
-  corpus level.
-- ROUGE-L: mean per-sample F-measure from ``rouge_score`` with its default tokenizer, which
-  lowercases and treats every non-alphanumeric character as a separator (punctuation and
-  symbols are ignored), without stemming.
-- exact match: percentage of predictions equal to their reference once whitespace runs are
-  collapsed (CodeXGLUE's code-completion evaluator: ``pred.split() == gt.split()``);
+- ``chrf``: sacrebleu ``CHRF()`` defaults (character 6-grams, beta 2, no word n-grams), corpus
+  level (statistics summed over the samples, not an average of sentence scores); the exact
+  sacrebleu signature is in :func:`signatures`.
+- ``bleu``: sacrebleu ``BLEU()`` defaults (13a tokenizer, case-sensitive, exponential
+  smoothing), corpus level.
+- ``bleu_cxg``: the smoothed sentence-level BLEU-4 of CodeXGLUE's code-to-text evaluator,
+  averaged over samples (``repotune.codexglue``), the number papers on docstring generation report.
+- ``rouge_l``: mean per-sample ROUGE-L F-measure from ``rouge_score`` with its default
+  tokenizer, which lowercases and treats every non-alphanumeric character as a separator
+  (punctuation, markup and symbols are ignored), without stemming.
+- ``rouge_l_code``: the same with :func:`code_tokens`: case kept, identifiers whole
+  (``snake_case``, ``camelCase``, dotted names), and every other non-space character a token
+  of its own, so ``C{Deferred}``, ``:param x:`` and backticks count.
+- ``exact_match``: percentage of predictions equal to their reference once whitespace runs
+  are collapsed (CodeXGLUE's code-completion evaluator: ``pred.split() == gt.split()``);
   ``exact_match_ci`` also ignores case.
-- edit similarity: mean over samples of rapidfuzz ``fuzz.ratio(pred, ref)`` (the normalised
+- ``edit_similarity``: mean over samples of rapidfuzz ``fuzz.ratio(pred, ref)`` (normalised
   Indel similarity, 0–100) on both texts stripped of surrounding whitespace, as CodeXGLUE's
   line-completion evaluator computes it with fuzzywuzzy.
-- sub-token precision/recall/F1: identifiers split at camelCase humps, digits and ``_``,
-  lowercased; true positives, predicted and reference sub-tokens summed over the corpus
-  (micro average, as code2vec/code2seq report it); a sub-token counts at most as often as it
-  occurs in the reference.
+- ``subtoken_precision`` / ``_recall`` / ``_f1``: identifiers split at camelCase humps, digits
+  and ``_``, lowercased; true positives, predicted and reference sub-tokens summed over the
+  corpus (micro average, as code2vec/code2seq report it); a sub-token counts at most as often
+  as it occurs in the reference.
 
 ``evaluate.load`` is not used: it fetches metric scripts from the Hub, which is unreachable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 DIGITS = 4
 
@@ -41,74 +52,128 @@ def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
         raise ValueError("no predictions to score")
 
 
-def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (0–100) of `predictions` against one reference each."""
-    from sacrebleu.metrics import CHRF
+@dataclass(frozen=True)
+class Metric:
+    """A metric as per-sample statistics plus their aggregation.
 
-    _check(predictions, references)
-    return round(CHRF().corpus_score(list(predictions), [list(references)]).score, DIGITS)
+    Attributes:
+        name: the key in metrics files (``chrf``, ``edit_similarity``, ...).
+        definition: one line saying exactly how it is computed (reports show it).
+        sample_stats: (predictions, references) -> array ``[n, k]`` of per-sample statistics.
+        aggregate: array ``[m, k]`` of rows (any subset or resample of samples) -> the score
+            of that corpus, 0–100, unrounded.
+    """
+
+    name: str
+    definition: str
+    sample_stats: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+    aggregate: Callable[[np.ndarray], float]
+
+    def stats(self, predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        """Per-sample statistics, float64 ``[n, k]``."""
+        _check(predictions, references)
+        return np.asarray(self.sample_stats(list(predictions), list(references)), dtype=np.float64)
+
+    def score(self, predictions: Sequence[str], references: Sequence[str]) -> float:
+        """The corpus score of `predictions`, rounded to :data:`DIGITS` decimals."""
+        return round(float(self.aggregate(self.stats(predictions, references))), DIGITS)
+
+    def sample_scores(self, predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+        """The score of each sample on its own (a corpus of one), rounded."""
+        rows = self.stats(predictions, references)
+        return [round(float(self.aggregate(rows[i : i + 1])), DIGITS) for i in range(len(rows))]
 
 
-def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0–100), sacrebleu defaults (13a tokenisation, case-sensitive)."""
-    from sacrebleu.metrics import BLEU
-
-    _check(predictions, references)
-    return round(BLEU().corpus_score(list(predictions), [list(references)]).score, DIGITS)
+# --- sacrebleu: corpus statistics per sentence ----------------------------------------------
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (0–100), rouge_score's default lowercasing alphanumeric tokenizer."""
+def _sacrebleu_metric(kind: str) -> Metric:
+    from repotune import compat
+
+    scorer = compat.sacrebleu_scorer(kind)
+    labels = {"chrf": "chrF (sacrebleu, corpus)", "bleu": "BLEU (sacrebleu 13a, corpus)"}
+    return Metric(
+        name=kind,
+        definition=labels[kind],
+        sample_stats=lambda p, r: compat.sacrebleu_sentence_stats(scorer, p, r),
+        aggregate=lambda rows: compat.sacrebleu_score_from_stats(scorer, rows.sum(axis=0)),
+    )
+
+
+def signatures() -> dict[str, str]:
+    """sacrebleu's signature string of each sacrebleu metric, as used here."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    found = {}
+    for name, scorer in (("chrf", CHRF()), ("bleu", BLEU())):
+        scorer.corpus_score(["a"], [["a"]])  # sacrebleu knows the number of references only after scoring
+        found[name] = scorer.get_signature().format()
+    return found
+
+
+# --- per-sample metrics (score = mean over samples) ----------------------------------------
+
+
+def _mean(rows: np.ndarray) -> float:
+    return float(rows[:, 0].mean()) if len(rows) else 0.0
+
+
+def _per_sample(name: str, definition: str, one: Callable[[str, str], float]) -> Metric:
+    return Metric(
+        name=name,
+        definition=definition,
+        sample_stats=lambda p, r: [[one(a, b)] for a, b in zip(p, r)],
+        aggregate=_mean,
+    )
+
+
+_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|\d+(?:\.\d+)?|\S")
+
+
+def code_tokens(text: str) -> list[str]:
+    """``"Return C{x.y} for :param n:"`` -> ``Return C { x.y } for : param n :``.
+
+    Case kept; identifiers and dotted names whole; numbers whole; any other non-space
+    character a token of its own.
+    """
+    return _CODE_TOKEN.findall(text)
+
+
+class _CodeTokenizer:
+    """rouge_score's tokenizer interface over :func:`code_tokens`."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return code_tokens(text)
+
+
+def _rouge_l(tokenizer: object | None) -> Callable[[str, str], float]:
     from rouge_score.rouge_scorer import RougeScorer
 
-    _check(predictions, references)
-    scorer = RougeScorer(["rougeL"], use_stemmer=False)
-    total = sum(
-        scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)
-    )
-    return round(100.0 * total / len(predictions), DIGITS)
+    scorer = RougeScorer(["rougeL"], use_stemmer=False, tokenizer=tokenizer)
+    return lambda pred, ref: 100.0 * scorer.score(ref, pred)["rougeL"].fmeasure
 
 
 def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Percentage (0–100) of predictions equal to their reference after collapsing whitespace."""
-    _check(predictions, references)
-    hits = sum(_normalise(p) == _normalise(r) for p, r in zip(predictions, references))
-    return round(100.0 * hits / len(predictions), DIGITS)
+def _exact(pred: str, ref: str) -> float:
+    return 100.0 if _normalise(pred) == _normalise(ref) else 0.0
 
 
-def sentence_chrf(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """chrF (0–100) of each prediction against its reference, for per-sample comparisons."""
-    from sacrebleu.metrics import CHRF
-
-    _check(predictions, references)
-    metric = CHRF()
-    return [
-        round(metric.sentence_score(p, [r]).score, DIGITS) for p, r in zip(predictions, references)
-    ]
-
-
-def exact_match_ci(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Like :func:`exact_match`, case-insensitive."""
-    return exact_match([p.lower() for p in predictions], [r.lower() for r in references])
-
-
-def sentence_edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """rapidfuzz ``fuzz.ratio`` (0–100) of each stripped prediction against its stripped reference."""
+def _edit_similarity(pred: str, ref: str) -> float:
     from rapidfuzz import fuzz
 
-    _check(predictions, references)
-    return [round(fuzz.ratio(p.strip(), r.strip()), DIGITS) for p, r in zip(predictions, references)]
+    return fuzz.ratio(pred.strip(), ref.strip())
 
 
-def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean per-sample edit similarity (0–100), see :func:`sentence_edit_similarity`."""
-    scores = sentence_edit_similarity(predictions, references)
-    return round(sum(scores) / len(scores), DIGITS)
+def _bleu_cxg(pred: str, ref: str) -> float:
+    from repotune import codexglue
 
+    return codexglue.sentence_bleu(pred, ref)
+
+
+# --- sub-tokens of identifiers (micro P/R/F1) ------------------------------------------------
 
 _SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
@@ -118,65 +183,52 @@ def subtokens(name: str) -> list[str]:
     return [t.lower() for t in _SUBTOKEN.findall(name)]
 
 
-def _subtoken_counts(prediction: str, reference: str) -> tuple[int, int, int]:
-    """(true positives, predicted, reference) sub-tokens of one pair."""
-    pred, ref = Counter(subtokens(prediction)), Counter(subtokens(reference))
-    return sum((pred & ref).values()), sum(pred.values()), sum(ref.values())
+def _subtoken_counts(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:
+    """(true positives, predicted, reference) sub-tokens of each pair."""
+    rows = []
+    for prediction, reference in zip(predictions, references):
+        pred, ref = Counter(subtokens(prediction)), Counter(subtokens(reference))
+        rows.append([sum((pred & ref).values()), sum(pred.values()), sum(ref.values())])
+    return rows
 
 
-def subtoken_prf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Micro sub-token precision, recall and F1 (0–100) over the corpus."""
-    _check(predictions, references)
-    tp = n_pred = n_ref = 0
-    for p, r in zip(predictions, references):
-        a, b, c = _subtoken_counts(p, r)
-        tp, n_pred, n_ref = tp + a, n_pred + b, n_ref + c
+def _prf(rows: np.ndarray) -> tuple[float, float, float]:
+    tp, n_pred, n_ref = rows.sum(axis=0) if len(rows) else (0.0, 0.0, 0.0)
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_ref if n_ref else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "subtoken_precision": round(100 * precision, DIGITS),
-        "subtoken_recall": round(100 * recall, DIGITS),
-        "subtoken_f1": round(100 * f1, DIGITS),
-    }
+    return 100 * precision, 100 * recall, 100 * f1
 
 
-def sentence_subtoken_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Sub-token F1 (0–100) of each prediction against its reference."""
-    _check(predictions, references)
-    scores = []
-    for p, r in zip(predictions, references):
-        tp, n_pred, n_ref = _subtoken_counts(p, r)
-        scores.append(round(100 * 2 * tp / (n_pred + n_ref), DIGITS) if n_pred + n_ref else 0.0)
-    return scores
+def _subtoken(name: str, index: int, definition: str) -> Metric:
+    return Metric(name, definition, _subtoken_counts, lambda rows: _prf(rows)[index])
 
 
-def compare(
-    references: Sequence[str],
-    outputs: dict[str, Sequence[str]],
-    score: Callable[[Sequence[str], Sequence[str]], dict[str, float]],
-    reference_system: str = "base",
-) -> dict[str, float | int]:
-    """Flat comparison of named systems on the same references.
+def _build() -> dict[str, Metric]:
+    metrics = [
+        _sacrebleu_metric("chrf"),
+        _sacrebleu_metric("bleu"),
+        _per_sample("bleu_cxg", "smoothed sentence BLEU-4 of CodeXGLUE code-to-text, mean", _bleu_cxg),
+        _per_sample("rouge_l", "ROUGE-L F (rouge_score, lowercased alphanumeric tokens), mean", _rouge_l(None)),
+        _per_sample(
+            "rouge_l_code", "ROUGE-L F (code tokens: case, identifiers, markup kept), mean",
+            _rouge_l(_CodeTokenizer()),
+        ),
+        _per_sample("exact_match", "exact match % (whitespace-normalised)", _exact),
+        _per_sample(
+            "exact_match_ci", "exact match %, case-insensitive", lambda p, r: _exact(p.lower(), r.lower())
+        ),
+        _per_sample("edit_similarity", "edit similarity (rapidfuzz fuzz.ratio, 0-100), mean", _edit_similarity),
+        _subtoken("subtoken_precision", 0, "sub-token precision (micro)"),
+        _subtoken("subtoken_recall", 1, "sub-token recall (micro)"),
+        _subtoken("subtoken_f1", 2, "sub-token F1 (micro)"),
+    ]
+    return {metric.name: metric for metric in metrics}
 
-    Args:
-        references: the targets.
-        outputs: system name -> its predictions (same order as `references`).
-        score: the task's corpus scorer, ``{"metric": value, ...}``.
-        reference_system: deltas are taken against this system.
 
-    Returns:
-        ``{"samples": n, "<system>_<metric>": ..., "delta_<metric>": ...}``; with two systems the
-        delta is other − reference; with more, ``delta_<system>_<metric>`` per other system.
-    """
-    scores = {name: score(preds, references) for name, preds in outputs.items()}
-    others = [name for name in outputs if name != reference_system]
-    flat: dict[str, float | int] = {"samples": len(references)}
-    for name, values in scores.items():
-        for metric, value in values.items():
-            flat[f"{name}_{metric}"] = value
-    for other in others:
-        prefix = "delta" if len(others) == 1 else f"delta_{other}"
-        for metric, value in scores[other].items():
-            flat[f"{prefix}_{metric}"] = round(value - scores[reference_system][metric], DIGITS)
-    return flat
+METRICS: dict[str, Metric] = _build()
+
+
+def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """``{name: corpus score}`` for each metric in `names`."""
+    return {name: METRICS[name].score(predictions, references) for name in names}

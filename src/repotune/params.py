@@ -259,11 +259,37 @@ class DecodingParams(Section):
     seed: int = 42
 
 
+class OodParams(SourceParams):
+    """A second source for the out-of-domain check (same forms as ``source``)."""
+
+    max_samples: int = Field(default=100, ge=0)
+
+
 class BenchmarkParams(Section):
     max_samples: int = Field(default=0, ge=0)
     min_samples: int = Field(default=30, ge=0)
+    # Prompt templates each system is evaluated with; the first is the headline, and
+    # prompt.template (the one trained on) should normally be it.
+    templates: list[str] = Field(default_factory=lambda: ["plain"], min_length=1)
+    ood: OodParams | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0)
+
+    @field_validator("templates")
+    @classmethod
+    def _distinct(cls, templates: list[str]) -> list[str]:
+        repeated = sorted({t for t in templates if templates.count(t) > 1})
+        if repeated:
+            raise ValueError(f"templates listed twice: {', '.join(repeated)}")
+        return templates
+
+
+class EvaluateParams(Section):
+    reference: str = Field(default="base", min_length=1)  # deltas are taken against this system
+    resamples: int = Field(default=1000, ge=100)  # bootstrap resamples and randomization permutations
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 42
+    examples: int = Field(default=1, ge=0)  # examples per kind (best, median, worst delta) in the report
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -278,6 +304,7 @@ SECTIONS: dict[str, type[Section]] = {
     "prompt": PromptParams,
     "decoding": DecodingParams,
     "benchmark": BenchmarkParams,
+    "evaluate": EvaluateParams,
 }
 
 
@@ -298,6 +325,7 @@ class Params(BaseModel):
     prompt: PromptParams = PromptParams()
     decoding: DecodingParams = DecodingParams()
     benchmark: BenchmarkParams = BenchmarkParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _is_model(annotation: object) -> bool:

@@ -1,135 +1,145 @@
-"""Human-facing outputs of the benchmark: per-sample rows, a plot and a Markdown report.
+"""Human-facing outputs of the evaluate stage: per-sample rows, plots and a Markdown report.
 
-Everything here is deterministic (sorted rows, no timestamps, no absolute paths), so a re-run
-on the same predictions gives the same bytes. Timing figures are not part of these outputs.
+Everything here is deterministic (sorted rows, no timestamps, no absolute paths), so the same
+generations give the same bytes. Plots are Vega-Lite specs with their data inlined, rendered
+to PNG offline by vl-convert (no CDN, no browser), so they read on a machine with no network.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repotune.metrics import DIGITS
+from repotune.metrics import METRICS
 
-SYSTEMS = {"base": "base", "finetuned": "fine-tuned"}
+LABELS = {"base": "base", "finetuned": "fine-tuned"}
+# The reference system grey, the others in Tableau colours.
+PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
 
 
-def prediction_rows(
-    records: Sequence[Mapping[str, Any]],
-    base: Sequence[str],
-    finetuned: Sequence[str],
-    sample_scores: Callable[[Sequence[str], Sequence[str]], list[float]],
-) -> list[dict[str, Any]]:
-    """One row per test sample with both outputs and their per-sample score, sorted by id.
+def label(system: str) -> str:
+    """How a system is called in reports and plots."""
+    return LABELS.get(system, system)
 
-    Args:
-        records: test records (``id``, ``target`` and provenance ``path``, ``name``, ...).
-        base: the base model's output for each record, same order.
-        finetuned: the fine-tuned model's output for each record, same order.
-        sample_scores: the task's per-sample scorer (``SAMPLE_METRIC``).
 
-    Returns:
-        Rows with keys id, path, name, start_line, reference, base, finetuned, base_score,
-        finetuned_score, delta_score.
-    """
-    references = [r["target"] for r in records]
-    base_score = sample_scores(base, references)
-    finetuned_score = sample_scores(finetuned, references)
-    rows = [
-        {
+def evaluation_title(set_name: str, template: str) -> str:
+    return f"{set_name} · {template}"
+
+
+def prediction_rows(evaluation: Mapping[str, Any], sample_metric: str) -> list[dict[str, Any]]:
+    """One row per sample of one evaluation: provenance, reference, every system's output and
+    its per-sample score, sorted by id."""
+    result = evaluation["result"]
+    rows = []
+    for i, record in enumerate(evaluation["records"]):
+        rows.append({
+            "set": evaluation["set"],
+            "template": evaluation["template"],
             "id": record["id"],
             "path": record.get("path"),
             "name": record.get("name"),
             "start_line": record.get("start_line"),
-            "input": record["input"],
             "reference": record["target"],
-            "base": b,
-            "finetuned": f,
-            "base_score": bs,
-            "finetuned_score": fs,
-            "delta_score": round(fs - bs, DIGITS),
-        }
-        for record, b, f, bs, fs in zip(records, base, finetuned, base_score, finetuned_score)
-    ]
+            "outputs": {name: texts[i] for name, texts in evaluation["outputs"].items()},
+            sample_metric: {name: scores[i] for name, scores in result["sample_scores"].items()},
+        })
     return sorted(rows, key=lambda row: row["id"])
 
 
-def plot_spec(
-    summary: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
-    metric_names: Sequence[str],
-    sample_metric: str,
-) -> dict[str, Any]:
-    """A Vega-Lite spec: metric bars base vs fine-tuned, and the per-sample score of each.
+# --- plots ---------------------------------------------------------------------------------
 
-    Points above the diagonal of the scatter are samples the fine-tuned model does better on.
-    The data is inlined, so the spec renders offline (see :func:`write_png`).
-    """
-    bars = [
-        {"metric": name, "system": label, "score": summary[f"{key}_{name}"]}
-        for name in metric_names
-        for key, label in SYSTEMS.items()
+
+def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], confidence: float) -> dict:
+    """Bars of every system's score per metric, with bootstrap-interval whiskers; one row of
+    panels per evaluation."""
+    values = [
+        {
+            "evaluation": evaluation_title(ev["set"], ev["template"]), "metric": metric,
+            "system": label(system), "score": s["score"], "low": s["low"], "high": s["high"],
+        }
+        for ev in evaluations
+        for system, by_metric in ev["result"]["scores"].items()
+        for metric, s in by_metric.items()
+        if metric in metric_names
     ]
-    points = [
-        {"id": r["id"], "name": r["name"], "base": r["base_score"], "finetuned": r["finetuned_score"]}
-        for r in rows
-    ]
-    axis = {"scale": {"domain": [0, 100]}}
+    systems = list(dict.fromkeys(v["system"] for v in values))
+    order = [evaluation_title(ev["set"], ev["template"]) for ev in evaluations]
+    x = {"field": "metric", "type": "nominal", "sort": list(metric_names), "title": None, "axis": {"labelAngle": -30}}
+    offset = {"field": "system", "sort": systems}
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": f"base vs fine-tuned on {summary['samples']} test samples",
-        "hconcat": [
-            {
-                "title": "corpus metrics",
-                "data": {"values": bars},
-                "mark": "bar",
-                "width": 260,
-                "height": 260,
-                "encoding": {
-                    "x": {
-                        "field": "metric",
-                        "type": "nominal",
-                        "sort": list(metric_names),
-                        "title": None,
-                        "axis": {"labelAngle": 0},
+        "title": f"scores with {round(confidence * 100)}% bootstrap intervals",
+        "data": {"values": values},
+        "facet": {"row": {"field": "evaluation", "type": "nominal", "title": None, "sort": order}},
+        "spec": {
+            "width": 80 * len(metric_names) + 40,
+            "height": 220,
+            "layer": [
+                {
+                    "mark": "bar",
+                    "encoding": {
+                        "x": x, "xOffset": offset,
+                        "y": {"field": "score", "type": "quantitative", "title": "score (0-100)"},
+                        "color": {"field": "system", "type": "nominal", "sort": systems, "title": None,
+                                  "scale": {"range": PALETTE}},
                     },
-                    "xOffset": {"field": "system", "sort": list(SYSTEMS.values())},
-                    "y": {"field": "score", "type": "quantitative", "title": "score (0-100)", **axis},
-                    "color": {"field": "system", "sort": list(SYSTEMS.values()), "title": None},
                 },
-            },
-            {
-                "title": f"per-sample {sample_metric}",
-                "width": 260,
-                "height": 260,
-                "layer": [
-                    {
-                        "data": {"values": [{"x": 0, "y": 0}, {"x": 100, "y": 100}]},
-                        "mark": {"type": "line", "color": "gray", "strokeDash": [4, 4]},
-                        "encoding": {
-                            "x": {"field": "x", "type": "quantitative"},
-                            "y": {"field": "y", "type": "quantitative"},
-                        },
+                {
+                    "mark": {"type": "rule", "color": "black"},
+                    "encoding": {
+                        "x": x, "xOffset": offset,
+                        "y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"},
                     },
-                    {
-                        "data": {"values": points},
-                        "mark": {"type": "point", "filled": True, "opacity": 0.6, "color": "#e45756"},
-                        "encoding": {
-                            "x": {"field": "base", "type": "quantitative", "title": f"base {sample_metric}", **axis},
-                            "y": {
-                                "field": "finetuned",
-                                "type": "quantitative",
-                                "title": f"fine-tuned {sample_metric}",
-                                **axis,
-                            },
-                            "tooltip": [{"field": "id"}, {"field": "name"}],
-                        },
+                },
+            ],
+        },
+    }
+
+
+def sample_deltas_spec(evaluations: Sequence[Mapping[str, Any]], sample_metric: str, reference: str) -> dict:
+    """Histogram of per-sample differences (other system − reference) of `sample_metric`."""
+    values = []
+    order = [evaluation_title(ev["set"], ev["template"]) for ev in evaluations]
+    for ev in evaluations:
+        per_sample = ev["result"]["sample_scores"]
+        for system, scores in per_sample.items():
+            if system == reference:
+                continue
+            values += [
+                {
+                    "evaluation": evaluation_title(ev["set"], ev["template"]),
+                    "comparison": f"{label(system)} − {label(reference)}",
+                    "delta": round(score - base, 4),
+                }
+                for score, base in zip(scores, per_sample[reference])
+            ]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": f"per-sample difference in {sample_metric}",
+        "data": {"values": values},
+        "facet": {"row": {"field": "evaluation", "type": "nominal", "title": None, "sort": order}},
+        "spec": {
+            "width": 420,
+            "height": 160,
+            "layer": [
+                {
+                    "mark": "bar",
+                    "encoding": {
+                        "x": {"field": "delta", "bin": {"maxbins": 40}, "type": "quantitative",
+                              "title": f"{sample_metric} difference per sample"},
+                        "y": {"aggregate": "count", "type": "quantitative", "title": "samples"},
+                        "color": {"field": "comparison", "type": "nominal", "title": None,
+                                  "scale": {"range": PALETTE[1:]}},
                     },
-                ],
-            },
-        ],
+                },
+                {
+                    "mark": {"type": "rule", "color": "gray", "strokeDash": [4, 4]},
+                    "encoding": {"x": {"datum": 0, "type": "quantitative"}},
+                },
+            ],
+        },
     }
 
 
@@ -144,6 +154,9 @@ def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> 
         tmp.write_bytes(png)
 
 
+# --- the Markdown report -------------------------------------------------------------------
+
+
 def _fenced(text: str) -> str:
     """`text` in a fenced block whose fence is longer than any backtick run inside it."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -151,72 +164,194 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text or '(empty)'}\n{fence}"
 
 
-def _example(row: Mapping[str, Any], sample_metric: str, input_lines: int = 12) -> str:
-    where = f"{row['path']}:{row['start_line']}" if row.get("path") else row["id"]
-    head = (
-        f"### `{row['name']}` ({where})\n\n"
-        f"{sample_metric} base {row['base_score']:.1f} → fine-tuned {row['finetuned_score']:.1f} "
-        f"({row['delta_score']:+.1f})\n"
-    )
-    lines = row["input"].splitlines()
-    excerpt = "\n".join(lines[-input_lines:]) if len(lines) > input_lines else row["input"]
-    parts = [
-        (f"input (last {input_lines} lines)" if len(lines) > input_lines else "input", excerpt),
-        ("reference", row["reference"]),
-        ("base", row["base"]),
-        ("fine-tuned", row["finetuned"]),
-    ]
-    return head + "".join(f"\n{label}:\n{_fenced(text)}\n" for label, text in parts)
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def _score_table(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, confidence: float) -> list[str]:
+    result = ev["result"]
+    systems = list(result["scores"])
+    others = [s for s in systems if s != reference]
+    level = f"{round(confidence * 100)}%"
+    head = ["metric", *(label(s) for s in systems)]
+    for other in others:
+        head += [f"{label(other)} − {label(reference)}", f"{level} CI", "p"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for metric in metric_names:
+        cells = [METRICS[metric].definition]
+        for system in systems:
+            s = result["scores"][system][metric]
+            cells.append(f"{s['score']:.2f} [{s['low']:.2f}, {s['high']:.2f}]")
+        for other in others:
+            d = result["differences"][other][metric]
+            mark = "" if d["significant"] else " (n.s.)"
+            cells += [f"**{_signed(d['delta'])}**{mark}" if d["significant"] else f"{_signed(d['delta'])}{mark}",
+                      f"[{_signed(d['low'])}, {_signed(d['high'])}]", f"{d['p']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, confidence: float) -> list[str]:
+    """One sentence per compared system: what changed significantly, what did not."""
+    level = f"{round(confidence * 100)}%"
+    sentences = []
+    for other, diffs in ev["result"]["differences"].items():
+        up = [m for m in metric_names if diffs[m]["significant"] and diffs[m]["delta"] > 0]
+        down = [m for m in metric_names if diffs[m]["significant"] and diffs[m]["delta"] < 0]
+        flat = [m for m in metric_names if not diffs[m]["significant"]]
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(
+                f"{n} ({_signed(diffs[n]['delta'])}, {level} CI [{_signed(diffs[n]['low'])}, "
+                f"{_signed(diffs[n]['high'])}], p = {diffs[n]['p']:.3f})" for n in names
+            )
+
+        parts = []
+        if up:
+            parts.append(f"{label(other)} is better than {label(reference)} on {listed(up)}.")
+        if down:
+            parts.append(f"{label(other)} is worse than {label(reference)} on {listed(down)}.")
+        if flat:
+            parts.append(
+                f"Not significant at {level}: {', '.join(flat)}: on these "
+                f"{ev['result']['samples']} samples the difference cannot be told from no change."
+            )
+        sentences.append(" ".join(parts))
+    return sentences
+
+
+def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
+    shares = ["repeats_line_pct", "ngram_loop_pct", "empty_pct", "echoes_input_pct", "degenerate_pct"]
+    head = ["evaluation", "system", "repeats a line", "n-gram loop", "empty", "echoes input", "any",
+            "mean tokens (reference)", "length ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
+    for ev in evaluations:
+        for system, d in ev["result"]["degenerate"].items():
+            cells = [evaluation_title(ev["set"], ev["template"]), label(system)]
+            cells += [f"{d[name]:.1f}%" for name in shares]
+            cells += [f"{d['output_tokens_mean']:.1f} ({d['reference_tokens_mean']:.1f})", f"{d['length_ratio']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _examples(ev: Mapping[str, Any], sample_metric: str, reference: str, count: int, input_lines: int = 12) -> list[str]:
+    """Best, median and worst per-sample difference of the first other system (ties by id)."""
+    result = ev["result"]
+    others = [s for s in result["sample_scores"] if s != reference]
+    if not others or count == 0:
+        return []
+    other = others[0]
+    base, mine = result["sample_scores"][reference], result["sample_scores"][other]
+    order = sorted(range(len(base)), key=lambda i: (mine[i] - base[i], ev["records"][i]["id"]))
+    n = len(order)
+    picks = {
+        "largest gain": order[::-1][:count],
+        "median": order[max(0, n // 2 - count // 2):][:count],
+        "largest loss": order[:count],
+    }
+    lines = []
+    for kind, indices in picks.items():
+        for i in indices:
+            record = ev["records"][i]
+            where = f"{record.get('path')}:{record.get('start_line')}" if record.get("path") else record["id"]
+            lines += [
+                f"### {kind}: `{record.get('name')}` ({where})", "",
+                f"{sample_metric}: {label(reference)} {base[i]:.1f} → {label(other)} {mine[i]:.1f} "
+                f"({_signed(mine[i] - base[i])})", "",
+            ]
+            text = record["input"].splitlines()
+            excerpt = "\n".join(text[-input_lines:]) if len(text) > input_lines else record["input"]
+            parts = [(f"input (last {input_lines} lines)" if len(text) > input_lines else "input", excerpt),
+                     ("reference", record["target"])]
+            parts += [(label(s), outs[i]) for s, outs in ev["outputs"].items()]
+            for part_label, part in parts:
+                lines += [f"{part_label}:", _fenced(part), ""]
+    return lines
+
+
+def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = []
+    clone = stage_metrics.get("clone")
+    if clone:
+        lines.append(f"- clone: `{clone['url']}` @ `{clone['sha'][:12]}`, {clone['files']} files")
+    extract = stage_metrics.get("extract")
+    if extract:
+        lines.append(f"- extract: {extract['samples']} samples from {extract['files_parsed']} parsed files "
+                     f"({extract.get('files_skipped_excluded', 0)} excluded)")
+    filtered = stage_metrics.get("filter")
+    if filtered:
+        drops = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(filtered.items()) if k.startswith("dropped_"))
+        lines.append(f"- filter: kept {filtered['kept']} of {filtered['seen']} (dropped: {drops or 'none'})")
+    split = stage_metrics.get("split")
+    if split:
+        lines.append("- split: " + ", ".join(
+            f"{n} {split[f'{n}_samples']} samples / {split[f'{n}_files']} files" for n in ("train", "val", "test")
+        ))
+    train = stage_metrics.get("train")
+    if train:
+        lines.append(
+            f"- train: {train['train_samples']} samples ({train.get('samples_code_cut', 0)} with code cut to fit, "
+            f"{train.get('samples_target_too_long', 0)} dropped), {train['steps']} steps, "
+            f"{train['train_tokens']} tokens in {train['train_seconds']:.0f} s; train loss "
+            f"{train['train_loss']:.3f}, eval loss {train['eval_loss']:.3f}"
+        )
+    ood = stage_metrics.get("ood")
+    if ood and ood.get("enabled"):
+        lines.append(f"- ood: `{ood['url']}` @ `{ood['sha'][:12]}`, {ood['samples']} of "
+                     f"{ood['samples_extracted']} samples kept")
+    return lines
 
 
 def render_report(
-    summary: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
-    metric_labels: Mapping[str, str],
+    task_name: str,
+    evaluations: Sequence[Mapping[str, Any]],
+    metric_names: Sequence[str],
     sample_metric: str,
-    settings: Mapping[str, Any] | None = None,
-    examples: int = 3,
+    *,
+    reference: str,
+    confidence: float,
+    resamples: int,
+    examples: int,
+    stage_metrics: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    signatures: Mapping[str, str],
 ) -> str:
-    """The Markdown report: metric table base vs fine-tuned vs delta, then example outputs.
-
-    Args:
-        summary: the flat metrics of ``metrics.compare``.
-        rows: per-sample rows of :func:`prediction_rows`.
-        metric_labels: the task's metrics, name -> how it is computed (table order).
-        sample_metric: the name of the per-sample score of the rows.
-        settings: what to state about the run (prompt, decoding, ...), shown as a list.
-        examples: how many of the largest per-sample gains and losses to show.
-
-    Returns:
-        The report text, ending in a newline.
-    """
+    """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py)."""
+    systems = list(evaluations[0]["result"]["scores"])
+    level = f"{round(confidence * 100)}%"
     lines = [
-        "# Benchmark: base vs fine-tuned" + (f", task `{summary['task']}`" if summary.get("task") else ""),
+        f"# Evaluation, task `{task_name}`: " + " vs ".join(label(s) for s in systems),
         "",
-        f"{summary['samples']} held-out test samples, same prompt and decoding for both models.",
-        "",
-        "| metric | base | fine-tuned | delta |",
-        "|---|---:|---:|---:|",
+        f"Every system gets the same prompts and decoding. Differences are taken against "
+        f"{label(reference)}: {level} paired bootstrap intervals ({resamples} resamples of the "
+        f"samples, corpus metrics recomputed on each, percentile method) and two-sided p-values "
+        f"of a paired approximate-randomization test ({resamples} permutations); **bold** = "
+        f"significant at {level}, n.s. = not. Scores show their own {level} interval in brackets.",
     ]
-    for name, label in metric_labels.items():
-        lines.append(
-            f"| {label} | {summary[f'base_{name}']:.2f} | {summary[f'finetuned_{name}']:.2f} "
-            f"| {summary[f'delta_{name}']:+.2f} |"
-        )
-    if settings:
-        lines += ["", "Settings:", ""]
-        lines += [f"- {key}: `{value!r}`" for key, value in settings.items()]
-    lines += [
-        "",
-        "Generation speed (tokens/s) is in `benchmark_speed.json`; per-sample outputs are in "
-        "`predictions.jsonl`; the plot is `benchmark.png`.",
-    ]
-    # Ties broken by id so that the choice of examples is deterministic.
-    gains = sorted((r for r in rows if r["delta_score"] > 0), key=lambda r: (-r["delta_score"], r["id"]))
-    losses = sorted((r for r in rows if r["delta_score"] < 0), key=lambda r: (r["delta_score"], r["id"]))
-    for title, chosen in (("Largest gains", gains), ("Largest losses", losses)):
-        lines += ["", f"## {title} (per-sample {sample_metric})", ""]
-        if not chosen:
-            lines.append("None: no sample scores differently in this direction.")
-        lines += [_example(row, sample_metric) for row in chosen[:examples]]
+    for ev in evaluations:
+        where = "held-out files of the training repository" if ev["set"] == "test" else "another repository (out of domain)"
+        lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]
+        lines += _score_table(ev, metric_names, reference, confidence)
+        lines += [""] + _in_words(ev, metric_names, reference, confidence)
+    lines += ["", "## Degenerate outputs", "",
+              "Share of outputs per check (see Definitions); a model that learned the project's "
+              "style should not trade it for loops or copies of the input.", ""]
+    lines += _degenerate_table(evaluations)
+    summary = _data_summary(stage_metrics)
+    if summary:
+        lines += ["", "## Data and training", ""] + summary
+    lines += ["", "## Plots", "", "![scores with intervals](plots/scores.png)", "",
+              "![per-sample differences](plots/sample_deltas.png)"]
+    head = evaluations[0]
+    lines += ["", f"## Examples: {evaluation_title(head['set'], head['template'])}, per-sample {sample_metric}", ""]
+    lines += _examples(head, sample_metric, reference, examples) or ["(none)"]
+    from repotune.degenerate import CHECKS
+
+    lines += ["", "## Definitions", ""]
+    lines += [f"- `{name}`: {METRICS[name].definition}" for name in metric_names]
+    lines += [f"- `{name}` signature: `{sig}`" for name, sig in signatures.items() if name in metric_names]
+    lines += [f"- degenerate `{name}`: {text}" for name, text in CHECKS.items()]
+    lines += ["", "Settings:", ""] + [f"- {key}: `{value!r}`" for key, value in settings.items()]
+    lines += ["", "Per-sample outputs are in `predictions.jsonl`; all numbers in `evaluate_details.json`; "
+              "generation speed in `generate/<system>.json`."]
     return "\n".join(lines).rstrip() + "\n"

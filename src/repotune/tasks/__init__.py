@@ -13,8 +13,8 @@ A task module provides:
   ``default_stop(extract)`` (stop strings when ``decoding.stop`` is null),
   ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
   prediction);
-- ``METRICS`` (name -> how it is computed), ``score(predictions, references)`` and
-  ``SAMPLE_METRIC`` / ``sample_scores(...)`` (the per-sample score of reports and plots).
+- ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and
+  ``SAMPLE_METRIC``: the one scored per sample in reports and plots.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from repotune import metrics
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
@@ -45,11 +44,8 @@ PROMPTS = {
 }
 # The cursor sits mid-line: a newline first means the line is complete.
 STOP_AFTER_LEADING_WHITESPACE = False
-METRICS = {
-    "exact_match": "exact match % (whitespace-normalised, CodeXGLUE)",
-    "edit_similarity": "edit similarity (rapidfuzz fuzz.ratio, 0-100, CodeXGLUE)",
-    "bleu": "BLEU (sacrebleu 13a, corpus)",
-}
+# Names in repotune.metrics.METRICS, in report order (CodeXGLUE's line completion: EM, edit sim).
+METRICS = ("exact_match", "edit_similarity", "bleu")
 SAMPLE_METRIC = "edit_similarity"
 
 # A comment block at the top of a file that mentions a copyright or a licence.
@@ -227,15 +223,3 @@ def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:
         keep = extract.window.lines if extract.window.target == "lines" else 1
         text = "\n".join(text.split("\n")[:keep])
     return text.rstrip()
-
-
-def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    return {
-        "exact_match": metrics.exact_match(predictions, references),
-        "edit_similarity": metrics.edit_similarity(predictions, references),
-        "bleu": metrics.bleu(predictions, references),
-    }
-
-
-def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    return metrics.sentence_edit_similarity(predictions, references)

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from repotune import metrics
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
@@ -37,12 +36,8 @@ PROMPTS = {
 }
 # Answers start after blank lines: stops count only once text has begun.
 STOP_AFTER_LEADING_WHITESPACE = True
-METRICS = {
-    "chrf": "chrF (sacrebleu, corpus)",
-    "rouge_l": "ROUGE-L F (rouge_score, lowercased alphanumeric tokens)",
-    "bleu": "BLEU (sacrebleu 13a, corpus)",
-    "exact_match": "exact match % (whitespace-normalised)",
-}
+# Names in repotune.metrics.METRICS, in report order.
+METRICS = ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match")
 # The per-sample score shown in the report and plotted.
 SAMPLE_METRIC = "chrf"
 
@@ -150,18 +145,3 @@ def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  
     from repotune.stops import truncate_at_stop
 
     return truncate_at_stop(raw, stop)
-
-
-def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Every corpus metric of :data:`METRICS`."""
-    return {
-        "chrf": metrics.chrf(predictions, references),
-        "rouge_l": metrics.rouge_l(predictions, references),
-        "bleu": metrics.bleu(predictions, references),
-        "exact_match": metrics.exact_match(predictions, references),
-    }
-
-
-def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Per-sample chrF, for the report's examples and the scatter plot."""
-    return metrics.sentence_chrf(predictions, references)

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from repotune import metrics
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
@@ -39,14 +38,10 @@ PROMPTS = {
 }
 # Answers start after blank lines: stops count only once text has begun.
 STOP_AFTER_LEADING_WHITESPACE = True
-METRICS = {
-    "exact_match": "exact match %",
-    "exact_match_ci": "exact match %, case-insensitive",
-    "subtoken_precision": "sub-token precision (micro)",
-    "subtoken_recall": "sub-token recall (micro)",
-    "subtoken_f1": "sub-token F1 (micro)",
-    "edit_similarity": "edit similarity (rapidfuzz fuzz.ratio, 0-100)",
-}
+# Names in repotune.metrics.METRICS, in report order.
+METRICS = (
+    "exact_match", "exact_match_ci", "subtoken_precision", "subtoken_recall", "subtoken_f1", "edit_similarity",
+)
 SAMPLE_METRIC = "subtoken_f1"
 
 _FUNCTION_KINDS = {"function", "method", "extension_function", "async_function", "async_method"}
@@ -139,16 +134,3 @@ def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  
 
     match = _IDENTIFIER.search(truncate_at_stop(raw, stop).strip("`'\" "))
     return match.group(0) if match else ""
-
-
-def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    return {
-        "exact_match": metrics.exact_match(predictions, references),
-        "exact_match_ci": metrics.exact_match_ci(predictions, references),
-        **metrics.subtoken_prf(predictions, references),
-        "edit_similarity": metrics.edit_similarity(predictions, references),
-    }
-
-
-def sample_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    return metrics.sentence_subtoken_f1(predictions, references)

@@ -1,20 +1,11 @@
-"""Benchmark stage: metrics, stop handling, batched generation, the stage end to end."""
+"""Generation: stop handling, token counting, continuous batching, sampling, beams, packed linears."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import pytest
 
-from repotune import io, metrics
 from repotune.generation import _count_new_tokens, generate
-from repotune.report import prediction_rows, render_report
 from repotune.stops import cut_at_stop, truncate_at_stop
-from repotune.tasks import docstring
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PROMPTS = [
     "def add(a, b):\n    return a + b\nDocstring:",
@@ -23,46 +14,6 @@ PROMPTS = [
     "def f():\nDocstring:",
     "def read(path):\n    return os.path\nDocstring:",
 ]
-
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# --- metrics -------------------------------------------------------------------------------
-
-
-def test_identical_texts_score_100():
-    refs = ["Return the sum of two numbers.", "Push an item onto the stack."]
-    assert docstring.score(refs, refs) == {"chrf": 100.0, "rouge_l": 100.0, "bleu": 100.0, "exact_match": 100.0}
-    assert metrics.sentence_chrf(refs, refs) == [100.0, 100.0]
-
-
-def test_disjoint_texts_score_low():
-    scores = docstring.score(["zzz qqq xxx", "vvv www"], ["Return the sum.", "Push an item."])
-    assert scores["chrf"] < 10 and scores["bleu"] < 1 and scores["rouge_l"] == 0
-    assert scores["exact_match"] == 0
-
-
-def test_exact_match_ignores_whitespace_and_rouge_ignores_case_and_punctuation():
-    assert metrics.exact_match(["Return  the\nsum. "], ["Return the sum."]) == 100.0
-    assert metrics.exact_match(["return the sum."], ["Return the sum."]) == 0.0
-    assert metrics.rouge_l(["return THE sum"], ["Return the sum."]) == 100.0
-    assert metrics.sentence_chrf([""], ["Return the sum."]) == [0.0]
-
-
-def test_compare_is_flat_with_deltas():
-    refs = ["Return the sum of two numbers.", "Push an item onto the stack."]
-    flat = metrics.compare(refs, {"base": ["x", "y"], "finetuned": refs}, docstring.score)
-    assert flat["samples"] == 2
-    for name in docstring.METRICS:
-        assert flat[f"delta_{name}"] == pytest.approx(flat[f"finetuned_{name}"] - flat[f"base_{name}"])
-    assert flat["delta_chrf"] > 90
-    with pytest.raises(ValueError):
-        metrics.chrf(["a"], ["a", "b"])
 
 
 # --- stop sequences and token counting ---------------------------------------------------
@@ -97,41 +48,6 @@ def test_count_new_tokens():
 
 
 # --- generation on the tiny model ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: the tiny model's ops take microseconds, and two threads spin-waiting on
-    a shared 2-core machine made these tests 10x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def lively_model(tiny_model, tmp_path_factory, one_thread) -> Path:
-    """The tiny model with larger random weights (std 0.2), saved to its own folder.
-
-    With the fixture's small init every prompt yields the same token over and over, which
-    would let a batching or ordering bug pass unnoticed; here outputs depend on the prompt.
-    """
-    import torch
-
-    from repotune.modeling import load_causal_lm, load_tokenizer
-
-    model, tokenizer = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.2)
-    folder = tmp_path_factory.mktemp("lively") / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -265,96 +181,3 @@ def test_prepacked_linears_keep_the_logits(lively_model):
     texts = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
     reference = load_causal_lm(lively_model)
     assert texts == generate(reference, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
-
-
-# --- report ----------------------------------------------------------------------------------
-
-
-def test_report_shows_table_and_largest_changes():
-    records = [
-        {"id": "b", "target": "Return the sum.", "path": "m.py", "name": "add", "start_line": 3, "input": "def add(): ..."},
-        {"id": "a", "target": "Push an item.", "path": "m.py", "name": "push", "start_line": 9, "input": "def push(): ..."},
-    ]
-    rows = prediction_rows(
-        records, ["zzz", "Push an item."], ["Return the sum.", "qq"], docstring.sample_scores
-    )
-    assert [r["id"] for r in rows] == ["a", "b"]
-    outputs = {"base": ["zzz", "Push an item."], "finetuned": ["Return the sum.", "qq"]}
-    summary = metrics.compare([r["target"] for r in records], outputs, docstring.score)
-    text = render_report(summary, rows, docstring.METRICS, "chrf", {"max_new_tokens": 64})
-    assert "| chrF (sacrebleu, corpus) |" in text and "## Largest gains" in text
-    assert text.index("`add`") < text.index("## Largest losses") < text.index("`push`")
-
-
-# --- the stage ----------------------------------------------------------------------------
-
-
-def write_inputs(root: Path, max_samples: int = 0) -> None:
-    records = [
-        {
-            "id": f"s{i:02d}",
-            "input": prompt.removesuffix("\nDocstring:"),
-            "target": f"Docstring number {i}.",
-            "repo": "https://example.com/r.git",
-            "sha": "0" * 40,
-            "path": f"pkg/m{i}.py",
-            "language": "python",
-            "kind": "function",
-            "name": f"f{i}",
-            "start_line": 1,
-            "end_line": 3,
-        }
-        for i, prompt in enumerate(PROMPTS)
-    ]
-    io.write_jsonl(root / "data/split/test.jsonl", reversed(records))  # the stage sorts by id
-    (root / "params.yaml").write_text(
-        "source:\n  url: https://example.com/r.git\n"
-        f"benchmark:\n  max_samples: {max_samples}\n  device: cpu\n  threads: 1\n"
-        "decoding:\n  max_new_tokens: 6\n  batch_size: 2\n  stop: []\n",
-        encoding="utf-8",
-    )
-
-
-DETERMINISTIC = ["benchmark.json", "predictions.jsonl", "benchmark_plot.json", "report.md", "benchmark.png"]
-
-
-def run_stage(root: Path, model: Path, out: str) -> Path:
-    load_stage("benchmark").main(
-        [
-            f"--params={root / 'params.yaml'}",
-            f"--base={model}",
-            f"--merged={model}",
-            f"--test={root / 'data/split/test.jsonl'}",
-            f"--out={root / out}",
-        ]
-    )
-    return root / out
-
-
-def test_stage_identical_models_zero_delta_and_deterministic(tmp_path, lively_model):
-    write_inputs(tmp_path)
-    first = run_stage(tmp_path, lively_model, "m1")
-    second = run_stage(tmp_path, lively_model, "m2")
-
-    summary = json.loads((first / "benchmark.json").read_text())
-    expected = {"samples", "task", "prompts_code_cut"} | {f"{k}_{m}" for k in ("base", "finetuned", "delta") for m in docstring.METRICS}
-    assert set(summary) == expected
-    assert summary["samples"] == len(PROMPTS) and summary["task"] == "docstring"
-    assert all(summary[f"delta_{m}"] == 0 for m in docstring.METRICS)
-
-    rows = io.read_jsonl(first / "predictions.jsonl")
-    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
-    assert all(r["base"] == r["finetuned"] and r["delta_score"] == 0 for r in rows)
-
-    speed = json.loads((first / "benchmark_speed.json").read_text())
-    assert speed["base_tokens_per_s"] > 0 and speed["finetuned_generated_tokens"] > 0
-    assert (first / "benchmark.png").read_bytes().startswith(b"\x89PNG")
-    for name in DETERMINISTIC:  # timing lives in benchmark_speed.json, excluded on purpose
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
-
-
-def test_stage_max_samples_takes_first_ids(tmp_path, tiny_model, one_thread):
-    write_inputs(tmp_path, max_samples=2)
-    out = run_stage(tmp_path, tiny_model, "m")
-    assert [r["id"] for r in io.read_jsonl(out / "predictions.jsonl")] == ["s00", "s01"]
-    assert json.loads((out / "benchmark.json").read_text())["samples"] == 2

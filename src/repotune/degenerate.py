@@ -1,0 +1,168 @@
+"""Degenerate-output checks: repeated lines, n-gram loops, empty outputs, echoed input.
+
+Pure functions on one model output (and its input where needed), plus :func:`summarise`, the
+shares and lengths a benchmark report shows next to the scores. Texts are compared as written
+(no model tokenizer): lines are stripped, words are whitespace tokens.
+
+Rules and defaults, chosen from the shapes real degenerate outputs take:
+
+- A line is *substantial* when, stripped, it holds at least ``MIN_LINE_ALNUM`` (3) letters or
+  digits. Lines of punctuation and brackets (``}``, ``*/``, ``-------`` under a numpy-style
+  section, code fences) and bare markup (``<p>``, ``<li>``) are not, so their repeats in a clean
+  docstring or code are not flagged. A repeated section header such as ``Returns:`` is
+  substantial and is flagged: a docstring that has it twice has started over.
+- :func:`repeats_line`: a substantial line occurs twice (stripped, exact), or a sentence of at
+  least ``MIN_SENTENCE_WORDS`` (3) words occurs twice (sentences end at ``.``, ``!`` or ``?``
+  followed by whitespace; compared with whitespace collapsed, case folded and the end mark
+  dropped). Code outputs legitimately repeat lines (``return null;``, ``break;``), so for
+  code tasks read this as an upper bound.
+- :func:`ngram_loop`: a unit of 1 to ``LOOP_MAX_N`` (8) words occurs ``LOOP_MIN_REPEATS`` (3)
+  times back to back anywhere in the output, and the unit holds at least ``LOOP_MIN_LETTERS``
+  (3) letters. Loops seen in practice are a word or a short phrase (``signData`` on 21 lines,
+  ``open-ended socket's`` three times) until the token limit; 8 words x 3 fills most of a
+  64-token budget, and longer repeated sentences are caught by :func:`repeats_line`. The letter
+  floor keeps runs of braces and numbers (``} } }``, ``{0, 0, 0, 0}``) out; a call with five
+  identical word arguments (``f(null, null, null, null, null)``) is still flagged.
+- :func:`is_empty`: nothing but whitespace.
+- :func:`echoes_input`: at least ``ECHO_MIN_SHARE`` (half) of the output's substantial lines
+  appear verbatim (stripped) among the input's lines, and the copied lines are at least
+  ``ECHO_MIN_LINES`` (2) lines or ``ECHO_MIN_CHARS`` (40) characters together, so that one short
+  coincidental line (``return result``) is not an echo.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+DIGITS = 4  # summary values are rounded to 4 decimals, as in repotune.metrics
+MIN_LINE_ALNUM = 3  # letters/digits a stripped line needs to count as substantial
+MIN_SENTENCE_WORDS = 3  # whitespace words a sentence needs before its repeat counts
+LOOP_MAX_N = 8  # longest loop unit, in whitespace words
+LOOP_MIN_REPEATS = 3  # back-to-back occurrences of the unit that make a loop
+LOOP_MIN_LETTERS = 3  # letters the loop unit needs (keeps "} } }" and "0, 0, 0" out)
+ECHO_MIN_SHARE = 0.5  # share of substantial output lines found verbatim in the input
+ECHO_MIN_LINES = 2  # copied lines needed ...
+ECHO_MIN_CHARS = 40  # ... or copied characters (stripped lines, summed)
+
+CHECKS: dict[str, str] = {
+    "repeats_line_pct": (
+        "% of outputs with a line (>= 3 letters/digits) or a sentence (>= 3 words) that occurs "
+        "twice"
+    ),
+    "ngram_loop_pct": (
+        "% of outputs where 1-8 words (>= 3 letters) repeat back to back >= 3 times"
+    ),
+    "empty_pct": "% of outputs that are empty or whitespace only",
+    "echoes_input_pct": (
+        "% of outputs whose substantial lines are >= half copied verbatim from the input "
+        "(>= 2 lines or >= 40 characters copied)"
+    ),
+    "degenerate_pct": "% of outputs flagged by at least one of the four checks above",
+    "output_chars_mean": "mean output length in characters, surrounding whitespace stripped",
+    "output_tokens_mean": "mean output length in whitespace-separated tokens",
+    "reference_chars_mean": "mean reference length in characters, surrounding whitespace stripped",
+    "reference_tokens_mean": "mean reference length in whitespace-separated tokens",
+    "length_ratio": "output_tokens_mean / reference_tokens_mean (0 when references are empty)",
+}
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def _substantial_lines(text: str) -> list[str]:
+    """Stripped lines with at least MIN_LINE_ALNUM letters or digits, in order."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if _alnum(line) >= MIN_LINE_ALNUM]
+
+
+def _has_duplicate(items: Sequence[str]) -> bool:
+    return len(set(items)) < len(items)
+
+
+def repeats_line(text: str) -> bool:
+    """True when a substantial line or a sentence of >= 3 words occurs at least twice."""
+    if _has_duplicate(_substantial_lines(text)):
+        return True
+    sentences = []
+    for sentence in _SENTENCE_END.split(" ".join(text.split())):
+        words = sentence.casefold().rstrip(".!?").split()
+        if len(words) >= MIN_SENTENCE_WORDS:
+            sentences.append(" ".join(words))
+    return _has_duplicate(sentences)
+
+
+def ngram_loop(text: str, n: int = LOOP_MAX_N, min_repeats: int = LOOP_MIN_REPEATS) -> bool:
+    """True when 1 to `n` words repeat back to back at least `min_repeats` times.
+
+    The repeated unit must hold at least LOOP_MIN_LETTERS letters. Words are whitespace
+    tokens compared exactly, so a loop spread over lines (one word per line) counts.
+    """
+    words = text.split()
+    for period in range(1, n + 1):
+        run = 0  # consecutive positions i with words[i] == words[i - period]
+        for i in range(period, len(words)):
+            run = run + 1 if words[i] == words[i - period] else 0
+            # the last run + period words have this period: that many // period repeats
+            if run and (run + period) // period >= min_repeats:
+                unit = words[i - run - period + 1 : i - run + 1]
+                if sum(ch.isalpha() for word in unit for ch in word) >= LOOP_MIN_LETTERS:
+                    return True
+    return False
+
+
+def is_empty(text: str) -> bool:
+    """True when the text holds nothing but whitespace."""
+    return not text.strip()
+
+
+def echoes_input(output: str, input_code: str) -> bool:
+    """True when the output mostly copies lines of the input (see the module docstring)."""
+    lines = _substantial_lines(output)
+    if not lines:
+        return False
+    source = {line.strip() for line in input_code.splitlines()}
+    copied = [line for line in lines if line in source]
+    enough = len(copied) >= ECHO_MIN_LINES or sum(map(len, copied)) >= ECHO_MIN_CHARS
+    return enough and len(copied) >= ECHO_MIN_SHARE * len(lines)
+
+
+def _mean(values: Sequence[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarise(
+    outputs: Sequence[str], references: Sequence[str], inputs: Sequence[str]
+) -> dict[str, float]:
+    """Shares (percent, 0-100) of degenerate outputs and mean lengths; keys as in CHECKS.
+
+    All values are rounded to 4 decimals; with no outputs every value is 0.0.
+
+    Raises:
+        ValueError: when the three lists differ in length.
+    """
+    if not len(outputs) == len(references) == len(inputs):
+        raise ValueError(
+            f"{len(outputs)} outputs, {len(references)} references, {len(inputs)} inputs"
+        )
+    flags = {
+        "repeats_line_pct": [repeats_line(out) for out in outputs],
+        "ngram_loop_pct": [ngram_loop(out) for out in outputs],
+        "empty_pct": [is_empty(out) for out in outputs],
+        "echoes_input_pct": [
+            echoes_input(out, src) for out, src in zip(outputs, inputs, strict=True)
+        ],
+    }
+    flags["degenerate_pct"] = [any(row) for row in zip(*flags.values())]
+    summary = {name: 100.0 * _mean([int(f) for f in row]) for name, row in flags.items()}
+    output_tokens = _mean([len(out.split()) for out in outputs])
+    reference_tokens = _mean([len(ref.split()) for ref in references])
+    summary["output_chars_mean"] = _mean([len(out.strip()) for out in outputs])
+    summary["output_tokens_mean"] = output_tokens
+    summary["reference_chars_mean"] = _mean([len(ref.strip()) for ref in references])
+    summary["reference_tokens_mean"] = reference_tokens
+    summary["length_ratio"] = output_tokens / reference_tokens if reference_tokens else 0.0
+    return {name: round(summary[name], DIGITS) for name in CHECKS}

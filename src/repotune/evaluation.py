@@ -1,0 +1,107 @@
+"""The numbers of one evaluation (an evaluation set with one prompt template): every system's
+score on every metric of the task with its interval, each system's difference from the
+reference system with its interval and p-value, and the share of degenerate outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from repotune import degenerate, stats
+from repotune.metrics import METRICS
+from repotune.params import EvaluateParams
+
+
+def evaluate(
+    references: Sequence[str],
+    inputs: Sequence[str],
+    outputs: Mapping[str, Sequence[str]],
+    metric_names: Sequence[str],
+    sample_metric: str,
+    params: EvaluateParams,
+) -> dict[str, Any]:
+    """Score every system of `outputs` against `references`.
+
+    Args:
+        references: the targets, one per sample.
+        inputs: the input code of each sample (for the echo check).
+        outputs: system name -> its outputs, same order; must hold ``params.reference``.
+        metric_names: the task's metrics (keys of ``repotune.metrics.METRICS``).
+        sample_metric: the metric scored per sample (examples and the difference histogram).
+        params: the ``evaluate`` params (reference system, resamples, confidence, seed).
+
+    Returns:
+        ``samples``; ``scores``: system -> metric -> ``{score, low, high}``; ``differences``:
+        other system -> metric -> ``{delta, low, high, p, significant}``; ``degenerate``:
+        system -> the shares of ``repotune.degenerate.summarise``; ``sample_scores``: system ->
+        per-sample `sample_metric`.
+    """
+    if params.reference not in outputs:
+        raise ValueError(
+            f"evaluate.reference is {params.reference!r} but the systems are {', '.join(outputs)}"
+        )
+    draws = {"resamples": params.resamples, "confidence": params.confidence, "seed": params.seed}
+    scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in outputs}
+    differences: dict[str, dict[str, dict[str, Any]]] = {
+        name: {} for name in outputs if name != params.reference
+    }
+    for metric_name in metric_names:
+        metric = METRICS[metric_name]
+        rows = {name: metric.stats(texts, references) for name, texts in outputs.items()}
+        for name, system_rows in rows.items():
+            low, high = stats.score_interval(system_rows, metric.aggregate, **draws)
+            scores[name][metric_name] = {
+                "score": round(float(metric.aggregate(system_rows)), 4), "low": low, "high": high,
+            }
+        for name in differences:
+            diff = stats.paired_difference(rows[params.reference], rows[name], metric.aggregate, **draws)
+            differences[name][metric_name] = {
+                "delta": diff.delta, "low": diff.low, "high": diff.high, "p": diff.p_value,
+                "significant": diff.significant(params.confidence),
+            }
+    return {
+        "samples": len(references),
+        "scores": scores,
+        "differences": differences,
+        "degenerate": {
+            name: degenerate.summarise(texts, references, inputs) for name, texts in outputs.items()
+        },
+        "sample_scores": {
+            name: METRICS[sample_metric].sample_scores(texts, references) for name, texts in outputs.items()
+        },
+    }
+
+
+def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str) -> dict[str, Any]:
+    """The flat headline of metrics/evaluate.json.
+
+    The test set with the first template: ``samples``, ``<system>_<metric>``, and per other
+    system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (``delta_<system>_<metric>``...
+    when there are several), ``<system>_degenerate_pct``; and for the out-of-domain set with the
+    same template ``ood_samples`` and ``ood_delta_<metric>`` with ``_p``.
+    """
+    head = evaluations[0]
+    flat: dict[str, Any] = {"task": task_name, "template": head["template"], "samples": head["result"]["samples"]}
+    others = list(head["result"]["differences"])
+
+    def prefix(other: str) -> str:
+        return "delta" if len(others) == 1 else f"delta_{other}"
+
+    for system, by_metric in head["result"]["scores"].items():
+        for metric, s in by_metric.items():
+            flat[f"{system}_{metric}"] = s["score"]
+    for other, by_metric in head["result"]["differences"].items():
+        for metric, d in by_metric.items():
+            key = f"{prefix(other)}_{metric}"
+            flat.update({key: d["delta"], f"{key}_low": d["low"], f"{key}_high": d["high"], f"{key}_p": d["p"]})
+    for system, shares in head["result"]["degenerate"].items():
+        flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
+    ood = next((ev for ev in evaluations if ev["set"] == "ood" and ev["template"] == head["template"]), None)
+    if ood is not None:
+        flat["ood_samples"] = ood["result"]["samples"]
+        for other, by_metric in ood["result"]["differences"].items():
+            for metric, d in by_metric.items():
+                flat[f"ood_{prefix(other)}_{metric}"] = d["delta"]
+                flat[f"ood_{prefix(other)}_{metric}_p"] = d["p"]
+    return flat

@@ -1,0 +1,114 @@
+"""Stage `evaluate`: score every system's outputs, with intervals, p-values, degenerate-output
+checks, a report and plots. Cheap: no model is loaded, so a change of metric, resamples,
+report or plot re-runs this stage only, in seconds.
+
+Reads:  data/generations/<system>/ of every system, data/split/test.jsonl, data/ood.jsonl,
+        metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
+        params.yaml `task`, `benchmark` (sets, templates), `evaluate` (reference system,
+        resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the report)
+Writes: metrics/evaluate.json: the headline: the test set with the first template, every
+        system's score, each difference from the reference with its interval and p-value, n,
+        the share of degenerate outputs, and the out-of-domain differences;
+        metrics/evaluate_details.json: every evaluation (set x template) in full, metric
+        definitions and sacrebleu signatures;
+        metrics/predictions.jsonl: per sample and evaluation, every system's output and score;
+        metrics/report.md and metrics/plots/{scores,sample_deltas}.png (rendered offline).
+Run:    python stages/evaluate.py [--systems base finetuned] [--out metrics]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, evalsets, io, params
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", default=["base", "finetuned"])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--generations", type=Path, default=Path("data/generations"))
+    parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
+    parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
+    parser.add_argument("--stage-metrics", type=Path, default=Path("metrics"), help="where clone.json... are")
+    parser.add_argument("--out", type=Path, default=Path("metrics"), help="folder for the outputs listed above")
+    args = parser.parse_args(argv)
+    p = params.load(args.params)
+
+    from repotune import metrics, report
+    from repotune.evaluation import evaluate, headline
+    from repotune.tasks import task
+
+    module = task(p.task.name)
+    if p.evaluate.reference not in args.systems:
+        raise errors.RepotuneError(
+            f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(args.systems)}"
+        )
+    sets = evalsets.load_sets(p.benchmark, args.test, args.ood)
+    evaluations = []
+    for set_name, template in evalsets.evaluations(p.benchmark):
+        records = sets[set_name]
+        outputs = {}
+        for system in args.systems:
+            path = evalsets.generation_file(args.generations / system, set_name, template)
+            if not path.is_file():
+                raise errors.RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
+            rows = io.read_jsonl(path)
+            if [r["id"] for r in rows] != [r["id"] for r in records]:
+                raise errors.RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
+            outputs[system] = [r["output"] for r in rows]
+        result = evaluate(
+            [r["target"] for r in records], [r["input"] for r in records], outputs,
+            module.METRICS, module.SAMPLE_METRIC, p.evaluate,
+        )
+        evaluations.append({"set": set_name, "template": template, "records": records,
+                            "outputs": outputs, "result": result})
+
+    out = args.out
+    stage_metrics = {
+        name: io.read_json(args.stage_metrics / f"{name}.json")
+        for name in ("clone", "extract", "filter", "split", "train", "ood")
+        if (args.stage_metrics / f"{name}.json").is_file()
+    }
+    signatures = metrics.signatures()
+    summary = headline(p.task.name, evaluations, p.evaluate.reference)
+    io.write_json(out / "evaluate.json", summary)
+    io.write_json(out / "evaluate_details.json", {
+        "task": p.task.name, "reference": p.evaluate.reference, "confidence": p.evaluate.confidence,
+        "resamples": p.evaluate.resamples, "seed": p.evaluate.seed,
+        "evaluations": [
+            {"set": ev["set"], "template": ev["template"],
+             **{k: v for k, v in ev["result"].items() if k != "sample_scores"}}
+            for ev in evaluations
+        ],
+        "definitions": {name: metrics.METRICS[name].definition for name in module.METRICS},
+        "signatures": {name: sig for name, sig in signatures.items() if name in module.METRICS},
+    })
+    io.write_jsonl(out / "predictions.jsonl", [
+        row for ev in evaluations for row in report.prediction_rows(ev, module.SAMPLE_METRIC)
+    ])
+    report.write_png(
+        report.scores_spec(evaluations, module.METRICS, p.evaluate.confidence), out / "plots/scores.png"
+    )
+    report.write_png(
+        report.sample_deltas_spec(evaluations, module.SAMPLE_METRIC, p.evaluate.reference),
+        out / "plots/sample_deltas.png",
+    )
+    settings = {
+        "languages": p.extract.languages, "trained with template": p.prompt.template,
+        "chat_template": p.prompt.chat_template, "decoding": p.decoding.model_dump(mode="json"),
+    }
+    io.write_text(out / "report.md", report.render_report(
+        p.task.name, evaluations, module.METRICS, module.SAMPLE_METRIC,
+        reference=p.evaluate.reference, confidence=p.evaluate.confidence,
+        resamples=p.evaluate.resamples, examples=p.evaluate.examples,
+        stage_metrics=stage_metrics, settings=settings, signatures=signatures,
+    ))
+    print(io.dumps(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

@@ -1,0 +1,99 @@
+"""Stage `generate`: one system's outputs on every evaluation (set x prompt template).
+
+Reads:  the system's model folder (models/base, models/merged, ...), data/split/test.jsonl,
+        data/ood.jsonl (when benchmark.ood is set), params.yaml `benchmark` (sets, templates,
+        sample caps, device, threads), `decoding`, `prompt`, `task`, `extract` (a completion
+        target's shape decides its stops) and `train.max_length` (long code is cut to fit it
+        with room for max_new_tokens, as in training; no reference length leaks in).
+Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by id: the
+        output (post-processed as the task says), the raw text, prompt and generated token
+        counts, and whether the prompt's code was cut;
+        metrics/generate/<system>.json: prompts cut, generated tokens, seconds and tokens/s per
+        evaluation (timings are NOT deterministic; nothing downstream reads them).
+Run:    python stages/generate.py --system base --model models/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repotune import errors, evalsets, io, params
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--system", required=True, help="name of the system (base, finetuned, ...)")
+    parser.add_argument("--model", type=Path, required=True, help="its model folder")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
+    parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
+    parser.add_argument("--out", type=Path, default=None, help="default: data/generations/<system>")
+    parser.add_argument("--metrics", type=Path, default=None, help="default: metrics/generate/<system>.json")
+    args = parser.parse_args(argv)
+    p = params.load(args.params)
+    out = args.out or Path("data/generations") / args.system
+    metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
+
+    from repotune.generation import generate_from_folder
+    from repotune.modeling import load_tokenizer, resolve_device, resolve_precision, set_threads
+    from repotune.prompts import Prompter
+    from repotune.tasks import task
+
+    if not (args.model / "config.json").is_file():
+        raise errors.RepotuneError(f"{args.model}: no model folder for system {args.system!r}")
+    module = task(p.task.name)
+    sets = evalsets.load_sets(p.benchmark, args.test, args.ood)
+    tokenizer = load_tokenizer(args.model)
+    budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
+    prompts: dict[str, list[str]] = {}
+    cut: dict[str, list[bool]] = {}
+    for set_name, template in evalsets.evaluations(p.benchmark):
+        prompter = Prompter.from_params(p.prompt, p.task.name, template)
+        key = f"{set_name}.{template}"
+        prompts[key], cut[key] = [], []
+        for record in sets[set_name]:
+            fitted = prompter.fitted_prompt(record, tokenizer, budget)
+            prompts[key].append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
+            cut[key].append(bool(fitted and fitted[1]))
+
+    set_threads(p.benchmark.threads)
+    device = resolve_device(p.benchmark.device)
+    precision = resolve_precision("auto", device)
+    stop = p.decoding.stop if p.decoding.stop is not None else module.default_stop(p.extract)
+    runs = generate_from_folder(
+        args.model, prompts, p.decoding, stop=stop,
+        skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
+    )
+
+    summary: dict = {"system": args.system, "device": device, "precision": precision,
+                     "threads": p.benchmark.threads, "batch_size": p.decoding.batch_size}
+    with io.atomic_path(out) as folder:
+        folder.mkdir(parents=True)
+        for key, run in runs.items():
+            set_name, template = key.split(".", 1)
+            rows = [
+                {
+                    "id": record["id"], "output": module.postprocess(raw, stop, p.extract), "raw": raw,
+                    "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
+                }
+                for record, raw, n_prompt, n_new, was_cut in zip(
+                    sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key]
+                )
+            ]
+            io.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
+            summary[key] = {
+                "samples": len(rows), "prompts_code_cut": sum(cut[key]),
+                "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
+                "tokens_per_s": round(run.tokens_per_second, 2),
+            }
+    io.write_json(metrics_path, summary)
+    print(f"generate {args.system}: " + ", ".join(
+        f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if isinstance(s, dict)
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

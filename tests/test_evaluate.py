@@ -1,0 +1,204 @@
+"""Stages ood -> generate -> evaluate on the tiny model and on hand-made generations."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import yaml
+
+from conftest import load_stage, make_source_repo
+
+from repotune import io
+
+CODE = [
+    "def add(a, b):\n    return a + b",
+    "def read(path):\n    return Path(path).read_text()",
+    "class Stack:\n    def push(self, item):\n        self.items.append(item)",
+    "def f():\n    pass",
+    "def read(path):\n    return os.path",
+]
+
+
+def records(n: int, prefix: str = "s") -> list[dict]:
+    return [
+        {
+            "id": f"{prefix}{i:02d}", "input": CODE[i % len(CODE)], "target": f"Return item number {i} of the list.",
+            "repo": "r", "sha": "0" * 40, "path": f"pkg/m{i}.py", "language": "python",
+            "kind": "function", "name": f"f{i}", "start_line": 1, "end_line": 3,
+        }
+        for i in range(n)
+    ]
+
+
+def write_params(root: Path, **sections) -> Path:
+    raw = {
+        "source": {"url": "https://example.com/r.git"},
+        "benchmark": {"device": "cpu", "threads": 1},
+        "decoding": {"max_new_tokens": 6, "batch_size": 2, "stop": []},
+        "evaluate": {"resamples": 200},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def png_rows(path: Path) -> list[bytes]:
+    """The pixel rows of an 8-bit RGB/RGBA PNG, unfiltered (stdlib only)."""
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            assert body[8] == 8 and body[9] in (2, 6), "8-bit RGB or RGBA expected"
+            channels = 3 if body[9] == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw, stride, rows, previous = zlib.decompress(idat), width * channels, [], bytes(width * channels)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        rows.append(bytes(line))
+        previous = line
+    return rows
+
+
+def assert_not_blank(path: Path) -> None:
+    """Wider than 200 px, and more than 2% of its pixels differ from the background colour."""
+    rows = png_rows(path)
+    width = len(rows[0]) // 4 if len(rows[0]) % 4 == 0 else len(rows[0]) // 3
+    assert width > 200 and len(rows) > 150, (width, len(rows))
+    size = len(rows[0]) // width
+    pixels = [row[i : i + size] for row in rows[::4] for i in range(0, len(row), size * 4)]
+    background = max(set(pixels), key=pixels.count)
+    drawn = sum(p != background for p in pixels) / len(pixels)
+    assert drawn > 0.02, f"{path}: {drawn:.1%} of pixels drawn, looks blank"
+    assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"
+
+
+def run_generate(root: Path, params: Path, system: str, model: Path) -> None:
+    load_stage("generate").main([
+        "--system", system, "--model", str(model), "--params", str(params),
+        "--test", str(root / "data/split/test.jsonl"), "--ood", str(root / "data/ood.jsonl"),
+        "--out", str(root / "data/generations" / system), "--metrics", str(root / f"metrics/generate/{system}.json"),
+    ])
+
+
+def run_evaluate(root: Path, params: Path, out: str = "metrics") -> Path:
+    load_stage("evaluate").main([
+        "--params", str(params), "--generations", str(root / "data/generations"),
+        "--test", str(root / "data/split/test.jsonl"), "--ood", str(root / "data/ood.jsonl"),
+        "--stage-metrics", str(root / "metrics"), "--out", str(root / out),
+    ])
+    return root / out
+
+
+def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, lively_model):
+    source = make_source_repo(tmp_path / "other")
+    params = write_params(
+        tmp_path,
+        benchmark={"templates": ["plain", "verbose"], "device": "cpu", "threads": 1,
+                   "ood": {"url": source.working_dir, "rev": "main", "max_samples": 3}},
+        filter={"min_target_tokens": 5},
+    )
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
+    load_stage("ood").main([
+        "--params", str(params), "--base", str(lively_model),
+        "--out", str(tmp_path / "data/ood.jsonl"), "--metrics", str(tmp_path / "metrics/ood.json"),
+    ])
+    ood = json.loads((tmp_path / "metrics/ood.json").read_text())
+    assert ood["enabled"] and ood["samples"] >= 3 and len(ood["sha"]) == 40
+    # The same model twice: every difference must be exactly 0 and not significant.
+    for system in ("base", "finetuned"):
+        run_generate(tmp_path, params, system, lively_model)
+    generated = sorted(p.name for p in (tmp_path / "data/generations/base").iterdir())
+    assert generated == ["ood.plain.jsonl", "ood.verbose.jsonl", "test.plain.jsonl", "test.verbose.jsonl"]
+    speed = json.loads((tmp_path / "metrics/generate/base.json").read_text())
+    assert speed["test.plain"]["samples"] == 5 and speed["ood.verbose"]["samples"] == 3
+
+    out = run_evaluate(tmp_path, params)
+    head = json.loads((out / "evaluate.json").read_text())
+    assert head["samples"] == 5 and head["ood_samples"] == 3 and head["template"] == "plain"
+    for metric in ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match"):
+        assert head[f"delta_{metric}"] == 0 and head[f"ood_delta_{metric}"] == 0
+        assert head[f"delta_{metric}_low"] == 0 == head[f"delta_{metric}_high"]
+        assert head[f"delta_{metric}_p"] == 1.0
+    details = json.loads((out / "evaluate_details.json").read_text())
+    assert [(e["set"], e["template"]) for e in details["evaluations"]] == [
+        ("test", "plain"), ("test", "verbose"), ("ood", "plain"), ("ood", "verbose"),
+    ]
+    assert details["signatures"]["chrf"].startswith("nrefs:1|case:mixed")
+    rows = io.read_jsonl(out / "predictions.jsonl")
+    assert len(rows) == 2 * 5 + 2 * 3
+    report = (out / "report.md").read_text()
+    assert report.count("## test, template") == 2 and report.count("## ood, template") == 2
+    assert "Not significant at 95%: chrf, rouge_l" in report
+    assert "## Degenerate outputs" in report and "![scores with intervals](plots/scores.png)" in report
+    for name in ("scores.png", "sample_deltas.png"):
+        assert_not_blank(out / "plots" / name)
+
+    # evaluate alone is deterministic to the byte.
+    again = run_evaluate(tmp_path, params, "metrics2")
+    for name in ("evaluate.json", "evaluate_details.json", "predictions.jsonl", "report.md",
+                 "plots/scores.png", "plots/sample_deltas.png"):
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def write_generations(root: Path, system: str, outputs: list[str], recs: list[dict]) -> None:
+    rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
+            for r, o in zip(recs, outputs)]
+    io.write_jsonl(root / f"data/generations/{system}/test.plain.jsonl", rows)
+
+
+def test_a_real_difference_is_significant_and_said_in_words(tmp_path):
+    recs = records(40)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    params = write_params(tmp_path, evaluate={"resamples": 1000})
+    # The fine-tuned system gets 30 of 40 exactly right; the base none (and loops on 8).
+    write_generations(tmp_path, "base", ["Item item item item item." if i < 8 else "Something else." for i in range(40)], recs)
+    write_generations(tmp_path, "finetuned", [r["target"] if i < 30 else "No." for i, r in enumerate(recs)], recs)
+    out = run_evaluate(tmp_path, params)
+    head = json.loads((out / "evaluate.json").read_text())
+    assert head["base_exact_match"] == 0 and head["finetuned_exact_match"] == 75.0
+    assert head["delta_exact_match"] == 75.0
+    # 75% of 40: binomial standard error sqrt(.75*.25/40) = 6.8 points, so the 95% interval
+    # is about 75 +- 13.4.
+    assert 58 <= head["delta_exact_match_low"] <= 65 and 85 <= head["delta_exact_match_high"] <= 90
+    assert head["delta_exact_match_p"] < 0.01 and head["delta_chrf"] > 0
+    assert head["base_degenerate_pct"] == 20.0 and head["finetuned_degenerate_pct"] == 0.0
+    report = (out / "report.md").read_text()
+    assert "fine-tuned is better than base on chrf (+" in report
+    assert "### largest gain" in report and "### largest loss" in report
+
+
+def test_evaluate_refuses_generations_of_other_samples(tmp_path):
+    import pytest
+
+    from repotune.errors import RepotuneError
+
+    recs = records(4)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    params = write_params(tmp_path)
+    write_generations(tmp_path, "base", ["a"] * 4, recs)
+    write_generations(tmp_path, "finetuned", ["a"] * 3, recs[:3])
+    with pytest.raises(RepotuneError, match="its samples are not those of test"):
+        run_evaluate(tmp_path, params)
