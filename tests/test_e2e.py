@@ -33,26 +33,27 @@ def test_default_data_stages_on_the_embedded_corpus(tmp_path):
 @pytest.mark.slow
 def test_default_pipeline_with_a_tiny_step_budget_and_an_experiment(tmp_path):
     """`dvc repro` of everything on the real default model, then `dvc exp run -S lora.r=8`."""
-    from test_pipeline_dvc import ROOT, ran, set_params
+    from test_pipeline_dvc import ALL_STAGES, ROOT, ran, set_params
 
     project = tmp_path / "project"
     repo = project_copy(project)
     set_params(
         project,
         train={"max_steps": 2, "batch_size": 2, "eval_steps": 2, "max_length": 256, "max_samples": 8},
-        benchmark={"max_samples": 4},
+        benchmark={"max_samples": 4, "ood": {"url": "pypi:jinja2==3.1.6", "max_samples": 4}},
         decoding={"max_new_tokens": 16, "batch_size": 4},
     )
     repo.git.add("--all")
     repo.index.commit("project")
     out = dvc(project, "repro")
-    assert ran(out) == ["base", "clone", "extract", "filter", "split", "train", "merge", "benchmark"]
+    assert ran(out) == ALL_STAGES
     manifest = io.read_json(project / "models/base/manifest.json")
     assert manifest["parameters"] == 134_515_008
-    bench = io.read_json(project / "metrics/benchmark.json")
-    for key in ("base_chrf", "finetuned_chrf", "delta_chrf", "base_rouge_l", "finetuned_rouge_l", "delta_rouge_l",
-                "base_bleu", "finetuned_bleu", "delta_bleu"):
+    bench = io.read_json(project / "metrics/evaluate.json")
+    for key in ("base_chrf", "finetuned_chrf", "delta_chrf", "delta_chrf_low", "delta_chrf_high", "delta_chrf_p",
+                "base_rouge_l_code", "delta_bleu_cxg", "ood_samples", "ood_delta_chrf"):
         assert key in bench, key
+    assert bench["samples"] == 4 and bench["ood_samples"] == 4
     assert io.read_json(project / "metrics/merge.json")["max_abs_diff"] < 1e-3
     assert (project / "metrics/report.md").read_text().strip()
 

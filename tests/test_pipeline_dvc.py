@@ -19,7 +19,8 @@ from repotune import io
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["clone", "extract", "filter", "split"]
-ALL_STAGES = ["base", *DATA_STAGES, "train", "merge", "benchmark"]
+MODEL_STAGES = ["train", "merge", "generate@base", "generate@finetuned", "evaluate"]
+ALL_STAGES = ["base", *DATA_STAGES, "ood", *MODEL_STAGES]
 
 
 def project_copy(dest: Path) -> git.Repo:
@@ -68,7 +69,8 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
         source={"url": source.working_dir, "rev": "main"},
         filter={"min_target_tokens": 10},
         model={"base": str(tiny_model), "file": None, "sha256": None},
-        benchmark={"min_samples": 0},  # a dozen samples: too few to mean anything, on purpose
+        # A dozen samples: too few to mean anything, on purpose; no out-of-domain download.
+        benchmark={"min_samples": 0, "ood": None},
         # Ten samples, nine of them in one file: whole files cannot give every split some,
         # so split per sample here (tests of the file grouping are in test_filter_split.py).
         split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
@@ -107,7 +109,8 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
 # A budget that makes the model stages take seconds on the tiny model.
 TINY_BUDGET = {
     "train": {"max_steps": 3, "batch_size": 2, "eval_steps": 2, "max_length": 128, "max_samples": 8},
-    "benchmark": {"max_samples": 3},
+    "benchmark": {"max_samples": 3, "ood": None},
+    "evaluate": {"resamples": 200},
     "decoding": {"max_new_tokens": 8, "batch_size": 2},
 }
 
@@ -116,14 +119,20 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     set_params(project, **TINY_BUDGET)
     first = dvc(project, "repro")
     assert ran(first) == ALL_STAGES
-    bench = json.loads((project / "metrics/benchmark.json").read_text())
-    assert {"base_chrf", "finetuned_chrf", "delta_chrf"} <= set(bench) and bench["task"] == "docstring"
+    bench = json.loads((project / "metrics/evaluate.json").read_text())
+    assert {"base_chrf", "finetuned_chrf", "delta_chrf", "delta_chrf_low", "delta_chrf_p"} <= set(bench)
+    assert bench["task"] == "docstring"
+
+    # Statistics and the report re-run evaluate alone; decoding both generations; a new adapter
+    # the fine-tuned generation only (the base model's outputs stay).
+    set_params(project, evaluate={"resamples": 300})
+    assert ran(dvc(project, "repro")) == ["evaluate"]
 
     set_params(project, decoding={"max_new_tokens": 6})
-    assert ran(dvc(project, "repro")) == ["benchmark"]
+    assert ran(dvc(project, "repro")) == ["generate@base", "generate@finetuned", "evaluate"]
 
     set_params(project, lora={"r": 8})
-    assert ran(dvc(project, "repro")) == ["train", "merge", "benchmark"]
+    assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
 
     assert ran(dvc(project, "repro")) == []
 
@@ -153,18 +162,58 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     assert ran(dvc(project, "repro")) == ALL_STAGES
     extracted = io.read_json(project / "metrics/extract.json")
     assert extracted["files_parsed_kotlin"] == 1 and extracted["files_parsed_java"] == 1
-    bench = io.read_json(project / "metrics/benchmark.json")
+    bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "method_name"
     assert {"base_subtoken_f1", "finetuned_exact_match_ci", "delta_edit_similarity"} <= set(bench)
     assert "chrf" not in " ".join(bench)
 
     # Another task: everything from extract on re-runs; base and clone do not.
     set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
-    assert ran(dvc(project, "repro")) == ["extract", "filter", "split", "train", "merge", "benchmark"]
-    bench = io.read_json(project / "metrics/benchmark.json")
+    assert ran(dvc(project, "repro")) == ["extract", "filter", "split", *MODEL_STAGES]
+    bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
-    assert set(bench) == {"task", "samples", "prompts_code_cut"} | {
-        f"{s}_{m}" for s in ("base", "finetuned", "delta") for m in ("exact_match", "edit_similarity", "bleu")
-    }
+    completion_metrics = ("exact_match", "edit_similarity", "bleu")
+    assert set(bench) == {"task", "template", "samples", "base_degenerate_pct", "finetuned_degenerate_pct"} | {
+        f"{s}_{m}" for s in ("base", "finetuned") for m in completion_metrics
+    } | {f"delta_{m}{end}" for m in completion_metrics for end in ("", "_low", "_high", "_p")}
     for row in io.read_jsonl(project / "metrics/predictions.jsonl"):
-        assert "\n" not in row["base"] and "\n" not in row["finetuned"]  # one line each
+        assert all("\n" not in text for text in row["outputs"].values())  # one line each
+
+
+def test_comparing_runs_across_branches(project: Path):
+    """The README's comparison workflow: a run on main, one with other params on a branch;
+    `dvc params diff`, `dvc metrics diff` and `dvc exp show` show what changed."""
+    set_params(project, **TINY_BUDGET)
+    repo = git.Repo(project)
+    dvc(project, "repro")
+    on_main = io.read_json(project / "metrics/evaluate.json")
+    repo.git.add("--all")
+    repo.index.commit("run: default lora")
+    repo.git.checkout("-b", "rank8")
+    set_params(project, lora={"r": 8})
+    assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
+    repo.git.add("--all")
+    repo.index.commit("run: lora.r 8")
+
+    params_diff = json.loads(dvc(project, "params", "diff", "main", "--json"))
+    assert params_diff == {"params.yaml": {"lora.r": {"old": 16, "new": 8}}}
+
+    metrics_diff = json.loads(dvc(project, "metrics", "diff", "main", "--all", "--json",
+                                  "--targets", "metrics/evaluate.json"))["metrics/evaluate.json"]
+    # The base model's outputs are the same on both branches: its scores do not move.
+    assert metrics_diff["base_chrf"]["diff"] == 0
+    on_branch = io.read_json(project / "metrics/evaluate.json")
+    for key in ("finetuned_chrf", "delta_chrf", "delta_chrf_low"):
+        assert (metrics_diff[key]["old"], metrics_diff[key]["new"]) == (on_main[key], on_branch[key]), key
+    assert {"delta_chrf", "delta_chrf_low", "delta_chrf_high", "delta_chrf_p", "samples"} <= set(metrics_diff)
+
+    shown = json.loads(dvc(project, "exp", "show", "--all-branches", "--json"))
+    by_rev = {}
+    for entry in shown:
+        data = entry.get("data") or {}
+        by_rev[entry.get("name") or entry.get("rev")] = data
+    assert {"main", "rank8"} <= set(by_rev)
+    for name, r in (("main", 16), ("rank8", 8)):
+        data = by_rev[name]
+        assert data["params"]["params.yaml"]["data"]["lora"]["r"] == r
+        assert "finetuned_chrf" in data["metrics"]["metrics/evaluate.json"]["data"]

@@ -151,9 +151,11 @@ def test_completion_postprocess_keeps_indentation_and_cuts_lines():
 
 def test_completion_metrics_match_hand_computed_values():
     # rapidfuzz ratio = 2 * matches / total length: "abc" vs "abd" -> 2*2/6.
-    assert metrics.edit_similarity(["abc", "x = 1"], ["abd", "x = 1"]) == pytest.approx((66.6667 + 100) / 2, abs=1e-3)
-    assert metrics.exact_match(["return  x\n"], ["return x"]) == 100.0
-    scores = completion.score(["return x", "foo"], ["return x", "bar(1)"])
+    assert metrics.METRICS["edit_similarity"].score(["abc", "x = 1"], ["abd", "x = 1"]) == pytest.approx(
+        (66.6667 + 100) / 2, abs=1e-3
+    )
+    assert metrics.METRICS["exact_match"].score(["return  x\n"], ["return x"]) == 100.0
+    scores = metrics.score(completion.METRICS, ["return x", "foo"], ["return x", "bar(1)"])
     assert scores["exact_match"] == 50.0
     assert set(scores) == set(completion.METRICS)
 
@@ -218,14 +220,14 @@ def test_method_name_postprocess_takes_the_first_identifier():
 def test_method_name_metrics_match_hand_computed_values():
     # getUserName vs getName: predicted {get, user, name}, reference {get, name}:
     # tp 2, precision 2/3, recall 2/2; second pair: "run" vs "execute" tp 0 (1 predicted, 1 ref).
-    scores = method_name.score(["getUserName", "run"], ["getName", "execute"])
+    scores = metrics.score(method_name.METRICS, ["getUserName", "run"], ["getName", "execute"])
     assert scores["subtoken_precision"] == pytest.approx(100 * 2 / 4)
     assert scores["subtoken_recall"] == pytest.approx(100 * 2 / 3)
     p, r = 0.5, 2 / 3
     assert scores["subtoken_f1"] == pytest.approx(round(100 * 2 * p * r / (p + r), 4))
-    assert method_name.score(["GETNAME"], ["getName"])["exact_match_ci"] == 100.0
-    assert method_name.score(["GETNAME"], ["getName"])["exact_match"] == 0.0
-    assert metrics.sentence_subtoken_f1(["getUserName"], ["getName"]) == [80.0]
+    assert metrics.score(method_name.METRICS, ["GETNAME"], ["getName"])["exact_match_ci"] == 100.0
+    assert metrics.score(method_name.METRICS, ["GETNAME"], ["getName"])["exact_match"] == 0.0
+    assert metrics.METRICS["subtoken_f1"].sample_scores(["getUserName"], ["getName"]) == [80.0]
     assert metrics.subtokens("parseHTTPResponse_v2") == ["parse", "http", "response", "v", "2"]
 
 

@@ -293,7 +293,7 @@ def test_merge_matches_adapter_logits_and_changes_only_lora_targets(trained, tin
         assert (merged_dir / name).is_file(), name
     card = (merged_dir / "README.md").read_text(encoding="utf-8")
     assert "https://example.org/tiny.git" in card and "a" * 40 in card
-    assert "r=8" in card and "docstring (python)" in card and "`{code}\\nDocstring:`" in card and "metrics/benchmark.json" in card
+    assert "r=8" in card and "docstring (python)" in card and "`{code}\\nDocstring:`" in card and "metrics/evaluate.json" in card
 
     # Independent check: merged model vs base + adapter through peft, on a fresh prompt.
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)

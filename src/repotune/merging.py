@@ -193,7 +193,7 @@ def model_card(
         f"(tolerance {merge['tolerance']:g}) |",
         "",
         "Evaluation (base vs fine-tuned on the held-out test split of the same repository): "
-        "`metrics/benchmark.json` and `metrics/report.md` in the pipeline that produced this "
+        "`metrics/evaluate.json` and `metrics/report.md` in the pipeline that produced this "
         "model. Training curves: `dvclive/train`.",
         "",
     ]

@@ -329,7 +329,7 @@ def render_report(
         f"significant at {level}, n.s. = not. Scores show their own {level} interval in brackets.",
     ]
     for ev in evaluations:
-        where = "held-out files of the training repository" if ev["set"] == "test" else "another repository (out of domain)"
+        where = "held-out files of the training repository" if ev["set"] == "test" else "another repository, out of domain"
         lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]
         lines += _score_table(ev, metric_names, reference, confidence)
         lines += [""] + _in_words(ev, metric_names, reference, confidence)
