@@ -197,7 +197,7 @@ def test_comparing_runs_across_branches(project: Path):
     repo.index.commit("run: lora.r 8")
 
     params_diff = json.loads(dvc(project, "params", "diff", "main", "--json"))
-    assert params_diff == {"params.yaml": {"lora.r": {"old": 16, "new": 8}}}
+    assert params_diff == {"params.yaml": {"lora.r": {"old": 16, "new": 8, "diff": -8}}}
 
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "main", "--all", "--json",
                                   "--targets", "metrics/evaluate.json"))["metrics/evaluate.json"]
