@@ -11,6 +11,7 @@ from repotune.degenerate import (
     ngram_loop,
     repeats_line,
     summarise,
+    uses_markup,
 )
 
 KOTLIN = """\
@@ -173,6 +174,8 @@ def test_summarise_counts_by_hand() -> None:
         "reference_chars_mean": 19.5,  # (27 + 18 + 15 + 18) / 4
         "reference_tokens_mean": 4.0,  # (7 + 3 + 3 + 3) / 4
         "length_ratio": 1.375,  # 5.5 / 4
+        "markup_pct": 0.0,  # none uses doc markup
+        "reference_markup_pct": 0.0,
     }
 
 
@@ -195,3 +198,25 @@ def test_summarise_of_nothing_is_all_zeros_with_every_key() -> None:
 def test_summarise_rejects_lists_of_different_lengths() -> None:
     with pytest.raises(ValueError, match="2 outputs, 1 references, 2 inputs"):
         summarise(["a", "b"], ["a"], ["x", "y"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Return a L{Deferred} that fires with C{None}.", True),  # epytext
+        ("Return the :class:`Template` for ``name``.", True),  # reST role and literal
+        ("Returns the `Context` of this call.", True),  # Markdown/KDoc code
+        ("Returns the {@link View} to draw into.", True),  # Javadoc
+        ("Creates a [Shape] with the given sides.", True),  # KDoc link
+        ("Return the sum of two numbers (see notes).", False),
+        ("Compute x[i] for every i in C.", False),
+        ("", False),
+    ],
+)
+def test_uses_markup(text, expected):
+    assert uses_markup(text) is expected
+
+
+def test_summarise_reports_markup_of_outputs_and_references():
+    summary = summarise(["Return C{x}.", "Return x.", "Return y."], ["Return C{x}.", "Use L{y}.", "No."], ["", "", ""])
+    assert summary["markup_pct"] == round(100 / 3, 4) and summary["reference_markup_pct"] == round(200 / 3, 4)

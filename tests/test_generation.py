@@ -103,7 +103,8 @@ def test_continuous_batching_equals_model_generate(tiny):
     assert continuous.decode_steps > 0 and continuous.prefill_seconds > 0
     reference = _generate_padded(
         model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=16, do_sample=False,
-        temperature=1.0, top_p=1.0, num_beams=1, batch_size=1, stop=stop, seed=0,
+        temperature=1.0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, batch_size=1,
+        stop=stop, seed=0,
         stop_early=True, skip_leading_whitespace=True, eos_ids={tokenizer.eos_token_id}, on_done=lambda: None,
     )
     assert continuous.new_tokens == [len(row) for row in reference]
@@ -113,6 +114,45 @@ def test_continuous_batching_equals_model_generate(tiny):
     one_slot = generate(model, tokenizer, PROMPTS, batch_size=1, **options)
     assert one_slot.texts == continuous.texts
     assert continuous.decode_steps < one_slot.decode_steps == sum(continuous.new_tokens) - len(PROMPTS)
+
+
+def _padded(model, tokenizer, **options):
+    """transformers' own ``model.generate``, one prompt at a time, greedy, no stops."""
+    from repotune.generation import _generate_padded
+
+    settings = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "num_beams": 1, **options}
+    return _generate_padded(
+        model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=12, do_sample=False,
+        temperature=1.0, top_p=1.0, batch_size=1, stop=[], seed=0, stop_early=False,
+        skip_leading_whitespace=True, eos_ids=set(), on_done=lambda: None, **settings,
+    )
+
+
+def test_repetition_options_take_effect_as_in_transformers_generate(tiny):
+    """repetition_penalty and no_repeat_ngram_size run transformers' own logits processors in
+    the continuous loop: the same tokens as model.generate with the same options, and not the
+    tokens of plain greedy decoding."""
+    model, tokenizer = tiny
+    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=12, stop=[], batch_size=2, progress=False)
+    for options in ({"repetition_penalty": 3.0}, {"no_repeat_ngram_size": 1}):
+        ours = generate(model, tokenizer, PROMPTS, max_new_tokens=12, stop=[], batch_size=2, progress=False, **options)
+        theirs = _padded(model, tokenizer, **options)
+        assert [tokenizer.decode(r) for r in theirs] == ours.raw_texts, options
+        assert ours.raw_texts != plain.raw_texts, options
+    # n-gram size 1: no token of the prompt or of the output comes twice.
+    ids = tokenizer(PROMPTS)["input_ids"]
+    for prompt, row in zip(ids, _padded(model, tokenizer, no_repeat_ngram_size=1)):
+        assert len(set(row)) == len(row) and not set(row) & set(prompt)
+
+
+def test_repetition_options_take_effect_with_beams(tiny):
+    """The model.generate path (beam search) gets the same options."""
+    model, tokenizer = tiny
+    plain = _padded(model, tokenizer, num_beams=2)
+    blocked = _padded(model, tokenizer, num_beams=2, no_repeat_ngram_size=1)
+    assert blocked != plain
+    for prompt, row in zip(tokenizer(PROMPTS)["input_ids"], blocked):
+        assert len(set(row)) == len(row) and not set(row) & set(prompt)
 
 
 def test_a_row_ending_at_eos_counts_it_and_frees_its_slot(tiny):

@@ -174,7 +174,9 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")
-    assert set(bench) == {"task", "template", "samples", "base_degenerate_pct", "finetuned_degenerate_pct"} | {
+    assert set(bench) == {"task", "template", "samples", "reference_markup_pct"} | {
+        f"{s}_{share}" for s in ("base", "finetuned") for share in ("degenerate_pct", "markup_pct")
+    } | {
         f"{s}_{m}" for s in ("base", "finetuned") for m in completion_metrics
     } | {f"delta_{m}{end}" for m in completion_metrics for end in ("", "_low", "_high", "_p")}
     for row in io.read_jsonl(project / "metrics/predictions.jsonl"):

@@ -9,6 +9,9 @@ upstream change breaks a test rather than a number).
   ``Metric._compute_score_from_stats`` (the corpus score from summed statistics), the pair
   sacrebleu's own significance tests use; with them a bootstrap resample recomputes corpus
   chrF/BLEU exactly from summed statistics instead of re-reading every sentence.
+- transformers: ``GenerationMixin._get_logits_processor`` (the processors ``generate`` builds
+  from a ``GenerationConfig``), so the continuous-batching loop applies exactly transformers'
+  own repetition penalty, n-gram blocking, temperature and nucleus warpers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from repotune.errors import RepotuneError
 
 SACREBLEU = "2.6."
+TRANSFORMERS = "5.23."
 
 
 def _require(package: str, prefix: str, what: str) -> None:
@@ -49,3 +53,9 @@ def sacrebleu_sentence_stats(scorer: Any, predictions: Sequence[str], references
 def sacrebleu_score_from_stats(scorer: Any, summed: np.ndarray) -> float:
     """The corpus score (0–100) from statistics summed over sentences."""
     return float(scorer._compute_score_from_stats(summed.tolist()).score)
+
+
+def logits_processors(model: Any, config: Any) -> Any:
+    """The ``LogitsProcessorList`` that ``model.generate`` would build from `config`."""
+    _require("transformers", TRANSFORMERS, "GenerationMixin._get_logits_processor")
+    return model._get_logits_processor(config, device=str(model.device))

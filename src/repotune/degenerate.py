@@ -28,6 +28,12 @@ Rules and defaults, chosen from the shapes real degenerate outputs take:
   appear verbatim (stripped) among the input's lines, and the copied lines are at least
   ``ECHO_MIN_LINES`` (2) lines or ``ECHO_MIN_CHARS`` (40) characters together, so that one short
   coincidental line (``return result``) is not an echo.
+
+Not a degenerate check but shown beside them: :func:`uses_markup`, whether a text uses inline
+documentation markup (epytext ``C{x}``/``L{x}``, reST roles ``:class:`x``` and literals
+````x````, Markdown/KDoc backticks and ``[Name]`` links, Javadoc ``{@link x}``/``{@code x}``),
+for outputs and references alike: a model that learned the project's style uses it about as
+often as the references do.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ CHECKS: dict[str, str] = {
     "reference_chars_mean": "mean reference length in characters, surrounding whitespace stripped",
     "reference_tokens_mean": "mean reference length in whitespace-separated tokens",
     "length_ratio": "output_tokens_mean / reference_tokens_mean (0 when references are empty)",
+    "markup_pct": "% of outputs using inline doc markup (C{x}, :class:`x`, ``x``, `x`, {@link x}, [Name])",
+    "reference_markup_pct": "% of references using inline doc markup",
 }
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -130,6 +138,20 @@ def echoes_input(output: str, input_code: str) -> bool:
     return enough and len(copied) >= ECHO_MIN_SHARE * len(lines)
 
 
+_MARKUP = re.compile(
+    r"\b[BCEILMUX]\{[^{}\n]+\}"  # epytext
+    r"|:[a-z]+(?::[a-z]+)?:`[^`\n]+`"  # reST role
+    r"|``[^`\n]+``|`[^`\n]+`"  # reST literal, Markdown/KDoc code
+    r"|\{@(?:link|linkplain|code|literal|value)\b[^}\n]*\}"  # Javadoc inline tag
+    r"|\[[A-Z][\w.]*\](?!\()"  # KDoc link to a declaration
+)
+
+
+def uses_markup(text: str) -> bool:
+    """True when `text` holds inline documentation markup (see the module docstring)."""
+    return _MARKUP.search(text) is not None
+
+
 def _mean(values: Sequence[int]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -165,4 +187,6 @@ def summarise(
     summary["reference_chars_mean"] = _mean([len(ref.strip()) for ref in references])
     summary["reference_tokens_mean"] = reference_tokens
     summary["length_ratio"] = output_tokens / reference_tokens if reference_tokens else 0.0
+    summary["markup_pct"] = 100.0 * _mean([int(uses_markup(out)) for out in outputs])
+    summary["reference_markup_pct"] = 100.0 * _mean([int(uses_markup(ref)) for ref in references])
     return {name: round(summary[name], DIGITS) for name in CHECKS}

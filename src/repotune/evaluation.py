@@ -78,7 +78,7 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
 
     The test set with the first template: ``samples``, ``<system>_<metric>``, and per other
     system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (``delta_<system>_<metric>``...
-    when there are several), ``<system>_degenerate_pct``; and for the out-of-domain set with the
+    when there are several), ``<system>_degenerate_pct`` and ``<system>_markup_pct`` (with ``reference_markup_pct``); and for the out-of-domain set with the
     same template ``ood_samples`` and ``ood_delta_<metric>`` with ``_p``.
     """
     head = evaluations[0]
@@ -97,6 +97,8 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
             flat.update({key: d["delta"], f"{key}_low": d["low"], f"{key}_high": d["high"], f"{key}_p": d["p"]})
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
+        flat[f"{system}_markup_pct"] = shares["markup_pct"]
+        flat["reference_markup_pct"] = shares["reference_markup_pct"]
     ood = next((ev for ev in evaluations if ev["set"] == "ood" and ev["template"] == head["template"]), None)
     if ood is not None:
         flat["ood_samples"] = ood["result"]["samples"]

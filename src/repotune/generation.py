@@ -136,11 +136,22 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     return ids
 
 
-def _sampler(temperature: float, top_p: float):
-    """transformers' temperature and nucleus warpers, applied to [rows, vocab] scores."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+def _processors(
+    model: PreTrainedModel, *, do_sample: bool, temperature: float, top_p: float,
+    repetition_penalty: float, no_repeat_ngram_size: int,
+):
+    """transformers' own logits processors for these options, as ``generate`` builds them from
+    a ``GenerationConfig`` (repetition penalty, n-gram blocking; temperature and nucleus
+    warpers when sampling); empty for plain greedy decoding."""
+    from transformers import GenerationConfig
 
-    return LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
+    from repotune import compat
+
+    config = GenerationConfig(
+        do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+        top_k=None, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    )
+    return compat.logits_processors(model, config)
 
 
 def _generate_continuous(
@@ -153,6 +164,8 @@ def _generate_continuous(
     do_sample: bool,
     temperature: float,
     top_p: float,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
     batch_size: int,
     stop: Sequence[str],
     seed: int,
@@ -169,6 +182,8 @@ def _generate_continuous(
     prompt of `order`; once no prompt is left, the last active slot moves into the freed one,
     so that steps only ever compute active rows. Sampling draws each prompt's tokens from its
     own generator seeded with ``seed + prompt index``, so samples do not depend on batch size.
+    transformers' logits processors (:func:`_processors`) see each row's prompt and output
+    tokens, as in ``model.generate``.
 
     Returns:
         Generated token ids per prompt (EOS included; nothing after it), seconds of prefill,
@@ -181,7 +196,10 @@ def _generate_continuous(
 
     device = model.device
     stops = [s for s in stop if s] if stop_early else []
-    sampler = _sampler(temperature, top_p) if do_sample else None
+    processors = _processors(
+        model, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    )
     generators: dict[int, torch.Generator] = {}
     tokens: list[list[int]] = [[] for _ in prompt_ids]
     capacity = max(len(prompt_ids[i]) for i in order) + max_new_tokens
@@ -192,12 +210,14 @@ def _generate_continuous(
 
     def pick(scores: torch.Tensor, index: int) -> int:
         """The next token of prompt `index` from its [vocab] scores (float32)."""
-        if sampler is None:
+        if processors:
+            ids = torch.tensor([prompt_ids[index] + tokens[index]], device=device)
+            scores = processors(ids, scores[None])[0]
+        if not do_sample:
             return int(scores.argmax())
         if index not in generators:
             generators[index] = torch.Generator(device=device).manual_seed(seed + index)
-        probs = sampler(None, scores[None]).softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=generators[index]))
+        return int(torch.multinomial(scores.softmax(-1)[None], 1, generator=generators[index]))
 
     def finished(index: int) -> bool:
         row = tokens[index]
@@ -241,7 +261,8 @@ def _generate_continuous(
         ).logits[:, -1].float()
         cache.advance()
         steps += 1
-        greedy = logits.argmax(-1).tolist() if sampler is None else None
+        # Plain greedy decoding needs no per-row processing: one argmax for all rows.
+        greedy = logits.argmax(-1).tolist() if not processors and not do_sample else None
         ended = []
         for slot, index in enumerate(slot_prompt[:n]):
             tokens[index].append(greedy[slot] if greedy is not None else pick(logits[slot], index))
@@ -271,6 +292,8 @@ def _generate_padded(
     do_sample: bool,
     temperature: float,
     top_p: float,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
     num_beams: int,
     batch_size: int,
     stop: Sequence[str],
@@ -294,6 +317,8 @@ def _generate_padded(
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
         "num_beams": num_beams,
+        "repetition_penalty": repetition_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": sorted(eos_ids) or None,
     }
@@ -344,6 +369,8 @@ def generate(
     temperature: float = 0.7,
     top_p: float = 0.9,
     num_beams: int = 1,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     batch_size: int = 16,
     stop: Sequence[str] = ("\n\n",),
     seed: int = 42,
@@ -369,6 +396,9 @@ def generate(
         temperature: sampling temperature (used only when sampling).
         top_p: nucleus sampling mass (used only when sampling).
         num_beams: beam search width (1 = no beam search; beams use ``model.generate``).
+        repetition_penalty: transformers' repetition penalty over prompt and output tokens
+            (1.0 = none).
+        no_repeat_ngram_size: no n-gram of this size occurs twice in prompt + output (0 = off).
         batch_size: rows decoded together (continuous batching slots, or prompts per
             ``model.generate`` call).
         stop: stop sequences; the text is cut at the first one after leading whitespace.
@@ -399,6 +429,7 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     options = dict(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         batch_size=batch_size, stop=stop, seed=seed, stop_early=stop_early, eos_ids=eos_ids,
         skip_leading_whitespace=skip_leading_whitespace,
     )
@@ -472,7 +503,8 @@ def generate_from_folder(
             name: generate(
                 model, tokenizer, texts, max_new_tokens=decoding.max_new_tokens,
                 do_sample=decoding.do_sample, temperature=decoding.temperature, top_p=decoding.top_p,
-                num_beams=decoding.num_beams, batch_size=decoding.batch_size, stop=stop,
+                num_beams=decoding.num_beams, repetition_penalty=decoding.repetition_penalty,
+                no_repeat_ngram_size=decoding.no_repeat_ngram_size, batch_size=decoding.batch_size, stop=stop,
                 seed=decoding.seed, skip_leading_whitespace=skip_leading_whitespace, desc=name,
             )
             for name, texts in prompts.items()

@@ -254,6 +254,8 @@ class DecodingParams(Section):
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
     batch_size: int = Field(default=16, gt=0)
     stop: list[str] | None = None
     seed: int = 42

@@ -223,13 +223,14 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
 def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     shares = ["repeats_line_pct", "ngram_loop_pct", "empty_pct", "echoes_input_pct", "degenerate_pct"]
     head = ["evaluation", "system", "repeats a line", "n-gram loop", "empty", "echoes input", "any",
-            "mean tokens (reference)", "length ratio"]
+            "mean tokens (reference)", "length ratio", "uses markup (reference)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     for ev in evaluations:
         for system, d in ev["result"]["degenerate"].items():
             cells = [evaluation_title(ev["set"], ev["template"]), label(system)]
             cells += [f"{d[name]:.1f}%" for name in shares]
-            cells += [f"{d['output_tokens_mean']:.1f} ({d['reference_tokens_mean']:.1f})", f"{d['length_ratio']:.2f}"]
+            cells += [f"{d['output_tokens_mean']:.1f} ({d['reference_tokens_mean']:.1f})", f"{d['length_ratio']:.2f}",
+                      f"{d['markup_pct']:.1f}% ({d['reference_markup_pct']:.1f}%)"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -335,7 +336,8 @@ def render_report(
         lines += [""] + _in_words(ev, metric_names, reference, confidence)
     lines += ["", "## Degenerate outputs", "",
               "Share of outputs per check (see Definitions); a model that learned the project's "
-              "style should not trade it for loops or copies of the input.", ""]
+              "style should not trade it for loops or copies of the input, and should use the "
+              "project's markup about as often as the references do.", ""]
     lines += _degenerate_table(evaluations)
     summary = _data_summary(stage_metrics)
     if summary:
