@@ -221,8 +221,8 @@ class TrainParams(Section):
     max_steps: int = Field(default=-1, ge=-1)
     warmup: float = Field(default=0.05, ge=0, lt=1)
     seed: int = 42
-    eval_steps: int = Field(default=20, gt=0)
-    max_samples: int = Field(default=320, ge=0)
+    eval_steps: int = Field(default=60, gt=0)
+    max_samples: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     quantize: Literal["none", "4bit"] = "none"
@@ -255,7 +255,7 @@ class DecodingParams(Section):
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
     repetition_penalty: float = Field(default=1.0, gt=0)
-    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    no_repeat_ngram_size: int = Field(default=4, ge=0)
     batch_size: int = Field(default=16, gt=0)
     stop: list[str] | None = None
     seed: int = 42
