@@ -1,6 +1,6 @@
 """Generation throughput of a model folder: tokens/s per batch size, FLOP/s and MFU.
 
-Measures what the benchmark stage does (``repotune.generation.generate_from_folder``: linears
+Measures what the generate stage does (``repotune.generation.generate_from_folder``: linears
 pre-packed for the batch size, continuous batching, stop sequences that end rows early) on a
 set of docstring prompts, at several batch sizes, and relates it to this machine's fp32 matmul
 rate:
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     texts = None
     for batch_size in args.batch_sizes:
-        # As the benchmark stage loads it (generate_from_folder): linears packed for this batch.
+        # As the generate stage loads it (generate_from_folder): linears packed for this batch.
         model = load_causal_lm(args.model)
         prepack_linears(model, batch_size)
         # Warm-up (not timed): the first calls pay for thread-pool start and allocations.
