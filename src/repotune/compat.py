@@ -57,5 +57,12 @@ def sacrebleu_score_from_stats(scorer: Any, summed: np.ndarray) -> float:
 
 def logits_processors(model: Any, config: Any) -> Any:
     """The ``LogitsProcessorList`` that ``model.generate`` would build from `config`."""
+    import warnings
+
     _require("transformers", TRANSFORMERS, "GenerationMixin._get_logits_processor")
-    return model._get_logits_processor(config, device=str(model.device))
+    with warnings.catch_warnings():
+        # Without a prompt length transformers warns that the repetition penalty and n-gram
+        # blocking will skip the prompt; here each row's processors get its prompt + output
+        # ids (repotune.generation), so they do not (tested against model.generate).
+        warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)` with `inputs_embeds`")
+        return model._get_logits_processor(config, device=str(model.device))
