@@ -278,3 +278,26 @@ def test_bad_params_stop_dvc_repro_with_one_clear_line(bare_project: Path, secti
     assert done.returncode != 0
     assert f"error: params.yaml: {message}" in output.splitlines(), output
     assert "Traceback" not in output and output.count("error: ") == 1, output
+
+
+def test_a_run_pushed_to_a_remote_is_pulled_into_a_fresh_clone_up_to_date(project: Path, tmp_path: Path):
+    """Artifacts survive the machine: push a finished run to a local-directory remote, clone the
+    git repository afresh, `dvc pull`, and nothing needs to run again."""
+    set_params(project, **TINY_BUDGET)
+    dvc(project, "repro")
+    remote = tmp_path / "remote"
+    dvc(project, "remote", "add", "--default", "store", str(remote))
+    repo = git.Repo(project)
+    repo.git.add("--all")
+    repo.index.commit("run, with its remote")
+    dvc(project, "push")
+    assert any(remote.rglob("*")), "nothing was pushed"
+
+    clone = tmp_path / "clone"
+    git.Repo.clone_from(project, clone)
+    assert not (clone / "models").exists() and not (clone / "data").exists()
+    dvc(clone, "pull")
+    for path in ("models/merged/model.safetensors", "data/split/test.jsonl", "data/generations/finetuned/test.plain.jsonl"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    assert "Data and pipelines are up to date" in dvc(clone, "status")
+    assert ran(dvc(clone, "repro")) == []
