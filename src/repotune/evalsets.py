@@ -16,9 +16,6 @@ from repotune import io
 from repotune.errors import RepotuneError
 from repotune.params import BenchmarkParams
 
-SETS = ("test", "ood")
-
-
 def load_sets(benchmark: BenchmarkParams, test: str | Path, ood: str | Path) -> dict[str, list[dict[str, Any]]]:
     """The records of each evaluation set, sorted by id and cut to its ``max_samples``.
 

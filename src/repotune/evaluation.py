@@ -98,7 +98,8 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
         flat[f"{system}_markup_pct"] = shares["markup_pct"]
-        flat["reference_markup_pct"] = shares["reference_markup_pct"]
+    # The references are the same for every system: their share once.
+    flat["reference_markup_pct"] = shares["reference_markup_pct"]
     ood = next((ev for ev in evaluations if ev["set"] == "ood" and ev["template"] == head["template"]), None)
     if ood is not None:
         flat["ood_samples"] = ood["result"]["samples"]

@@ -51,6 +51,21 @@ def prediction_rows(evaluation: Mapping[str, Any], sample_metric: str) -> list[d
 # --- plots ---------------------------------------------------------------------------------
 
 
+def _by_evaluation(
+    evaluations: Sequence[Mapping[str, Any]], title: str, values: list[dict[str, Any]], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A Vega-Lite spec of `values` (each with an ``evaluation`` field) drawn by `spec`, one row
+    of panels per evaluation, in the order of `evaluations` (the headline first)."""
+    order = [evaluation_title(ev["set"], ev["template"]) for ev in evaluations]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "data": {"values": values},
+        "facet": {"row": {"field": "evaluation", "type": "nominal", "title": None, "sort": order}},
+        "spec": spec,
+    }
+
+
 def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], confidence: float) -> dict:
     """Bars of every system's score per metric, with bootstrap-interval whiskers; one row of
     panels per evaluation."""
@@ -65,15 +80,11 @@ def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence
         if metric in metric_names
     ]
     systems = list(dict.fromkeys(v["system"] for v in values))
-    order = [evaluation_title(ev["set"], ev["template"]) for ev in evaluations]
     x = {"field": "metric", "type": "nominal", "sort": list(metric_names), "title": None, "axis": {"labelAngle": -30}}
     offset = {"field": "system", "sort": systems}
-    return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": f"scores with {round(confidence * 100)}% bootstrap intervals",
-        "data": {"values": values},
-        "facet": {"row": {"field": "evaluation", "type": "nominal", "title": None, "sort": order}},
-        "spec": {
+    return _by_evaluation(
+        evaluations, f"scores with {round(confidence * 100)}% bootstrap intervals", values,
+        {
             "width": 80 * len(metric_names) + 40,
             "height": 220,
             "layer": [
@@ -95,13 +106,12 @@ def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence
                 },
             ],
         },
-    }
+    )
 
 
 def sample_deltas_spec(evaluations: Sequence[Mapping[str, Any]], sample_metric: str, reference: str) -> dict:
     """Histogram of per-sample differences (other system − reference) of `sample_metric`."""
     values = []
-    order = [evaluation_title(ev["set"], ev["template"]) for ev in evaluations]
     for ev in evaluations:
         per_sample = ev["result"]["sample_scores"]
         for system, scores in per_sample.items():
@@ -115,12 +125,9 @@ def sample_deltas_spec(evaluations: Sequence[Mapping[str, Any]], sample_metric: 
                 }
                 for score, base in zip(scores, per_sample[reference])
             ]
-    return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": f"per-sample difference in {sample_metric}",
-        "data": {"values": values},
-        "facet": {"row": {"field": "evaluation", "type": "nominal", "title": None, "sort": order}},
-        "spec": {
+    return _by_evaluation(
+        evaluations, f"per-sample difference in {sample_metric}", values,
+        {
             "width": 420,
             "height": 160,
             "layer": [
@@ -140,7 +147,7 @@ def sample_deltas_spec(evaluations: Sequence[Mapping[str, Any]], sample_metric: 
                 },
             ],
         },
-    }
+    )
 
 
 def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> None:

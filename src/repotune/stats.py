@@ -69,21 +69,16 @@ def paired_difference(
         return aggregate(both[other_rows]) - aggregate(both[ref_rows])
 
     observed = delta(np.arange(n), np.arange(n, 2 * n))
-    # Index arrays stand in for the samples, so each resample aggregates whole statistic rows.
-    interval = stats.bootstrap(
-        (np.arange(n), np.arange(n, 2 * n)), delta, paired=True, vectorized=False,
-        n_resamples=resamples, confidence_level=confidence, method="percentile", random_state=seed,
-    ).confidence_interval
-    low, high = interval.low, interval.high
-    if not (np.isfinite(low) and np.isfinite(high)):  # every resample gave the same difference
-        low = high = observed
+    low, high = _percentile_interval(
+        (np.arange(n), np.arange(n, 2 * n)), delta, observed, paired=True,
+        resamples=resamples, confidence=confidence, seed=seed,
+    )
     test = stats.permutation_test(
         (np.arange(n), np.arange(n, 2 * n)), delta, permutation_type="samples", vectorized=False,
         n_resamples=resamples, alternative="two-sided", random_state=seed,
     )
     return Difference(
-        delta=round(observed, 4), low=round(float(low), 4), high=round(float(high), 4),
-        p_value=round(float(test.pvalue), 4), samples=n,
+        delta=round(observed, 4), low=low, high=high, p_value=round(float(test.pvalue), 4), samples=n,
     )
 
 
@@ -91,15 +86,28 @@ def score_interval(
     rows: np.ndarray, aggregate: Callable[[np.ndarray], float], *, resamples: int, confidence: float, seed: int
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of one system's corpus score (resampling its samples)."""
-    from scipy import stats
-
     if not len(rows):
         raise ValueError("no samples")
+    return _percentile_interval(
+        (np.arange(len(rows)),), lambda idx: aggregate(rows[idx]), aggregate(rows), paired=False,
+        resamples=resamples, confidence=confidence, seed=seed,
+    )
+
+
+def _percentile_interval(
+    indices: tuple[np.ndarray, ...], statistic: Callable[..., float], observed: float, *,
+    paired: bool, resamples: int, confidence: float, seed: int,
+) -> tuple[float, float]:
+    """``scipy.stats.bootstrap`` of `statistic` over index arrays standing in for the samples
+    (so each resample aggregates whole statistic rows), percentile method, rounded; when every
+    resample gives the same value scipy returns NaN bounds, and the interval is `observed`."""
+    from scipy import stats
+
     interval = stats.bootstrap(
-        (np.arange(len(rows)),), lambda idx: aggregate(rows[idx]), vectorized=False,
-        n_resamples=resamples, confidence_level=confidence, method="percentile", random_state=seed,
+        indices, statistic, paired=paired, vectorized=False, n_resamples=resamples,
+        confidence_level=confidence, method="percentile", random_state=seed,
     ).confidence_interval
-    if not (np.isfinite(interval.low) and np.isfinite(interval.high)):
-        value = aggregate(rows)
-        return round(value, 4), round(value, 4)
-    return round(float(interval.low), 4), round(float(interval.high), 4)
+    low, high = interval.low, interval.high
+    if not (np.isfinite(low) and np.isfinite(high)):
+        low = high = observed
+    return round(float(low), 4), round(float(high), 4)
