@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,8 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     source = params.load(args.params).source
 
-    with tempfile.TemporaryDirectory(prefix="repotune-clone-") as tmp:
-        checkout = Path(tmp) / "checkout"
+    with io.scratch_dir(args.out) as tmp:
+        checkout = tmp / "checkout"
         sha, unpacked = sources.clone(source.url, source.rev, checkout, submodules=source.submodules)
         with io.atomic_path(args.out) as out:
             out.mkdir()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from repotune.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(args.base)
-    with tempfile.TemporaryDirectory(prefix="repotune-ood-") as tmp:
-        checkout, tree = Path(tmp) / "checkout", Path(tmp) / "tree"
+    with io.scratch_dir(args.out) as tmp:
+        checkout, tree = tmp / "checkout", tmp / "tree"
         sha, _ = sources.clone(ood.url, ood.rev, checkout, submodules=ood.submodules)
         tree.mkdir()
         files = sources.export_tree(checkout, tree)

@@ -218,6 +218,30 @@ def test_deterministic_and_replaces_output(tiny_model: Path, tmp_path: Path) -> 
     assert not (out / "stale.txt").exists()
 
 
+def test_same_bytes_with_and_without_hf_hub_offline(tiny_gguf: Path, tmp_path: Path) -> None:
+    """The base folder does not record how the run was configured: tokenizer_config.json said
+    ``local_files_only: true`` under HF_HUB_OFFLINE=1 and ``false`` without it (one byte
+    apart), so one fresh clone re-ran train, merge and benchmark. huggingface_hub reads the
+    variable at import, so each build is its own process."""
+    import os
+    import subprocess
+    import sys
+
+    params = _params(tmp_path, {"base": str(tiny_gguf)})
+    folders = {}
+    for offline in ("0", "1"):
+        out = tmp_path / f"base-offline-{offline}"
+        env = {**os.environ, "HF_HUB_OFFLINE": offline}
+        subprocess.run(
+            [sys.executable, str(STAGES / "base.py"), "--params", str(params), "--out", str(out)],
+            env=env, check=True, capture_output=True,
+        )
+        folders[offline] = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+    assert folders["0"] == folders["1"]
+    config = json.loads(folders["1"]["tokenizer_config.json"])
+    assert "local_files_only" not in config and "is_local" not in config
+
+
 def test_gguf_round_trip(tiny_model: Path, tiny_gguf: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,3 +28,95 @@ def test_a_different_sacrebleu_version_is_refused(monkeypatch):
     monkeypatch.setattr(compat, "version", lambda package: "3.0.0")
     with pytest.raises(RepotuneError, match="sacrebleu 3.0.0 is installed, but repotune uses its private"):
         compat.sacrebleu_scorer("chrf")
+
+
+def _shims():
+    import torch
+
+    from repotune.training import live_callback  # noqa: F401 - imports trl lazily anyway
+
+    return {
+        "transformers": compat.kv_cache_classes,
+        "trl": lambda: compat.completion_positions_only().__enter__(),
+        "torch": compat.onednn_linear_ops if torch.backends.mkldnn.is_available() else None,
+        "dvclive": lambda: compat.quiet_live("unused"),
+    }
+
+
+@pytest.mark.parametrize("package", ["transformers", "trl", "torch", "dvclive"])
+def test_every_shim_refuses_a_version_it_was_not_checked_with(package, monkeypatch):
+    shim = _shims()[package]
+    if shim is None:
+        pytest.skip("this torch build has no oneDNN")
+    real = compat.version
+    monkeypatch.setattr(compat, "version", lambda name: "99.0.0" if name == package else real(name))
+    with pytest.raises(RepotuneError, match=f"{package} 99.0.0 is installed, but repotune uses its private"):
+        shim()
+
+
+def test_a_vanished_private_name_fails_loudly_instead_of_running_slower(monkeypatch, tmp_path):
+    import trl.trainer.utils as trl_utils
+    from dvclive import Live
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with pytest.raises(RepotuneError, match=r"trl .* has no trl.trainer.utils._use_triton"):
+        compat.completion_positions_only().__enter__()
+    monkeypatch.delattr(Live, "_init_dvc")
+    with pytest.raises(RepotuneError, match=r"dvclive .* has no Live._init_dvc"):
+        compat.quiet_live(str(tmp_path / "live"))
+
+    class Trainer:  # a TRL trainer that no longer counts its tokens
+        pass
+
+    with pytest.raises(RepotuneError, match=r"has no SFTTrainer._total_train_tokens"):
+        compat.trained_tokens(Trainer())
+
+
+def test_the_trl_switch_scores_labelled_positions_on_cpu_and_is_restored():
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    assert original(torch.device("cpu")) is False  # TRL's own choice: every position on CPU
+    with compat.completion_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+    assert trl_utils._use_triton is original
+
+
+def test_quiet_live_writes_curves_without_touching_git_or_dvc(tmp_path, monkeypatch):
+    """dvclive on its own runs `dvc init` in a git repository without DVC; the shim must not."""
+    import git
+
+    repo = git.Repo.init(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    live = compat.quiet_live("dvclive/train")
+    for step, loss in enumerate([3.0, 2.5]):
+        live.step = step
+        live.log_metric("train/loss", loss)
+        live.next_step()
+    live.end()
+    assert not (tmp_path / ".dvc").exists()
+    assert not (tmp_path / "dvclive" / "train" / "dvc.yaml").exists()
+    assert not repo.index.entries  # nothing git-added
+    curve = (tmp_path / "dvclive/train/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert curve == ["step\tloss", "0\t3.0", "1\t2.5"]
+
+
+def test_onednn_ops_compute_a_linear_layer():
+    import torch
+
+    ops = compat.onednn_linear_ops()
+    if ops is None:
+        pytest.skip("this torch build has no oneDNN")
+    pack, linear = ops
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        assert torch.allclose(linear(x, pack(layer.weight, 3), layer.bias), layer(x), atol=1e-5)
+
+
+def test_kv_cache_classes_are_the_transformers_ones():
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+    assert compat.kv_cache_classes() == (Cache, DynamicCache, DynamicLayer)

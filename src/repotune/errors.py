@@ -21,4 +21,15 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     except RepotuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except FileNotFoundError as exc:
+        if exc.filename is None:
+            raise
+        # An input another stage writes (data/split/train.jsonl, models/adapter/...), when the
+        # stage is run on its own before them: one line, not a traceback.
+        print(
+            f"error: {exc.filename}: no such file or folder; it is an input of this stage, "
+            "written by an earlier one: run `dvc repro` (or that stage) first",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -1,13 +1,17 @@
 """Atomic, deterministic writing (and reading) of the files every stage produces.
 
 Everything is written to a temporary path in the destination's folder and moved into place
-with ``os.replace``, so a crashed stage never leaves a half-written output behind. JSON is
+with ``os.replace``, so a crashed stage never leaves a half-written output behind. Temporary
+and scratch folders are named ``.NAME.partial-PID-*`` / ``.NAME.scratch-PID-*`` beside the
+output NAME (never in the system temp folder), so the next write of NAME removes what a killed
+process (SIGKILL, out of memory) left there. JSON is
 written with sorted keys, no ASCII escaping and a trailing newline, so identical data gives
 identical bytes and DVC can stop a cascade when a re-run changes nothing.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -23,6 +27,43 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
+TEMP_KINDS = ("partial", "scratch")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> list[Path]:
+    """Remove the temporary folders beside `path` whose process is gone; return them.
+
+    A SIGKILL skips every ``finally``: without this, each interrupted write of a model folder
+    would leave its size on disk (517 MB for ``models/base``).
+    """
+    path = Path(path)
+    removed = []
+    for kind in TEMP_KINDS:
+        prefix = f".{path.name}.{kind}-"
+        for leftover in sorted(path.parent.glob(glob.escape(prefix) + "*")):
+            pid = leftover.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+    return removed
+
+
+def _temp_folder(path: Path, kind: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it onto `path` (file or folder).
@@ -30,8 +71,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     On an exception the temporary file or folder is removed and `path` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    tmp = _temp_folder(path, "partial") / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
@@ -39,6 +79,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+@contextmanager
+def scratch_dir(beside: str | Path) -> Iterator[Path]:
+    """Yield an empty working folder beside the output `beside`, removed afterwards.
+
+    Downloads, checkouts and trainer scratch go here rather than into the system temp folder:
+    on the same disk as the output (a final move is a rename) and cleaned by the next run if
+    this one is killed.
+    """
+    folder = _temp_folder(Path(beside), "scratch")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_folder(source: str | Path, path: str | Path) -> None:
+    """Move the finished folder `source` onto `path` atomically (the old `path` goes)."""
+    with atomic_path(path) as tmp:
+        shutil.move(str(source), tmp)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -56,11 +56,26 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+# How a tokenizer was loaded, which transformers writes back into tokenizer_config.json:
+# `local_files_only` follows HF_HUB_OFFLINE (true/false: one byte apart), so the same model
+# saved with and without that variable set differed, and DVC re-ran every stage downstream.
+LOAD_OPTIONS = ("local_files_only", "is_local")
+
+
+def drop_load_options(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Forget `tokenizer`'s :data:`LOAD_OPTIONS`, so that saving it gives the same bytes anywhere."""
+    for key in LOAD_OPTIONS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
 def load_tokenizer(folder: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token (eos when the model has none) and left padding for generation."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    tokenizer = drop_load_options(
+        AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -142,20 +157,22 @@ def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
     """
     import torch
 
-    ops = getattr(torch.ops, "mkldnn", None)
-    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")):
+    from repotune.compat import onednn_linear_ops
+
+    ops = onednn_linear_ops()
+    if ops is None:
         return 0
+    pack, linear_op = ops
 
     class PackedLinear(torch.nn.Module):
         def __init__(self, linear: torch.nn.Linear) -> None:
             super().__init__()
-            weight = linear.weight.detach()
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(1, batch_size))
+            self.packed = pack(linear.weight.detach(), batch_size)
             self.bias = None if linear.bias is None else linear.bias.detach()
             self.in_features, self.out_features = linear.in_features, linear.out_features
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return linear_op(x, self.packed, self.bias)
 
     packed = 0
     for parent in list(model.modules()):

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import torch
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from repotune.compat import kv_cache_classes
+
+# The layer internals subclassed below are private: compat checks them (and the version).
+Cache, DynamicCache, DynamicLayer = kv_cache_classes()
 
 
 def supports(model: PreTrainedModel) -> bool:

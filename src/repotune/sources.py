@@ -299,10 +299,10 @@ def unpack_package(url: str, dest: Path) -> dict[str, int]:
     Returns:
         The counts of :func:`unpack_archive` (files written, members skipped by reason).
     """
-    import tempfile
+    from repotune import io
 
-    with tempfile.TemporaryDirectory(prefix="repotune-package-") as tmp:
-        download = Path(tmp) / "download"
+    with io.scratch_dir(dest) as tmp:
+        download = tmp / "download"
         download.mkdir()
         if url.startswith(PYPI_PREFIX):
             parse_pypi_spec(url, key="source.url")

@@ -12,16 +12,14 @@ Heavy imports (torch, transformers, peft, trl, dvclive) stay inside the function
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import io
+from repotune import compat, io
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
 
@@ -113,31 +111,6 @@ def count_lengths(
     return counts
 
 
-@contextlib.contextmanager
-def completion_positions_only() -> Iterator[None]:
-    """Make TRL's fused loss score only the completion positions on CPU too.
-
-    TRL 1.16 projects onto the vocabulary only the positions that have a label when Triton runs
-    the kernel, and *every* position (prompt and padding included) elsewhere, to keep shapes
-    fixed for compilers such as Neuron's (``trl/trainer/utils.py``: ``compact =
-    _use_triton(device)``; the kernel choice itself is made separately). On CPU nothing is
-    compiled, and the prompt positions' log-probabilities are masked out of the loss anyway.
-    Measured on SmolLM2-135M, 160 Twisted samples: the same train loss to the last digit and
-    1.48x the training tokens/s (112 -> 165). A TRL without that switch is left as it is.
-    """
-    from trl.trainer import utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
-
-
 def check_target_modules(model: Any, target_modules: Sequence[str] | str) -> None:
     """Fail with the model's own module names when ``lora.target_modules`` names one it lacks.
 
@@ -198,16 +171,13 @@ def live_callback(folder: str | Path) -> TrainerCallback:
     ``dvc exp run``; the pipeline declares the folder as plots instead. No dvc.yaml, no report,
     no experiment is written. Call ``callback.live.end()`` after the last evaluation.
     """
-    from dvclive import Live
     from transformers import TrainerCallback
 
-    class _Live(Live):
-        def _init_dvc(self) -> None:  # noqa: D102 - see live_callback's docstring
-            pass
+    from repotune.compat import quiet_live
 
     class _LiveCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.live = _Live(dir=str(folder), save_dvc_exp=False, dvcyaml=False, report=None)
+            self.live = quiet_live(str(folder))
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ARG002
             if not state.is_world_process_zero or not logs:
@@ -370,122 +340,124 @@ def train_adapter(
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    watch = divergence_watch()
-    callbacks = [live_callback(live_dir)] if live_dir is not None else []
-    callbacks.append(watch)
+    # Trainer scratch and the curves go to a folder beside `out`: the curves replace `live_dir`
+    # (git-tracked) together with the adapter, so a killed run leaves the previous ones whole.
+    with io.scratch_dir(out) as scratch:
+        watch = divergence_watch()
+        callbacks = [live_callback(scratch / "live")] if live_dir is not None else []
+        callbacks.append(watch)
 
-    # CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since this is
-    # process-wide). CUDA: only seeds; deterministic CUDA needs CUDA_LAUNCH_BLOCKING (slow).
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if device == "cpu":
-        torch.use_deterministic_algorithms(True)
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="repotune-train-") as scratch,
-            completion_positions_only(),
-        ):
-            trainer = SFTTrainer(
-                model=model,
-                args=sft_config(
-                    train,
-                    scratch,
-                    device,
-                    precision,
-                    has_eval=bool(val_rows),
-                    gradient_checkpointing=gradient_checkpointing,
-                    group_by_length=group_by_length,
-                ),
-                train_dataset=Dataset.from_list(train_rows),
-                eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                processing_class=tokenizer,
-                peft_config=peft_config,
-                callbacks=callbacks,
+        # CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since this is
+        # process-wide). CUDA: only seeds; deterministic CUDA needs CUDA_LAUNCH_BLOCKING (slow).
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if device == "cpu":
+            torch.use_deterministic_algorithms(True)
+        try:
+            with compat.completion_positions_only():
+                trainer = SFTTrainer(
+                    model=model,
+                    args=sft_config(
+                        train,
+                        str(scratch / "trainer"),
+                        device,
+                        precision,
+                        has_eval=bool(val_rows),
+                        gradient_checkpointing=gradient_checkpointing,
+                        group_by_length=group_by_length,
+                    ),
+                    train_dataset=Dataset.from_list(train_rows),
+                    eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                    processing_class=tokenizer,
+                    peft_config=peft_config,
+                    callbacks=callbacks,
+                )
+                output = trainer.train()
+                # train_runtime includes the evaluations run inside the training loop.
+                history = trainer.state.log_history
+                in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
+                evaluated = [h["step"] for h in history if "eval_loss" in h]
+                if val_rows and (not evaluated or evaluated[-1] != trainer.state.global_step):
+                    trainer.evaluate()
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+            for callback in callbacks:
+                if hasattr(callback, "live"):
+                    callback.live.end()
+
+        history = trainer.state.log_history
+        train_losses = [h["loss"] for h in history if "loss" in h]
+        eval_logs = [h for h in history if "eval_loss" in h]
+        eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
+        final_loss = train_losses[-1] if train_losses else output.training_loss
+        bad_weights = [
+            name for name, param in trainer.model.named_parameters()
+            if param.requires_grad and not torch.isfinite(param).all()
+        ]
+        if bad_weights or not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
+            # Nothing is saved: an adapter of NaNs would only fail later, in merge, misleadingly.
+            where = f"at step {watch.first_bad_step}" if watch.first_bad_step else "in the last evaluation"
+            raise RepotuneError(
+                f"training diverged: the LoRA weights went non-finite {where} ({len(bad_weights)} "
+                f"tensors hold NaN/inf; final train loss "
+                f"{final_loss}, eval loss {eval_loss}); "
+                f"lower train.lr (now {train.lr:g}); nothing was saved"
             )
-            output = trainer.train()
-            # train_runtime includes the evaluations run inside the training loop.
-            history = trainer.state.log_history
-            in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
-            evaluated = [h["step"] for h in history if "eval_loss" in h]
-            if val_rows and (not evaluated or evaluated[-1] != trainer.state.global_step):
-                trainer.evaluate()
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-        for callback in callbacks:
-            if hasattr(callback, "live"):
-                callback.live.end()
+        # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
+        train_tokens = compat.trained_tokens(trainer)
+        train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
+        eval_seconds = sum(h.get("eval_runtime", 0.0) for h in eval_logs)
 
-    history = trainer.state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    eval_logs = [h for h in history if "eval_loss" in h]
-    eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
-    final_loss = train_losses[-1] if train_losses else output.training_loss
-    bad_weights = [
-        name for name, param in trainer.model.named_parameters()
-        if param.requires_grad and not torch.isfinite(param).all()
-    ]
-    if bad_weights or not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
-        # Nothing is saved: an adapter of NaNs would only fail later, in merge, misleadingly.
-        where = f"at step {watch.first_bad_step}" if watch.first_bad_step else "in the last evaluation"
-        raise RepotuneError(
-            f"training diverged: the LoRA weights went non-finite {where} ({len(bad_weights)} "
-            f"tensors hold NaN/inf; final train loss "
-            f"{final_loss}, eval loss {eval_loss}); "
-            f"lower train.lr (now {train.lr:g}); nothing was saved"
-        )
-    # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
-    train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
-    train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
-    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in eval_logs)
+        results: dict[str, Any] = {
+            "train_loss": final_loss,
+            "train_loss_avg": output.training_loss,
+            "eval_loss": eval_loss,
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_tokens": train_tokens,
+            "train_samples": len(train_rows),
+            "val_samples": len(val_rows),
+            "samples_truncated": lengths["truncated"],
+            "samples_too_long": lengths["too_long"],
+            "samples_code_cut": fit["fitted"],
+            "samples_target_too_long": fit["target_too_long"],
+        }
+        info = {
+            "base_model": base_name or str(base),
+            "params": {
+                "lora": lora.model_dump(mode="json"),
+                "train": train.model_dump(mode="json"),
+                "prompt": prompt.model_dump(mode="json"),
+            },
+            "task": task_name,
+            "resolved": {
+                "device": device,
+                "precision": precision,
+                "gradient_checkpointing": gradient_checkpointing,
+                "group_by_length": group_by_length,
+                "eos_token": tokenizer.eos_token,
+            },
+            "versions": library_versions(),
+            "results": results,
+            **(extra_info or {}),
+        }
 
-    results: dict[str, Any] = {
-        "train_loss": final_loss,
-        "train_loss_avg": output.training_loss,
-        "eval_loss": eval_loss,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_tokens": train_tokens,
-        "train_samples": len(train_rows),
-        "val_samples": len(val_rows),
-        "samples_truncated": lengths["truncated"],
-        "samples_too_long": lengths["too_long"],
-        "samples_code_cut": fit["fitted"],
-        "samples_target_too_long": fit["target_too_long"],
-    }
-    info = {
-        "base_model": base_name or str(base),
-        "params": {
-            "lora": lora.model_dump(mode="json"),
-            "train": train.model_dump(mode="json"),
-            "prompt": prompt.model_dump(mode="json"),
-        },
-        "task": task_name,
-        "resolved": {
-            "device": device,
-            "precision": precision,
-            "gradient_checkpointing": gradient_checkpointing,
-            "group_by_length": group_by_length,
-            "eos_token": tokenizer.eos_token,
-        },
-        "versions": library_versions(),
-        "results": results,
-        **(extra_info or {}),
-    }
+        peft_model = trainer.model
+        saved_config = peft_model.peft_config["default"]
+        # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
+        # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
+        saved_config.base_model_name_or_path = info["base_model"]
+        if isinstance(saved_config.target_modules, set):
+            saved_config.target_modules = sorted(saved_config.target_modules)
+        with io.atomic_path(out) as tmp:
+            peft_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            io.write_json(tmp / "training.json", info)
+        if live_dir is not None:
+            io.replace_folder(scratch / "live", live_dir)
 
-    peft_model = trainer.model
-    saved_config = peft_model.peft_config["default"]
-    # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
-    # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
-    saved_config.base_model_name_or_path = info["base_model"]
-    if isinstance(saved_config.target_modules, set):
-        saved_config.target_modules = sorted(saved_config.target_modules)
-    with io.atomic_path(out) as tmp:
-        peft_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        io.write_json(tmp / "training.json", info)
-
-    return {
-        **results,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "train_tokens_per_s": train_tokens / train_seconds,
-    }
+        return {
+            **results,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "train_tokens_per_s": train_tokens / train_seconds,
+        }
