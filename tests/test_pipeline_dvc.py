@@ -3,81 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import git
-import pytest
 import yaml
 
-from conftest import make_source_repo
+from conftest import ALL_STAGES, TINY_BUDGET, dvc, ran, set_params
 
 from repotune import io
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["clone", "extract", "filter", "split"]
 MODEL_STAGES = ["train", "merge", "generate@base", "generate@finetuned", "evaluate"]
-ALL_STAGES = ["base", *DATA_STAGES, "ood", *MODEL_STAGES]
-
-
-def project_copy(dest: Path) -> git.Repo:
-    """Copy the project's tracked files (not data/, models/) into `dest` as a fresh git repo."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for rel in tracked.stdout.splitlines():
-        if rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
-    repo = git.Repo.init(dest, initial_branch="main")
-    with repo.config_writer() as cw:
-        cw.set_value("user", "name", "Test")
-        cw.set_value("user", "email", "test@example.com")
-    return repo
-
-
-def dvc(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def set_params(project: Path, **sections: dict) -> None:
-    path = project / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def ran(output: str) -> list[str]:
-    return [s for s in ALL_STAGES if f"Running stage '{s}'" in output]
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny_model: Path) -> Path:
-    source = make_source_repo(tmp_path / "source")
-    project = tmp_path / "project"
-    repo = project_copy(project)
-    # extract depends on models/base (completion windows are cut on its tokenizer's tokens).
-    set_params(
-        project,
-        source={"url": source.working_dir, "rev": "main"},
-        filter={"min_target_tokens": 10},
-        model={"base": str(tiny_model), "file": None, "sha256": None},
-        # A dozen samples: too few to mean anything, on purpose; no out-of-domain download.
-        benchmark={"min_samples": 0, "ood": None},
-        # Ten samples, nine of them in one file: whole files cannot give every split some,
-        # so split per sample here (tests of the file grouping are in test_filter_split.py).
-        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
-    )
-    repo.git.add("--all")
-    repo.index.commit("project")
-    return project
 
 
 def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
@@ -106,13 +43,6 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
     assert shown  # metrics are declared and readable by dvc
 
 
-# A budget that makes the model stages take seconds on the tiny model.
-TINY_BUDGET = {
-    "train": {"max_steps": 3, "batch_size": 2, "eval_steps": 2, "max_length": 128, "max_samples": 8},
-    "benchmark": {"max_samples": 3, "ood": None},
-    "evaluate": {"resamples": 200},
-    "decoding": {"max_new_tokens": 8, "batch_size": 2},
-}
 
 
 def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model: Path):
@@ -221,63 +151,6 @@ def test_comparing_runs_across_branches(project: Path):
         assert data["params"]["params.yaml"]["data"]["lora"]["r"] == r
         assert "finetuned_chrf" in data["metrics"]["metrics/evaluate.json"]["data"]
 
-
-# Bad params as a user would write them (issue 11's hostile probe): `dvc repro` must stop with
-# one clear line naming the key, never a traceback, never a run on a bad value.
-BAD_PARAMS = [
-    ("train", "lr", float("inf"), "train.lr must be a finite number, got inf"),
-    ("train", "lr", float("nan"), "train.lr must be a finite number, got nan"),
-    ("train", "lr", -1.0, "train.lr must be greater than 0, got -1.0"),
-    ("train", "lr", "fast", "train.lr must be a valid number, got 'fast'"),
-    ("train", "batch_size", 0, "train.batch_size must be greater than 0, got 0"),
-    ("train", "quantize", "8bit", "train.quantize must be 'none' or '4bit', got '8bit'"),
-    ("train", "device", "tpu", "train.device must be 'auto', 'cpu' or 'cuda', got 'tpu'"),
-    ("lora", "r", 0, "lora.r must be greater than 0, got 0"),
-    ("lora", "dropout", 1.5, "lora.dropout must be less than 1, got 1.5"),
-    ("split", "train", 1.5, "split.train must be less than or equal to 1, got 1.5"),
-    ("split", "by", "folder", "split.by must be 'file' or 'sample', got 'folder'"),
-    ("split", "seed", "x", "split.seed must be a valid integer, got 'x'"),
-    ("task", "name", "translate", "task.name must be 'docstring', 'completion' or 'method_name', got 'translate'"),
-    ("extract", "languages", ["cobol"], "extract.languages.0 must be 'python', 'kotlin' or 'java', got 'cobol'"),
-    ("extract", "target", "all", "extract.target must be 'summary' or 'full', got 'all'"),
-    ("filter", "min_target_tokens", -1, "filter.min_target_tokens must be greater than or equal to 0, got -1"),
-    ("decoding", "max_new_tokens", 0, "decoding.max_new_tokens must be greater than 0, got 0"),
-    ("decoding", "top_p", 2.0, "decoding.top_p must be less than or equal to 1, got 2.0"),
-    ("decoding", "no_repeat_ngram_size", -1, "decoding.no_repeat_ngram_size must be greater than or equal to 0, got -1"),
-    ("benchmark", "templates", ["plain", "plain"], "benchmark.templates: templates listed twice: plain"),
-    ("evaluate", "resamples", 10, "evaluate.resamples must be greater than or equal to 100, got 10"),
-    ("evaluate", "confidence", 1.5, "evaluate.confidence must be less than 1, got 1.5"),
-    ("model", "sha256", "abc", "model.sha256 string should match pattern '^[0-9a-fA-F]{64}$', got 'abc'"),
-    ("source", "url", "", "source.url string should have at least 1 character, got ''"),
-]
-
-
-@pytest.fixture(scope="module")
-def bare_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's files in a fresh git repository, untouched params (nothing is run)."""
-    project = tmp_path_factory.mktemp("hostile") / "project"
-    project_copy(project)
-    return project
-
-
-@pytest.mark.parametrize(("section", "key", "value", "message"), BAD_PARAMS, ids=[f"{s}.{k}={v!r}" for s, k, v, _ in BAD_PARAMS])
-def test_bad_params_stop_dvc_repro_with_one_clear_line(bare_project: Path, section, key, value, message):
-    path = bare_project / "params.yaml"
-    original = path.read_text()
-    try:
-        raw = yaml.safe_load(original)
-        raw[section][key] = value
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "DVC_NO_ANALYTICS": "1"}
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro", "clone"], cwd=bare_project, env=env,
-                              capture_output=True, text=True)
-    finally:
-        path.write_text(original)
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    assert f"error: params.yaml: {message}" in output.splitlines(), output
-    assert "Traceback" not in output and output.count("error: ") == 1, output
 
 
 def test_a_run_pushed_to_a_remote_is_pulled_into_a_fresh_clone_up_to_date(project: Path, tmp_path: Path):

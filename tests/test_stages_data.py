@@ -9,7 +9,6 @@ import io as stdio
 import json
 import os
 import shutil
-import sys
 import tarfile
 import threading
 import urllib.parse

