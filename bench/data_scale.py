@@ -77,19 +77,20 @@ def run_stage(name: str, workdir: Path, base: Path | None) -> tuple[float, float
     argv = [sys.executable, str(ROOT / "stages" / f"{name}.py")]
     if name == "extract" and base is not None:
         argv += ["--base", str(base)]
-    # stderr (progress bars, errors) to a file: a pipe nobody reads while waiting could fill.
-    with tempfile.TemporaryFile("w+") as err:
+    # Through GNU time, not os.wait4 here: a process started from this one starts its peak RSS
+    # at this (large) process's, while time's child starts from time's few MiB. %M is the
+    # largest single process of the tree, in KiB (the extract workers are forked and share
+    # pages with the stage, so a sum would count them twice).
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file, err_file = Path(tmp) / "peak", Path(tmp) / "err"
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
-        # wait4's usage covers the child and the children it waited for (the extract workers);
-        # ru_maxrss is the largest single process, in KiB on Linux.
-        _, status, usage = os.wait4(proc.pid, 0)
+        with err_file.open("w") as err:
+            done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(peak_file), *argv],
+                                  cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise SystemExit(f"{name} failed in {workdir}:\n{err.read()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+        if done.returncode:
+            raise SystemExit(f"{name} failed in {workdir}:\n{err_file.read_text()[-2000:]}")
+        return seconds, int(peak_file.read_text().split()[-1]) / 1024
 
 
 def stage_samples(name: str, workdir: Path) -> int:
