@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import errors, io, params
-from repotune.tasks import extract_samples, task
+from repotune.tasks import iter_samples, task, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,20 +43,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(args.base)
 
-    records, counts = extract_samples(
-        args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name,
-        extract=p.extract, tokenizer=tokenizer,
+    # Records go to disk file by file as the workers return them (memory stays flat); the
+    # check for none raises inside the write, so an empty run leaves the old output in place.
+    counts: Counter = Counter()
+    records = iter_samples(
+        args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name, extract=p.extract,
+        counts=counts, tokenizer=tokenizer, workers=worker_count(p.extract.workers),
     )
-    if not records:
+    io.write_jsonl(args.out, _none_is_an_error(records, counts, p, args.repo))
+    io.write_json(args.metrics, dict(counts))
+    print(f"extract: {counts['samples']} samples from {counts['files_parsed']} files")
+
+
+def _none_is_an_error(records, counts: Counter, p: params.Params, repo: Path):
+    yield from records
+    if not counts["samples"]:
         raise errors.RepotuneError(
-            f"extract: no {p.task.name} samples in {args.repo} for languages {p.extract.languages} "
+            f"extract: no {p.task.name} samples in {repo} for languages {p.extract.languages} "
             f"({counts['files_seen']} files of them seen, {counts['files_parsed']} parsed, "
             f"{counts['files_skipped_excluded']} excluded); check extract.languages, "
             "extract.include/exclude and source.url"
         )
-    io.write_jsonl(args.out, records)
-    io.write_json(args.metrics, dict(counts))
-    print(f"extract: {counts['samples']} samples from {counts['files_parsed']} files")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = params.load(args.params)
 
-    kept, counts = filter_samples(io.read_jsonl(args.inp), p.filter, p.task.name)
+    kept, counts = filter_samples(io.iter_jsonl(args.inp), p.filter, p.task.name)
     if not kept:
         dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(counts.items()) if k.startswith("dropped_"))
         raise errors.RepotuneError(

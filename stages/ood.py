@@ -18,7 +18,7 @@ from pathlib import Path
 
 from repotune import errors, io, params, sources
 from repotune.filters import filter_samples
-from repotune.tasks import extract_samples, task
+from repotune.tasks import extract_samples, task, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tree.mkdir()
         files = sources.export_tree(checkout, tree)
         records, extracted = extract_samples(
-            tree, repo=ood.url, sha=sha, task_name=p.task.name, extract=p.extract, tokenizer=tokenizer
+            tree, repo=ood.url, sha=sha, task_name=p.task.name, extract=p.extract, tokenizer=tokenizer,
+            workers=worker_count(p.extract.workers),
         )
     kept, filtered = filter_samples(records, p.filter, p.task.name)
     if not kept:

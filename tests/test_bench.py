@@ -128,3 +128,41 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     assert all(r["same_texts_as_first"] for r in runs)
     assert runs[0]["generated_tokens"] == runs[1]["generated_tokens"] > 0
     capsys.readouterr()
+
+
+def test_data_scale_takes_an_even_sorted_subset():
+    import data_scale
+
+    paths = ["a.py", "b.py", "c.py", "d.py", "e.py", "f.py"]
+    assert data_scale.evenly(paths, 3) == ["a.py", "c.py", "e.py"]
+    assert data_scale.evenly(paths, 4) == ["a.py", "b.py", "d.py", "e.py"]  # indices 0, 6//4, 12//4, 18//4
+    assert data_scale.evenly(paths, 9) == paths
+
+
+def test_data_scale_runs_the_data_half_on_a_local_corpus(tmp_path):
+    import data_scale
+
+    source = tmp_path / "site"
+    doc = '"""Return {0} after a long enough explanation of what {0} is and why it matters here."""'
+    for i, rel in enumerate(["pkg/a.py", "pkg/b.py", "pkg/sub/c.py", "z.py", "skip/__pycache__/x.py"]):
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text("\n\n".join(
+            f"def f{i}_{j}(x):\n    {doc.format(f'f{i}_{j}')}\n    y = x + {j}\n    return y * 2" for j in range(4)) + "\n")
+    (source / "notes.txt").write_text("not python\n")
+    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
+    raw["benchmark"]["min_samples"] = 0
+    raw["filter"]["min_target_tokens"] = 5
+    raw["split"].update(train=0.4, val=0.3, test=0.3)  # 3 files: one per split
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+
+    result = data_scale.main(["--source", str(source), "--sizes", "3", "--workers", "1", "2",
+                              "--params", str(params_path), "--out", str(tmp_path / "out.json")])
+    assert result["source_py_files"] == 4  # __pycache__ and notes.txt are not taken
+    one, two = result["runs"]
+    assert (one["files"], one["workers"], two["workers"]) == (3, 1, 2)
+    assert one["files_parsed"] == 3 and one["stages"]["extract"]["samples"] == 12  # 3 files x 4 functions
+    assert one["stages"]["filter"]["samples"] == 12 and one["stages"]["split"]["samples"] == 12
+    assert one["extracted_sha256"] == two["extracted_sha256"]
+    assert json.loads((tmp_path / "out.json").read_text())["runs"][1]["workers"] == 2
+    assert result["table"].count("\n| 3 | ") == 2

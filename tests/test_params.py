@@ -68,6 +68,8 @@ def test_task_and_language_params_are_checked():
         params.parse({"source": {"url": "."}, "task": {"language": "kotlin"}})
     with pytest.raises(ParamsError, match=r"extract.languages.0 must be 'python', 'kotlin' or 'java', got 'go'"):
         params.parse({"source": {"url": "."}, "extract": {"languages": ["go"]}})
+    with pytest.raises(ParamsError, match=r"^params.yaml: extract.workers must be greater than or equal to 0, got -1$"):
+        params.parse({"source": {"url": "."}, "extract": {"workers": -1}})
     with pytest.raises(ParamsError, match="languages lists a language twice"):
         params.parse({"source": {"url": "."}, "extract": {"languages": ["java", "java"]}})
     with pytest.raises(ParamsError, match="extract.languages list should have at least 1 item"):

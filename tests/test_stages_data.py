@@ -439,3 +439,44 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 0}, filter={"min_target_tokens": 10})
     stage("split").main([])  # the explicit override goes on
     assert (tmp_path / "data/split/test.jsonl").is_file()
+
+
+def test_extract_writes_the_same_bytes_with_1_and_2_workers_sorted_by_path_string(tmp_path, monkeypatch):
+    # Path order (by parts) walks a/b.py before a-b.py, and each language is walked on its own;
+    # the output is sorted by the path *string* across languages: '-' (0x2d) < '.' (0x2e) < '/'.
+    doc = '"""Return the value of {0}, documented at length for the docstring task here."""'
+    files = {
+        "a/b.py": f"def in_folder():\n    {doc.format('in_folder')}\n    return 1\n",
+        "a-b.py": f"def dashed():\n    {doc.format('dashed')}\n    return 2\n",
+        "a.kt": "/** Return the value of kotlin, documented at length for the docstring task. */\nfun kotlin() = 3\n",
+        # Two functions, the later one first in name order: records follow lines, not names.
+        "z.py": f"def zeta():\n    {doc.format('zeta')}\n    return 4\n\n\ndef alpha():\n    {doc.format('alpha')}\n    return 5\n",
+    }
+    # Enough files that two workers both get chunks.
+    files.update({f"many/m{i:02d}.py": f"def f{i:02d}():\n    {doc.format(i)}\n    return {i}\n" for i in range(40)})
+    source = tmp_path / "source"
+    for rel, text in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(text)
+    repo = git.Repo.init(source, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test")
+        cw.set_value("user", "email", "test@example.com")
+    repo.git.add("--all")
+    repo.index.commit("files")
+    monkeypatch.chdir(tmp_path)
+    outputs = {}
+    for workers in (1, 2):
+        write_params(tmp_path, str(source), extract={"languages": ["python", "kotlin"], "workers": workers})
+        if workers == 1:
+            stage("clone").main([])
+        stage("extract").main([])
+        outputs[workers] = ((tmp_path / "data/extracted.jsonl").read_bytes(), (tmp_path / "metrics/extract.json").read_bytes())
+    assert outputs[1] == outputs[2]
+    records = io.read_jsonl(tmp_path / "data/extracted.jsonl")
+    assert [(r["path"], r["name"]) for r in records[:5]] == [
+        ("a-b.py", "dashed"), ("a.kt", "kotlin"), ("a/b.py", "in_folder"), ("many/m00.py", "f00"), ("many/m01.py", "f01"),
+    ]
+    assert [(r["path"], r["name"]) for r in records[-2:]] == [("z.py", "zeta"), ("z.py", "alpha")]
+    metrics = io.read_json(tmp_path / "metrics/extract.json")
+    assert (metrics["samples"], metrics["files_parsed_python"], metrics["files_parsed_kotlin"]) == (45, 43, 1)

@@ -130,6 +130,10 @@ def test_completion_extract_keeps_windows_inside_their_file(tokenizer, tmp_path:
         assert r["input"] + r["target"] in texts[r["path"]]
         assert r["task"] == "completion" and r["kind"] == "window"
     assert counts["samples_window"] == len(records)
+    # Two worker processes, each handed the tokenizer once: the same windows, in the same order.
+    assert extract_samples(
+        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, tokenizer=tokenizer, workers=2
+    ) == (records, counts)
     with pytest.raises(ValueError, match="needs the base model's tokenizer"):
         extract_samples(tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract)
 

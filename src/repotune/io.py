@@ -128,8 +128,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file written by :func:`write_jsonl`."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file one at a time (a stage that streams holds only its own)."""
     with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def read_json(path: str | Path) -> Any:

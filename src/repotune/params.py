@@ -92,6 +92,8 @@ class ExtractParams(Section):
     window: WindowParams = WindowParams()
     mask: str = Field(default="<MASK>", min_length=1)
     keep_doc: bool = False
+    # Processes parsing files; 0 = every core this process may use. Output bytes do not depend on it.
+    workers: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _unique_languages(self) -> ExtractParams:

@@ -20,14 +20,18 @@ A task module provides:
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import pathspec
 from tqdm import tqdm
 
-from repotune.files import source_files
+from repotune.files import candidate_paths, read_source
 from repotune.languages import definitions, parser
 from repotune.tasks import completion, docstring, method_name
 
@@ -63,57 +67,135 @@ def extract_samples(
     task_name: str,
     extract: ExtractParams,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    workers: int = 1,
 ) -> tuple[list[dict[str, Any]], Counter]:
-    """Mine the samples of a task from the files of `extract.languages` under `root`.
+    """Mine the samples of a task from the files of `extract.languages` under `root`, in memory.
+
+    The records of :func:`iter_samples` as a list, with the counts; see there.
+    """
+    counts: Counter = Counter()
+    records = list(iter_samples(
+        root, repo=repo, sha=sha, task_name=task_name, extract=extract, counts=counts,
+        tokenizer=tokenizer, workers=workers,
+    ))
+    return records, counts
+
+
+def iter_samples(
+    root: Path,
+    *,
+    repo: str,
+    sha: str,
+    task_name: str,
+    extract: ExtractParams,
+    counts: Counter,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    workers: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Mine the samples of a task from the files of `extract.languages` under `root`, file by
+    file, so that only the files in flight are in memory.
+
+    Files are parsed by `workers` processes (1: in this process); results come back in file
+    order, so the records are the same, in the same order, for any number of workers.
 
     Args:
         root: the repository's working tree.
         repo, sha: provenance written into every record.
         task_name: a key of :data:`TASKS`.
         extract: the ``extract`` params (languages, include/exclude, task-specific knobs).
-        tokenizer: the base model's tokenizer, for tasks with ``NEEDS_TOKENIZER``.
+        counts: updated in place as the records are yielded: the counts for
+            metrics/extract.json (files seen/parsed/skipped per reason, per language;
+            definitions; samples per kind; ``samples`` in all), complete once exhausted.
+        tokenizer: the base model's tokenizer, for tasks with ``NEEDS_TOKENIZER``; handed to
+            each worker once, when it starts.
+        workers: processes parsing files (>= 1; see :func:`worker_count`).
 
-    Returns:
+    Yields:
         The records sorted by (path, start_line, name), each with its provenance (id, repo,
-        sha, path, language, task, kind, name, start/end line) and input/target; and the
-        counts for metrics/extract.json (files seen/parsed/skipped per reason, per language;
-        definitions; samples per kind).
+        sha, path, language, task, kind, name, start/end line) and input/target.
     """
-    module = task(task_name)
-    if module.NEEDS_TOKENIZER and tokenizer is None:
+    if task(task_name).NEEDS_TOKENIZER and tokenizer is None:
         raise ValueError(f"task {task_name!r} needs the base model's tokenizer")
-    context = {"tokenizer": tokenizer} if module.NEEDS_TOKENIZER else {}
+    # Files in order of their path string (not Path order, which sorts by parts, nor language
+    # by language), and each file's records sorted by (start_line, name): the concatenation is
+    # sorted by (path, start_line, name) with no sort over all the records.
+    files = sorted(
+        (rel, lang)
+        for lang in extract.languages
+        for rel in candidate_paths(root, lang, extract.include, extract.exclude, extract.max_file_bytes, counts)
+    )
+    counts["samples"] += 0  # present in the metrics even when nothing is found
+    init = (root, repo, sha, task_name, extract, tokenizer)
+    progress = {"desc": "extract", "unit": " files", "total": len(files), "mininterval": 1.0}
+    if workers <= 1 or len(files) < 2:
+        _init_worker(*init)
+        try:
+            yield from _merge(tqdm(map(_extract_file, files), **progress), counts)
+        finally:
+            _WORKER.clear()
+        return
+    # Small chunks keep both processes busy to the end and the results in flight few.
+    chunksize = max(1, min(16, len(files) // (workers * 8)))
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        yield from _merge(tqdm(pool.imap(_extract_file, files, chunksize), **progress), counts)
+
+
+def worker_count(workers: int) -> int:
+    """`workers`, or for 0 the cores this process may run on."""
+    return workers or len(os.sched_getaffinity(0))
+
+
+def _merge(results: Iterator[tuple[list[dict[str, Any]], Counter]], counts: Counter) -> Iterator[dict[str, Any]]:
+    for records, file_counts in results:
+        counts.update(file_counts)
+        counts["samples"] += len(records)
+        yield from records
+
+
+# What every file of one run shares, set once per worker process by _init_worker.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(
+    root: Path, repo: str, sha: str, task_name: str, extract: ExtractParams,
+    tokenizer: PreTrainedTokenizerBase | None,
+) -> None:
+    _WORKER.update(
+        root=root, repo=repo, sha=sha, task_name=task_name, extract=extract, tokenizer=tokenizer,
+        generated=pathspec.PathSpec.from_lines("gitignore", extract.generated),
+        parsers={lang: parser(lang) for lang in extract.languages},
+    )
+
+
+def _extract_file(item: tuple[str, str]) -> tuple[list[dict[str, Any]], Counter]:
+    """The records of one file (path, language), sorted by (start_line, name), and its counts."""
+    rel, lang = item
+    w = _WORKER
     counts: Counter = Counter()
-    records: list[dict[str, Any]] = []
-    for lang in extract.languages:
-        ts_parser = parser(lang)
-        files = source_files(
-            root, lang, extract.include, extract.exclude, extract.max_file_bytes, counts,
-            generated=extract.generated,
-        )
-        for source in tqdm(files, desc=f"extract {lang}", unit=" files", mininterval=1.0):
-            tree = ts_parser.parse(source.data)
-            if tree.root_node.has_error:
-                counts["files_skipped_syntax_error"] += 1
-                continue
-            counts["files_parsed"] += 1
-            counts[f"files_parsed_{lang}"] += 1
-            text = source.data.decode("utf-8")
-            found = list(definitions(lang, tree.root_node, source.data))
-            if module.NEEDS_TOKENIZER:
-                context["path"] = source.path
-            for sample in module.samples(found, text, extract, counts, **context):
-                counts[f"samples_{sample['kind']}"] += 1
-                counts[f"samples_{lang}"] += 1
-                records.append({
-                    "id": sample_id(source.path, sample["name"], sample["start_line"]),
-                    "repo": repo,
-                    "sha": sha,
-                    "path": source.path,
-                    "language": lang,
-                    "task": task_name,
-                    **sample,
-                })
-    records.sort(key=lambda r: (r["path"], r["start_line"], r["name"]))
-    counts["samples"] = len(records)
+    source = read_source(w["root"], rel, w["generated"], counts)
+    if source is None:
+        return [], counts
+    tree = w["parsers"][lang].parse(source.data)
+    if tree.root_node.has_error:
+        counts["files_skipped_syntax_error"] += 1
+        return [], counts
+    counts["files_parsed"] += 1
+    counts[f"files_parsed_{lang}"] += 1
+    module = task(w["task_name"])
+    context = {"tokenizer": w["tokenizer"], "path": source.path} if module.NEEDS_TOKENIZER else {}
+    found = list(definitions(lang, tree.root_node, source.data))
+    records = []
+    for sample in module.samples(found, source.data.decode("utf-8"), w["extract"], counts, **context):
+        counts[f"samples_{sample['kind']}"] += 1
+        counts[f"samples_{lang}"] += 1
+        records.append({
+            "id": sample_id(source.path, sample["name"], sample["start_line"]),
+            "repo": w["repo"],
+            "sha": w["sha"],
+            "path": source.path,
+            "language": lang,
+            "task": w["task_name"],
+            **sample,
+        })
+    records.sort(key=lambda r: (r["start_line"], r["name"]))
     return records, counts
