@@ -75,6 +75,7 @@ def test_url_and_code_share_by_hand():
 @pytest.mark.parametrize(("target", "dropped"), [
     ("https://example.org/spec https://example.org/errata see", True),  # 2 of 3 words
     ("fdmap[childFD] = parentFD", True),  # one code line
+    ("Given x = xc*10**xe and\ny = yc*10**ye, compute x**y.  Returns a pair of integers.", False),  # prose
     ("Server(sock, protocol, client, server, sessionno)", True),  # a copied call signature
     ("```\nx = compute(y)\n```", True),
     ("See https://example.org/a", True),  # 1 of 2 > 0.4
@@ -114,6 +115,8 @@ def test_name_only_docs(target, name, dropped):
     ("Return the name of the user, or raise KeyError when it is not in the table.", False),
     ("Return the café's name and the naïve datetime of the visit.", False),  # a few accents
     ("Parse the value of a la carte options from the config file.", False),  # 'la' alone
+    ("Return number of leap years in range [y1, y2).\nAssume y1 <= y2.", False),  # no Spanish "y"
+    ("od.__delitem__(y) <==> del od[y]", False),  # one "del"
 ])
 def test_non_english_docs(target, dropped):
     assert is_non_english(target) is dropped

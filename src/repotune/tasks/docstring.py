@@ -133,7 +133,11 @@ _CODE_LINE = re.compile(
     r"^\s*(?:>>>|\.\.\.\s|(?:async\s+)?def\s|class\s+\w+.*:$|import\s+[\w.]+\s*$|from\s+\S+\s+import\s|"
     r"[\w.\[\]]+\s*[-+*/]?=\s*\S|[\w.]+\(.*\)\s*$|[{}()\[\];]+\s*$)"
 )
-_WORD = re.compile(r"[A-Za-z]+|[^\W\d_]+")
+# Whole words of letters only: the "y" of "y1" is no word (nor Spanish "and").
+_WORD = re.compile(r"\b[^\W\d_]+\b")
+# Three words in a row: a sentence, so a line like "y = yc*10**ye, compute x**y. Returns a pair
+# of ..." is prose with a formula in it, not a code line.
+_PROSE = re.compile(r"\b[A-Za-z]+ [a-z]+ [a-z]+\b")
 _CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # Words that add nothing to a definition's name ("Return the foo bar." on foo_bar).
 _FILLER = frozenset(
@@ -151,9 +155,9 @@ _ENGLISH = frozenset(
 _FOREIGN = frozenset(
     "der das und ist nicht ein eine mit für auf dem den zu von wird werden sich oder wenn "
     "le la les et est une pour dans des du qui que sur pas avec sont ce cette "
-    "el los las y es para por con una del se lo como más está "
+    "el los las es para por con una del se lo como más está "
     "il di che è per non gli della sono questo "
-    "o os um uma não são ser com do da ao "
+    "os um uma não são ser com do da ao "
     "het een van en niet voor op te zijn met wordt".split()
 )
 
@@ -195,7 +199,7 @@ def url_code_share(target: str) -> float:
         if stripped.startswith("```"):
             fenced = not fenced
             code += n
-        elif fenced or doctest or (literal and stripped) or _CODE_LINE.match(line):
+        elif fenced or doctest or (literal and stripped) or (_CODE_LINE.match(line) and not _PROSE.search(line)):
             code += n
         else:
             code += sum(1 for word in stripped.split() if _URL.search(word))
@@ -212,7 +216,8 @@ def is_name_only(target: str, name: str) -> bool:
 
 def is_non_english(target: str) -> bool:
     """Library-free: under 90% of the letters are ASCII (another script), or more stopwords of
-    German/French/Spanish/Italian/Portuguese/Dutch than of English (at least 3)."""
+    German/French/Spanish/Italian/Portuguese/Dutch than of English (at least 3; one-letter
+    words such as Spanish "y" are left out: they are variables in docstrings)."""
     letters = [c for c in target if c.isalpha()]
     if letters and sum(c.isascii() for c in letters) / len(letters) < 0.9:
         return True
