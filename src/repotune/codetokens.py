@@ -1,6 +1,7 @@
 """Code tokens: a run of word characters or a single other non-space character.
 
-``self.x = 1`` is 5 tokens. Model-free, so that the data stages (filter lengths, near-duplicate
+``self.x = 1`` is 5 tokens. Also the sub-tokens of an identifier (camelCase humps, digits,
+underscores). Model-free, so that the data stages (filter lengths, near-duplicate
 shingles) never load a tokenizer; shared by :mod:`repotune.filters` and :mod:`repotune.dedup`.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
+_SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 def tokens(text: str) -> list[str]:
@@ -18,3 +20,8 @@ def tokens(text: str) -> list[str]:
 
 def count_tokens(text: str) -> int:
     return sum(1 for _ in TOKEN.finditer(text))
+
+
+def subtokens(name: str) -> list[str]:
+    """``getHTTPResponse2_code`` -> ``['get', 'http', 'response', '2', 'code']``."""
+    return [t.lower() for t in _SUBTOKEN.findall(name)]

@@ -138,7 +138,6 @@ _WORD = re.compile(r"\b[^\W\d_]+\b")
 # Three words in a row: a sentence, so a line like "y = yc*10**ye, compute x**y. Returns a pair
 # of ..." is prose with a formula in it, not a code line.
 _PROSE = re.compile(r"\b[A-Za-z]+ [a-z]+ [a-z]+\b")
-_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # Words that add nothing to a definition's name ("Return the foo bar." on foo_bar).
 _FILLER = frozenset(
     "a an the this that these those of for to from in on at by with and or is are be it its it's "
@@ -162,9 +161,6 @@ _FOREIGN = frozenset(
 )
 
 
-def _subwords(identifier: str) -> set[str]:
-    """Lower-cased parts of a (qualified) name: ``Deferred.addCallback`` -> deferred, add, callback."""
-    return {w.lower() for part in re.split(r"[._]+", identifier) for w in _CAMEL.findall(part)}
 
 
 def _stem(word: str) -> str:
@@ -211,7 +207,10 @@ def url_code_share(target: str) -> float:
 def is_name_only(target: str, name: str) -> bool:
     """The target's words (fillers aside) are all parts of the definition's qualified name."""
     words = {_stem(w.lower()) for w in _WORD.findall(target)} - _FILLER
-    return words <= {_stem(w) for w in _subwords(name)}
+    from repotune.codetokens import subtokens
+
+    # ``Deferred.addCallback`` -> deferred, add, callback
+    return words <= {_stem(w) for w in subtokens(name)}
 
 
 def is_non_english(target: str) -> bool:
