@@ -212,3 +212,64 @@ def test_bad_near_duplicate_params_are_one_line_each():
     assert "params.yaml: split.near_duplicates.fields.0 must be 'input' or 'target', got 'code'" in lines
     assert "params.yaml: split.near_duplicates.ngram must be greater than 0, got 0" in lines
     assert params.parse({"source": {"url": "."}}).split.near_duplicates.num_perm == 256
+
+
+def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
+    """40 files of one distinct function each, and 10 of them copied (reformatted) into a
+    second file: wherever the split puts an original and its copy in train and val/test, the
+    val/test one goes and is counted; the stage's bytes are the same on a second run."""
+    import random
+    from pathlib import Path
+
+    import yaml
+
+    from conftest import load_stage
+    from repotune import io
+    from repotune.params import SplitParams
+    from repotune.split import split_samples
+
+    rng = random.Random(0)
+    words = [f"name{i}" for i in range(400)]
+
+    def function(i: int) -> str:
+        body = " + ".join(rng.sample(words, 12))
+        return f"def f{i}(a, b):\n    x = {body}\n    return x\n"
+
+    records = []
+    for i in range(40):
+        code = function(i)
+        records.append({"id": f"{i:02d}a", "path": f"m{i:02d}.py", "input": code, "target": f"Doc {i}."})
+        if i < 10:
+            copy = code.replace(" + ", " +\n        ")  # reformatted: the same tokens
+            records.append({"id": f"{i:02d}b", "path": f"copy{i:02d}.py", "input": copy, "target": f"Copy {i}."})
+    records.sort(key=lambda r: r["path"])
+    io.write_jsonl(tmp_path / "filtered.jsonl", records)
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["benchmark"]["min_samples"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    # Where the (unchanged) balanced file split puts each original and its copy.
+    before, _ = split_samples(records, SplitParams(**{k: v for k, v in raw["split"].items() if k != "near_duplicates"}))
+    where = {r["id"]: name for name, rs in before.items() for r in rs}
+    leaked = {name: sum(1 for i in range(10) for a, b in ((f"{i:02d}a", f"{i:02d}b"), (f"{i:02d}b", f"{i:02d}a"))
+                        if where[a] == name and where[b] == "train") for name in ("val", "test")}
+    in_train = sum(1 for i in range(10) if where[f"{i:02d}a"] == where[f"{i:02d}b"] == "train")
+    # With seed 42 the 10 pairs fall: 7 both in train, 2 test + 1 val copies of train ones.
+    assert (leaked, in_train) == ({"val": 1, "test": 2}, 7)
+
+    args = ["--params", str(tmp_path / "params.yaml"), "--in", str(tmp_path / "filtered.jsonl"),
+            "--out", str(tmp_path / "split"), "--metrics", str(tmp_path / "split.json")]
+    load_stage("split").main(args)
+    metrics = io.read_json(tmp_path / "split.json")
+    assert metrics["near_duplicate_pairs_input"] == 10
+    assert metrics["near_duplicate_pairs_target"] == 0  # targets under min_tokens
+    assert metrics["near_duplicates_test_of_train"] == metrics["near_duplicates_test_dropped"] == leaked["test"]
+    assert metrics["near_duplicates_val_of_train"] == metrics["near_duplicates_val_dropped"] == leaked["val"]
+    assert metrics["near_duplicates_train_dropped"] == metrics["near_duplicate_clusters_train"] == in_train
+    assert metrics["samples"] == 50 - leaked["test"] - leaked["val"] - in_train
+    test_ids = {r["id"] for r in io.read_jsonl(tmp_path / "split/test.jsonl")}
+    assert test_ids == {k for k, name in where.items() if name == "test"} - {
+        f"{i:02d}{s}" for i in range(10) for s in "ab" if where[f"{i:02d}{'b' if s == 'a' else 'a'}"] == "train"}
+    first = {p.name: p.read_bytes() for p in sorted((tmp_path / "split").iterdir())}
+    load_stage("split").main(args)
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "split").iterdir())} == first
