@@ -35,10 +35,11 @@ SPLITS = ("train", "val", "test")
 _LSH_WEIGHTS = (0.05, 0.95)
 
 
-def shingles(text: str, ngram: int) -> set[str]:
-    """The set of `ngram`-token runs of `text` (tokens joined by one space; a token never holds
-    a space, so the join is unambiguous). A text of fewer tokens is one shingle of all of them."""
-    toks = tokens(text)
+def shingles(text: str | list[str], ngram: int) -> set[str]:
+    """The set of `ngram`-token runs of `text` (or of its tokens, given as a list), joined by one
+    space (a token never holds a space, so the join is unambiguous). A text of fewer tokens is
+    one shingle of all of them."""
+    toks = tokens(text) if isinstance(text, str) else text
     if len(toks) <= ngram:
         return {" ".join(toks)} if toks else set()
     return {" ".join(toks[i : i + ngram]) for i in range(len(toks) - ngram + 1)}
@@ -59,11 +60,8 @@ def near_duplicate_pairs(
     """
     from datasketch import MinHash, MinHashLSH
 
-    sets = {
-        key: shingles(texts[key], ngram)
-        for key in sorted(texts)
-        if len(tokens(texts[key])) >= min_tokens
-    }
+    token_lists = {key: tokens(texts[key]) for key in sorted(texts)}
+    sets = {key: shingles(toks, ngram) for key, toks in token_lists.items() if len(toks) >= min_tokens}
     keys = sorted(sets)
     if len(keys) < 2:
         return []
