@@ -117,6 +117,7 @@ def test_name_only_docs(target, name, dropped):
     ("Parse the value of a la carte options from the config file.", False),  # 'la' alone
     ("Return number of leap years in range [y1, y2).\nAssume y1 <= y2.", False),  # no Spanish "y"
     ("od.__delitem__(y) <==> del od[y]", False),  # one "del"
+    ("Do os.path.join per item, con te en op: see et al.", False),  # English/code look-alikes
 ])
 def test_non_english_docs(target, dropped):
     assert is_non_english(target) is dropped

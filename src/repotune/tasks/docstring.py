@@ -140,7 +140,7 @@ _WORD = re.compile(r"\b[^\W\d_]+\b")
 _PROSE = re.compile(r"\b[A-Za-z]+ [a-z]+ [a-z]+\b")
 # Words that add nothing to a definition's name ("Return the foo bar." on foo_bar).
 _FILLER = frozenset(
-    "a an the this that these those of for to from in on at by with and or is are be it its it's "
+    "a an the this that these those of for to from in on at by with and or is are be it its "
     "function method class object instance constructor initializer initialize initialise init "
     "helper wrapper property attribute value values return returns get gets set sets new create "
     "creates make makes do does".split()
@@ -153,14 +153,13 @@ _ENGLISH = frozenset(
 )
 _FOREIGN = frozenset(
     "der das und ist nicht ein eine mit für auf dem den zu von wird werden sich oder wenn "
-    "le la les et est une pour dans des du qui que sur pas avec sont ce cette "
-    "el los las es para por con una del se lo como más está "
-    "il di che è per non gli della sono questo "
-    "os um uma não são ser com do da ao "
-    "het een van en niet voor op te zijn met wordt".split()
+    "le la les est une pour dans du qui que sur pas avec sont cette "
+    "el los las es para por una del como más está "
+    "il di che è non gli della sono questo "
+    "uma não são "
+    "het een van niet voor zijn met wordt".split()
 )
-
-
+# Left out as they read as English or code: do, per, con, op, os, com, et (al.), se, te, en, ...
 
 
 def _stem(word: str) -> str:
