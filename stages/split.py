@@ -1,8 +1,9 @@
 """Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
 
-Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test) and
-        `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
-Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split)
+Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test, near_duplicates)
+        and `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
+Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split,
+        after near-duplicate removal; near-duplicates found, leaked from train, removed)
 Run:    python stages/split.py [--params params.yaml] [--in data/filtered.jsonl] [--out data/split]
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import errors, io, params
-from repotune.split import split_samples
+from repotune.dedup import remove_near_duplicates
+from repotune.split import split_counts, split_samples
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,6 +31,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     split_params = p.split
 
     splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
+    near = split_params.near_duplicates
+    if near.enabled:
+        started = time.perf_counter()
+        splits, near_counts = remove_near_duplicates(
+            splits, fields=near.fields, threshold=near.threshold, num_perm=near.num_perm, ngram=near.ngram,
+            min_tokens=near.min_tokens, cross_split=near.cross_split, within_train=near.within_train,
+            seed=split_params.seed,
+        )
+        counts = {**split_counts(splits, split_params), **near_counts}
+        print(f"split: near-duplicates in {time.perf_counter() - started:.1f} s: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(near_counts.items())))
     empty = [name for name in ("train", "test") if not splits[name]]
     if empty:
         sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())

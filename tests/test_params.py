@@ -47,7 +47,7 @@ def test_all_problems_are_reported_at_once_with_key_value_and_allowed():
     lines = str(info.value).splitlines()
     assert "params.yaml: filter.min_target_tokens must be greater than or equal to 0, got -1" in lines
     assert "params.yaml: filter.max_input_tokens must be a valid integer, got '400'" in lines
-    assert "params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test)" in lines
+    assert "params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test, near_duplicates)" in lines
     assert any(line.startswith("params.yaml: extract.target must be 'summary' or 'full'") for line in lines)
     assert any(line.startswith("params.yaml: surprise is not a known key (valid keys: source,") for line in lines)
     assert len(lines) == 5

@@ -1,7 +1,7 @@
 """Cleaning extracted samples: the task's own reasons, exact-duplicate removal, length bounds.
 
-Tokens here are code tokens, not a model's sub-words: a run of word characters or a single
-other non-space character (``self.x = 1`` is 5 tokens). The data stages stay model-free.
+Tokens here are code tokens (:mod:`repotune.codetokens`), not a model's sub-words: the data
+stages stay model-free.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from repotune.codetokens import TOKEN as _TOKEN
+from repotune.codetokens import count_tokens
 from repotune.params import FilterParams
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+__all__ = ["count_tokens", "filter_samples", "truncate_tokens"]
+
 _WHITESPACE = re.compile(r"\s+")
-
-
-def count_tokens(text: str) -> int:
-    return sum(1 for _ in _TOKEN.finditer(text))
 
 
 def truncate_tokens(text: str, limit: int, keep: str = "head") -> tuple[str, bool]:

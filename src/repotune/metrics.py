@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from repotune.codetokens import subtokens
+
 DIGITS = 4
 
 
@@ -175,12 +177,8 @@ def _bleu_cxg(pred: str, ref: str) -> float:
 
 # --- sub-tokens of identifiers (micro P/R/F1) ------------------------------------------------
 
-_SUBTOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-
-
-def subtokens(name: str) -> list[str]:
-    """``getHTTPResponse2_code`` -> ``['get', 'http', 'response', '2', 'code']``."""
-    return [t.lower() for t in _SUBTOKEN.findall(name)]
+# subtokens (``getHTTPResponse2_code`` -> get, http, response, 2, code) lives with the code
+# tokens: the docstring filters split names the same way.
 
 
 def _subtoken_counts(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:

@@ -114,6 +114,25 @@ class FilterParams(Section):
     drop_accessors: bool = True
     drop_super_calls: bool = True
     max_literal_chars: int = Field(default=120, gt=0)
+    # Docstring target quality (repotune.tasks.docstring): one reason each in metrics/filter.json.
+    drop_placeholder_docs: bool = True
+    max_url_code_share: float = Field(default=0.4, gt=0, le=1)
+    drop_name_only_docs: bool = True
+    drop_non_english_docs: bool = True
+    drop_deprecated: bool = True
+
+
+class NearDuplicateParams(Section):
+    """MinHash + LSH near-duplicate removal after the split (see repotune.dedup)."""
+
+    enabled: bool = True
+    fields: list[Literal["input", "target"]] = Field(default_factory=lambda: ["input", "target"], min_length=1)
+    threshold: float = Field(default=0.7, gt=0, le=1)
+    num_perm: int = Field(default=256, ge=16)
+    ngram: int = Field(default=5, gt=0)
+    min_tokens: int = Field(default=20, ge=1)
+    cross_split: Literal["drop", "move"] = "drop"
+    within_train: bool = True
 
 
 class SplitParams(Section):
@@ -122,6 +141,7 @@ class SplitParams(Section):
     train: float = Field(default=0.8, ge=0, le=1)
     val: float = Field(default=0.1, ge=0, le=1)
     test: float = Field(default=0.1, ge=0, le=1)
+    near_duplicates: NearDuplicateParams = NearDuplicateParams()
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitParams:

@@ -12,7 +12,7 @@ splits for the same seed and data.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 
 from repotune.params import SplitParams
 
@@ -50,18 +50,23 @@ def split_samples(records: list[dict], params: SplitParams) -> tuple[dict[str, l
         The splits, and the counts for metrics/split.json: samples and files per split, the
         target and realised sample fractions, and files found in more than one split (0 with
         ``by: file``; ``by: sample`` splits a file's samples, which leaks its idioms).
+        Near-duplicates are removed afterwards (:mod:`repotune.dedup`), then counted again
+        with :func:`split_counts`.
     """
     def unit(record: dict) -> str:
         return record["path"] if params.by == "file" else record["id"]
 
     assigned = assign_units(Counter(unit(r) for r in records), params)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    files: dict[str, set[str]] = defaultdict(set)
     for record in records:
-        name = assigned[unit(record)]
-        splits[name].append(record)
-        files[name].add(record["path"])
-    total = len(records)
+        splits[assigned[unit(record)]].append(record)
+    return splits, split_counts(splits, params)
+
+
+def split_counts(splits: dict[str, list[dict]], params: SplitParams) -> dict:
+    """Samples and files per split, target and realised fractions, files in several splits."""
+    files = {name: {r["path"] for r in splits[name]} for name in SPLITS}
+    total = sum(len(records) for records in splits.values())
     counts: dict = {}
     for name in SPLITS:
         counts[f"{name}_samples"] = len(splits[name])
@@ -72,4 +77,4 @@ def split_samples(records: list[dict], params: SplitParams) -> tuple[dict[str, l
     counts["files_in_several_splits"] = len(
         (files["train"] & files["val"]) | (files["train"] & files["test"]) | (files["val"] & files["test"])
     )
-    return splits, counts
+    return counts

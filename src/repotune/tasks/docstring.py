@@ -105,12 +105,161 @@ def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
+# --- quality of the target: placeholders, URLs/code, the name again, non-English, deprecated --
+_PLACEHOLDER = re.compile(
+    r"""^(?:
+        (?:todo|fixme|xxx|tbd|tba)\b                                   # TODO: write this
+      | docstring\s+(?:for|of)\b                                       # "Docstring for Foo." (IDE stubs)
+      | (?:insert|add|write|put|enter)\s+(?:a\s+|the\s+|your\s+)?
+        (?:short\s+)?(?:description|docstring|documentation|summary)\b  # "Insert description here"
+      | (?:this\s+\w+\s+(?:was|is)\s+)?(?:auto-?generated|automatically\s+generated)\b
+      | created\s+on\b | @author\b                                    # editor file templates
+      | (?:short\s+|one[-\s]line\s+)?(?:summary|description)(?:\s+here)?[.:]?\s*$
+      | (?:no\s+description|undocumented|not\s+(?:yet\s+)?documented|docstring|documentation)[.:]?\s*$
+      | (?:\.\.\.|pass|none|n/a|-+)\s*$
+    )""",
+    re.I | re.X,
+)
+# A target whose first line opens a parameter/returns section, or is a block tag, has no summary:
+# it is a copied parameter list or an empty template (":param x:\n:return:").
+_SECTION_FIRST = re.compile(
+    r"^\s*(?:(?:args|arguments|parameters|params|keyword\s+arguments|kwargs|returns?|yields?|raises|"
+    r"attributes|other\s+parameters)\s*:?\s*$|[@:](?:param|type|keyword|kwarg|arg|return|returns|rtype|"
+    r"raise|raises|ivar|cvar|var|yield|yields|throws|exception)\b)",
+    re.I | re.M,
+)
+_URL = re.compile(r"(?:https?|ftp)://\S+|\bwww\.\S+")
+_CODE_LINE = re.compile(
+    r"^\s*(?:>>>|\.\.\.\s|(?:async\s+)?def\s|class\s+\w+.*:$|import\s+[\w.]+\s*$|from\s+\S+\s+import\s|"
+    r"[\w.\[\]]+\s*[-+*/]?=\s*\S|[\w.]+\(.*\)\s*$|[{}()\[\];]+\s*$)"
+)
+# Whole words of letters only: the "y" of "y1" is no word (nor Spanish "and").
+_WORD = re.compile(r"\b[^\W\d_]+\b")
+# Three words in a row: a sentence, so a line like "y = yc*10**ye, compute x**y. Returns a pair
+# of ..." is prose with a formula in it, not a code line.
+_PROSE = re.compile(r"\b[A-Za-z]+ [a-z]+ [a-z]+\b")
+# Words that add nothing to a definition's name ("Return the foo bar." on foo_bar).
+_FILLER = frozenset(
+    "a an the this that these those of for to from in on at by with and or is are be it its "
+    "function method class object instance constructor initializer initialize initialise init "
+    "helper wrapper property attribute value values return returns get gets set sets new create "
+    "creates make makes do does".split()
+)
+# Stopwords: a Latin-script text with more of another language's than of English's is not English.
+# Words shared with English ("a", "in", "die", "also", "was") are left out of the others.
+_ENGLISH = frozenset(
+    "the of and to is that for it with as be this are by or an not which from on if at you can "
+    "will all has have should must when its their there into than these then been".split()
+)
+_FOREIGN = frozenset(
+    "der das und ist nicht ein eine mit für auf dem den zu von wird werden sich oder wenn "
+    "le la les est une pour dans du qui que sur pas avec sont cette "
+    "el los las es para por una del como más está "
+    "il di che è non gli della sono questo "
+    "uma não são "
+    "het een van niet voor zijn met wordt".split()
+)
+# Left out as they read as English or code: do, per, con, op, os, com, et (al.), se, te, en, ...
+
+
+def _stem(word: str) -> str:
+    """Plural / third person off: fetches -> fetch, names -> name, class stays."""
+    if word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def is_placeholder(target: str) -> bool:
+    """TODO / "Docstring for ..." / an empty template / only a parameter list, no summary."""
+    text = target.strip()
+    return not text or bool(_PLACEHOLDER.match(text) or _SECTION_FIRST.match(text))
+
+
+def url_code_share(target: str) -> float:
+    """Share of the target's words (runs of non-space) that are URLs or code: a URL counts as
+    one word, a code line (statement-like; a doctest with its output), fenced or ``::`` literal
+    block line as all its words. Inline code (``x``, C{x}) is prose here: it names things the sentence is about."""
+    words = code = 0
+    fenced = literal = doctest = False
+    literal_indent = 0
+    for line in target.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        n = len(stripped.split())
+        words += n
+        if literal and stripped and indent <= literal_indent:
+            literal = False
+        # A doctest's output runs from its >>> line to the next blank line.
+        doctest = bool(stripped) and (doctest or stripped.startswith(">>>"))
+        if stripped.startswith("```"):
+            fenced = not fenced
+            code += n
+        elif fenced or doctest or (literal and stripped) or (_CODE_LINE.match(line) and not _PROSE.search(line)):
+            code += n
+        else:
+            code += sum(1 for word in stripped.split() if _URL.search(word))
+        if stripped.endswith("::") and not literal:
+            literal, literal_indent = True, indent
+    return code / words if words else 0.0
+
+
+def is_name_only(target: str, name: str) -> bool:
+    """The target's words (fillers aside) are all parts of the definition's qualified name."""
+    words = {_stem(w.lower()) for w in _WORD.findall(target)} - _FILLER
+    from repotune.codetokens import subtokens
+
+    # ``Deferred.addCallback`` -> deferred, add, callback
+    return words <= {_stem(w) for w in subtokens(name)}
+
+
+def is_non_english(target: str) -> bool:
+    """Library-free: under 90% of the letters are ASCII (another script), or more stopwords of
+    German/French/Spanish/Italian/Portuguese/Dutch than of English (at least 3; one-letter
+    words such as Spanish "y" are left out: they are variables in docstrings)."""
+    letters = [c for c in target if c.isalpha()]
+    if letters and sum(c.isascii() for c in letters) / len(letters) < 0.9:
+        return True
+    words = [w.lower() for w in _WORD.findall(target)]
+    foreign = sum(w in _FOREIGN for w in words)
+    return foreign >= 3 and foreign > sum(w in _ENGLISH for w in words)
+
+
+_DEPRECATED_DOC = re.compile(
+    r"^(?:\.\.\s+deprecated::|deprecated\b|@deprecated\b|"
+    r"(?:this|the)\s+(?:\w+\s+){0,2}(?:is|has\s+been)\s+deprecated\b)",
+    re.I,
+)
+_DEPRECATED_DECORATOR = re.compile(r"^\s*@(?:[\w.]+\.)?deprecated\b", re.M)
+_DEF_LINE = re.compile(r"^\s*(?:async\s+def|def|class)\s")
+
+
+def is_deprecated(target: str, code: str) -> bool:
+    """A deprecated definition: the doc says so first thing (``Deprecated``, ``.. deprecated::``,
+    "This method is deprecated"), it carries a ``@deprecated`` decorator itself, or its body opens
+    with a warning call that names a deprecation (a stub that warns and delegates)."""
+    if _DEPRECATED_DOC.match(target.strip()):
+        return True
+    lines = code.splitlines()
+    start = next((i for i, line in enumerate(lines) if _DEF_LINE.match(line)), None)
+    if start is None:
+        return False
+    # Only the definition's own decorators: a class with one deprecated method is not deprecated.
+    if _DEPRECATED_DECORATOR.search("\n".join(lines[:start])):
+        return True
+    # The signature ends at the first line ending with ':'; the body's first statement follows.
+    end = next((i for i in range(start, len(lines)) if lines[i].rstrip().endswith(":")), len(lines))
+    body = [line for line in lines[end + 1 :] if line.strip()][:4]
+    opening = "\n".join(body)
+    return bool(re.match(r"\s*(?:warnings\.)?warn\w*\(", opening)) and "eprecat" in opening
+
+
 def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
-    """The docstring task's reasons to drop a sample, or None."""
+    """The docstring task's reasons to drop a sample, or None (first reason wins, in this order)."""
     from repotune.filters import count_tokens
 
     name = _short_name(record)
-    if count_tokens(record["target"]) < params.min_target_tokens:
+    target = record["target"]
+    if count_tokens(target) < params.min_target_tokens:
         return "short_target"
     if params.drop_dunder and _is_dunder(name) and name != "__init__":
         return "dunder"
@@ -118,6 +267,16 @@ def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
         return "test"
     if params.drop_private and name.startswith("_") and not _is_dunder(name):
         return "private"
+    if params.drop_placeholder_docs and is_placeholder(target):
+        return "placeholder_doc"
+    if url_code_share(target) > params.max_url_code_share:
+        return "url_or_code_doc"
+    if params.drop_name_only_docs and is_name_only(target, record["name"]):
+        return "name_only_doc"
+    if params.drop_non_english_docs and is_non_english(target):
+        return "non_english_doc"
+    if params.drop_deprecated and is_deprecated(target, record["input"]):
+        return "deprecated"
     return None
 
 
