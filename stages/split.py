@@ -1,8 +1,11 @@
 """Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
 
-Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test) and
-        `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
-Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split)
+Reads:  data/filtered.jsonl, data/judge/scores.jsonl (empty when the judge is disabled),
+        params.yaml `split` (by, seed, train, val, test), `filter.judge.threshold` (samples
+        rated below it are dropped) and `benchmark.min_samples` (a test split smaller than that
+        stops the pipeline here)
+Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split,
+        dropped_judge_low)
 Run:    python stages/split.py [--params params.yaml] [--in data/filtered.jsonl] [--out data/split]
 """
 
@@ -14,20 +17,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import errors, io, params
-from repotune.split import split_samples
+from repotune.split import judge_low, split_samples
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--in", dest="inp", type=Path, default=Path("data/filtered.jsonl"))
+    parser.add_argument("--scores", type=Path, default=Path("data/judge/scores.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("data/split"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     args = parser.parse_args(argv)
     p = params.load(args.params)
     split_params = p.split
 
-    splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
+    records = io.read_jsonl(args.inp)
+    low = judge_low(records, io.read_jsonl(args.scores), p.filter.judge.threshold)
+    splits, counts = split_samples([r for r in records if r["id"] not in low], split_params)
+    counts["dropped_judge_low"] = len(low)
     empty = [name for name in ("train", "test") if not splits[name]]
     if empty:
         sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())

@@ -52,7 +52,7 @@ def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path
 
 def run_data_stages(workdir: Path) -> None:
     os.chdir(workdir)
-    for name in ("clone", "extract", "filter", "split"):
+    for name in ("clone", "extract", "filter", "judge", "split"):
         stage(name).main([])
 
 
@@ -414,7 +414,7 @@ def test_a_stage_that_produces_nothing_fails_there_with_counts(
 ):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, **sections)
-    for name in ("clone", "extract", "filter", "split"):
+    for name in ("clone", "extract", "filter", "judge", "split"):
         if name == failing:
             assert run(stage(name).main, []) == 1
             # One line, after the progress bars on stderr.
