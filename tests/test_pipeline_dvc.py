@@ -110,7 +110,9 @@ def test_judge_scores_once_and_its_threshold_reruns_split_only(project: Path):
     """filter.judge on the tiny model: the judge scores every sample once; a new threshold
     re-runs split alone (filter too: it declares the whole filter section, and stops the
     cascade with identical output); a judge re-run finds every score in its cache."""
-    judge = {"enabled": True, "chat_template": False, "batch_size": 4, "threads": 1, "threshold": 1.0}
+    # DVC wants every key the judge stage declares in params.yaml: change some, keep the rest.
+    judge = {**yaml.safe_load((project / "params.yaml").read_text())["filter"]["judge"],
+             "enabled": True, "chat_template": False, "batch_size": 4, "threads": 1, "threshold": 1.0}
     set_params(project, filter={"min_target_tokens": 10, "judge": judge})
     first = dvc(project, "repro", *DATA_STAGES)
     assert ran(first) == ["base", *DATA_STAGES]
