@@ -429,7 +429,7 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
 ):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30}, filter={"min_target_tokens": 10})
-    for name in ("clone", "extract", "filter"):
+    for name in ("clone", "extract", "filter", "judge"):
         stage(name).main([])
     assert run(stage("split").main, []) == 1
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
