@@ -93,3 +93,17 @@ def test_bad_judge_params_are_one_line(judge: dict, message: str) -> None:
     with pytest.raises(ParamsError) as info:
         params.parse({"source": {"url": "."}, "filter": {"judge": judge}})
     assert str(info.value).startswith(f"params.yaml: {message}")
+
+
+def test_a_judge_model_source_is_materialised_once_and_reused(tiny_model: Path, tmp_path: Path) -> None:
+    from repotune.judge import judge_model_folder
+    from repotune.params import ModelParams
+
+    base = tmp_path / "base"  # not used: the judge has its own source
+    source = ModelParams(base=str(tiny_model))
+    folder = judge_model_folder(source, base, tmp_path / "cache")
+    assert folder == tmp_path / "cache/model" and (folder / "model.safetensors").is_file()
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    assert judge_model_folder(source, base, tmp_path / "cache") == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # not materialised again
+    assert judge_model_folder(None, base, tmp_path / "cache") == base
