@@ -1,4 +1,4 @@
-"""The data half of the pipeline (clone -> extract -> filter -> split) on a large local corpus.
+"""The data half of the pipeline (clone -> extract -> filter -> judge -> split) on a large local corpus.
 
 A git repository is built from `--source` (default: the site-packages of the running Python,
 ~15,000 .py files in this project's venv): for each size N, N .py files taken evenly over the
@@ -40,7 +40,7 @@ from flops import write_result  # bench/flops.py
 from repotune import io
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("clone", "extract", "filter", "split")
+STAGES = ("clone", "extract", "filter", "judge", "split")  # judge: disabled by default, writes no score
 
 
 def python_files(source: Path) -> list[str]:
@@ -105,7 +105,7 @@ def stage_samples(name: str, workdir: Path) -> int:
 
 
 def run_data_half(repo: Path, workers: int, params_path: Path, base: Path | None, workdir: Path) -> dict:
-    """clone -> extract -> filter -> split of `repo` in a fresh `workdir`, timed per stage."""
+    """clone -> extract -> filter -> judge -> split of `repo` in a fresh `workdir`, timed per stage."""
     raw = yaml.safe_load(params_path.read_text())
     raw["source"].update(url=str(repo), rev="main")
     raw["extract"]["workers"] = workers

@@ -47,9 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(
             f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(args.systems)}"
         )
-    sets = evalsets.load_sets(p.benchmark, args.test, args.ood)
+    sets = evalsets.load_sets(
+        args.test, args.ood, p.benchmark.max_samples,
+        p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
+    )
     evaluations = []
-    for set_name, template in evalsets.evaluations(p.benchmark):
+    for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
         records = sets[set_name]
         outputs = {}
         for system in args.systems:

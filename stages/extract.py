@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         counts=counts, tokenizer=tokenizer, workers=worker_count(p.extract.workers),
     )
     io.write_jsonl(args.out, _none_is_an_error(records, counts, p, args.repo))
+    # clone copies no symbolic link (one could point outside the repository): say so here too.
+    counts["symlinks_skipped_at_clone"] = clone.get("symlinks_skipped", 0)
     io.write_json(args.metrics, dict(counts))
     print(f"extract: {counts['samples']} samples from {counts['files_parsed']} files")
 

@@ -45,12 +45,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (args.model / "config.json").is_file():
         raise errors.RepotuneError(f"{args.model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
-    sets = evalsets.load_sets(p.benchmark, args.test, args.ood)
+    sets = evalsets.load_sets(
+        args.test, args.ood, p.benchmark.max_samples,
+        p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
+    )
     tokenizer = load_tokenizer(args.model)
     budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
     prompts: dict[str, list[str]] = {}
     cut: dict[str, list[bool]] = {}
-    for set_name, template in evalsets.evaluations(p.benchmark):
+    for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
         prompter = Prompter.from_params(p.prompt, p.task.name, template)
         key = f"{set_name}.{template}"
         prompts[key], cut[key] = [], []

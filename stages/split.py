@@ -1,9 +1,12 @@
 """Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
 
-Reads:  data/filtered.jsonl, params.yaml `split` (by, seed, train, val, test, near_duplicates)
-        and `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
+Reads:  data/filtered.jsonl, data/judge/scores.jsonl (empty when the judge is disabled),
+        params.yaml `split` (by, seed, train, val, test, near_duplicates),
+        `judge.threshold` (samples rated below it are dropped) and
+        `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
 Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split,
-        after near-duplicate removal; near-duplicates found, leaked from train, removed)
+        after near-duplicate removal; near-duplicates found, leaked from train, removed;
+        dropped_judge_low)
 Run:    python stages/split.py [--params params.yaml] [--in data/filtered.jsonl] [--out data/split]
 """
 
@@ -17,20 +20,23 @@ from pathlib import Path
 
 from repotune import errors, io, params
 from repotune.dedup import remove_near_duplicates
-from repotune.split import split_counts, split_samples
+from repotune.split import judge_low, split_counts, split_samples
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--in", dest="inp", type=Path, default=Path("data/filtered.jsonl"))
+    parser.add_argument("--scores", type=Path, default=Path("data/judge/scores.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("data/split"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     args = parser.parse_args(argv)
     p = params.load(args.params)
     split_params = p.split
 
-    splits, counts = split_samples(io.read_jsonl(args.inp), split_params)
+    records = io.read_jsonl(args.inp)
+    low = judge_low(records, io.read_jsonl(args.scores), p.judge.threshold)
+    splits, counts = split_samples([r for r in records if r["id"] not in low], split_params)
     near = split_params.near_duplicates
     if near.enabled:
         started = time.perf_counter()
@@ -42,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         counts = {**split_counts(splits, split_params), **near_counts}
         print(f"split: near-duplicates in {time.perf_counter() - started:.1f} s: " + ", ".join(
             f"{k} {v}" for k, v in sorted(near_counts.items())))
+    counts["dropped_judge_low"] = len(low)
     empty = [name for name in ("train", "test") if not splits[name]]
     if empty:
         sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())

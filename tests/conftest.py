@@ -258,7 +258,7 @@ def load_stage(name: str):
 # --- a copy of the project run with real `dvc` commands (pipeline and hostile tests) ----------
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_STAGES = ["base", "clone", "extract", "filter", "split", "ood", "train", "merge",
+ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "ood", "train", "merge",
               "generate@base", "generate@finetuned", "evaluate"]
 
 

