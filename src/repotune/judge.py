@@ -65,7 +65,7 @@ def judge_model_folder(model: ModelParams | None, base_folder: Path, cache_folde
             return folder
     materialize_base(
         model.base, folder, revision=model.revision, file=model.file, sha256=model.sha256,
-        trust_remote_code=model.trust_remote_code,
+        trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle,
     )
     return folder
 
