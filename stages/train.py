@@ -4,7 +4,10 @@ Reads:  params.yaml (lora, train, prompt, task; model.base is recorded), models/
         data/split/train.jsonl, data/split/val.jsonl
 Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
         dvclive/train/ (curves: train/eval loss, learning rate, grad norm),
-        metrics/train.json (final losses, steps, tokens, training tokens/s)
+        metrics/train.json (final losses, steps, tokens, training tokens/s),
+        models/checkpoints/ (while training, every train.save_steps steps: a killed run
+        resumes from the last complete checkpoint of the same params and inputs; emptied at
+        the end)
 
     python stages/train.py [--params params.yaml] [--base models/base] [--out models/adapter] ...
 """
@@ -16,7 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import checkpoints, errors, io, params
+from repotune.base_model import model_identity, sha256_file
 from repotune.training import load_split, train_adapter
 
 
@@ -29,12 +33,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/adapter"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("models/checkpoints"))
     args = parser.parse_args(argv)
 
     p = params.load(args.params)
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val)
     print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
+    run_folder = None
+    if p.train.save_steps > 0:
+        key = checkpoints.run_key(
+            {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
+             "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
+             "model": p.model.label if p.model is not None else None},
+            {"base": model_identity(args.base), "train": sha256_file(args.train),
+             "val": sha256_file(args.val)},
+        )
+        run_folder = checkpoints.prepare(args.checkpoints, key)
+        found = checkpoints.latest(run_folder)
+        if found is not None:
+            print(f"resuming from {found} (same params and inputs)")
 
     results = train_adapter(
         args.base,
@@ -46,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prompt=p.prompt,
         task_name=p.task.name,
         live_dir=args.live,
-        # SmolLM2-135M on 2 CPU cores: checkpointing cost ~20% speed for half the memory.
-        gradient_checkpointing=False,
-        group_by_length=True,  # ~2x fewer padding tokens computed
+        checkpoint_dir=run_folder,
         base_name=p.model.label if p.model is not None else str(args.base),
         extra_info={"languages": sorted({r.get("language", "unknown") for r in train_records})},
     )
@@ -59,10 +75,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
             "train_samples", "val_samples", "samples_truncated", "samples_too_long",
             "samples_code_cut", "samples_target_too_long",
-            "train_seconds", "eval_seconds", "train_tokens_per_s",
+            "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
         )
     }
     io.write_json(args.metrics, metrics)
+    checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(
         f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "
         f"{results['steps']} steps, {results['train_tokens_per_s']:.1f} train tokens/s"

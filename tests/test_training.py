@@ -9,13 +9,17 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 
-from repotune import errors
+from repotune import checkpoints, errors
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
 from repotune.training import count_lengths, load_split
@@ -93,6 +97,7 @@ def train_args(root: Path, base: Path, out: str = "adapter") -> list[str]:
         "--out", str(root / out),
         "--metrics", str(root / f"metrics/{out}.json"),
         "--live", str(root / f"live/{out}"),
+        "--checkpoints", str(root / f"checkpoints/{out}"),
     ]  # fmt: skip
 
 
@@ -374,3 +379,91 @@ def test_a_diverging_run_saves_nothing_and_says_where(tiny_model, tmp_path):
         train_adapter(tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train,
                       prompt=p.prompt, task_name="docstring")
     assert not (tmp_path / "a").exists()
+
+
+# --- checkpoints and resume -------------------------------------------------------------------
+
+RESUMABLE = PARAMS.replace("  max_steps: 8\n", "  max_steps: 120\n  save_steps: 10\n").replace(
+    "  eval_steps: 4\n", "  eval_steps: 20\n").replace("  dropout: 0.0\n", "  dropout: 0.1\n")
+
+
+def outputs(root: Path, out: str = "adapter") -> dict[str, bytes]:
+    """The adapter folder and the curves, byte for byte."""
+    found = [*(root / out).rglob("*"), *(root / "live" / out).rglob("*")]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(found) if p.is_file()}
+
+
+def run_and_kill(root: Path, base: Path, out: str, after_step: int) -> int:
+    """Run the train stage in a process and SIGKILL it once a complete checkpoint at or past
+    `after_step` exists; return that checkpoint's step."""
+    folder = root / "checkpoints" / out
+    proc = subprocess.Popen(
+        [sys.executable, str(STAGES / "train.py"), *train_args(root, base, out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        while proc.poll() is None:
+            complete = [int(p.parent.name.split("-")[1]) for p in folder.glob(f"*/checkpoint-*/{checkpoints.COMPLETE}")]
+            if complete and max(complete) >= after_step:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return max(complete)
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    raise AssertionError(f"training ended before a checkpoint at step {after_step}: {proc.stderr.read()}")
+
+
+def test_checkpoint_picks_highest_complete_and_keys_by_params_and_inputs(tmp_path):
+    run = checkpoints.prepare(tmp_path, "k1")
+    for step, complete in ((10, True), (20, True), (30, False)):  # 30: killed while writing
+        (run / f"checkpoint-{step}").mkdir()
+        if complete:
+            (run / f"checkpoint-{step}" / checkpoints.COMPLETE).write_text('{"step": %d, "train_tokens": 5}' % step)
+    (run / "checkpoint-x").mkdir()
+    assert checkpoints.latest(run) == run / "checkpoint-20"
+    assert checkpoints.latest(checkpoints.prepare(tmp_path, "k2")) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "k2"]  # k1 removed
+
+    params = {"train": {"lr": 0.1, "save_steps": 10}, "lora": {"r": 8}}
+    key = checkpoints.run_key(params, {"base": "a", "train": "b"})
+    assert key == checkpoints.run_key({"train": {"lr": 0.1, "save_steps": 99}, "lora": {"r": 8}}, {"base": "a", "train": "b"})
+    assert key != checkpoints.run_key({"train": {"lr": 0.2, "save_steps": 10}, "lora": {"r": 8}}, {"base": "a", "train": "b"})
+    assert key != checkpoints.run_key(params, {"base": "a", "train": "c"})
+    checkpoints.finish(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+def test_sigkilled_training_resumes_from_its_last_checkpoint_to_the_same_bytes(tiny_model, tmp_path):
+    """Dropout on, so the resumed run must also restore the RNG and the data position."""
+    uninterrupted = write_data(tmp_path / "a", RESUMABLE)
+    load_stage("train").main(train_args(uninterrupted, tiny_model))
+    reference = outputs(uninterrupted)
+    full = json.loads((uninterrupted / "metrics/adapter.json").read_text())
+    assert full["steps"] == 120 and full["resumed_from_step"] == 0
+    assert [p.name for p in (uninterrupted / "checkpoints/adapter").iterdir()] == ["README.md"]
+
+    root = write_data(tmp_path / "b", RESUMABLE)
+    killed_at = run_and_kill(root, tiny_model, "adapter", after_step=40)
+    assert not (root / "adapter").exists()
+    # A checkpoint the kill interrupted (no marker) is never resumed from, even when newer.
+    run = next(p for p in (root / "checkpoints/adapter").iterdir() if p.is_dir())
+    (run / "checkpoint-110").mkdir(exist_ok=True)
+    (run / "checkpoint-110" / "adapter_model.safetensors").write_bytes(b"half")
+
+    load_stage("train").main(train_args(root, tiny_model))
+    resumed = json.loads((root / "metrics/adapter.json").read_text())
+    assert resumed["resumed_from_step"] == killed_at > 0
+    assert resumed["steps"] == 120
+    assert resumed["train_tokens"] == full["train_tokens"]
+    assert outputs(root) == reference  # adapter, training.json, curves
+    assert [p.name for p in (root / "checkpoints/adapter").iterdir()] == ["README.md"]
+
+
+def test_checkpoints_of_other_params_are_not_resumed_from(tiny_model, tmp_path):
+    root = write_data(tmp_path, RESUMABLE)
+    run_and_kill(root, tiny_model, "adapter", after_step=20)
+    (root / "params.yaml").write_text(RESUMABLE.replace("lr: 5.0e-2", "lr: 4.0e-2"), encoding="utf-8")
+    load_stage("train").main(train_args(root, tiny_model))
+    assert json.loads((root / "metrics/adapter.json").read_text())["resumed_from_step"] == 0

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
-from repotune.io import atomic_path, scratch_dir, write_json
+from repotune.io import atomic_path, dumps, read_json, scratch_dir, write_json
 from repotune.sources import PYPI_PREFIX, parse_pypi_spec, pip_download
 
 if TYPE_CHECKING:
@@ -480,6 +480,15 @@ def folder_hashes(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST
     }
+
+
+def model_identity(folder: str | Path) -> str:
+    """sha256 of the model folder's file hashes (from its manifest when it has one): the same
+    weights and tokenizer give the same identity wherever the folder lies."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    files = read_json(manifest)["files"] if manifest.is_file() else folder_hashes(folder)
+    return hashlib.sha256(dumps(files).encode()).hexdigest()
 
 
 def _describe_gguf(manifest: dict[str, Any]) -> list[str]:

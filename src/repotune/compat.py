@@ -140,6 +140,12 @@ def trained_tokens(trainer: Any) -> int:
     return int(trainer._total_train_tokens)
 
 
+def set_trained_tokens(trainer: Any, tokens: int) -> None:
+    """Restore TRL's token counter (a run resumed from a checkpoint, which does not hold it)."""
+    trained_tokens(trainer)  # the same version and name checks
+    trainer._total_train_tokens = tokens
+
+
 def onednn_linear_ops() -> tuple[Any, Any] | None:
     """``(pack(weight, batch_size), linear(x, packed, bias))`` over torch's oneDNN ops.
 

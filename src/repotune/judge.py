@@ -13,7 +13,6 @@ a sample whose code, target and prompt are unchanged is never scored twice, acro
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from repotune.base_model import MANIFEST, folder_hashes, materialize_base
+from repotune.base_model import MANIFEST, materialize_base, model_identity
 from repotune.errors import RepotuneError
 from repotune.io import read_json, read_jsonl
 from repotune.prompts import chat
@@ -34,15 +33,6 @@ if TYPE_CHECKING:
 
 DIGITS = ("1", "2", "3", "4", "5")
 _PLACEHOLDER = re.compile(r"\{code\}|\{target\}")
-
-
-def model_identity(folder: str | Path) -> str:
-    """sha256 of the model folder's file hashes (from its manifest when it has one): the same
-    weights and tokenizer give the same identity wherever the folder lies."""
-    folder = Path(folder)
-    manifest = folder / MANIFEST
-    files = read_json(manifest)["files"] if manifest.is_file() else folder_hashes(folder)
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def judge_model_folder(model: ModelParams | None, base_folder: Path, cache_folder: Path) -> Path:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import compat, io
+from repotune import checkpoints, compat, io
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
 
@@ -179,18 +182,34 @@ def live_callback(folder: str | Path) -> TrainerCallback:
         def __init__(self) -> None:
             self.live = quiet_live(str(folder))
 
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ARG002
+            # Resumed from a checkpoint: its log holds the curves up to there.
+            for entry in state.log_history:
+                self._write(state, entry, entry["step"])
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ARG002
+            self._write(state, logs, state.global_step)
+
+        def _write(self, state, logs, step):  # noqa: ANN001, ANN202
             if not state.is_world_process_zero or not logs:
                 return
             values = {name: logs[key] for key, name in LIVE_METRICS.items() if key in logs}
             if not values:
                 return
-            self.live.step = state.global_step
+            self.live.step = step
             for name, value in values.items():
                 self.live.log_metric(name, float(value))
             self.live.next_step()
 
     return _LiveCallback()
+
+
+def resolve_gradient_checkpointing(setting: bool | str, device: str) -> bool:
+    """``train.gradient_checkpointing``: auto is on for CUDA (memory is what runs out there) and
+    off on CPU (SmolLM2-135M, batch 8: 6.6 GB instead of 11.7 GB RSS, but ~20% slower)."""
+    if setting == "auto":
+        return device.startswith("cuda")
+    return bool(setting)
 
 
 def sft_config(
@@ -199,15 +218,21 @@ def sft_config(
     device: str,
     precision: str,
     has_eval: bool,
-    gradient_checkpointing: bool = False,
-    group_by_length: bool = True,
+    gradient_checkpointing: bool,
+    checkpoints: bool = False,
 ) -> SFTConfig:
-    """TRL's SFTConfig from the train params, with the device and precision already resolved."""
+    """TRL's SFTConfig from the train params, with device, precision and checkpointing resolved.
+
+    `checkpoints`: save every ``train.save_steps`` steps into `output_dir` (the last two kept,
+    so a complete one exists while the next is written); otherwise nothing is saved there.
+    """
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=output_dir,  # scratch: nothing is saved there (save_strategy="no")
-        save_strategy="no",
+        output_dir=output_dir,
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=train.save_steps if checkpoints else 500,
+        save_total_limit=2,
         report_to="none",  # curves go through our own dvclive callback
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,  # -1: use num_train_epochs
@@ -220,8 +245,9 @@ def sft_config(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=train.eval_steps,
         prediction_loss_only=True,
-        # Train loss is averaged over each logging window; at most 10 steps per point.
-        logging_steps=min(10, train.eval_steps),
+        # Train loss is averaged over each logging window; at most 10 steps per point. With
+        # checkpoints, windows end at every checkpoint, so a resumed run logs the same windows.
+        logging_steps=math.gcd(min(10, train.eval_steps), train.save_steps if checkpoints else 0),
         logging_first_step=True,
         seed=train.seed,
         data_seed=train.seed,
@@ -229,14 +255,251 @@ def sft_config(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        dataloader_pin_memory=device == "cuda",
+        dataloader_pin_memory=device.startswith("cuda"),
         # transformers 5 renamed gradient_checkpointing (TRL's default for it: True).
         activation_checkpointing=gradient_checkpointing,
         # Batches padded to their longest row: random batches of docstring samples were 47%
         # real tokens at batch 8, batches of similar length 97% (shuffled megabatches of up to
         # 50 batches, sorted by length; the longest batch first, so an OOM shows at once).
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
     )
+
+
+@dataclass
+class Loaded:
+    """A model ready for LoRA training, with the tokenizer and what was resolved for it."""
+
+    model: Any
+    tokenizer: Any
+    device: str  # "cpu", "cuda" or "cuda:<local rank>"
+    precision: str
+    gradient_checkpointing: bool
+
+
+def load_for_training(base: Path, train: TrainParams) -> Loaded:
+    """Load the base for training: device (this process's GPU under a multi-process launcher),
+    precision, threads, quantization (frozen k-bit weights, fp32 norms) resolved from params."""
+    from peft import prepare_model_for_kbit_training
+
+    from repotune import modeling
+
+    if not (base / "config.json").is_file():
+        raise RepotuneError(f"{base}: not a Hugging Face model folder (no config.json)")
+    device = modeling.resolve_device(train.device)
+    precision = modeling.resolve_precision(train.precision, device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # One GPU per process: a k-bit model's device map would otherwise put every rank on cuda:0.
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    checkpointing = resolve_gradient_checkpointing(train.gradient_checkpointing, device)
+    modeling.set_threads(train.threads)
+
+    tokenizer = modeling.load_tokenizer(base)
+    model = modeling.load_causal_lm(base, device=device, precision=precision, quantize=train.quantize)
+    if train.quantize == "4bit":
+        # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    return Loaded(model, tokenizer, device, precision, checkpointing)
+
+
+def training_rows(
+    prompter: Prompter,
+    train_records: Sequence[dict[str, Any]],
+    val_records: Sequence[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, int]]:
+    """Prompt/completion rows for training and evaluation, cut to fit `max_length`.
+
+    Returns (train rows, val rows, counts): the counts of :func:`count_lengths` plus
+    ``fitted`` (code cut to fit) and ``target_too_long`` (dropped: the target alone fills it).
+    """
+    # Code is cut so that every row fits max_length; only a target that alone leaves no room
+    # drops its sample (TRL would otherwise drop a row whose prompt fills max_length).
+    train_rows, fit = prompter.fitted_rows(train_records, tokenizer, max_length)
+    if not train_rows:
+        raise RepotuneError(
+            f"no training sample fits train.max_length={max_length} tokens "
+            f"({fit['target_too_long']} targets alone are too long)"
+        )
+    # Evaluation batches are taken in order and padded to their longest row: sorting by length
+    # (characters, a proxy for tokens) halves the padding. The order only regroups the batches.
+    val_rows = sorted(
+        prompter.fitted_rows(val_records, tokenizer, max_length)[0],
+        key=lambda r: len(r["prompt"] + r["completion"]),
+    )
+    return train_rows, val_rows, {**count_lengths(train_rows, tokenizer, max_length), **fit}
+
+
+def build_trainer(
+    loaded: Loaded,
+    train_rows: list[dict[str, str]],
+    val_rows: list[dict[str, str]],
+    lora: LoraParams,
+    train: TrainParams,
+    output_dir: Path,
+    callbacks: list[TrainerCallback],
+    checkpoints: bool,
+) -> Any:
+    """TRL's SFTTrainer with a fresh LoRA adapter on the loaded model (completion-only loss)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    check_target_modules(loaded.model, lora.target_modules)
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    config = sft_config(
+        train, str(output_dir), loaded.device, loaded.precision, has_eval=bool(val_rows),
+        gradient_checkpointing=loaded.gradient_checkpointing, checkpoints=checkpoints,
+    )
+    return SFTTrainer(
+        model=loaded.model,
+        args=config,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+        processing_class=loaded.tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+@contextmanager
+def deterministic(device: str) -> Iterator[None]:
+    """CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since the
+    setting is process-wide). CUDA: seeds only; deterministic CUDA needs CUDA_LAUNCH_BLOCKING."""
+    import torch
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def run_training(
+    trainer: Any, resume_from: Path | None, resumed: tuple[int, int], has_eval: bool
+) -> tuple[Any, float]:
+    """Train (from `resume_from`, a complete checkpoint at step and tokens `resumed`, when
+    given) and evaluate once more at the end unless the last step was just evaluated.
+
+    Returns (train output, seconds this process spent in evaluations inside the training loop,
+    which ``train_runtime`` includes)."""
+    if resume_from is not None:
+        # TRL's token counter is not part of the Trainer's state; the checkpoint marker has it.
+        compat.set_trained_tokens(trainer, resumed[1])
+    with compat.completion_positions_only():
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        history = trainer.state.log_history
+        in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history if h["step"] > resumed[0])
+        evaluated = [h["step"] for h in history if "eval_loss" in h]
+        if has_eval and (not evaluated or evaluated[-1] != trainer.state.global_step):
+            trainer.evaluate()
+    return output, in_loop_eval_seconds
+
+
+def check_finite(trainer: Any, output: Any, watch: Any, lr: float) -> tuple[float, float | None]:
+    """(final train loss, final eval loss), or a clear error when training diverged.
+
+    Nothing is saved on divergence: an adapter of NaNs would only fail later, in merge."""
+    import torch
+
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
+    final_loss = train_losses[-1] if train_losses else output.training_loss
+    bad_weights = [
+        name for name, param in trainer.model.named_parameters()
+        if param.requires_grad and not torch.isfinite(param).all()
+    ]
+    if bad_weights or not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
+        where = f"at step {watch.first_bad_step}" if watch.first_bad_step else "in the last evaluation"
+        raise RepotuneError(
+            f"training diverged: the LoRA weights went non-finite {where} ({len(bad_weights)} "
+            f"tensors hold NaN/inf; final train loss "
+            f"{final_loss}, eval loss {eval_loss}); "
+            f"lower train.lr (now {lr:g}); nothing was saved"
+        )
+    return final_loss, eval_loss
+
+
+def mean_logged_loss(history: Sequence[dict[str, Any]]) -> float | None:
+    """Mean train loss over the steps the logged windows cover (each log is its window's mean).
+
+    Unlike the Trainer's own ``training_loss`` (the mean over the steps *this process* ran), it
+    is the same for a run resumed from a checkpoint as for one that never stopped.
+    """
+    total, steps, last = 0.0, 0, 0
+    for entry in history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
+
+
+def summarise(
+    trainer: Any, output: Any, in_loop_eval_seconds: float, losses: tuple[float, float | None],
+    counts: dict[str, int], n_train: int, n_val: int, resumed: tuple[int, int],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(results the adapter's bytes determine, time-dependent figures of this process).
+
+    `resumed`: (step, trained tokens) of the checkpoint this run resumed from; (0, 0) if none.
+    """
+    final_loss, eval_loss = losses
+    history = trainer.state.log_history
+    # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
+    train_tokens = compat.trained_tokens(trainer)
+    train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
+    results = {
+        "train_loss": final_loss,
+        "train_loss_avg": mean_logged_loss(history),
+        "eval_loss": eval_loss,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_tokens": train_tokens,
+        "train_samples": n_train,
+        "val_samples": n_val,
+        "samples_truncated": counts["truncated"],
+        "samples_too_long": counts["too_long"],
+        "samples_code_cut": counts["fitted"],
+        "samples_target_too_long": counts["target_too_long"],
+    }
+    timing = {
+        "train_seconds": train_seconds,
+        # Evaluations of this process only (a resumed run's log holds the earlier ones too).
+        "eval_seconds": sum(
+            h.get("eval_runtime", 0.0) for h in history if "eval_loss" in h and h["step"] > resumed[0]
+        ),
+        "train_tokens_per_s": (train_tokens - resumed[1]) / train_seconds,
+        "resumed_from_step": resumed[0],
+    }
+    return results, timing
+
+
+def save_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    """Write adapter + tokenizer + training.json to `out` atomically (main process only)."""
+    if not trainer.is_world_process_zero():
+        return
+    peft_model = trainer.model
+    saved_config = peft_model.peft_config["default"]
+    # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
+    # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
+    saved_config.base_model_name_or_path = info["base_model"]
+    if isinstance(saved_config.target_modules, set):
+        saved_config.target_modules = sorted(saved_config.target_modules)
+    with io.atomic_path(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        io.write_json(tmp / "training.json", info)
 
 
 def train_adapter(
@@ -249,8 +512,7 @@ def train_adapter(
     prompt: PromptParams,
     task_name: str,
     live_dir: str | Path | None = None,
-    gradient_checkpointing: bool = False,
-    group_by_length: bool = True,
+    checkpoint_dir: str | Path | None = None,
     base_name: str | None = None,
     extra_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -265,14 +527,13 @@ def train_adapter(
         out: adapter folder to write (replaced atomically): adapter safetensors +
             adapter_config.json + tokenizer + training.json.
         lora: LoRA rank, alpha, dropout, bias, target modules.
-        train: optimisation, device/precision/quantization and thread settings.
+        train: optimisation, device/precision/quantization, threads, checkpointing, batching.
         prompt: the prompt params (template name, templates, chat rendering, system prompt).
         task_name: the task (``repotune.tasks.TASKS``) whose prompts and completions to build.
         live_dir: dvclive folder for the curves; None disables logging.
-        gradient_checkpointing: recompute activations in the backward pass. Halves memory
-            (SmolLM2-135M, batch 8: 6.6 GB instead of 11.7 GB RSS), costs ~20% speed on CPU.
-        group_by_length: batch rows of similar length together (about 2x fewer padding
-            tokens computed); False samples batches uniformly at random.
+        checkpoint_dir: this run's checkpoint folder (see :mod:`repotune.checkpoints`): with
+            ``train.save_steps`` > 0, checkpoints go there and training resumes from the last
+            complete one. None: no checkpoints.
         base_name: how training.json and adapter_config.json name the base model (e.g. the
             ``model.base`` param); defaults to `base` as given. Never an absolute path unless
             given one, so the adapter folder is identical wherever the pipeline runs.
@@ -281,146 +542,53 @@ def train_adapter(
     Returns:
         Results: ``train_loss`` (mean over the last logging window), ``train_loss_avg`` (over
         the whole run), ``eval_loss`` (final), ``steps``, ``epochs``, ``train_tokens`` (prompt +
-        completion tokens seen), sample counts, and the time-dependent ``train_seconds``,
-        ``eval_seconds``, ``train_tokens_per_s`` (training only, evaluation excluded).
+        completion tokens seen), sample counts, ``resumed_from_step`` (0: from scratch) and the
+        time-dependent ``train_seconds``, ``eval_seconds``, ``train_tokens_per_s`` (training
+        only, evaluation excluded; after a resume, of the resumed part).
 
     Raises:
         RepotuneError: bad base folder, no training sample left, non-finite loss.
     """
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from trl import SFTTrainer
-
-    from repotune import modeling
-
     base = Path(base)
-    if not (base / "config.json").is_file():
-        raise RepotuneError(f"{base}: not a Hugging Face model folder (no config.json)")
     if not train_records:
         raise RepotuneError("no training samples (is the train split empty?)")
-
-    device = modeling.resolve_device(train.device)
-    precision = modeling.resolve_precision(train.precision, device)
-    modeling.set_threads(train.threads)
-
-    tokenizer = modeling.load_tokenizer(base)
-    model = modeling.load_causal_lm(
-        base, device=device, precision=precision, quantize=train.quantize
-    )
-    if train.quantize == "4bit":
-        # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing
-        )
-
+    loaded = load_for_training(base, train)
     prompter = Prompter.from_params(prompt, task_name)
-    # Code is cut so that every row fits max_length; only a target that alone leaves no room
-    # drops its sample (TRL would otherwise drop a row whose prompt fills max_length).
-    train_rows, fit = prompter.fitted_rows(train_records, tokenizer, train.max_length)
-    if not train_rows:
-        raise RepotuneError(
-            f"no training sample fits train.max_length={train.max_length} tokens "
-            f"({fit['target_too_long']} targets alone are too long)"
-        )
-    # Evaluation batches are taken in order and padded to their longest row: sorting by length
-    # (characters, a proxy for tokens) halves the padding. The order only regroups the batches.
-    val_rows = sorted(
-        prompter.fitted_rows(val_records, tokenizer, train.max_length)[0],
-        key=lambda r: len(r["prompt"] + r["completion"]),
+    train_rows, val_rows, counts = training_rows(
+        prompter, train_records, val_records, loaded.tokenizer, train.max_length
     )
-    lengths = count_lengths(train_rows, tokenizer, train.max_length)
+    use_checkpoints = checkpoint_dir is not None and train.save_steps > 0
+    resume_from = checkpoints.latest(checkpoint_dir) if use_checkpoints else None
+    resumed = (
+        (int(resume_from.name.split("-")[1]), checkpoints.read_extra(resume_from)["train_tokens"])
+        if resume_from else (0, 0)
+    )
 
-    check_target_modules(model, lora.target_modules)
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        bias=lora.bias,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
     # Trainer scratch and the curves go to a folder beside `out`: the curves replace `live_dir`
     # (git-tracked) together with the adapter, so a killed run leaves the previous ones whole.
     with io.scratch_dir(out) as scratch:
         watch = divergence_watch()
+        trainer_ref: dict[str, Any] = {}
         callbacks = [live_callback(scratch / "live")] if live_dir is not None else []
-        callbacks.append(watch)
-
-        # CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since this is
-        # process-wide). CUDA: only seeds; deterministic CUDA needs CUDA_LAUNCH_BLOCKING (slow).
-        was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if device == "cpu":
-            torch.use_deterministic_algorithms(True)
+        callbacks += [watch, checkpoints.marker(trainer_ref)]
+        output_dir = Path(checkpoint_dir) if use_checkpoints else scratch / "trainer"
         try:
-            with compat.completion_positions_only():
-                trainer = SFTTrainer(
-                    model=model,
-                    args=sft_config(
-                        train,
-                        str(scratch / "trainer"),
-                        device,
-                        precision,
-                        has_eval=bool(val_rows),
-                        gradient_checkpointing=gradient_checkpointing,
-                        group_by_length=group_by_length,
-                    ),
-                    train_dataset=Dataset.from_list(train_rows),
-                    eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                    processing_class=tokenizer,
-                    peft_config=peft_config,
-                    callbacks=callbacks,
+            with deterministic(loaded.device):
+                trainer = build_trainer(
+                    loaded, train_rows, val_rows, lora, train, output_dir, callbacks, use_checkpoints
                 )
-                output = trainer.train()
-                # train_runtime includes the evaluations run inside the training loop.
-                history = trainer.state.log_history
-                in_loop_eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
-                evaluated = [h["step"] for h in history if "eval_loss" in h]
-                if val_rows and (not evaluated or evaluated[-1] != trainer.state.global_step):
-                    trainer.evaluate()
+                trainer_ref["trainer"] = trainer
+                output, in_loop_eval_seconds = run_training(trainer, resume_from, resumed, bool(val_rows))
         finally:
-            torch.use_deterministic_algorithms(was_deterministic)
             for callback in callbacks:
                 if hasattr(callback, "live"):
                     callback.live.end()
 
-        history = trainer.state.log_history
-        train_losses = [h["loss"] for h in history if "loss" in h]
-        eval_logs = [h for h in history if "eval_loss" in h]
-        eval_loss = eval_logs[-1]["eval_loss"] if eval_logs else None
-        final_loss = train_losses[-1] if train_losses else output.training_loss
-        bad_weights = [
-            name for name, param in trainer.model.named_parameters()
-            if param.requires_grad and not torch.isfinite(param).all()
-        ]
-        if bad_weights or not math.isfinite(final_loss) or (eval_loss is not None and not math.isfinite(eval_loss)):
-            # Nothing is saved: an adapter of NaNs would only fail later, in merge, misleadingly.
-            where = f"at step {watch.first_bad_step}" if watch.first_bad_step else "in the last evaluation"
-            raise RepotuneError(
-                f"training diverged: the LoRA weights went non-finite {where} ({len(bad_weights)} "
-                f"tensors hold NaN/inf; final train loss "
-                f"{final_loss}, eval loss {eval_loss}); "
-                f"lower train.lr (now {train.lr:g}); nothing was saved"
-            )
-        # TRL counts attention-mask tokens (prompt + completion, no padding) of every micro-batch.
-        train_tokens = compat.trained_tokens(trainer)
-        train_seconds = max(float(output.metrics["train_runtime"]) - in_loop_eval_seconds, 1e-9)
-        eval_seconds = sum(h.get("eval_runtime", 0.0) for h in eval_logs)
-
-        results: dict[str, Any] = {
-            "train_loss": final_loss,
-            "train_loss_avg": output.training_loss,
-            "eval_loss": eval_loss,
-            "steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "train_tokens": train_tokens,
-            "train_samples": len(train_rows),
-            "val_samples": len(val_rows),
-            "samples_truncated": lengths["truncated"],
-            "samples_too_long": lengths["too_long"],
-            "samples_code_cut": fit["fitted"],
-            "samples_target_too_long": fit["target_too_long"],
-        }
+        losses = check_finite(trainer, output, watch, train.lr)
+        results, timing = summarise(
+            trainer, output, in_loop_eval_seconds, losses, counts, len(train_rows), len(val_rows),
+            resumed,
+        )
         info = {
             "base_model": base_name or str(base),
             "params": {
@@ -430,34 +598,17 @@ def train_adapter(
             },
             "task": task_name,
             "resolved": {
-                "device": device,
-                "precision": precision,
-                "gradient_checkpointing": gradient_checkpointing,
-                "group_by_length": group_by_length,
-                "eos_token": tokenizer.eos_token,
+                "device": loaded.device,
+                "precision": loaded.precision,
+                "gradient_checkpointing": loaded.gradient_checkpointing,
+                "group_by_length": train.group_by_length,
+                "eos_token": loaded.tokenizer.eos_token,
             },
             "versions": library_versions(),
             "results": results,
             **(extra_info or {}),
         }
-
-        peft_model = trainer.model
-        saved_config = peft_model.peft_config["default"]
-        # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
-        # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
-        saved_config.base_model_name_or_path = info["base_model"]
-        if isinstance(saved_config.target_modules, set):
-            saved_config.target_modules = sorted(saved_config.target_modules)
-        with io.atomic_path(out) as tmp:
-            peft_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            io.write_json(tmp / "training.json", info)
-        if live_dir is not None:
+        save_adapter(trainer, loaded.tokenizer, Path(out), info)
+        if live_dir is not None and trainer.is_world_process_zero():
             io.replace_folder(scratch / "live", live_dir)
-
-        return {
-            **results,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "train_tokens_per_s": train_tokens / train_seconds,
-        }
+    return {**results, **timing}
