@@ -38,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
 
     from repotune.generation import generate_from_folder
-    from repotune.modeling import load_tokenizer, resolve_device, resolve_precision, set_threads
+    from repotune.modeling import (
+        load_tokenizer,
+        peak_memory_mib,
+        resolve_device,
+        resolve_precision,
+        set_threads,
+    )
     from repotune.prompts import Prompter
     from repotune.tasks import task
 
@@ -64,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     set_threads(p.benchmark.threads)
     device = resolve_device(p.benchmark.device)
-    precision = resolve_precision("auto", device)
+    # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
+    # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
+    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
     stop = p.decoding.stop if p.decoding.stop is not None else module.default_stop(p.extract)
     runs = generate_from_folder(
         args.model, prompts, p.decoding, stop=stop,
@@ -92,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
                 "tokens_per_s": round(run.tokens_per_second, 2),
             }
-    io.write_json(metrics_path, summary)
+    io.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
     print(f"generate {args.system}: " + ", ".join(
         f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if isinstance(s, dict)
     ))

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     from repotune.judge import judge_model_folder, judge_samples, read_cache
-    from repotune.modeling import set_threads
+    from repotune.modeling import peak_memory_mib, set_threads
 
     judge = p.judge
     set_threads(judge.threads)
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     io.write_jsonl(cache_file, [{"key": k, **v} for k, v in sorted(cache.items())])
     io.write_jsonl(args.out / "scores.jsonl", rows)
-    io.write_json(args.metrics, {"enabled": True, **counts})
+    io.write_json(args.metrics, {"enabled": True, **counts, "peak_memory_mib": peak_memory_mib()})
     per = f", {seconds / counts['scored']:.2f} s per scored sample" if counts["scored"] else ""
     print(f"judge: {counts['samples']} samples, {counts['scored']} scored, {counts['cached']} cached{per}; "
           f"mean score {counts['mean_score']}")

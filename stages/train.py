@@ -21,6 +21,7 @@ from pathlib import Path
 
 from repotune import checkpoints, errors, io, params
 from repotune.base_model import model_identity, sha256_file
+from repotune.modeling import peak_memory_mib
 from repotune.training import load_split, train_adapter
 
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
         )
     }
-    io.write_json(args.metrics, metrics)
+    io.write_json(args.metrics, {**metrics, "peak_memory_mib": peak_memory_mib()})
     checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(
         f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -188,6 +189,7 @@ def test_train_writes_adapter_training_json_and_metrics(trained):
         "precision": "fp32",
         "gradient_checkpointing": False,
         "group_by_length": True,
+        "packing": False,
         "eos_token": "<|endoftext|>",
     }
     assert set(info["versions"]) >= {"torch", "transformers", "peft", "trl", "datasets"}
@@ -467,3 +469,54 @@ def test_checkpoints_of_other_params_are_not_resumed_from(tiny_model, tmp_path):
     (root / "params.yaml").write_text(RESUMABLE.replace("lr: 5.0e-2", "lr: 4.0e-2"), encoding="utf-8")
     load_stage("train").main(train_args(root, tiny_model))
     assert json.loads((root / "metrics/adapter.json").read_text())["resumed_from_step"] == 0
+
+
+# --- packing and precision ----------------------------------------------------------------------
+
+
+def test_packed_batches_keep_samples_apart_and_train(tiny_model, tmp_path):
+    """A packed row's logits equal each sample's logits computed alone: no attention across."""
+    import torch
+
+    from repotune import params
+    from repotune.training import build_trainer, load_for_training, training_rows
+
+    root = write_data(tmp_path, PARAMS.replace("  max_length: 64\n", "  max_length: 64\n  packing: true\n"))
+    p = params.load(root / "params.yaml")
+    loaded = load_for_training(tiny_model, p.train)
+    records = [record(i, "train") for i in range(16)]
+    rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
+    trainer = build_trainer(loaded, rows, [], p.lora, p.train, tmp_path / "out", [], checkpoints=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch  # padding-free: samples are told apart by position ids
+    positions = batch["position_ids"]
+    assert positions.shape[0] == 1 and int((positions[0] == 0).sum()) > 2  # several samples per row
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=positions).logits[0]
+        starts = [*(positions[0] == 0).nonzero().flatten().tolist(), positions.shape[1]]
+        for start, end in zip(starts, starts[1:]):
+            alone = model(input_ids=batch["input_ids"][:, start:end]).logits[0]
+            assert torch.allclose(packed[start:end], alone, atol=1e-5), (start, end)
+
+    load_stage("train").main(train_args(root, tiny_model))
+    info = json.loads((root / "adapter/training.json").read_text(encoding="utf-8"))
+    assert info["resolved"]["packing"] is True
+    assert info["results"]["steps"] == 8 and math.isfinite(info["results"]["train_loss"])
+
+
+def test_cpu_precision_takes_bf16_only_where_native_and_faster(tmp_path):
+    from repotune.modeling import cpu_flags, cpu_precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert {"avx2", "avx512_bf16", "fpu"} <= cpu_flags(cpuinfo)
+    assert cpu_flags(tmp_path / "missing") == set()
+
+    def never(precision):
+        raise AssertionError("an emulated bf16 matmul takes seconds: not probed without the flag")
+
+    assert cpu_precision({"avx2", "fma"}, never) == "fp32"
+    # Rates measured on an AVX512-bf16 machine (GFLOP/s): 235 bf16 against 70 fp32.
+    assert cpu_precision({"avx512_bf16"}, {"bf16": 235.0, "fp32": 70.0}.get) == "bf16"
+    assert cpu_precision({"amx_bf16"}, {"bf16": 80.0, "fp32": 70.0}.get) == "fp32"  # 1.14x: not worth it

@@ -290,6 +290,9 @@ class TrainParams(Section):
     # auto: on for CUDA (memory), off on CPU (SmolLM2-135M: ~20% slower for half the memory).
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     group_by_length: bool = True
+    # Pack rows into sequences of max_length (TRL best-fit decreasing, padding-free: position
+    # ids keep samples from attending to each other); false: length-grouped padded batches.
+    packing: bool = False
     # A checkpoint every N optimizer steps in models/checkpoints (0: none); a killed run resumes.
     save_steps: int = Field(default=30, ge=0)
 

@@ -139,6 +139,17 @@ def check_target_modules(model: Any, target_modules: Sequence[str] | str) -> Non
         )
 
 
+# Attention implementations that keep packed samples apart: transformers 5 builds a per-sample
+# (block-diagonal) mask from position ids that restart at 0 for eager, sdpa and flex attention,
+# and the flash kernels take the sample boundaries (cu_seq_lens) from TRL's collator.
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def packs_apart(model: Any) -> bool:
+    """Whether the model's attention keeps packed samples from attending to each other."""
+    return getattr(model.config, "_attn_implementation", None) in PACKING_ATTENTION
+
+
 def divergence_watch() -> TrainerCallback:
     """A Trainer callback that stops training at the first step whose update left a trainable
     weight NaN or infinite, and remembers that step (``first_bad_step``; 0: none).
@@ -220,6 +231,7 @@ def sft_config(
     has_eval: bool,
     gradient_checkpointing: bool,
     checkpoints: bool = False,
+    packing: bool = False,
 ) -> SFTConfig:
     """TRL's SFTConfig from the train params, with device, precision and checkpointing resolved.
 
@@ -262,6 +274,10 @@ def sft_config(
         # real tokens at batch 8, batches of similar length 97% (shuffled megabatches of up to
         # 50 batches, sorted by length; the longest batch first, so an OOM shows at once).
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        # Best-fit decreasing packing turns padding-free on: no attention mask, position ids
+        # restart at each sample, and transformers masks attention between samples from them.
+        packing=packing,
+        packing_strategy="bfd",
     )
 
 
@@ -346,6 +362,12 @@ def build_trainer(
     from trl import SFTTrainer
 
     check_target_modules(loaded.model, lora.target_modules)
+    packing = train.packing and packs_apart(loaded.model)
+    if train.packing and not packing:
+        print(
+            f"train.packing: attention {loaded.model.config._attn_implementation!r} would let packed "
+            "samples see each other; training with length-grouped batches instead"
+        )
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -357,6 +379,7 @@ def build_trainer(
     config = sft_config(
         train, str(output_dir), loaded.device, loaded.precision, has_eval=bool(val_rows),
         gradient_checkpointing=loaded.gradient_checkpointing, checkpoints=checkpoints,
+        packing=packing,
     )
     return SFTTrainer(
         model=loaded.model,
@@ -602,6 +625,7 @@ def train_adapter(
                 "precision": loaded.precision,
                 "gradient_checkpointing": loaded.gradient_checkpointing,
                 "group_by_length": train.group_by_length,
+                "packing": bool(train.packing and packs_apart(loaded.model)),
                 "eos_token": loaded.tokenizer.eos_token,
             },
             "versions": library_versions(),
