@@ -7,6 +7,9 @@ Two measurements, both with the LoRA and train settings of params.yaml:
   ``--samples`` train samples by id (no evaluation). Tokens are the real (unpadded) prompt +
   completion tokens TRL trains on; the wall time includes the trainer's own work (collation,
   optimizer, logging) and the padding of every batch.
+- ``stage_packed``: the same with ``train.packing: true`` (TRL best-fit-decreasing packing,
+  padding-free): the same samples and useful FLOPs, fewer and fuller rows, but each packed
+  row's attention is computed over the whole row and masked per sample.
 - ``kernel``: the same peft LoRA model doing forward + backward + AdamW step on a fixed
   batch of ``batch_size`` x ``--kernel-length`` tokens with no padding, timed over a few steps:
   what the model's arithmetic alone achieves on this CPU.
@@ -24,17 +27,20 @@ every position for the kernel (whose loss covers them all).
         [--kernel-length 192] [--out out.json]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
-are recorded around every measurement; compare runs only when those agree.
+are recorded around every measurement; compare runs only when those agree. Peak memory is
+the largest resident set sampled every 20 ms during each measurement (``peak_rss_mib``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from flops import (  # bench/flops.py
@@ -60,12 +66,35 @@ def trained_lengths(
     return [t for _, t in kept], [t - p for p, t in kept]
 
 
+@contextlib.contextmanager
+def peak_rss(every: float = 0.02) -> Iterator[dict[str, float]]:
+    """Sample this process's resident set while the block runs; ``["mib"]`` is the largest."""
+    import psutil
+
+    process, peak, done = psutil.Process(), {"mib": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["mib"] = max(peak["mib"], process.memory_info().rss / 2**20)
+            done.wait(every)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
 def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
     """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements."""
     with machine_rate(threads, matmul_seconds) as machine:
-        seconds, flops, facts = work()
+        with peak_rss() as peak:
+            seconds, flops, facts = work()
     return {
         **facts,
+        "peak_rss_mib": round(peak["mib"]),
         "seconds": round(seconds, 2),
         **machine,
         "achieved_flops_per_s": round(flops / seconds),
@@ -150,11 +179,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "tokens_per_s": round(tokens / seconds, 1),
         }
 
-    def stage():
+    def stage(packing: bool):
         with tempfile.TemporaryDirectory(prefix="repotune-bench-") as scratch:
             run = train_adapter(
                 args.model, records, [], Path(scratch) / "adapter",
-                lora=p.lora, train=train, prompt=p.prompt, task_name=p.task.name, live_dir=None,
+                lora=p.lora, train=train.model_copy(update={"packing": packing}), prompt=p.prompt,
+                task_name=p.task.name, live_dir=None,
             )
         seconds = run["train_seconds"]
         return seconds, lora_training_flops(shape, lengths, lora_fpt, completions), {
@@ -166,13 +196,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "mean_length": round(sum(lengths) / len(lengths), 1),
             "completion_tokens": sum(completions),
             "final_loss": round(run["train_loss"], 4),
+            "packing": packing,
         }
 
     result["kernel"] = measure(args.threads, kernel, args.matmul_seconds)
     print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy
-    result["stage"] = measure(args.threads, stage, args.matmul_seconds)
-    print(json.dumps(result["stage"]), file=sys.stderr)
+    for name, packing in (("stage", False), ("stage_packed", True)):
+        result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds)
+        print(json.dumps(result[name]), file=sys.stderr)
     write_result(result, args.out)
 
 

@@ -114,8 +114,13 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     assert result["stage"]["steps"] == 2 and result["stage"]["samples"] == 4
     # TRL's own token count and the bench's count of the same rows agree.
     assert result["stage"]["tokens"] == result["stage"]["tokens_counted_here"]
-    for run in (result["kernel"], result["stage"]):
+    # Packed: the same tokens (nothing dropped or padded in), in no more rows than samples.
+    assert result["stage_packed"]["packing"] and not result["stage"]["packing"]
+    assert result["stage_packed"]["tokens"] == result["stage"]["tokens"]
+    assert result["stage_packed"]["steps"] <= result["stage"]["steps"]
+    for run in (result["kernel"], result["stage"], result["stage_packed"]):
         assert run["tokens_per_s"] > 0 and 0 < run["mfu"]
+        assert run["peak_rss_mib"] > 100  # torch alone is more than that
 
     out = tmp_path / "gen.json"
     generation_throughput.main([
