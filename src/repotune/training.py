@@ -308,7 +308,7 @@ def train_adapter(
     model = modeling.load_causal_lm(
         base, device=device, precision=precision, quantize=train.quantize
     )
-    if train.quantize == "4bit":
+    if train.quantize != "none":
         # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
