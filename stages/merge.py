@@ -3,7 +3,8 @@
 Reads:  models/base/, models/adapter/ (with training.json), data/split/val.jsonl (probe
         prompts), metrics/clone.json (source url and sha for the model card, if present)
 Writes: models/merged/ (safetensors, config, generation config, tokenizer, README.md card),
-        metrics/merge.json (max |merged - adapter| logit difference on the probes)
+        metrics/merge.json (max |merged - adapter| logit difference on the probes; for an
+        adapter trained on a quantized base, also its distance from the adapter on that base)
 
     python stages/merge.py [--base models/base] [--adapter models/adapter] [--out models/merged] ...
 """
@@ -46,12 +47,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Probes are built with the prompt template the adapter was trained with, not params.yaml,
     # so this stage depends on no params.
-    from repotune.modeling import load_tokenizer, set_threads
+    from repotune.modeling import load_tokenizer, peak_memory_mib, set_threads
 
     prompter = Prompter.from_params(PromptParams(**training["params"]["prompt"]), training["task"])
     tokenizer = load_tokenizer(args.base)
     probes = [prompter.prompt(r, tokenizer) for r in load_split(args.val, args.probes)]
-    max_tokens = training["params"]["train"]["max_length"]
+    train = training["params"]["train"]
+    max_tokens = train["max_length"]
 
     set_threads(args.threads)
     result = merge_adapter(
@@ -62,10 +64,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         tolerance=args.tolerance,
         max_probe_tokens=max_tokens,
         card=lambda merge: model_card(training, clone, merge, base_source),
+        # An adapter trained on a quantized base is also compared with itself on that base.
+        quantize=train.get("quantize", "none"),
+        precision=training.get("resolved", {}).get("precision", "fp32"),
     )
-    io.write_json(args.metrics, result)
+    io.write_json(args.metrics, {**result, "peak_memory_mib": peak_memory_mib()})
     print(f"merged into {args.out}: max |logit diff| {result['max_abs_diff']:.2e} "
           f"(adapter effect {result['adapter_effect']:.2e}) on {result['probes']} probes")
+    if "quantize" in result:
+        # Reported, not checked: the known QLoRA trap, not a faulty merge.
+        print(f"merged (fp32) vs adapter on the {result['quantize']} base it was trained on: "
+              f"max |logit diff| {result['max_abs_diff_quantized_base']:.2e}, "
+              f"mean {result['mean_abs_diff_quantized_base']:.2e}, "
+              f"same top-1 token at {result['top1_agreement_quantized_base']:.1%} of "
+              f"{result['probe_tokens']} positions")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import checkpoints, errors, io, params
+from repotune import checkpoints, errors, io, modeling, params
 from repotune.base_model import model_identity, sha256_file
 from repotune.modeling import peak_memory_mib
 from repotune.training import load_split, train_adapter
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     p = params.load(args.params)
+    # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
+    modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val)
     print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")

@@ -29,6 +29,8 @@ DOCSTRING = Prompter("docstring", "{code}\nDocstring:")
 
 STAGES = Path(__file__).resolve().parent.parent / "stages"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+# How the model card names each train.quantize setting.
+CARD_QUANTIZATION = {"4bit": "4-bit NF4 with double quantisation", "8bit": "8-bit LLM.int8"}
 
 FUNCTIONS = [
     ("add", "def add(a, b):\n    return a + b\n", "Return the sum of two numbers."),
@@ -272,15 +274,107 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     assert trl_utils._use_triton is original_switch
 
 
-def test_qlora_trains_and_merges_into_full_precision(tiny_model, tmp_path):
-    params = PARAMS.replace("  threads: 1\n", "  threads: 1\n  quantize: 4bit\n")
+@pytest.mark.parametrize("quantize", ["4bit", "8bit"])
+def test_qlora_trains_and_merges_into_full_precision(quantize, tiny_model, tmp_path, caplog):
+    """Both bitsandbytes modes train on CPU; merge.json also measures the merged model against
+    the adapter on the quantized base it was trained on, recomputed here with peft directly."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repotune import modeling
+
+    params = PARAMS.replace("  threads: 1\n", f"  threads: 1\n  quantize: {quantize}\n")
     root = write_data(tmp_path, params)
     load_stage("train").main(train_args(root, tiny_model))
     info = json.loads((root / "adapter/training.json").read_text(encoding="utf-8"))
-    assert info["params"]["train"]["quantize"] == "4bit"
+    assert info["params"]["train"]["quantize"] == quantize
+    lora_b = [w for k, w in load_file(root / "adapter/adapter_model.safetensors").items() if "lora_B" in k]
+    assert len(lora_b) == 8 and all(w.abs().max() > 0 for w in lora_b)  # B starts at 0: all learned
     load_stage("merge").main(merge_args(root, tiny_model))
     merge = json.loads((root / "metrics/merged.json").read_text(encoding="utf-8"))
+    assert merge["quantize"] == quantize
     assert merge["max_abs_diff"] <= 1e-4 and merge["adapter_effect"] > 0
+    assert merge["top1_agreement"] == 1.0 and merge["mean_abs_diff"] <= merge["max_abs_diff"]
+
+    # The same gap, worked out with transformers + peft: the adapter on the quantized base (as
+    # in training) against the merged fp32 model, on the stage's 4 probes (first val ids).
+    tokenizer = AutoTokenizer.from_pretrained(root / "merged")
+    quantized = PeftModel.from_pretrained(
+        modeling.load_causal_lm(tiny_model, quantize=quantize), root / "adapter"
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(root / "merged").eval()
+    diffs, same = [], []
+    with torch.no_grad():
+        for i in range(4):
+            ids = tokenizer(DOCSTRING.prompt(record(i, "val")), return_tensors="pt")
+            q, m = quantized(**ids).logits[0], merged(**ids).logits[0]
+            diffs.append((q - m).abs())
+            same.append(q.argmax(-1) == m.argmax(-1))
+    assert sum(len(d) for d in diffs) == merge["probe_tokens"]
+    assert merge["max_abs_diff_quantized_base"] == pytest.approx(max(float(d.max()) for d in diffs), abs=1e-5)
+    assert merge["mean_abs_diff_quantized_base"] == pytest.approx(float(torch.cat(diffs).mean()), rel=1e-3)
+    assert merge["top1_agreement_quantized_base"] == pytest.approx(float(torch.cat(same).float().mean()))
+    assert 0.0 <= merge["top1_agreement_quantized_base"] <= 1.0
+    # Rounding the base weights to 4 or 8 bits moves the logits far more than fp32 merging does.
+    assert merge["max_abs_diff_quantized_base"] > 100 * max(merge["max_abs_diff"], 1e-7)
+
+    card = (root / "merged/README.md").read_text(encoding="utf-8")
+    assert "A QLoRA adapter" in card and CARD_QUANTIZATION[quantize] in card
+    assert f"{merge['top1_agreement_quantized_base']:.1%} of {merge['probe_tokens']} probe positions" in card
+    # bitsandbytes' "inputs will be cast ... to float16" comes once, not at every 8-bit matmul.
+    assert sum("MatMul8bitLt: inputs will be cast" in r.getMessage() for r in caplog.records) <= 1
+
+
+def test_merge_json_of_an_unquantized_adapter_keeps_its_keys(trained, tiny_model):
+    """The default run (quantize none) gets no quantized-base keys; only the stage's peak memory."""
+    load_stage("merge").main(merge_args(trained, tiny_model, out="plain"))
+    merge = json.loads((trained / "metrics/plain.json").read_text(encoding="utf-8"))
+    assert sorted(merge) == ["adapter_effect", "max_abs_diff", "peak_memory_mib", "probe_tokens", "probes", "tolerance"]
+    card = (trained / "plain/README.md").read_text(encoding="utf-8")
+    assert "A LoRA adapter trained by repotune" in card and "quantized" not in card
+
+
+def _no_bitsandbytes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as when not installed
+
+
+def _cuda_only_bitsandbytes(monkeypatch):
+    import bitsandbytes
+
+    monkeypatch.setattr(bitsandbytes, "supported_torch_devices", {"cuda"})
+
+
+def _old_bitsandbytes(monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.45.0" if name == "bitsandbytes" else real(name))
+
+
+@pytest.mark.parametrize(("environment", "message"), [
+    (_no_bitsandbytes, "train.quantize: 8bit needs bitsandbytes, which is not installed here: "),
+    (_cuda_only_bitsandbytes, "train.quantize: 8bit on cpu is not supported by bitsandbytes 0.50.2 (it runs on: cuda): "),
+    (_old_bitsandbytes, "train.quantize: 8bit needs bitsandbytes >= 0.46.1, found 0.45.0: "),
+])  # fmt: skip
+def test_quantize_bitsandbytes_cannot_run_here_stops_before_loading(
+    environment, message, tiny_model, tmp_path, monkeypatch, capsys
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be loaded before the refusal")
+
+    environment(monkeypatch)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", never)
+    root = write_data(tmp_path, PARAMS.replace("  threads: 1\n", "  threads: 1\n  quantize: 8bit\n"))
+    assert errors.run(load_stage("train").main, train_args(root, tiny_model)) == 1
+    err = capsys.readouterr().err
+    way_out = "install bitsandbytes (pyproject.toml pins 0.50.2), or set train.quantize: none\n"
+    assert err == f"error: {message}{way_out}"
+    assert not (root / "adapter").exists()
 
 
 # --- merge ----------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The base is always loaded in fp32 on the CPU, also for an adapter trained with QLoRA: merging
 into 4-bit weights would round the update away (and bitsandbytes cannot save the result as a
 plain model). Before merging, the adapter model's logits on a few probe prompts are kept; after
-merging, the merged model must give the same logits within a tolerance.
+merging, the merged model must give the same logits within a tolerance. An adapter trained on
+a quantized base is also run on that base again, and the merged model's distance from it is
+reported: the merged model is not what training saw.
 
 Heavy imports (torch, transformers, peft) stay inside the functions.
 """
@@ -43,6 +45,46 @@ def _max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def _agreement(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How far two models' logits are apart, in terms a person can read beyond the largest gap.
+
+    Returns:
+        ``mean_abs_diff``: |a - b| averaged over every probe position and vocabulary entry;
+        ``top1_agreement``: the share of probe positions where both pick the same next token
+        (what greedy decoding would see).
+    """
+    import torch
+
+    x, y = torch.cat(list(a)), torch.cat(list(b))  # [all probe tokens, vocab]
+    return {
+        "mean_abs_diff": float((x - y).abs().mean()),
+        "top1_agreement": float((x.argmax(-1) == y.argmax(-1)).float().mean()),
+    }
+
+
+def _quantized_adapter_logits(
+    base: Path,
+    adapter: Path,
+    quantize: str,
+    precision: str,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[str],
+    max_tokens: int,
+) -> list[torch.Tensor]:
+    """Logits of the adapter on the base quantized as in training (CPU), i.e. what training saw.
+
+    The merged model holds base + update in fp32; the adapter learned its update on top of the
+    quantized weights, so on its own base it may behave measurably unlike the merged model.
+    """
+    from peft import PeftModel
+
+    from repotune import modeling
+
+    model = modeling.load_causal_lm(base, device="cpu", precision=precision, quantize=quantize)
+    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return _logits(peft_model, tokenizer, probes, max_tokens)
+
+
 # Largest allowed |merged - adapter| logit difference. Measured 7.7e-5 (AVX2) and 4.6e-4
 # (AVX-512) on the default SmolLM2 run (30 layers, fp32): 1e-4 left too little room.
 TOLERANCE = 1e-3
@@ -56,6 +98,8 @@ def merge_adapter(
     tolerance: float = TOLERANCE,
     max_probe_tokens: int = 512,
     card: Callable[[dict[str, Any]], str] | None = None,
+    quantize: str = "none",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Merge `adapter` into `base` and save a plain HF model to `out` (replaced atomically).
 
@@ -69,11 +113,21 @@ def merge_adapter(
         max_probe_tokens: each probe is cut to this many tokens (bounds the check's cost).
         card: makes the README.md model card from the check's result (see :func:`model_card`);
             None writes no card.
+        quantize: how the base was quantized when the adapter was trained ('none', '4bit',
+            '8bit'; ``train.quantize`` in training.json).
+        precision: the compute precision training used (``resolved.precision``); the quantized
+            base is loaded with it.
 
     Returns:
         ``max_abs_diff`` (merged vs adapter logits), ``adapter_effect`` (largest change the
         adapter makes to the base logits: a check is only meaningful when it is not 0),
-        ``tolerance``, ``probes``, ``probe_tokens``.
+        ``tolerance``, ``probes``, ``probe_tokens``. For a quantized adapter also ``quantize``,
+        ``mean_abs_diff`` and ``top1_agreement`` (merged vs adapter, both fp32), and the same
+        three against the adapter on the quantized base it was trained on:
+        ``max_abs_diff_quantized_base``, ``mean_abs_diff_quantized_base``,
+        ``top1_agreement_quantized_base``. Those are reported, never checked: the gap is what
+        quantization costs, not a faulty merge. Without quantization no key is added, so
+        merge.json stays as it was.
 
     Raises:
         RepotuneError: a folder is missing, no probe was given, or the gap exceeds `tolerance`.
@@ -115,6 +169,17 @@ def merge_adapter(
             f"merged model disagrees with base + adapter: max |logit difference| {gap:.3g} "
             f"> tolerance {tolerance:g} on {len(probes)} probe prompts"
         )
+    if quantize != "none":
+        quantized_logits = _quantized_adapter_logits(
+            base, adapter, quantize, precision, tokenizer, probes, max_probe_tokens
+        )
+        result["quantize"] = quantize
+        result.update(_agreement(merged_logits, adapter_logits))
+        result["max_abs_diff_quantized_base"] = _max_abs_diff(merged_logits, quantized_logits)
+        result.update({
+            f"{key}_quantized_base": value
+            for key, value in _agreement(merged_logits, quantized_logits).items()
+        })
 
     # Generation must stop on the EOS that training appended to every completion.
     eos_ids = merged.generation_config.eos_token_id
@@ -170,8 +235,7 @@ def model_card(
         "",
         f"# {base}, fine-tuned on {url}",
         "",
-        "A LoRA adapter trained by repotune on samples mined from one "
-        "repository, merged into the base model's weights (fp32).",
+        _summary(merge),
         "",
         "| | |",
         "|---|---|",
@@ -191,6 +255,7 @@ def model_card(
         f"| merge check | max abs logit difference merged vs base + adapter: "
         f"{merge['max_abs_diff']:.2e} on {merge['probes']} val prompts "
         f"(tolerance {merge['tolerance']:g}) |",
+        *_quantized_rows(merge),
         "",
         "Evaluation (base vs fine-tuned on the held-out test split of the same repository): "
         "`metrics/evaluate.json` and `metrics/report.md` in the pipeline that produced this "
@@ -201,6 +266,43 @@ def model_card(
         # SOURCE.md starts with its own "# ..." title: one level down inside the card.
         lines += ["#" + base_source.strip(), ""]
     return "\n".join(lines)
+
+
+# How each train.quantize setting stores the base weights, for the model card.
+QUANTIZATIONS = {"4bit": "4-bit NF4 with double quantisation", "8bit": "8-bit LLM.int8"}
+
+
+def _summary(merge: dict[str, Any]) -> str:
+    """The card's first sentence: what was trained on what, and what the weights are now."""
+    quantize = merge.get("quantize")
+    if quantize is None:
+        return (
+            "A LoRA adapter trained by repotune on samples mined from one "
+            "repository, merged into the base model's weights (fp32)."
+        )
+    return (
+        f"A QLoRA adapter trained by repotune on samples mined from one repository, on the "
+        f"base model quantized by bitsandbytes ({QUANTIZATIONS.get(quantize, quantize)}), then "
+        "merged into the base model's full-precision weights (fp32), not the quantized ones."
+    )
+
+
+def _quantized_rows(merge: dict[str, Any]) -> list[str]:
+    """Card rows saying how far the merged model is from what the adapter did in training.
+
+    Nothing for an adapter trained without quantization.
+    """
+    if merge.get("quantize") is None:
+        return []
+    return [
+        f"| vs the quantized base | merged vs base ({merge['quantize']}) + adapter, as in "
+        f"training: max abs logit difference {merge['max_abs_diff_quantized_base']:.2e}, "
+        f"mean {merge['mean_abs_diff_quantized_base']:.2e}; same top-1 next token at "
+        f"{merge['top1_agreement_quantized_base']:.1%} of {merge['probe_tokens']} probe "
+        f"positions (fp32 base + adapter: {merge['top1_agreement']:.1%}). The merged model "
+        "adds the adapter to the full-precision weights, so it is not exactly the model "
+        "whose losses were measured in training. |",
+    ]
 
 
 def _fmt(value: float | None) -> str:

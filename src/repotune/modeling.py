@@ -7,9 +7,10 @@ collection stay fast.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -145,27 +146,114 @@ def load_causal_lm(
         folder: HF folder with config.json and safetensors.
         device: 'cpu' or 'cuda' (already resolved, see :func:`resolve_device`).
         precision: 'fp32', 'bf16' or 'fp16' (already resolved).
-        quantize: 'none' or '4bit' (QLoRA: NF4 weights via bitsandbytes, compute in `precision`).
+        quantize: 'none', '4bit' or '8bit' (see :func:`quantization_config`).
         trust_remote_code: passed to transformers; off unless params say otherwise.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
+    check_quantize(quantize, device)
     dtype = torch_dtype(precision)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    if quantize == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-        )
+    if quantize != "none":
+        kwargs["quantization_config"] = quantization_config(quantize, precision)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    if quantize != "4bit":
+    if quantize == "none":
         model.to(device)
+    elif quantize == "8bit":
+        _int8_cast_warning_once()
     elif device == "cpu":
         _avx512bf16_kernel_only_where_it_fits(model)
     return model
+
+
+class _FirstOnly(logging.Filter):
+    """Passes the first record whose message starts with `prefix`, drops the later ones."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+def _int8_cast_warning_once() -> None:
+    """Let bitsandbytes say once per process, not at every matmul, that LLM.int8 casts to fp16.
+
+    Its MatMul8bitLt logs "inputs will be cast from torch.float32 to float16" at every call
+    whose input is not fp16: with fp32 compute (every CPU run) that is one line per quantized
+    linear per forward and backward pass, thousands in a training log. If bitsandbytes renames
+    its logger, the lines simply come back.
+    """
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _FirstOnly) for f in logger.filters):
+        logger.addFilter(_FirstOnly("MatMul8bitLt: inputs will be cast"))
+
+
+# transformers 5.23 refuses bitsandbytes below this version (its BITSANDBYTES_MIN_VERSION).
+BITSANDBYTES_MIN_VERSION = "0.46.1"
+
+
+def check_quantize(quantize: str, device: str) -> None:
+    """Stop before anything is loaded when bitsandbytes cannot quantize on `device` here.
+
+    Otherwise transformers fails halfway through loading, with an ImportError or a RuntimeError
+    that names neither the param nor the way out. bitsandbytes 0.50.2 runs both 4-bit and 8-bit
+    (forward and backward) on CPU; older wheels ran on CUDA only.
+
+    Raises:
+        RepotuneError: one line naming ``train.quantize`` and what to change.
+    """
+    from importlib import metadata
+
+    from packaging.version import Version
+
+    from repotune.errors import RepotuneError
+
+    if quantize == "none":
+        return
+    way_out = "install bitsandbytes (pyproject.toml pins 0.50.2), or set train.quantize: none"
+    try:
+        version = metadata.version("bitsandbytes")
+        import bitsandbytes
+    except (metadata.PackageNotFoundError, ImportError):
+        raise RepotuneError(
+            f"train.quantize: {quantize} needs bitsandbytes, which is not installed here: {way_out}"
+        ) from None
+    if Version(version) < Version(BITSANDBYTES_MIN_VERSION):
+        raise RepotuneError(
+            f"train.quantize: {quantize} needs bitsandbytes >= {BITSANDBYTES_MIN_VERSION}, "
+            f"found {version}: {way_out}"
+        )
+    supported = sorted(getattr(bitsandbytes, "supported_torch_devices", ()))
+    if device not in supported:
+        raise RepotuneError(
+            f"train.quantize: {quantize} on {device} is not supported by bitsandbytes {version} "
+            f"(it runs on: {', '.join(supported) or 'nothing'}): {way_out}"
+        )
+
+
+def quantization_config(quantize: str, precision: str) -> Any:
+    """bitsandbytes settings for `quantize`, computing in `precision` (already resolved).
+
+    '4bit' is QLoRA's recipe: NF4 weights, double quantisation of the block scales, matmuls in
+    `precision`. '8bit' is LLM.int8 (int8 weights, outlier columns kept in fp16); its matmul
+    casts the activations to fp16 whatever `precision` says.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch_dtype(precision),
+        bnb_4bit_use_double_quant=True,
+    )
 
 
 def _avx512bf16_kernel_only_where_it_fits(model: PreTrainedModel) -> None:

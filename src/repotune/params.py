@@ -285,7 +285,7 @@ class TrainParams(Section):
     max_samples: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    quantize: Literal["none", "4bit"] = "none"
+    quantize: Literal["none", "4bit", "8bit"] = "none"
     threads: int = Field(default=0, ge=0)
     # auto: on for CUDA (memory), off on CPU (SmolLM2-135M: ~20% slower for half the memory).
     gradient_checkpointing: bool | Literal["auto"] = "auto"

@@ -311,8 +311,8 @@ def load_for_training(base: Path, train: TrainParams) -> Loaded:
 
     tokenizer = modeling.load_tokenizer(base)
     model = modeling.load_causal_lm(base, device=device, precision=precision, quantize=train.quantize)
-    if train.quantize == "4bit":
-        # Freezes the 4-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
+    if train.quantize != "none":
+        # Freezes the k-bit weights, upcasts norms to fp32; TRL then adds the LoRA layers.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     return Loaded(model, tokenizer, device, precision, checkpointing)
 

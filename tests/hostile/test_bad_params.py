@@ -21,7 +21,7 @@ BAD_PARAMS = [
     ("train", "lr", -1.0, "train.lr must be greater than 0, got -1.0"),
     ("train", "lr", "fast", "train.lr must be a valid number, got 'fast'"),
     ("train", "batch_size", 0, "train.batch_size must be greater than 0, got 0"),
-    ("train", "quantize", "8bit", "train.quantize must be 'none' or '4bit', got '8bit'"),
+    ("train", "quantize", "3bit", "train.quantize must be 'none', '4bit' or '8bit', got '3bit'"),
     ("train", "device", "tpu", "train.device must be 'auto', 'cpu' or 'cuda', got 'tpu'"),
     ("lora", "r", 0, "lora.r must be greater than 0, got 0"),
     ("lora", "dropout", 1.5, "lora.dropout must be less than 1, got 1.5"),
