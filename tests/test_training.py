@@ -292,6 +292,8 @@ def test_qlora_trains_and_merges_into_full_precision(quantize, tiny_model, tmp_p
     assert info["params"]["train"]["quantize"] == quantize
     lora_b = [w for k, w in load_file(root / "adapter/adapter_model.safetensors").items() if "lora_B" in k]
     assert len(lora_b) == 8 and all(w.abs().max() > 0 for w in lora_b)  # B starts at 0: all learned
+    # fp32 training keeps fp32 LoRA weights (TRL would cast them to bf16 on a quantized model).
+    assert info["resolved"]["precision"] == "fp32" and all(w.dtype == torch.float32 for w in lora_b)
     load_stage("merge").main(merge_args(root, tiny_model))
     merge = json.loads((root / "metrics/merged.json").read_text(encoding="utf-8"))
     assert merge["quantize"] == quantize

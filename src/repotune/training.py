@@ -381,7 +381,7 @@ def build_trainer(
         gradient_checkpointing=loaded.gradient_checkpointing, checkpoints=checkpoints,
         packing=packing,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=loaded.model,
         args=config,
         train_dataset=Dataset.from_list(train_rows),
@@ -390,6 +390,14 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if train.quantize != "none" and loaded.precision == "fp32":
+        # TRL 1.16 casts the LoRA weights of any quantized model to bf16 (the QLoRA paper's GPU
+        # recipe): in fp32 training that rounds every update, and bf16 matmuls crawl on CPUs
+        # without native bf16. The optimizer does not exist yet, so it will see fp32 weights.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    return trainer
 
 
 @contextmanager
