@@ -8,6 +8,9 @@ Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, tr
         models/checkpoints/ (while training, every train.save_steps steps: a killed run
         resumes from the last complete checkpoint of the same params and inputs; emptied at
         the end)
+With train.launcher accelerate, this process checks train.accelerate_config and re-runs the
+script under `accelerate launch` (one worker per process, data parallel); the workers train
+together and rank 0 alone writes the adapter, the curves, the metrics and the checkpoints.
 
     python stages/train.py [--params params.yaml] [--base models/base] [--out models/adapter] ...
 """
@@ -19,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import checkpoints, errors, io, modeling, params
+from repotune import checkpoints, errors, io, launch, modeling, params
 from repotune.base_model import model_identity, sha256_file
 from repotune.modeling import peak_memory_mib
 from repotune.training import load_split, train_adapter
@@ -40,21 +43,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
     # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
     modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
+    accelerate_config = None
+    if p.train.launcher == "accelerate":
+        accelerate_config = launch.check_config(p.train.accelerate_config, p.train.device)
+        if not launch.is_worker():
+            status = launch.relaunch(
+                accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv)
+            )
+            if status:
+                raise SystemExit(status)  # the failed worker printed why
+            return
+    main_process = launch.is_main_process()  # writes the shared outputs; the others only train
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val)
-    print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
+    if main_process:
+        print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
     run_folder = None
     if p.train.save_steps > 0:
+        inputs = {"base": model_identity(args.base), "train": sha256_file(args.train),
+                  "val": sha256_file(args.val)}
+        if accelerate_config is not None:
+            # The process count decides the RNG states and data shards a checkpoint holds.
+            inputs["accelerate_config"] = sha256_file(accelerate_config)
         key = checkpoints.run_key(
             {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
              "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
              "model": p.model.label if p.model is not None else None},
-            {"base": model_identity(args.base), "train": sha256_file(args.train),
-             "val": sha256_file(args.val)},
+            inputs,
         )
-        run_folder = checkpoints.prepare(args.checkpoints, key)
+        # Once, by rank 0: prepare removes other keys' folders, which racing ranks would both
+        # try. The other ranks only read their own key's folder, which prepare never removes.
+        run_folder = checkpoints.prepare(args.checkpoints, key) if main_process else args.checkpoints / key
         found = checkpoints.latest(run_folder)
-        if found is not None:
+        if found is not None and main_process:
             print(f"resuming from {found} (same params and inputs)")
 
     results = train_adapter(
@@ -81,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
         )
     }
+    if not main_process:
+        return
     io.write_json(args.metrics, {**metrics, "peak_memory_mib": peak_memory_mib()})
     checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(

@@ -96,11 +96,15 @@ def marker(trainer_ref: dict[str, Any]) -> TrainerCallback:
     the old ones out; ``save_total_limit`` 2 keeps the previous complete one meanwhile). The
     marker also records TRL's token counter, which the Trainer's state does not hold.
     `trainer_ref` is a dict whose ``"trainer"`` is set once the trainer exists.
+    With several processes each writes its own RNG state into the checkpoint and the Trainer
+    does not wait for the others before ``on_save``: every rank waits here first, so rank 0
+    never marks a checkpoint that another rank is still writing.
     """
     from transformers import TrainerCallback
 
     class _Marker(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ARG002
+            trainer_ref["trainer"].accelerator.wait_for_everyone()  # no-op for one process
             if not state.is_world_process_zero:
                 return
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"

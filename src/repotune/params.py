@@ -295,6 +295,18 @@ class TrainParams(Section):
     packing: bool = False
     # A checkpoint every N optimizer steps in models/checkpoints (0: none); a killed run resumes.
     save_steps: int = Field(default=30, ge=0)
+    # none: one process. accelerate: the stage re-runs itself under `accelerate launch` with
+    # accelerate_config (a YAML file in the repository, e.g. configs/accelerate/multi-gpu.yaml).
+    launcher: Literal["none", "accelerate"] = "none"
+    accelerate_config: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _launcher_config(self) -> TrainParams:
+        if self.launcher == "accelerate" and self.accelerate_config is None:
+            raise ValueError(
+                "accelerate_config is required with launcher: accelerate (e.g. configs/accelerate/multi-gpu.yaml)"
+            )
+        return self
 
 
 class PromptParams(Section):

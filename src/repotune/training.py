@@ -516,11 +516,24 @@ def summarise(
     return results, timing
 
 
+def full_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The whole model's weights when FSDP or DeepSpeed shard them across ranks, else None
+    (each rank then holds them all). Collective: every rank must call it, as
+    ``Trainer.save_model`` does; rank 0 alone saving its shard would save a fraction."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    return None
+
+
 def save_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
-    """Write adapter + tokenizer + training.json to `out` atomically (main process only)."""
+    """Write adapter + tokenizer + training.json to `out` atomically (main process only; every
+    rank calls it, for the gathering of sharded weights)."""
+    state_dict = full_state_dict(trainer)
     if not trainer.is_world_process_zero():
         return
-    peft_model = trainer.model
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
     saved_config = peft_model.peft_config["default"]
     # adapter_config.json would otherwise record the base folder as loaded (maybe absolute),
     # and peft keeps target_modules as a set, whose order varies with PYTHONHASHSEED.
@@ -528,7 +541,7 @@ def save_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]) 
     if isinstance(saved_config.target_modules, set):
         saved_config.target_modules = sorted(saved_config.target_modules)
     with io.atomic_path(out) as tmp:
-        peft_model.save_pretrained(tmp)
+        peft_model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         io.write_json(tmp / "training.json", info)
 
@@ -600,20 +613,23 @@ def train_adapter(
     with io.scratch_dir(out) as scratch:
         watch = divergence_watch()
         trainer_ref: dict[str, Any] = {}
-        callbacks = [live_callback(scratch / "live")] if live_dir is not None else []
-        callbacks += [watch, checkpoints.marker(trainer_ref)]
+        callbacks = [watch, checkpoints.marker(trainer_ref)]
         output_dir = Path(checkpoint_dir) if use_checkpoints else scratch / "trainer"
+        live = None
         try:
             with deterministic(loaded.device):
                 trainer = build_trainer(
                     loaded, train_rows, val_rows, lora, train, output_dir, callbacks, use_checkpoints
                 )
                 trainer_ref["trainer"] = trainer
+                if live_dir is not None and trainer.is_world_process_zero():
+                    # One writer of the curves: dvclive in every rank would each make a folder.
+                    live = live_callback(scratch / "live")
+                    trainer.add_callback(live)
                 output, in_loop_eval_seconds = run_training(trainer, resume_from, resumed, bool(val_rows))
         finally:
-            for callback in callbacks:
-                if hasattr(callback, "live"):
-                    callback.live.end()
+            if live is not None:
+                live.live.end()
 
         losses = check_finite(trainer, output, watch, train.lr)
         results, timing = summarise(
@@ -634,6 +650,8 @@ def train_adapter(
                 "gradient_checkpointing": loaded.gradient_checkpointing,
                 "group_by_length": train.group_by_length,
                 "packing": bool(train.packing and packs_apart(loaded.model)),
+                # Data-parallel processes that trained together (the Trainer's own world size).
+                "processes": trainer.args.world_size,
                 "eos_token": loaded.tokenizer.eos_token,
             },
             "versions": library_versions(),
