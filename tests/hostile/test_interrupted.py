@@ -145,3 +145,51 @@ def test_sigkill_anywhere_leaves_nothing_partial_and_resumes_to_the_same_bytes(t
     assert "Data and pipelines are up to date" in dvc(project, "status")
     assert leftovers(project) == []
     assert system_temp() == temp_before
+
+
+def repro_killed_at_checkpoint(project: Path, step: int) -> int:
+    """`dvc repro train`, SIGKILLing the stage's processes once a complete checkpoint at or past
+    `step` exists; return that checkpoint's step."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=dvc_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while proc.poll() is None:
+            done = [int(p.parent.name.split("-")[1]) for p in (project / "models/checkpoints").glob("*/checkpoint-*/repotune.json")]
+            if done and max(done) >= step:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.send_signal(signal.SIGKILL)
+                proc.wait()
+                return max(done)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    raise AssertionError(f"train ended before a checkpoint at step {step}")
+
+
+@pytest.mark.slow
+def test_dvc_repro_after_a_killed_train_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model: Path):
+    source = Path(make_source_repo(tmp_path / "source").working_dir)
+    long_train = {**TINY_BUDGET["train"], "max_steps": 60, "save_steps": 5, "eval_steps": 20}
+    projects = []
+    for name in ("reference", "killed"):
+        project = make_project(tmp_path / name, source, tiny_model)
+        set_params(project, train=long_train)
+        projects.append(project)
+    reference, killed = projects
+    dvc(reference, "repro", "train")
+
+    killed_at = repro_killed_at_checkpoint(killed, step=20)
+    assert not (killed / "models/adapter").exists()
+    out = dvc(killed, "repro")
+    assert f"checkpoint-{killed_at} (same params and inputs)" in out
+    assert json.loads((killed / "metrics/train.json").read_text())["resumed_from_step"] == killed_at
+    assert files(killed, "models/adapter") == {
+        rel: data for rel, data in files(reference, "models/adapter").items()
+    }
+    assert files(killed, "dvclive/train") == files(reference, "dvclive/train")
+    assert [p.name for p in (killed / "models/checkpoints").iterdir()] == ["README.md"]
+    assert "Data and pipelines are up to date" in dvc(killed, "status")
