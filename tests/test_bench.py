@@ -99,7 +99,7 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     split = tmp_path / "train.jsonl"
     io.write_jsonl(split, records)
     raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
-    raw["train"].update(batch_size=2, max_length=64)
+    raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)

@@ -49,6 +49,7 @@ lora:
 train:
   max_steps: 8
   batch_size: 4
+  grad_accum: 1
   eval_steps: 4
   lr: 5.0e-2
   warmup: 0.0
