@@ -1,4 +1,4 @@
-"""Shared by the bench scripts: the machine's matmul rate, a model's FLOPs, the output.
+"""Shared by the bench scripts: the machine's matmul rate, peak memory, a model's FLOPs, the output.
 
 FLOPs are counted as 2 per multiply-add, for real (unpadded) tokens only:
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,6 +52,27 @@ def machine_rate(threads: int, seconds: float = 1.5) -> Iterator[dict]:
     yield state
     state["matmul_flops_per_s"] = round(max(before, matmul_flops(threads, seconds=seconds)))
     state["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+
+
+@contextlib.contextmanager
+def peak_rss(every: float = 0.02) -> Iterator[dict[str, float]]:
+    """Sample this process's resident set while the block runs; ``["mib"]`` is the largest."""
+    import psutil
+
+    process, peak, done = psutil.Process(), {"mib": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["mib"] = max(peak["mib"], process.memory_info().rss / 2**20)
+            done.wait(every)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
 
 
 def write_result(result: dict, out: str | Path | None) -> None:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flops import generation_flops, machine_rate, model_shape, write_result  # bench/flops.py
+from flops import generation_flops, machine_rate, model_shape, peak_rss, write_result  # bench/flops.py
 
 from repotune import io
 from repotune.params import DecodingParams, ExtractParams, PromptParams
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Warm-up (not timed): the first calls pay for thread-pool start and allocations.
         generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, stop=[], progress=False)
         for early in stop_early:
-            with machine_rate(args.threads, args.matmul_seconds) as machine:
+            with machine_rate(args.threads, args.matmul_seconds) as machine, peak_rss() as memory:
                 cpu = time.process_time()
                 run = generate(
                     model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "stop_early": early,
                 "seconds": round(run.seconds, 2),
                 "cpu_seconds": round(cpu, 2),
+                "peak_rss_mib": round(memory["mib"]),
                 "load_average_1min": machine["load_average_1min"],
                 "prompt_tokens": sum(run.prompt_tokens),
                 "generated_tokens": generated,

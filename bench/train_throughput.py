@@ -34,13 +34,11 @@ the largest resident set sampled every 20 ms during each measurement (``peak_rss
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from flops import (  # bench/flops.py
@@ -48,6 +46,7 @@ from flops import (  # bench/flops.py
     lora_training_flops,
     machine_rate,
     model_shape,
+    peak_rss,
     write_result,
 )
 
@@ -64,27 +63,6 @@ def trained_lengths(
     """
     kept = [(p, min(t, max_length)) for p, t in token_lengths(rows, tokenizer) if p < max_length]
     return [t for _, t in kept], [t - p for p, t in kept]
-
-
-@contextlib.contextmanager
-def peak_rss(every: float = 0.02) -> Iterator[dict[str, float]]:
-    """Sample this process's resident set while the block runs; ``["mib"]`` is the largest."""
-    import psutil
-
-    process, peak, done = psutil.Process(), {"mib": 0.0}, threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak["mib"] = max(peak["mib"], process.memory_info().rss / 2**20)
-            done.wait(every)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
 
 
 def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:

@@ -131,6 +131,7 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     runs = json.loads(out.read_text())["runs"]
     assert [r["batch_size"] for r in runs] == [2, 1]
     assert all(r["same_texts_as_first"] for r in runs)
+    assert all(r["peak_rss_mib"] > 100 for r in runs)  # torch alone is more than that
     assert runs[0]["generated_tokens"] == runs[1]["generated_tokens"] > 0
     capsys.readouterr()
 
