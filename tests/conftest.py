@@ -344,3 +344,33 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
     repo.git.add("--all")
     repo.index.commit("project")
     return project
+
+
+def kill_at_checkpoint(argv: list[str], checkpoints_root: Path, step: int, cwd: Path | None = None, env: dict | None = None) -> int:
+    """Run `argv` and SIGKILL it and every process it started once a complete training
+    checkpoint (one with its marker) at or past `step` exists under `checkpoints_root`;
+    return that checkpoint's step. Fails when the run ends first."""
+    import contextlib
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from repotune.checkpoints import COMPLETE
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None:
+            done = [int(p.parent.name.split("-")[1]) for p in checkpoints_root.glob(f"*/checkpoint-*/{COMPLETE}")]
+            if done and max(done) >= step:
+                for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.send_signal(signal.SIGKILL)
+                proc.wait()
+                return max(done)
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    raise AssertionError(f"the run ended before a checkpoint at step {step}: {proc.stderr.read()}")

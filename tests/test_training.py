@@ -10,15 +10,14 @@ import csv
 import importlib.util
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
+
+from conftest import kill_at_checkpoint
 
 from repotune import checkpoints, errors
 from repotune.errors import RepotuneError
@@ -496,23 +495,8 @@ def outputs(root: Path, out: str = "adapter") -> dict[str, bytes]:
 def run_and_kill(root: Path, base: Path, out: str, after_step: int) -> int:
     """Run the train stage in a process and SIGKILL it once a complete checkpoint at or past
     `after_step` exists; return that checkpoint's step."""
-    folder = root / "checkpoints" / out
-    proc = subprocess.Popen(
-        [sys.executable, str(STAGES / "train.py"), *train_args(root, base, out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        while proc.poll() is None:
-            complete = [int(p.parent.name.split("-")[1]) for p in folder.glob(f"*/checkpoint-*/{checkpoints.COMPLETE}")]
-            if complete and max(complete) >= after_step:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return max(complete)
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    raise AssertionError(f"training ended before a checkpoint at step {after_step}: {proc.stderr.read()}")
+    argv = [sys.executable, str(STAGES / "train.py"), *train_args(root, base, out)]
+    return kill_at_checkpoint(argv, root / "checkpoints" / out, after_step)
 
 
 def test_checkpoint_picks_highest_complete_and_keys_by_params_and_inputs(tmp_path):

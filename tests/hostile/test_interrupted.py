@@ -22,7 +22,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ALL_STAGES, TINY_BUDGET, dvc, dvc_env, make_source_repo, project_copy, set_params
+from conftest import (
+    ALL_STAGES,
+    TINY_BUDGET,
+    dvc,
+    dvc_env,
+    kill_at_checkpoint,
+    make_source_repo,
+    project_copy,
+    set_params,
+)
 
 # Where in each stage (as a share of its uninterrupted duration) a run is killed.
 KILL_AT = (0.35, 0.8)
@@ -147,29 +156,6 @@ def test_sigkill_anywhere_leaves_nothing_partial_and_resumes_to_the_same_bytes(t
     assert system_temp() == temp_before
 
 
-def repro_killed_at_checkpoint(project: Path, step: int) -> int:
-    """`dvc repro train`, SIGKILLing the stage's processes once a complete checkpoint at or past
-    `step` exists; return that checkpoint's step."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=dvc_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        while proc.poll() is None:
-            done = [int(p.parent.name.split("-")[1]) for p in (project / "models/checkpoints").glob("*/checkpoint-*/repotune.json")]
-            if done and max(done) >= step:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        child.send_signal(signal.SIGKILL)
-                proc.wait()
-                return max(done)
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    raise AssertionError(f"train ended before a checkpoint at step {step}")
-
-
 @pytest.mark.slow
 def test_dvc_repro_after_a_killed_train_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model: Path):
     source = Path(make_source_repo(tmp_path / "source").working_dir)
@@ -182,7 +168,8 @@ def test_dvc_repro_after_a_killed_train_resumes_from_its_last_checkpoint(tmp_pat
     reference, killed = projects
     dvc(reference, "repro", "train")
 
-    killed_at = repro_killed_at_checkpoint(killed, step=20)
+    argv = [sys.executable, "-m", "dvc", "repro", "train"]
+    killed_at = kill_at_checkpoint(argv, killed / "models/checkpoints", 20, cwd=killed, env=dvc_env())
     assert not (killed / "models/adapter").exists()
     out = dvc(killed, "repro")
     assert f"checkpoint-{killed_at} (same params and inputs)" in out
