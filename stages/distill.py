@@ -89,16 +89,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             skip_paths=held_out, max_input_tokens=p.filter.max_input_tokens, counts=counts,
         )
         inputs += found[: d.max_undocumented] if d.max_undocumented else found
-    prompts, cut = {}, {}
-    prompts["train"], cut["train"] = distill.fitted_prompts(Prompter.from_params(p.prompt, p.task.name), inputs, tokenizer, budget)
     sets = evalsets.load_sets(
         args.split / "test.jsonl", args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
-    for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
-        prompter = Prompter.from_params(p.prompt, p.task.name, template)
-        key = f"{set_name}.{template}"
-        prompts[key], cut[key] = distill.fitted_prompts(prompter, sets[set_name], tokenizer, budget)
+    prompts, cut = distill.evaluation_prompts(p.prompt, p.task.name, sets, p.benchmark.templates, tokenizer, budget)
+    prompts["train"], cut["train"] = distill.fitted_prompts(Prompter.from_params(p.prompt, p.task.name), inputs, tokenizer, budget)
 
     device = resolve_device(p.benchmark.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
@@ -113,8 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     provenance = {"model": d.teacher.label, "identity": identity, "decoding": p.decoding.model_dump(mode="json"),
                   "stop": list(stop), "template": p.prompt.template,
                   "template_text": template_text(p.prompt, p.task.name), "chat_template": p.prompt.chat_template}
+
+    def postprocess(raw: str) -> str:
+        return module.postprocess(raw, stop, p.extract)
+
     targets, kept = distill.teacher_records(
-        inputs, prompts["train"], rows["train"], lambda raw: module.postprocess(raw, stop, p.extract),
+        inputs, prompts["train"], rows["train"], postprocess,
         lambda record: module.drop_reason(record, p.filter), provenance,
     )
     counts.update(kept)
@@ -131,21 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     student_size = distill.parameter_count(args.base)
     system = {"enabled": True, "mode": d.mode, "teacher": d.teacher.label, "identity": identity, "parameters": {
         "teacher": distill.parameter_count(teacher), "base": student_size, "finetuned": student_size}}
-    with io.atomic_path(args.generations) as folder:
-        folder.mkdir(parents=True)
-        for key, generated_rows in rows.items():
-            if key == "train":
-                continue
-            set_name, template = key.split(".", 1)
-            io.write_jsonl(evalsets.generation_file(folder, set_name, template), [
-                {"id": record["id"], "output": module.postprocess(row["raw"], stop, p.extract), "raw": row["raw"],
-                 "prompt_tokens": row["prompt_tokens"], "new_tokens": row["new_tokens"], "code_cut": was_cut}
-                for record, row, was_cut in zip(sets[set_name], generated_rows, cut[key], strict=True)
-            ])
-            system[key] = {"samples": len(generated_rows), **distill.speed(generated_rows)}
-        io.write_json(folder / "system.json", system)
+    train_rows = rows.pop("train")
+    distill.write_generations(args.generations, rows, sets, cut, postprocess, system)
     metrics = {**system, "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut["train"]),
-               "generated_now": generated, "teacher_train": distill.speed(rows["train"]),
+               "generated_now": generated, "teacher_train": distill.speed(train_rows),
                **mix_counts, **dict(sorted(counts.items())), "peak_memory_mib": peak_memory_mib()}
     io.write_json(args.metrics, metrics)
     print(f"distill ({d.mode}): {counts['teacher_kept']} teacher targets of {len(inputs)} inputs "

@@ -233,3 +233,49 @@ def test_logit_distillation_trains_the_student_towards_the_teacher(tmp_path, liv
     before = completion_kl(load_causal_lm(tiny_model).eval(), teacher, rows, tokenizer)
     assert kl["kl"] < 0.9 * before, (before, kl)
     assert kl["kl"] < 0.9 * kl["sft"], (before, kl)
+
+
+def write_outputs(root: Path, system: str, outputs: list[str], recs: list[dict]) -> None:
+    rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
+            for r, o in zip(recs, outputs, strict=True)]
+    io.write_jsonl(root / f"data/generations/{system}/test.plain.jsonl", rows)
+
+
+def run_evaluate(root: Path) -> dict:
+    load_stage("evaluate").main([
+        "--systems", "base", "finetuned", "teacher", "--params", str(root / "params.yaml"),
+        "--generations", str(root / "data/generations"), "--test", str(root / "data/split/test.jsonl"),
+        "--ood", str(root / "data/ood.jsonl"), "--stage-metrics", str(root / "metrics"), "--out", str(root / "out"),
+    ])
+    return json.loads((root / "out/evaluate.json").read_text())
+
+
+def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost(tmp_path, tiny_model):
+    project_files(tmp_path, tiny_model, evaluate={"resamples": 200})
+    recs = docstring_records(40, "x")
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    # Exact matches: base 0 of 40, student 20, teacher 40, so the student kept 50% of the gain.
+    write_outputs(tmp_path, "base", ["Something else entirely."] * 40, recs)
+    write_outputs(tmp_path, "finetuned", [r["target"] if i % 2 else "No." for i, r in enumerate(recs)], recs)
+    write_outputs(tmp_path, "teacher", [r["target"] for r in recs], recs)
+    io.write_json(tmp_path / "data/generations/teacher/system.json", {
+        "enabled": True, "parameters": {"teacher": 630_167_424, "base": 134_515_008, "finetuned": 134_515_008},
+        "test.plain": {"tokens_per_s": 12.5},
+    })
+    io.write_json(tmp_path / "metrics/generate/base.json", {"test.plain": {"tokens_per_s": 65.0}})
+    head = run_evaluate(tmp_path)
+    assert (head["base_exact_match"], head["finetuned_exact_match"], head["teacher_exact_match"]) == (0, 50.0, 100.0)
+    assert head["delta_teacher_exact_match"] == 100.0 and head["delta_finetuned_exact_match"] == 50.0
+    assert head["gain_kept_exact_match"] == 50.0
+    report = (tmp_path / "out/report.md").read_text()
+    assert "# Evaluation, task `docstring`: base vs fine-tuned vs teacher" in report
+    assert "| exact_match | 0.00 | 100.00 | 50.00 | +100.00 | +50.00 (50%) |" in report
+    assert "| teacher | 630.2 M | 12.5 |" in report and "| base | 134.5 M | 65.0 |" in report
+    assert "| fine-tuned | 134.5 M | ? |" in report  # no metrics/generate/finetuned.json here
+
+    # Distillation off: the teacher's folder says so, and the run compares base and fine-tuned.
+    io.write_json(tmp_path / "data/generations/teacher/system.json", {"enabled": False})
+    head = run_evaluate(tmp_path)
+    assert "teacher_exact_match" not in head and "gain_kept_exact_match" not in head
+    assert head["delta_exact_match"] == 50.0
+    assert "Teacher and student" not in (tmp_path / "out/report.md").read_text()

@@ -211,6 +211,46 @@ def fitted_prompts(
     return prompts, cut
 
 
+def evaluation_prompts(
+    prompt: Any, task_name: str, sets: Mapping[str, Sequence[Mapping[str, Any]]], templates: Sequence[str],
+    tokenizer: Any, budget: int,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+    """The teacher's prompts for every evaluation ``<set>.<template>``, built as the generate
+    stage builds every system's (same templates, same cut to `budget` tokens), and the cuts."""
+    from repotune import evalsets
+    from repotune.prompts import Prompter
+
+    prompts, cut = {}, {}
+    for set_name, template in evalsets.evaluations(templates, "ood" in sets):
+        key = f"{set_name}.{template}"
+        prompts[key], cut[key] = fitted_prompts(
+            Prompter.from_params(prompt, task_name, template), sets[set_name], tokenizer, budget
+        )
+    return prompts, cut
+
+
+def write_generations(
+    folder: Path, rows: Mapping[str, Sequence[Mapping[str, Any]]], sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    cut: Mapping[str, Sequence[bool]], postprocess: Any, system: dict[str, Any],
+) -> None:
+    """The teacher's outputs of every evaluation (``<set>.<template>`` keys of `rows`) in the
+    generate stage's format, and ``system.json`` (`system` plus each evaluation's speed), into
+    `folder`, replaced atomically."""
+    from repotune import evalsets
+
+    with io.atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for key, generated in rows.items():
+            set_name, template = key.split(".", 1)
+            io.write_jsonl(evalsets.generation_file(tmp, set_name, template), [
+                {"id": record["id"], "output": postprocess(row["raw"]), "raw": row["raw"],
+                 "prompt_tokens": row["prompt_tokens"], "new_tokens": row["new_tokens"], "code_cut": was_cut}
+                for record, row, was_cut in zip(sets[set_name], generated, cut[key], strict=True)
+            ])
+            system[key] = {"samples": len(generated), **speed(generated)}
+        io.write_json(tmp / "system.json", system)
+
+
 def teacher_records(
     inputs: Sequence[Mapping[str, Any]],
     prompts: Sequence[str],
