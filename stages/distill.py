@@ -93,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.split / "test.jsonl", args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
-    prompts, cut = distill.evaluation_prompts(p.prompt, p.task.name, sets, p.benchmark.templates, tokenizer, budget)
+    prompts, cut = {}, {}
     prompts["train"], cut["train"] = distill.fitted_prompts(Prompter.from_params(p.prompt, p.task.name), inputs, tokenizer, budget)
+    evaluation = distill.evaluation_prompts(p.prompt, p.task.name, sets, p.benchmark.templates, tokenizer, budget)
+    prompts.update(evaluation[0])
+    cut.update(evaluation[1])
 
     device = resolve_device(p.benchmark.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
@@ -103,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows, generated = distill.generate_cached(
         teacher, prompts, cache, identity, p.decoding, stop=stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
+        save=lambda: distill.write_cache(cache_file, cache),
     )
-    distill.write_cache(cache_file, cache)
 
     provenance = {"model": d.teacher.label, "identity": identity, "decoding": p.decoding.model_dump(mode="json"),
                   "stop": list(stop), "template": p.prompt.template,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,12 @@ def generate_cached(
     skip_leading_whitespace: bool,
     device: str,
     precision: str,
+    save: Callable[[], None] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The teacher's generation for every prompt of every named list, from `cache` or generated
-    (the model is loaded once, only when some prompt is missing); `cache` is filled in place.
+    """The teacher's generation for every prompt of every named list, from `cache` or generated;
+    `cache` is filled in place and `save` called after each list that needed the model (so a
+    run killed half-way keeps what it generated: a teacher is slow on a CPU). The model is
+    loaded for each such list; none at all when everything is cached.
 
     A generated row keeps its share of its run's wall time (``seconds``, in proportion to its
     new tokens), so the tokens/s of a list read back from the cache is the measured one.
@@ -69,29 +72,26 @@ def generate_cached(
         number of prompts generated now.
     """
     keys = {name: [generation_key(identity, p, decoding, stop) for p in texts] for name, texts in prompts.items()}
-    missing: dict[str, list[str]] = {}
-    for name, texts in prompts.items():
-        todo = dict.fromkeys(p for p, k in zip(texts, keys[name], strict=True) if k not in cache)
-        if todo:
-            missing[name] = list(todo)
     generated = 0
-    if missing:
+    for name, texts in prompts.items():
+        todo = list(dict.fromkeys(p for p, k in zip(texts, keys[name], strict=True) if k not in cache))
+        if not todo:
+            continue
         from repotune.generation import generate_from_folder
 
-        runs = generate_from_folder(
-            folder, missing, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
+        run = generate_from_folder(
+            folder, {name: todo}, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
             device=device, precision=precision,
-        )
-        for name, run in runs.items():
-            total = max(sum(run.new_tokens), 1)
-            for text, raw, n_new, n_prompt in zip(
-                missing[name], run.raw_texts, run.new_tokens, run.prompt_tokens, strict=True
-            ):
-                cache[generation_key(identity, text, decoding, stop)] = {
-                    "raw": raw, "new_tokens": n_new, "prompt_tokens": n_prompt,
-                    "seconds": round(run.seconds * n_new / total, 6),
-                }
-                generated += 1
+        )[name]
+        total = max(sum(run.new_tokens), 1)
+        for text, raw, n_new, n_prompt in zip(todo, run.raw_texts, run.new_tokens, run.prompt_tokens, strict=True):
+            cache[generation_key(identity, text, decoding, stop)] = {
+                "raw": raw, "new_tokens": n_new, "prompt_tokens": n_prompt,
+                "seconds": round(run.seconds * n_new / total, 6),
+            }
+        generated += len(todo)
+        if save is not None:
+            save()
     return {name: [cache[k] for k in ks] for name, ks in keys.items()}, generated
 
 
