@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_same_vocab(tokenizer, load_tokenizer(args.base), d.teacher.label, str(args.base))
     budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
     gold = sorted(io.read_jsonl(args.split / "train.jsonl"), key=lambda r: r["id"])
-    inputs = (gold[: d.max_samples] if d.max_samples else gold) if d.mode == "sequence" and d.teacher_share > 0 else []
+    # A new list: undocumented inputs are added to it, never to the gold records.
+    inputs = list(gold[: d.max_samples or None]) if d.mode == "sequence" and d.teacher_share > 0 else []
     counts: Counter = Counter()
     if d.undocumented and d.mode == "sequence":
         clone = io.read_json(args.clone_metrics)

@@ -223,6 +223,15 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     from conftest import build_tiny_model
 
     teacher = build_tiny_model(tmp_path / "teacher", hidden_size=64, layers=3, seed=1)
+    # A file with no docstring at all: in no split, so its definitions are the teacher's to document.
+    source = Path(yaml.safe_load((project / "params.yaml").read_text())["source"]["url"])
+    (source / "pkg/plain.py").write_text(
+        "def scale(values, factor):\n    return [v * factor for v in values]\n\n\n"
+        "class Counter:\n    def bump(self, step):\n        self.total += step\n        return self.total\n"
+    )
+    repo = git.Repo(source)
+    repo.git.add("--all")
+    repo.index.commit("undocumented code")
     budget = {**TINY_BUDGET, "train": {**TINY_BUDGET["train"], "max_samples": 0},
               "decoding": {"max_new_tokens": 16, "batch_size": 2, "stop": []}}
     set_params(
@@ -236,7 +245,9 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     train = io.read_jsonl(project / "data/distill/train.jsonl")
     gold = io.read_jsonl(project / "data/split/train.jsonl")
     teacher_rows = [r for r in train if r["id"].endswith(".teacher")]
-    assert counts["undocumented_found"] >= 1 and counts["rows_teacher"] == len(teacher_rows) > 0
+    # scale, Counter, Counter.bump; geometry.py's no_docstring is left out (its file holds val/test samples).
+    assert counts["undocumented_found"] == 3 and counts["undocumented_files_held_out"] >= 1
+    assert counts["rows_teacher"] == len(teacher_rows) > 0
     assert len(train) - len(teacher_rows) == counts["rows_gold"] <= len(gold)
     assert any(r.get("undocumented") for r in io.read_jsonl(project / "data/distill/targets.jsonl"))
     assert io.read_json(project / "metrics/train.json")["train_samples"] == len(train)
