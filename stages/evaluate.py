@@ -2,7 +2,10 @@
 checks, a report and plots. Cheap: no model is loaded, so a change of metric, resamples,
 report or plot re-runs this stage only, in seconds.
 
-Reads:  data/generations/<system>/ of every system, data/split/test.jsonl, data/ood.jsonl,
+Reads:  data/generations/<system>/ of every system (a folder whose system.json says
+        ``enabled: false`` is left out: the teacher when distill is off),
+        metrics/generate/<system>.json and data/generations/teacher/system.json (speed and
+        parameters, for the teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
         params.yaml `task`, `benchmark` (sets, templates), `evaluate` (reference system,
         resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the report)
@@ -43,9 +46,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from repotune.tasks import task
 
     module = task(p.task.name)
-    if p.evaluate.reference not in args.systems:
+    systems = [s for s in args.systems if evalsets.system_enabled(args.generations / s)]
+    if p.evaluate.reference not in systems:
         raise errors.RepotuneError(
-            f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(args.systems)}"
+            f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(systems)}"
         )
     sets = evalsets.load_sets(
         args.test, args.ood, p.benchmark.max_samples,
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
         records = sets[set_name]
         outputs = {}
-        for system in args.systems:
+        for system in systems:
             path = evalsets.generation_file(args.generations / system, set_name, template)
             if not path.is_file():
                 raise errors.RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
@@ -76,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in ("clone", "extract", "filter", "split", "train", "ood")
         if (args.stage_metrics / f"{name}.json").is_file()
     }
+    costs = report.system_costs(systems, args.generations, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
     summary = headline(p.task.name, evaluations, p.evaluate.reference)
     io.write_json(out / "evaluate.json", summary)
@@ -108,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.task.name, evaluations, module.METRICS, module.SAMPLE_METRIC,
         reference=p.evaluate.reference, confidence=p.evaluate.confidence,
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
-        stage_metrics=stage_metrics, settings=settings, signatures=signatures,
+        stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs,
     ))
     print(io.dumps(summary))
 

@@ -1,7 +1,9 @@
 """Stage `train`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
 
-Reads:  params.yaml (lora, train, prompt, task; model.base is recorded), models/base/,
-        data/split/train.jsonl, data/split/val.jsonl
+Reads:  params.yaml (lora, train, prompt, task; model.base is recorded; distill: mode logits
+        adds the teacher's KL term to the loss), models/base/,
+        data/distill/train.jsonl (the split's train records, with the teacher's targets when
+        distill.mode is sequence), data/split/val.jsonl, data/distill/model (the teacher)
 Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
         dvclive/train/ (curves: train/eval loss, learning rate, grad norm),
         metrics/train.json (final losses, steps, tokens, training tokens/s),
@@ -28,19 +30,35 @@ from repotune.modeling import peak_memory_mib
 from repotune.training import load_split, train_adapter
 
 
+def kl_trainer(teacher: Path, loaded, temperature: float, kl_weight: float) -> type:  # noqa: ANN001
+    """The KL trainer class with the teacher loaded beside the student (same device, precision)."""
+    from repotune.distill_loss import check_same_vocab, kl_trainer_class
+
+    vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
+    model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
+    return kl_trainer_class(model, vocab, temperature, kl_weight)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--base", type=Path, default=Path("models/base"))
-    parser.add_argument("--train", type=Path, default=Path("data/split/train.jsonl"))
+    parser.add_argument("--train", type=Path, default=Path("data/distill/train.jsonl"))
     parser.add_argument("--val", type=Path, default=Path("data/split/val.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("models/adapter"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
     parser.add_argument("--checkpoints", type=Path, default=Path("models/checkpoints"))
+    parser.add_argument("--teacher", type=Path, default=Path("data/distill/model"), help="distill.mode logits")
     args = parser.parse_args(argv)
 
     p = params.load(args.params)
+    distill = p.distill
+    logits = distill.enabled and distill.mode == "logits"
+    if logits and p.train.launcher != "none":
+        raise errors.RepotuneError(
+            "distill.mode: logits trains in one process (the teacher runs beside the student); set train.launcher: none"
+        )
     # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
     modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
     accelerate_config = None
@@ -65,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if accelerate_config is not None:
             # The process count decides the RNG states and data shards a checkpoint holds.
             inputs["accelerate_config"] = sha256_file(accelerate_config)
+        if logits:  # the loss depends on the teacher and its settings
+            inputs["teacher"] = model_identity(args.teacher)
+            inputs["distill"] = f"{distill.temperature}/{distill.kl_weight}"
         key = checkpoints.run_key(
             {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
              "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
@@ -90,7 +111,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         live_dir=args.live,
         checkpoint_dir=run_folder,
         base_name=p.model.label if p.model is not None else str(args.base),
-        extra_info={"languages": sorted({r.get("language", "unknown") for r in train_records})},
+        extra_info={
+            "languages": sorted({r.get("language", "unknown") for r in train_records}),
+            **({"distill": {"mode": "logits", "teacher": model_identity(args.teacher),
+                            "temperature": distill.temperature, "kl_weight": distill.kl_weight}} if logits else {}),
+        },
+        trainer_class=(
+            (lambda loaded: kl_trainer(args.teacher, loaded, distill.temperature, distill.kl_weight)) if logits else None
+        ),
     )
 
     metrics = {

@@ -23,11 +23,15 @@ TINY_CORPUS = [
 ] * 20
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """Save a 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained here.
+def build_tiny_model(
+    folder: Path, hidden_size: int = 32, layers: int = 2, vocab_size: int = 300, seed: int = 0
+) -> Path:
+    """Save a `layers`-layer Llama (hidden `hidden_size`) with a byte-level BPE tokenizer trained here.
 
     Nothing is downloaded: the tokenizer is trained on a few lines of code and the model
-    weights are random (seeded), which is all the train/merge/benchmark mechanics need.
+    weights are random (seeded), which is all the train/merge/benchmark mechanics need. The
+    same `vocab_size` gives the same tokenizer (training is deterministic), so models of
+    different sizes can share one (a teacher and its student); another size gives another.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -37,7 +41,7 @@ def build_tiny_model(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|pad|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -49,12 +53,12 @@ def build_tiny_model(folder: Path) -> Path:
         eos_token="<|endoftext|>",
         pad_token="<|pad|>",
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
@@ -258,7 +262,7 @@ def load_stage(name: str):
 # --- a copy of the project run with real `dvc` commands (pipeline and hostile tests) ----------
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "ood", "train", "merge",
+ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill", "ood", "train", "merge",
               "generate@base", "generate@finetuned", "evaluate"]
 
 

@@ -95,8 +95,10 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     set_params(project, evaluate={"resamples": 300})
     assert ran(dvc(project, "repro")) == ["evaluate"]
 
+    # distill declares decoding (the teacher decodes like every system); disabled, it re-runs
+    # in well under a second and writes the same train file, so train does not run.
     set_params(project, decoding={"max_new_tokens": 6})
-    assert ran(dvc(project, "repro")) == ["generate@base", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["distill", "generate@base", "generate@finetuned", "evaluate"]
 
     set_params(project, lora={"r": 8})
     assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
@@ -137,7 +139,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     # Another task: everything from extract on re-runs (ood too: it mines the same task); base
     # and clone do not.
     set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
-    assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "ood", *MODEL_STAGES]
+    assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "distill", "ood", *MODEL_STAGES]
     bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")
@@ -211,3 +213,54 @@ def test_a_run_pushed_to_a_remote_is_pulled_into_a_fresh_clone_up_to_date(projec
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == []
+
+
+def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_path: Path):
+    """`distill.enabled` on the tiny models: a 3-layer teacher with the student's tokenizer
+    writes targets for train inputs and for the fixture's undocumented definitions; train
+    reads the mix, evaluate compares three systems. A new share re-runs distill (from its
+    cache: nothing generated) and the model stages; logits mode trains with the KL term."""
+    from conftest import build_tiny_model
+
+    teacher = build_tiny_model(tmp_path / "teacher", hidden_size=64, layers=3, seed=1)
+    # A file with no docstring at all: in no split, so its definitions are the teacher's to document.
+    source = Path(yaml.safe_load((project / "params.yaml").read_text())["source"]["url"])
+    (source / "pkg/plain.py").write_text(
+        "def scale(values, factor):\n    return [v * factor for v in values]\n\n\n"
+        "class Counter:\n    def bump(self, step):\n        self.total += step\n        return self.total\n"
+    )
+    repo = git.Repo(source)
+    repo.git.add("--all")
+    repo.index.commit("undocumented code")
+    budget = {**TINY_BUDGET, "train": {**TINY_BUDGET["train"], "max_samples": 0},
+              "decoding": {"max_new_tokens": 16, "batch_size": 2, "stop": []}}
+    set_params(
+        project, **budget,
+        filter={"min_target_tokens": 1, "drop_placeholder_docs": False, "drop_name_only_docs": False,
+                "drop_non_english_docs": False, "max_url_code_share": 1.0},
+        distill={"enabled": True, "teacher": {"base": str(teacher)}, "teacher_share": 0.5, "undocumented": True},
+    )
+    assert ran(dvc(project, "repro")) == ALL_STAGES
+    counts = io.read_json(project / "metrics/distill.json")
+    train = io.read_jsonl(project / "data/distill/train.jsonl")
+    gold = io.read_jsonl(project / "data/split/train.jsonl")
+    teacher_rows = [r for r in train if r["id"].endswith(".teacher")]
+    # scale, Counter, Counter.bump; geometry.py's no_docstring is left out (its file holds val/test samples).
+    assert counts["undocumented_found"] == 3 and counts["undocumented_files_held_out"] >= 1
+    assert counts["rows_teacher"] == len(teacher_rows) > 0
+    assert len(train) - len(teacher_rows) == counts["rows_gold"] <= len(gold)
+    assert any(r.get("undocumented") for r in io.read_jsonl(project / "data/distill/targets.jsonl"))
+    assert io.read_json(project / "metrics/train.json")["train_samples"] == len(train)
+    bench = io.read_json(project / "metrics/evaluate.json")
+    assert {"teacher_chrf", "delta_teacher_chrf", "delta_finetuned_chrf", "gain_kept_chrf"} <= set(bench)
+    assert "## Teacher and student" in (project / "metrics/report.md").read_text()
+
+    set_params(project, distill={"teacher_share": 1.0})
+    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "generate@finetuned", "evaluate"]
+    assert io.read_json(project / "metrics/distill.json")["generated_now"] == 0
+
+    set_params(project, distill={"mode": "logits", "kl_weight": 0.5})
+    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "generate@finetuned", "evaluate"]
+    info = io.read_json(project / "models/adapter/training.json")
+    assert info["distill"]["mode"] == "logits" and info["distill"]["kl_weight"] == 0.5
+    assert (project / "data/distill/train.jsonl").read_bytes() == (project / "data/split/train.jsonl").read_bytes()

@@ -54,3 +54,11 @@ def evaluations(templates: Sequence[str], with_ood: bool) -> list[tuple[str, str
 def generation_file(folder: str | Path, set_name: str, template: str) -> Path:
     """The outputs of one system on one evaluation, inside that system's generations folder."""
     return Path(folder) / f"{set_name}.{template}.jsonl"
+
+
+def system_enabled(folder: str | Path) -> bool:
+    """Whether a system's generations folder holds outputs to evaluate: a stage that may run
+    without producing a system (distill, for the teacher) writes ``system.json`` with
+    ``enabled: false`` there, so that dvc.yaml can list the system whether or not it exists."""
+    marker = Path(folder) / "system.json"
+    return not marker.is_file() or bool(io.read_json(marker).get("enabled", True))

@@ -12,6 +12,10 @@ from repotune import degenerate, stats
 from repotune.metrics import METRICS
 from repotune.params import EvaluateParams
 
+# The system whose gain over the reference the others are measured against (distill: the
+# model that taught them); present only when the distill stage is on.
+TEACHER = "teacher"
+
 
 def evaluate(
     references: Sequence[str],
@@ -73,13 +77,28 @@ def evaluate(
     }
 
 
+def gain_kept(scores: Mapping[str, Mapping[str, Mapping[str, float]]], system: str, reference: str, metric: str) -> float | None:
+    """The share of the teacher's gain over `reference` that `system` has, in percent: 100 =
+    as good as the teacher, 0 = no better than the reference; None when the teacher gains
+    nothing (or there is no teacher)."""
+    if TEACHER not in scores or system not in scores:
+        return None
+    ref = scores[reference][metric]["score"]
+    teacher_gain = scores[TEACHER][metric]["score"] - ref
+    if abs(teacher_gain) < 1e-9:
+        return None
+    return round(100 * (scores[system][metric]["score"] - ref) / teacher_gain, 2)
+
+
 def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str) -> dict[str, Any]:
     """The flat headline of metrics/evaluate.json.
 
     The test set with the first template: ``samples``, ``<system>_<metric>``, and per other
     system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (``delta_<system>_<metric>``...
     when there are several), ``<system>_degenerate_pct`` and ``<system>_markup_pct`` (with ``reference_markup_pct``); and for the out-of-domain set with the
-    same template ``ood_samples`` and ``ood_delta_<metric>`` with ``_p``.
+    same template ``ood_samples`` and ``ood_delta_<metric>`` with ``_p``. With a teacher,
+    ``gain_kept_<metric>`` (``gain_kept_<system>_<metric>`` when there are several students):
+    the share of the teacher's gain, in percent, see :func:`gain_kept`.
     """
     head = evaluations[0]
     flat: dict[str, Any] = {"task": task_name, "template": head["template"], "samples": head["result"]["samples"]}
@@ -95,6 +114,12 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
         for metric, d in by_metric.items():
             key = f"{prefix(other)}_{metric}"
             flat.update({key: d["delta"], f"{key}_low": d["low"], f"{key}_high": d["high"], f"{key}_p": d["p"]})
+    for system in head["result"]["scores"]:
+        if system in (TEACHER, reference) or TEACHER not in head["result"]["scores"]:
+            continue
+        for metric in head["result"]["scores"][system]:
+            key = "gain_kept" if len(others) == 2 else f"gain_kept_{system}"
+            flat[f"{key}_{metric}"] = gain_kept(head["result"]["scores"], system, reference, metric)
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
         flat[f"{system}_markup_pct"] = shares["markup_pct"]

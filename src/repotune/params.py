@@ -255,6 +255,34 @@ class JudgeParams(Section):
         return prompt
 
 
+class DistillParams(Section):
+    """``distill``: knowledge distillation from a teacher model into the run's model (stage
+    `distill`, between split and train). Off by default: the stage then copies the train split
+    and loads no model."""
+
+    enabled: bool = False
+    # sequence: the teacher writes targets the student trains on (any tokenizers);
+    # logits: the student also learns the teacher's next-token distribution (same tokenizer only).
+    mode: Literal["sequence", "logits"] = "sequence"
+    teacher: ModelParams | None = None  # a model.base source; required when enabled
+    teacher_share: float = Field(default=0.5, ge=0, le=1)  # sequence: share of training rows with a teacher target
+    undocumented: bool = False  # sequence, docstring: also teacher targets for definitions without a docstring
+    max_samples: int = Field(default=0, ge=0)  # teacher targets for the first N train inputs by id (0 = all)
+    max_undocumented: int = Field(default=0, ge=0)  # undocumented definitions taken at most, first by id (0 = all)
+    temperature: float = Field(default=1.0, gt=0)  # logits: softmax temperature of both distributions
+    kl_weight: float = Field(default=0.5, ge=0, le=1)  # logits: loss = (1 - w) * CE + w * T^2 * KL(teacher || student)
+    threads: int = Field(default=0, ge=0)  # CPU threads for torch (0 = all cores)
+
+    @model_validator(mode="after")
+    def _teacher_when_enabled(self) -> DistillParams:
+        if self.enabled and self.teacher is None:
+            raise ValueError(
+                "teacher is required when enabled is true: a mapping in the model section's form "
+                "(base, file, sha256, revision, trust_remote_code, allow_pickle)"
+            )
+        return self
+
+
 class LoraParams(Section):
     r: int = Field(default=16, gt=0)
     alpha: int = Field(default=32, gt=0)
@@ -382,6 +410,7 @@ SECTIONS: dict[str, type[Section]] = {
     "filter": FilterParams,
     "split": SplitParams,
     "model": ModelParams,
+    "distill": DistillParams,
     "lora": LoraParams,
     "train": TrainParams,
     "prompt": PromptParams,
@@ -404,6 +433,7 @@ class Params(BaseModel):
     judge: JudgeParams = JudgeParams()
     split: SplitParams = SplitParams()
     model: ModelParams | None = None
+    distill: DistillParams = DistillParams()
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
     prompt: PromptParams = PromptParams()

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from repotune.evaluation import TEACHER, gain_kept
 from repotune.metrics import METRICS
 
-LABELS = {"base": "base", "finetuned": "fine-tuned"}
+LABELS = {"base": "base", "finetuned": "fine-tuned", "teacher": "teacher"}
 # The reference system grey, the others in Tableau colours.
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
 
@@ -162,6 +163,56 @@ def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> 
 
 
 # --- the Markdown report -------------------------------------------------------------------
+
+
+def system_costs(
+    systems: Sequence[str], generations: Path, generate_metrics: Path, head: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Parameters and generation tokens/s of each system on the headline evaluation, where
+    known: a generations folder's ``system.json`` (written by distill for the teacher: its
+    speed, and the parameter counts of every system) or ``metrics/generate/<system>.json``.
+    Timings are measured, so not deterministic; only the report shows them."""
+    from repotune.io import read_json
+
+    key = f"{head['set']}.{head['template']}"
+    costs: dict[str, dict[str, Any]] = {s: {"parameters": None, "tokens_per_s": None} for s in systems}
+    for system in systems:
+        own = Path(generations) / system / "system.json"
+        speed_file = own if own.is_file() else Path(generate_metrics) / f"{system}.json"
+        if speed_file.is_file():
+            costs[system]["tokens_per_s"] = read_json(speed_file).get(key, {}).get("tokens_per_s")
+        if own.is_file():
+            for name, count in read_json(own).get("parameters", {}).items():
+                if name in costs:
+                    costs[name]["parameters"] = count
+    return costs
+
+
+def _distillation(
+    ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, costs: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """How much of the teacher's gain each other system kept, and at what cost."""
+    scores = ev["result"]["scores"]
+    students = [s for s in scores if s not in (TEACHER, reference)]
+    head = ["metric", label(reference), label(TEACHER), *(label(s) for s in students), "teacher gain",
+            *(f"{label(s)} gain (kept)" for s in students)]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for metric in metric_names:
+        ref = scores[reference][metric]["score"]
+        cells = [metric, f"{ref:.2f}", f"{scores[TEACHER][metric]['score']:.2f}"]
+        cells += [f"{scores[s][metric]['score']:.2f}" for s in students]
+        cells.append(_signed(scores[TEACHER][metric]["score"] - ref))
+        for s in students:
+            kept = gain_kept(scores, s, reference, metric)
+            cells.append(f"{_signed(scores[s][metric]['score'] - ref)} ({'n/a' if kept is None else f'{kept:.0f}%'})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| system | parameters | generated tokens/s |", "|---|---:|---:|"]
+    for system in scores:
+        c = costs.get(system, {})
+        params = f"{c['parameters'] / 1e6:.1f} M" if c.get("parameters") else "?"
+        speed = f"{c['tokens_per_s']:.1f}" if c.get("tokens_per_s") else "?"
+        lines.append(f"| {label(system)} | {params} | {speed} |")
+    return lines
 
 
 def _fenced(text: str) -> str:
@@ -323,8 +374,12 @@ def render_report(
     stage_metrics: Mapping[str, Mapping[str, Any]],
     settings: Mapping[str, Any],
     signatures: Mapping[str, str],
+    costs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py)."""
+    """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
+
+    With a teacher among the systems, a section says how much of its gain the others kept
+    and at what cost (`costs`: see :func:`system_costs`)."""
     systems = list(evaluations[0]["result"]["scores"])
     level = f"{round(confidence * 100)}%"
     lines = [
@@ -341,6 +396,14 @@ def render_report(
         lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]
         lines += _score_table(ev, metric_names, reference, confidence)
         lines += [""] + _in_words(ev, metric_names, reference, confidence)
+    head = evaluations[0]
+    if TEACHER in head["result"]["scores"] and reference != TEACHER:
+        lines += ["", f"## Teacher and student: {evaluation_title(head['set'], head['template'])}", "",
+                  f"The gain over {label(reference)} of each system, and the share of the teacher's gain it "
+                  "kept (100% = as good as the teacher), then what each costs to run: parameters and "
+                  "generated tokens/s on this evaluation (measured, same decoding settings; the machine "
+                  "may have been shared).", ""]
+        lines += _distillation(head, metric_names, reference, costs or {})
     lines += ["", "## Degenerate outputs", "",
               "Share of outputs per check (see Definitions); a model that learned the project's "
               "style should not trade it for loops or copies of the input, and should use the "
@@ -351,7 +414,6 @@ def render_report(
         lines += ["", "## Data and training", ""] + summary
     lines += ["", "## Plots", "", "![scores with intervals](plots/scores.png)", "",
               "![per-sample differences](plots/sample_deltas.png)"]
-    head = evaluations[0]
     lines += ["", f"## Examples: {evaluation_title(head['set'], head['template'])}, per-sample {sample_metric}", ""]
     lines += _examples(head, sample_metric, reference, examples) or ["(none)"]
     from repotune.degenerate import CHECKS

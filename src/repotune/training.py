@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -355,8 +355,12 @@ def build_trainer(
     output_dir: Path,
     callbacks: list[TrainerCallback],
     checkpoints: bool,
+    trainer_class: type | None = None,
 ) -> Any:
-    """TRL's SFTTrainer with a fresh LoRA adapter on the loaded model (completion-only loss)."""
+    """TRL's SFTTrainer with a fresh LoRA adapter on the loaded model (completion-only loss).
+
+    `trainer_class`: an SFTTrainer subclass with its own training loss (the hook of
+    ``distill.mode: logits``, see repotune.distill_loss); None = SFTTrainer."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTTrainer
@@ -381,7 +385,7 @@ def build_trainer(
         gradient_checkpointing=loaded.gradient_checkpointing, checkpoints=checkpoints,
         packing=packing,
     )
-    trainer = SFTTrainer(
+    trainer = (trainer_class or SFTTrainer)(
         model=loaded.model,
         args=config,
         train_dataset=Dataset.from_list(train_rows),
@@ -559,6 +563,7 @@ def train_adapter(
     checkpoint_dir: str | Path | None = None,
     base_name: str | None = None,
     extra_info: dict[str, Any] | None = None,
+    trainer_class: Callable[[Loaded], type] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on `train_records`, evaluating on `val_records`; save to `out`.
 
@@ -582,6 +587,9 @@ def train_adapter(
             ``model.base`` param); defaults to `base` as given. Never an absolute path unless
             given one, so the adapter folder is identical wherever the pipeline runs.
         extra_info: more JSON-able facts to record in training.json (e.g. the task).
+        trainer_class: called with the loaded model, returns the trainer class to use instead of
+            SFTTrainer (the hook of logit-level distillation, which needs the student's
+            device, precision and tokenizer to load its teacher); None = SFTTrainer.
 
     Returns:
         Results: ``train_loss`` (mean over the last logging window), ``train_loss_avg`` (over
@@ -619,7 +627,8 @@ def train_adapter(
         try:
             with deterministic(loaded.device):
                 trainer = build_trainer(
-                    loaded, train_rows, val_rows, lora, train, output_dir, callbacks, use_checkpoints
+                    loaded, train_rows, val_rows, lora, train, output_dir, callbacks, use_checkpoints,
+                    trainer_class(loaded) if trainer_class is not None else None,
                 )
                 trainer_ref["trainer"] = trainer
                 if live_dir is not None and trainer.is_world_process_zero():

@@ -1,0 +1,302 @@
+"""Sequence-level knowledge distillation: a teacher model writes targets the student trains on.
+
+The teacher answers the same prompts the benchmark gives every system (the task's template,
+the task's stops and post-processing, ``decoding``), on the train inputs and, for the docstring
+task, optionally on definitions that have no docstring at all. Its answers become training
+records next to the gold ones, in a ratio set by ``distill.teacher_share``. Only text crosses
+from teacher to student, so the two may have different tokenizers.
+
+Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops), so a
+new mixing ratio or sample cap re-generates nothing; the model is loaded only for prompts not
+in the cache.
+
+Heavy imports (torch, transformers) stay inside the functions, through ``repotune.generation``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from repotune import io
+from repotune.errors import RepotuneError
+from repotune.params import DecodingParams, ExtractParams
+
+
+def generation_key(identity: str, prompt: str, decoding: DecodingParams, stop: Sequence[str]) -> str:
+    """What decides a teacher's raw output: its weights, the prompt, decoding and stops.
+
+    ``decoding.batch_size`` is left out: texts do not depend on it (see repotune.generation).
+    """
+    settings = io.dumps({**decoding.model_dump(mode="json", exclude={"batch_size"}), "stop": list(stop)})
+    return hashlib.sha256("\0".join((identity, prompt, settings)).encode()).hexdigest()
+
+
+def read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """key -> {raw, new_tokens, prompt_tokens, seconds} of earlier generations (empty if none)."""
+    if not path.is_file():
+        return {}
+    return {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in io.read_jsonl(path)}
+
+
+def write_cache(path: Path, cache: Mapping[str, Mapping[str, Any]]) -> None:
+    io.write_jsonl(path, [{"key": key, **value} for key, value in sorted(cache.items())])
+
+
+def generate_cached(
+    folder: Path,
+    prompts: Mapping[str, Sequence[str]],
+    cache: dict[str, dict[str, Any]],
+    identity: str,
+    decoding: DecodingParams,
+    *,
+    stop: Sequence[str],
+    skip_leading_whitespace: bool,
+    device: str,
+    precision: str,
+    save: Callable[[], None] | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The teacher's generation for every prompt of every named list, from `cache` or generated;
+    `cache` is filled in place and `save` called after each list that needed the model (so a
+    run killed half-way keeps what it generated: a teacher is slow on a CPU). The model is
+    loaded for each such list; none at all when everything is cached.
+
+    A generated row keeps its share of its run's wall time (``seconds``, in proportion to its
+    new tokens), so the tokens/s of a list read back from the cache is the measured one.
+
+    Returns:
+        name -> one cached row per prompt (raw, new_tokens, prompt_tokens, seconds), and the
+        number of prompts generated now.
+    """
+    keys = {name: [generation_key(identity, p, decoding, stop) for p in texts] for name, texts in prompts.items()}
+    generated = 0
+    for name, texts in prompts.items():
+        todo = list(dict.fromkeys(p for p, k in zip(texts, keys[name], strict=True) if k not in cache))
+        if not todo:
+            continue
+        from repotune.generation import generate_from_folder
+
+        run = generate_from_folder(
+            folder, {name: todo}, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
+            device=device, precision=precision,
+        )[name]
+        total = max(sum(run.new_tokens), 1)
+        for text, raw, n_new, n_prompt in zip(todo, run.raw_texts, run.new_tokens, run.prompt_tokens, strict=True):
+            cache[generation_key(identity, text, decoding, stop)] = {
+                "raw": raw, "new_tokens": n_new, "prompt_tokens": n_prompt,
+                "seconds": round(run.seconds * n_new / total, 6),
+            }
+        generated += len(todo)
+        if save is not None:
+            save()
+    return {name: [cache[k] for k in ks] for name, ks in keys.items()}, generated
+
+
+def speed(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Generated tokens, seconds and tokens/s of a list of generated rows."""
+    tokens = sum(r["new_tokens"] for r in rows)
+    seconds = sum(r["seconds"] for r in rows)
+    return {"generated_tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else 0.0}
+
+
+def undocumented_records(
+    root: Path, *, repo: str, sha: str, task_name: str, extract: ExtractParams,
+    skip_paths: set[str], max_input_tokens: int, counts: Counter,
+) -> list[dict[str, Any]]:
+    """Definitions of `root` that have no doc comment, as records with an empty target, sorted
+    by id: inputs for the teacher, mined with the extract stage's own file selection and
+    language modules (its output is untouched).
+
+    Only for tasks with doc comments as targets (``docstring``). Files in `skip_paths` (those
+    that hold validation or test samples) are left out, so that no held-out file's code reaches
+    training; tests by the language's conventions too. Inputs are cut to `max_input_tokens`
+    code tokens, as the filter stage cuts gold inputs.
+
+    Raises:
+        RepotuneError: the task is not docstring (every function already is a method_name
+            sample, every file a completion source: nothing is undocumented there).
+    """
+    import pathspec
+
+    from repotune.files import candidate_paths, read_source
+    from repotune.filters import truncate_tokens
+    from repotune.languages import definitions, parser
+    from repotune.tasks import sample_id, task
+
+    if task_name != "docstring":
+        raise RepotuneError(
+            f"distill.undocumented applies to task docstring only (task.name is {task_name!r}); set it to false"
+        )
+    keep = task(task_name).KEEP_INPUT
+    generated = pathspec.PathSpec.from_lines("gitignore", extract.generated)
+    records = []
+    for lang in extract.languages:
+        files = candidate_paths(root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter())
+        parse = parser(lang)
+        for rel in files:
+            if rel in skip_paths:
+                counts["undocumented_files_held_out"] += 1
+                continue
+            source = read_source(root, rel, generated, Counter())
+            if source is None:
+                continue
+            tree = parse.parse(source.data)
+            if tree.root_node.has_error:
+                continue
+            for d in definitions(lang, tree.root_node, source.data):
+                if d.doc is not None:
+                    continue
+                if d.is_test:
+                    counts["undocumented_tests"] += 1
+                    continue
+                code, cut = truncate_tokens(d.code, max_input_tokens, keep)
+                records.append({
+                    "id": sample_id(source.path, d.qualified_name, d.start_line), "repo": repo, "sha": sha,
+                    "path": source.path, "language": lang, "task": task_name, "kind": d.kind,
+                    "name": d.qualified_name, "start_line": d.start_line, "end_line": d.end_line,
+                    "input": code, "target": "", "input_truncated": cut, "is_test": False, "undocumented": True,
+                })
+    counts["undocumented_found"] += len(records)
+    return sorted(records, key=lambda r: r["id"])
+
+
+def mix(
+    gold: Sequence[dict[str, Any]], teacher: Sequence[dict[str, Any]], share: float
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The training records: gold and teacher records with ``share`` of them the teacher's.
+
+    As many records as the ratio allows: N = min(gold / (1 - share), teacher / share), of which
+    round(share * N) teacher records (the first by id) and the rest gold (the first by id); so
+    share 0 is the gold records alone, share 1 the teacher records alone.
+
+    Returns:
+        The records sorted by id, and counts ``rows_gold``, ``rows_teacher``.
+    """
+    if share <= 0 or not teacher:
+        n_teacher, n_gold = 0, len(gold)
+    elif share >= 1 or not gold:
+        n_teacher, n_gold = len(teacher), 0
+    else:
+        total = min(len(gold) / (1 - share), len(teacher) / share)
+        n_teacher = min(len(teacher), round(share * total))
+        n_gold = min(len(gold), round(total) - n_teacher)
+    by_id = sorted(gold, key=lambda r: r["id"])[:n_gold] + sorted(teacher, key=lambda r: r["id"])[:n_teacher]
+    return sorted(by_id, key=lambda r: r["id"]), {"rows_gold": n_gold, "rows_teacher": n_teacher}
+
+
+def teacher_record(record: Mapping[str, Any], output: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """A training record whose target the teacher wrote: the input's record with a new id
+    (``<id>.teacher``, next to the gold one when sorted), ``gold_id`` (the input's id) and the
+    provenance under ``teacher``."""
+    return {
+        **{k: v for k, v in record.items() if k != "target"},
+        "id": f"{record['id']}.teacher", "gold_id": record["id"], "target": output, "teacher": dict(provenance),
+    }
+
+
+def fitted_prompts(
+    prompter: Any, records: Sequence[Mapping[str, Any]], tokenizer: Any, budget: int
+) -> tuple[list[str], list[bool]]:
+    """Each record's prompt in at most `budget` tokens of `tokenizer` (code cut to fit, as the
+    generate stage does), and whether its code was cut."""
+    prompts, cut = [], []
+    for record in records:
+        fitted = prompter.fitted_prompt(record, tokenizer, budget)
+        prompts.append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
+        cut.append(bool(fitted and fitted[1]))
+    return prompts, cut
+
+
+def evaluation_prompts(
+    prompt: Any, task_name: str, sets: Mapping[str, Sequence[Mapping[str, Any]]], templates: Sequence[str],
+    tokenizer: Any, budget: int,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+    """The teacher's prompts for every evaluation ``<set>.<template>``, built as the generate
+    stage builds every system's (same templates, same cut to `budget` tokens), and the cuts."""
+    from repotune import evalsets
+    from repotune.prompts import Prompter
+
+    prompts, cut = {}, {}
+    for set_name, template in evalsets.evaluations(templates, "ood" in sets):
+        key = f"{set_name}.{template}"
+        prompts[key], cut[key] = fitted_prompts(
+            Prompter.from_params(prompt, task_name, template), sets[set_name], tokenizer, budget
+        )
+    return prompts, cut
+
+
+def write_generations(
+    folder: Path, rows: Mapping[str, Sequence[Mapping[str, Any]]], sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    cut: Mapping[str, Sequence[bool]], postprocess: Any, system: dict[str, Any],
+) -> None:
+    """The teacher's outputs of every evaluation (``<set>.<template>`` keys of `rows`) in the
+    generate stage's format, and ``system.json`` (`system` plus each evaluation's speed), into
+    `folder`, replaced atomically."""
+    from repotune import evalsets
+
+    with io.atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for key, generated in rows.items():
+            set_name, template = key.split(".", 1)
+            io.write_jsonl(evalsets.generation_file(tmp, set_name, template), [
+                {"id": record["id"], "output": postprocess(row["raw"]), "raw": row["raw"],
+                 "prompt_tokens": row["prompt_tokens"], "new_tokens": row["new_tokens"], "code_cut": was_cut}
+                for record, row, was_cut in zip(sets[set_name], generated, cut[key], strict=True)
+            ])
+            system[key] = {"samples": len(generated), **speed(generated)}
+        io.write_json(tmp / "system.json", system)
+
+
+def teacher_records(
+    inputs: Sequence[Mapping[str, Any]],
+    prompts: Sequence[str],
+    generated: Sequence[Mapping[str, Any]],
+    postprocess: Any,
+    drop_reason: Any,
+    provenance: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Training records from the teacher's answers to `inputs`, held to the gold targets'
+    standard: an empty answer, or one the task's own filter would drop (``drop_reason``, e.g. a
+    docstring under ``filter.min_target_tokens``), is dropped and counted
+    (``teacher_dropped_<reason>``).
+
+    Each record keeps the provenance (teacher, decoding, prompt template) plus the sha256 of
+    its own rendered prompt, the raw output and the tokens generated.
+    """
+    counts: Counter = Counter()
+    records = []
+    for record, prompt, row in zip(inputs, prompts, generated, strict=True):
+        output = postprocess(row["raw"])
+        candidate = {**record, "target": output}
+        reason = "empty" if not output.strip() else drop_reason(candidate)
+        if reason is not None:
+            counts[f"teacher_dropped_{reason}"] += 1
+            continue
+        made = teacher_record(candidate, output, {
+            **provenance, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+            "raw": row["raw"], "new_tokens": row["new_tokens"],
+        })
+        records.append(made)
+    counts["teacher_kept"] = len(records)
+    return sorted(records, key=lambda r: r["id"]), counts
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters of the model in `folder`: its manifest's count, else the tensor sizes in its
+    safetensors headers (no weights are read; a tied embedding is stored, and counted, once)."""
+    import json
+    import math
+
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and io.read_json(manifest).get("parameters"):
+        return int(io.read_json(manifest)["parameters"])
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total

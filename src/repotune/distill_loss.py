@@ -1,0 +1,114 @@
+"""Logit-level knowledge distillation: the student also learns the teacher's next-token
+distribution at every completion position (``distill.mode: logits``).
+
+Training loss per completion token (the tokens TRL labels; prompt and padding positions are
+never scored):
+
+    (1 - w) * cross-entropy(gold token) + w * T^2 * KL(teacher_T || student_T)
+
+with ``w = distill.kl_weight`` and ``T = distill.temperature`` (both distributions softened by
+T; the T^2 keeps the gradient scale of the KL term independent of T, Hinton et al. 2015).
+Only the completion positions are projected onto the vocabulary, for the student and the
+frozen teacher alike: on a 49k-token vocabulary the projection of every position would cost
+more than the rest of the step. Evaluation keeps TRL's plain cross-entropy, so the eval loss
+stays comparable with a run without distillation.
+
+Comparing distributions token by token needs one vocabulary: teacher and student must share
+their tokenizer (:func:`check_same_vocab`); otherwise use ``distill.mode: sequence``.
+
+Heavy imports (torch, trl) stay inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from repotune.errors import RepotuneError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def check_same_vocab(
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, teacher_name: str, student_name: str
+) -> int:
+    """The shared vocabulary size; a one-line error when the two tokenizers differ.
+
+    The same token strings with the same ids are required (special tokens included): a
+    distribution over one vocabulary means nothing over another.
+
+    Raises:
+        RepotuneError: the vocabularies differ, naming ``distill.mode``.
+    """
+    t_vocab, s_vocab = teacher.get_vocab(), student.get_vocab()
+    if t_vocab != s_vocab:
+        differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+        raise RepotuneError(
+            f"distill.mode: logits needs teacher and student to share a tokenizer, but the teacher "
+            f"{teacher_name} has {len(t_vocab)} tokens and the student {student_name} {len(s_vocab)} "
+            f"({differ} token/id pairs differ); use distill.mode: sequence (any tokenizers)"
+        )
+    return len(s_vocab)
+
+
+def completion_logits(model: Any, inputs: dict[str, Any], mask: Any) -> Any:
+    """Logits (n, vocab) at the `mask`ed positions of the shifted sequence (position i predicts
+    token i + 1): the decoder runs on every position, the vocabulary projection only on these."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(**inputs).last_hidden_state[:, :-1]
+    return base.get_output_embeddings()(hidden[mask])
+
+
+def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weight: float) -> type:
+    """An ``SFTTrainer`` subclass whose training loss adds the KL term of the module doc.
+
+    Args:
+        teacher: the frozen teacher (eval mode, on the student's device and precision).
+        vocab_size: the shared tokenizer's size; logits beyond it (rows models pad their
+            embedding matrix with) are left out of both distributions.
+        temperature, kl_weight: ``distill.temperature`` and ``distill.kl_weight``.
+
+    The mean KL and cross-entropy per completion token go to the logs as ``distill_kl`` and
+    ``distill_ce``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+
+    class KLTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if not model.training or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            forward["use_cache"] = False
+            logits = completion_logits(model, forward, mask)[:, :vocab_size].float()
+            ce = F.cross_entropy(logits, labels[mask], reduction="sum")
+            with torch.no_grad():
+                teacher_logits = completion_logits(teacher, forward, mask)[:, :vocab_size].float()
+            student_log = F.log_softmax(logits / temperature, dim=-1)
+            teacher_log = F.log_softmax(teacher_logits / temperature, dim=-1)
+            kl = F.kl_div(student_log, teacher_log, log_target=True, reduction="sum")
+            n = mask.sum()
+            denominator = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else n).clamp(min=1)
+            loss = ((1 - kl_weight) * ce + kl_weight * temperature**2 * kl) / denominator
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            # What SFTTrainer.compute_loss records and compat.trained_tokens reads.
+            mask_or_positions = inputs.get("attention_mask")
+            self._total_train_tokens += (
+                int(mask_or_positions.sum()) if mask_or_positions is not None else inputs["position_ids"].size(1)
+            )
+            metrics = self._metrics["train"]
+            metrics["num_tokens"] = [self._total_train_tokens]
+            count = max(int(n), 1)
+            metrics["distill_kl"].append(float(kl.detach()) / count)
+            metrics["distill_ce"].append(float(ce.detach()) / count)
+            return loss
+
+    return KLTrainer
