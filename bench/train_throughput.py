@@ -110,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = load_split(args.train, args.samples)
     tokenizer = modeling.load_tokenizer(args.model)
     lengths, completions = trained_lengths(
-        Prompter.from_params(p.prompt, p.task.name).rows(records, tokenizer), tokenizer, train.max_length
+        # As the stage builds them: code cut so that every row fits max_length.
+        Prompter.from_params(p.prompt, p.task.name).fitted_rows(records, tokenizer, train.max_length)[0],
+        tokenizer, train.max_length,
     )
 
     base = modeling.load_causal_lm(args.model)

@@ -96,6 +96,8 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
         {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."}
         for i in range(4)
     ]
+    # Longer than max_length (64): the stage cuts its code to fit, and the bench must count that.
+    records.append({"id": "s9", "input": "def long(x):\n" + "    x = x + 1\n" * 40 + "    return x\n", "target": "Add 40 to x."})
     split = tmp_path / "train.jsonl"
     io.write_jsonl(split, records)
     raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
@@ -107,11 +109,11 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     out = tmp_path / "train.json"
     train_throughput.main([
         "--model", str(tiny_model), "--train", str(split), "--params", str(params),
-        "--samples", "4", "--threads", "1", "--kernel-steps", "1", "--matmul-seconds", "0.05",
+        "--samples", "5", "--threads", "1", "--kernel-steps", "1", "--matmul-seconds", "0.05",
         "--out", str(out),
     ])
     result = json.loads(out.read_text())
-    assert result["stage"]["steps"] == 2 and result["stage"]["samples"] == 4
+    assert result["stage"]["steps"] == 3 and result["stage"]["samples"] == 5
     # TRL's own token count and the bench's count of the same rows agree.
     assert result["stage"]["tokens"] == result["stage"]["tokens_counted_here"]
     # Packed: the same tokens (nothing dropped or padded in), in no more rows than samples.
