@@ -702,3 +702,19 @@ def test_launcher_accelerate_needs_a_config(tmp_path):
     (tmp_path / "params.yaml").write_text(PARAMS + "  launcher: accelerate\n", encoding="utf-8")
     with pytest.raises(RepotuneError, match="train: accelerate_config is required with launcher: accelerate"):
         params.load(tmp_path / "params.yaml")
+
+
+def test_bf16_on_cpu_trains_with_fp32_lora_weights(tiny_model, tmp_path):
+    """precision bf16 (what auto picks on CPUs with native bf16): bf16 base, autocast, and the
+    LoRA weights the optimizer updates stay fp32 master weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    root = write_data(tmp_path, PARAMS.replace("  threads: 1\n", "  threads: 1\n  precision: bf16\n"))
+    load_stage("train").main(train_args(root, tiny_model))
+    info = json.loads((root / "adapter/training.json").read_text(encoding="utf-8"))
+    assert info["resolved"]["precision"] == "bf16"
+    assert math.isfinite(info["results"]["train_loss"]) and info["results"]["steps"] == 8
+    weights = load_file(root / "adapter/adapter_model.safetensors")
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)
