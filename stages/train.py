@@ -26,17 +26,9 @@ from pathlib import Path
 
 from repotune import checkpoints, errors, io, launch, modeling, params
 from repotune.base_model import model_identity, sha256_file
+from repotune.distill_loss import teacher_trainer
 from repotune.modeling import peak_memory_mib
 from repotune.training import load_split, train_adapter
-
-
-def kl_trainer(teacher: Path, loaded, temperature: float, kl_weight: float) -> type:  # noqa: ANN001
-    """The KL trainer class with the teacher loaded beside the student (same device, precision)."""
-    from repotune.distill_loss import check_same_vocab, kl_trainer_class
-
-    vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
-    model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
-    return kl_trainer_class(model, vocab, temperature, kl_weight)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     val_records = load_split(args.val)
     if main_process:
         print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
+    teacher_identity = model_identity(args.teacher) if logits else None
     run_folder = None
     if p.train.save_steps > 0:
         inputs = {"base": model_identity(args.base), "train": sha256_file(args.train),
@@ -84,20 +77,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             # The process count decides the RNG states and data shards a checkpoint holds.
             inputs["accelerate_config"] = sha256_file(accelerate_config)
         if logits:  # the loss depends on the teacher and its settings
-            inputs["teacher"] = model_identity(args.teacher)
+            inputs["teacher"] = teacher_identity
             inputs["distill"] = f"{distill.temperature}/{distill.kl_weight}"
-        key = checkpoints.run_key(
+        run_folder = checkpoints.run_folder(
+            args.checkpoints,
             {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
              "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
              "model": p.model.label if p.model is not None else None},
-            inputs,
+            inputs, main_process,
         )
-        # Once, by rank 0: prepare removes other keys' folders, which racing ranks would both
-        # try. The other ranks only read their own key's folder, which prepare never removes.
-        run_folder = checkpoints.prepare(args.checkpoints, key) if main_process else args.checkpoints / key
-        found = checkpoints.latest(run_folder)
-        if found is not None and main_process:
-            print(f"resuming from {found} (same params and inputs)")
 
     results = train_adapter(
         args.base,
@@ -113,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         base_name=p.model.label if p.model is not None else str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),
-            **({"distill": {"mode": "logits", "teacher": model_identity(args.teacher),
+            **({"distill": {"mode": "logits", "teacher": teacher_identity,
                             "temperature": distill.temperature, "kl_weight": distill.kl_weight}} if logits else {}),
         },
         trainer_class=(
-            (lambda loaded: kl_trainer(args.teacher, loaded, distill.temperature, distill.kl_weight)) if logits else None
+            (lambda loaded: teacher_trainer(args.teacher, loaded, distill.temperature, distill.kl_weight))
+            if logits else None
         ),
     )
 

@@ -63,6 +63,16 @@ def prepare(root: str | Path, key: str) -> Path:
     return folder
 
 
+def run_folder(root: str | Path, params: dict[str, Any], inputs: dict[str, str], main_process: bool = True) -> Path:
+    """This run's checkpoint folder under `root` (see :func:`run_key`).
+
+    Only the main process prepares it: preparing removes other keys' folders, which racing
+    ranks would both try; the other ranks only read their own key's folder, never removed.
+    """
+    key = run_key(params, inputs)
+    return prepare(root, key) if main_process else Path(root) / key
+
+
 def latest(folder: str | Path) -> Path | None:
     """The complete checkpoint with the highest step in `folder`, or None."""
     steps = [

@@ -21,6 +21,7 @@ Heavy imports (torch, trl) stay inside the functions.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
@@ -112,3 +113,13 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
             return loss
 
     return KLTrainer
+
+
+def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_weight: float) -> type:
+    """The KL trainer class with the teacher folder loaded beside the student (same device and
+    precision as `loaded`, a ``training.Loaded``); refuses a teacher with another vocabulary."""
+    from repotune import modeling
+
+    vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
+    model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
+    return kl_trainer_class(model, vocab, temperature, kl_weight)

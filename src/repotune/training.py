@@ -428,6 +428,8 @@ def run_training(
     Returns (train output, seconds this process spent in evaluations inside the training loop,
     which ``train_runtime`` includes)."""
     if resume_from is not None:
+        if trainer.is_world_process_zero():
+            print(f"resuming from {resume_from} (same params and inputs)")
         # TRL's token counter is not part of the Trainer's state; the checkpoint marker has it.
         compat.set_trained_tokens(trainer, resumed[1])
     with compat.completion_positions_only():
