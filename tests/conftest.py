@@ -350,10 +350,16 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
     return project
 
 
-def kill_at_checkpoint(argv: list[str], checkpoints_root: Path, step: int, cwd: Path | None = None, env: dict | None = None) -> int:
+def kill_at_checkpoint(
+    argv: list[str], checkpoints_root: Path, step: int, cwd: Path | None = None, env: dict | None = None,
+    spare_launcher: bool = False,
+) -> int:
     """Run `argv` and SIGKILL it and every process it started once a complete training
     checkpoint (one with its marker) at or past `step` exists under `checkpoints_root`;
-    return that checkpoint's step. Fails when the run ends first."""
+    return the step of the last complete checkpoint once everything is dead. With
+    `spare_launcher`, only the processes `argv` started are killed and `argv` itself (e.g.
+    `dvc repro`, whose own lock file a SIGKILL can leave half-written) sees its stage crash
+    and exits on its own. Fails when the run ends first."""
     import contextlib
     import signal
     import subprocess
@@ -363,16 +369,22 @@ def kill_at_checkpoint(argv: list[str], checkpoints_root: Path, step: int, cwd: 
 
     from repotune.checkpoints import COMPLETE
 
+    def complete() -> list[int]:
+        return [int(p.parent.name.split("-")[1]) for p in checkpoints_root.glob(f"*/checkpoint-*/{COMPLETE}")]
+
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while proc.poll() is None:
-            done = [int(p.parent.name.split("-")[1]) for p in checkpoints_root.glob(f"*/checkpoint-*/{COMPLETE}")]
+            done = complete()
             if done and max(done) >= step:
-                for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        process.send_signal(signal.SIGKILL)
-                proc.wait()
-                return max(done)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    launcher = psutil.Process(proc.pid)
+                    targets = [*launcher.children(recursive=True), *([] if spare_launcher else [launcher])]
+                    for process in targets:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            process.send_signal(signal.SIGKILL)
+                proc.wait(timeout=120)
+                return max(complete())  # a checkpoint may have completed between the look and the kill
             time.sleep(0.005)
     finally:
         if proc.poll() is None:

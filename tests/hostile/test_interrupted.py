@@ -75,7 +75,10 @@ def repro(project: Path, target: str | None = None, kill: float | None = None) -
         # writes its own .dvc/tmp/rwlock in place, and a SIGKILL there corrupts it (DVC's
         # problem, see README "What it guarantees").
         time.sleep(delay)
-        stage_processes = psutil.Process(proc.pid).children(recursive=True)
+        try:
+            stage_processes = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # DVC already finished
+            return
         if stage_processes and proc.poll() is None:
             killed.set()
             for child in stage_processes:
@@ -169,7 +172,7 @@ def test_dvc_repro_after_a_killed_train_resumes_from_its_last_checkpoint(tmp_pat
     dvc(reference, "repro", "train")
 
     argv = [sys.executable, "-m", "dvc", "repro", "train"]
-    killed_at = kill_at_checkpoint(argv, killed / "models/checkpoints", 20, cwd=killed, env=dvc_env())
+    killed_at = kill_at_checkpoint(argv, killed / "models/checkpoints", 20, cwd=killed, env=dvc_env(), spare_launcher=True)
     assert not (killed / "models/adapter").exists()
     out = dvc(killed, "repro")
     assert f"checkpoint-{killed_at} (same params and inputs)" in out
