@@ -303,9 +303,9 @@ class LoraParams(Section):
 class TrainParams(Section):
     epochs: float = Field(default=1.0, gt=0)
     lr: float = Field(default=2.0e-4, gt=0)
-    # 4 x 2 gives the update of a batch of 8 at the same speed, with half the activations.
-    batch_size: int = Field(default=4, gt=0)
-    grad_accum: int = Field(default=2, gt=0)
+    # 2 x 4 gives the update of a batch of 8, faster on CPU, with a quarter of the activations.
+    batch_size: int = Field(default=2, gt=0)
+    grad_accum: int = Field(default=4, gt=0)
     max_length: int = Field(default=384, gt=0)
     max_steps: int = Field(default=-1, ge=-1)
     warmup: float = Field(default=0.05, ge=0, lt=1)
