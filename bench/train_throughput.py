@@ -13,6 +13,9 @@ Two measurements, both with the LoRA and train settings of params.yaml:
 - ``kernel``: the same peft LoRA model doing forward + backward + AdamW step on a fixed
   batch of ``batch_size`` x ``--kernel-length`` tokens with no padding, timed over a few steps:
   what the model's arithmetic alone achieves on this CPU.
+- ``micro_batches`` (``--micro-batches 8x1 4x2 2x4``, instead of the three above): the stage
+  with each split of the same update into ``train.batch_size`` x ``train.grad_accum``, each in
+  a process of its own, for their tokens/s and peak memory side by side.
 
 Both are put against the machine's limit: the measured fp32 matmul rate with the same number
 of threads. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
@@ -25,6 +28,7 @@ every position for the kernel (whose loss covers them all).
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
         [--kernel-length 192] [--out out.json]
+    python bench/train_throughput.py --model models/base --micro-batches 8x1 4x2 2x4 [--samples 160]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
 are recorded around every measurement; compare runs only when those agree. Peak memory is
@@ -80,6 +84,33 @@ def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
     }
 
 
+def micro_batch(spec: str) -> tuple[int, int]:
+    """``BxA`` -> (train.batch_size B, train.grad_accum A)."""
+    try:
+        size, accum = (int(n) for n in spec.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected BxA, e.g. 4x2") from None
+    if size < 1 or accum < 1:
+        raise argparse.ArgumentTypeError(f"{spec!r}: both numbers must be at least 1")
+    return size, accum
+
+
+def micro_batch_process(args: argparse.Namespace, spec: tuple[int, int]) -> dict:
+    """One ``--micro-batches`` stage run in a fresh process of this script (nothing of an
+    earlier run left in its allocator), as its result dict."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="repotune-bench-") as scratch:
+        out = Path(scratch) / "run.json"
+        subprocess.run([
+            sys.executable, __file__, "--model", args.model, "--train", args.train, "--params", args.params,
+            "--samples", str(args.samples), "--threads", str(args.threads),
+            "--matmul-seconds", str(args.matmul_seconds), "--micro-batches", "x".join(map(str, spec)),
+            "--out", str(out),
+        ], check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())["micro_batches"][0]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="HF model folder (e.g. models/base)")
@@ -92,8 +123,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kernel-steps", type=int, default=4, help="timed kernel steps")
     parser.add_argument("--kernel-length", type=int, default=0, help="0: mean trained length")
     parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
+    parser.add_argument(
+        "--micro-batches", nargs="+", metavar="BxA", type=micro_batch,
+        help="instead of the kernel and packing runs: the stage with train.batch_size B and "
+        "grad_accum A (e.g. 8x1 4x2 2x4), each in a process of its own so that its peak memory is its own",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.micro_batches and len(args.micro_batches) > 1:
+        runs = [micro_batch_process(args, spec) for spec in args.micro_batches]
+        write_result({"samples": args.samples, "threads": args.threads, "micro_batches": runs}, args.out)
+        return
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -106,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
                 "precision": "fp32", "quantize": "none"}
     )
+    if args.micro_batches:
+        train = train.model_copy(update=dict(zip(("batch_size", "grad_accum"), args.micro_batches[0], strict=True)))
     torch.set_num_threads(args.threads)
     records = load_split(args.train, args.samples)
     tokenizer = modeling.load_tokenizer(args.model)
@@ -179,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "packing": packing,
         }
 
+    if args.micro_batches:
+        result["micro_batches"] = [{"batch_size": train.batch_size, "grad_accum": train.grad_accum,
+                                    **measure(args.threads, lambda: stage(False), args.matmul_seconds)}]
+        write_result(result, args.out)
+        return
     result["kernel"] = measure(args.threads, kernel, args.matmul_seconds)
     print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy

@@ -124,6 +124,21 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
         assert run["tokens_per_s"] > 0 and 0 < run["mfu"]
         assert run["peak_rss_mib"] > 100  # torch alone is more than that
 
+    # Micro-batches: the same update split two ways, each in a process of its own.
+    out = tmp_path / "micro.json"
+    train_throughput.main([
+        "--model", str(tiny_model), "--train", str(split), "--params", str(params),
+        "--samples", "4", "--threads", "1", "--matmul-seconds", "0.05",
+        "--micro-batches", "2x1", "1x2", "--out", str(out),
+    ])
+    runs = json.loads(out.read_text())["micro_batches"]
+    assert [(r["batch_size"], r["grad_accum"]) for r in runs] == [(2, 1), (1, 2)]
+    assert runs[0]["steps"] == 2 and runs[1]["steps"] == 2  # 4 samples, updates of 2
+    assert runs[0]["tokens"] == runs[1]["tokens"] == runs[0]["tokens_counted_here"]
+    assert all(r["peak_rss_mib"] > 100 and r["tokens_per_s"] > 0 for r in runs)
+    with pytest.raises(SystemExit):
+        train_throughput.main(["--model", str(tiny_model), "--micro-batches", "4by2"])
+
     out = tmp_path / "gen.json"
     generation_throughput.main([
         "--model", str(tiny_model), "--prompts", str(split), "--samples", "4",
