@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, evalsets, io, params
+from repotune import errors, io, params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -47,10 +46,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache_file = out / "cache" / "generations.jsonl"
     if not cache_file.exists():
         io.write_jsonl(cache_file, [])
-    train_bytes = (args.split / "train.jsonl").read_bytes()
     if not d.enabled:
         with io.atomic_path(out / "train.jsonl") as tmp:
-            tmp.write_bytes(train_bytes)
+            tmp.write_bytes((args.split / "train.jsonl").read_bytes())
         io.write_jsonl(out / "targets.jsonl", [])
         if not (out / "model").exists():  # a persisted output: keep a teacher of an earlier run
             io.write_text(out / "model" / "README.md", "The teacher model, once distill.enabled is true.\n")
@@ -61,88 +59,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("distill: disabled (distill.enabled: false), train on the split's train records")
         return
 
-    from repotune import distill
-    from repotune.base_model import model_identity
-    from repotune.judge import judge_model_folder
-    from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
-    from repotune.prompts import Prompter, template_text
-    from repotune.tasks import task
+    from repotune.distill import Teaching, teach
 
-    set_threads(d.threads)
-    module = task(p.task.name)
-    teacher = judge_model_folder(d.teacher, args.base, out)  # materialised once into data/distill/model
-    identity = model_identity(teacher)
-    tokenizer = load_tokenizer(teacher, trust_remote_code=d.teacher.trust_remote_code)
-    if d.mode == "logits":
-        from repotune.distill_loss import check_same_vocab
-
-        check_same_vocab(tokenizer, load_tokenizer(args.base), d.teacher.label, str(args.base))
-    budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
-    gold = sorted(io.read_jsonl(args.split / "train.jsonl"), key=lambda r: r["id"])
-    # A new list: undocumented inputs are added to it, never to the gold records.
-    inputs = list(gold[: d.max_samples or None]) if d.mode == "sequence" and d.teacher_share > 0 else []
-    counts: Counter = Counter()
-    if d.undocumented and d.mode == "sequence":
-        clone = io.read_json(args.clone_metrics)
-        held_out = {r["path"] for name in ("val", "test") for r in io.read_jsonl(args.split / f"{name}.jsonl")}
-        found = distill.undocumented_records(
-            args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name, extract=p.extract,
-            skip_paths=held_out, max_input_tokens=p.filter.max_input_tokens, counts=counts,
-        )
-        inputs += found[: d.max_undocumented] if d.max_undocumented else found
-    sets = evalsets.load_sets(
-        args.split / "test.jsonl", args.ood, p.benchmark.max_samples,
-        p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
+    ood = p.benchmark.ood
+    settings = Teaching(
+        teacher=d.teacher, mode=d.mode, teacher_share=d.teacher_share, max_samples=d.max_samples,
+        undocumented=d.undocumented, max_undocumented=d.max_undocumented, threads=d.threads,
+        task_name=p.task.name, extract=p.extract, filter=p.filter, prompt=p.prompt, decoding=p.decoding,
+        max_length=p.train.max_length, device=p.benchmark.device, templates=p.benchmark.templates,
+        test_max_samples=p.benchmark.max_samples, ood_max_samples=ood.max_samples if ood is not None else None,
     )
-    prompts, cut = {}, {}
-    prompts["train"], cut["train"] = distill.fitted_prompts(Prompter.from_params(p.prompt, p.task.name), inputs, tokenizer, budget)
-    evaluation = distill.evaluation_prompts(p.prompt, p.task.name, sets, p.benchmark.templates, tokenizer, budget)
-    prompts.update(evaluation[0])
-    cut.update(evaluation[1])
-
-    device = resolve_device(p.benchmark.device)
-    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = p.decoding.stop if p.decoding.stop is not None else module.default_stop(p.extract)
-    cache = distill.read_cache(cache_file)
-    rows, generated = distill.generate_cached(
-        teacher, prompts, cache, identity, p.decoding, stop=stop,
-        skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
-        save=lambda: distill.write_cache(cache_file, cache),
-    )
-
-    provenance = {"model": d.teacher.label, "identity": identity, "decoding": p.decoding.model_dump(mode="json"),
-                  "stop": list(stop), "template": p.prompt.template,
-                  "template_text": template_text(p.prompt, p.task.name), "chat_template": p.prompt.chat_template}
-
-    def postprocess(raw: str) -> str:
-        return module.postprocess(raw, stop, p.extract)
-
-    targets, kept = distill.teacher_records(
-        inputs, prompts["train"], rows["train"], postprocess,
-        lambda record: module.drop_reason(record, p.filter), provenance,
-    )
-    counts.update(kept)
-    if d.mode == "sequence":
-        mixed, mix_counts = distill.mix(gold, targets, d.teacher_share)
-        io.write_jsonl(out / "train.jsonl", mixed)
-    else:
-        with io.atomic_path(out / "train.jsonl") as tmp:
-            tmp.write_bytes(train_bytes)
-        mix_counts = {"rows_gold": len(gold), "rows_teacher": 0}
-    io.write_jsonl(out / "targets.jsonl", targets)
-
-    # Parameters per system (the fine-tuned student has the base's: LoRA is merged), for the report.
-    student_size = distill.parameter_count(args.base)
-    system = {"enabled": True, "mode": d.mode, "teacher": d.teacher.label, "identity": identity, "parameters": {
-        "teacher": distill.parameter_count(teacher), "base": student_size, "finetuned": student_size}}
-    train_rows = rows.pop("train")
-    distill.write_generations(args.generations, rows, sets, cut, postprocess, system)
-    metrics = {**system, "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut["train"]),
-               "generated_now": generated, "teacher_train": distill.speed(train_rows),
-               **mix_counts, **dict(sorted(counts.items())), "peak_memory_mib": peak_memory_mib()}
+    metrics = teach(settings, split=args.split, ood=args.ood, base=args.base, repo=args.repo,
+                    clone_metrics=args.clone_metrics, out=out, generations=args.generations)
     io.write_json(args.metrics, metrics)
-    print(f"distill ({d.mode}): {counts['teacher_kept']} teacher targets of {len(inputs)} inputs "
-          f"({generated} generated now); train rows: {mix_counts['rows_gold']} gold + {mix_counts['rows_teacher']} teacher")
+    print(f"distill ({d.mode}): {metrics['teacher_kept']} teacher targets of {metrics['train_inputs']} inputs "
+          f"({metrics['generated_now']} generated now); train rows: {metrics['rows_gold']} gold + "
+          f"{metrics['rows_teacher']} teacher")
 
 
 if __name__ == "__main__":

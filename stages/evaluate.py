@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
 
     from repotune import metrics, report
-    from repotune.evaluation import evaluate, headline
+    from repotune.evaluation import details, evaluate_generations, headline
     from repotune.tasks import task
 
     module = task(p.task.name)
@@ -55,24 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
-    evaluations = []
-    for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
-        records = sets[set_name]
-        outputs = {}
-        for system in systems:
-            path = evalsets.generation_file(args.generations / system, set_name, template)
-            if not path.is_file():
-                raise errors.RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
-            rows = io.read_jsonl(path)
-            if [r["id"] for r in rows] != [r["id"] for r in records]:
-                raise errors.RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
-            outputs[system] = [r["output"] for r in rows]
-        result = evaluate(
-            [r["target"] for r in records], [r["input"] for r in records], outputs,
-            module.METRICS, module.SAMPLE_METRIC, p.evaluate,
-        )
-        evaluations.append({"set": set_name, "template": template, "records": records,
-                            "outputs": outputs, "result": result})
+    evaluations = evaluate_generations(args.generations, systems, sets, p.benchmark.templates, module, p.evaluate)
 
     out = args.out
     stage_metrics = {
@@ -84,17 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signatures = metrics.signatures()
     summary = headline(p.task.name, evaluations, p.evaluate.reference)
     io.write_json(out / "evaluate.json", summary)
-    io.write_json(out / "evaluate_details.json", {
-        "task": p.task.name, "reference": p.evaluate.reference, "confidence": p.evaluate.confidence,
-        "resamples": p.evaluate.resamples, "seed": p.evaluate.seed,
-        "evaluations": [
-            {"set": ev["set"], "template": ev["template"],
-             **{k: v for k, v in ev["result"].items() if k != "sample_scores"}}
-            for ev in evaluations
-        ],
-        "definitions": {name: metrics.METRICS[name].definition for name in module.METRICS},
-        "signatures": {name: sig for name, sig in signatures.items() if name in module.METRICS},
-    })
+    io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, p.evaluate, signatures))
     io.write_jsonl(out / "predictions.jsonl", [
         row for ev in evaluations for row in report.prediction_rows(ev, module.SAMPLE_METRIC)
     ])

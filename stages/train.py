@@ -28,7 +28,7 @@ from repotune import checkpoints, errors, io, launch, modeling, params
 from repotune.base_model import model_identity, sha256_file
 from repotune.distill_loss import teacher_trainer
 from repotune.modeling import peak_memory_mib
-from repotune.training import load_split, train_adapter
+from repotune.training import METRIC_KEYS, load_split, train_adapter
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -53,16 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
     modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
-    accelerate_config = None
-    if p.train.launcher == "accelerate":
-        accelerate_config = launch.check_config(p.train.accelerate_config, p.train.device)
-        if not launch.is_worker():
-            status = launch.relaunch(
-                accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv)
-            )
-            if status:
-                raise SystemExit(status)  # the failed worker printed why
-            return
+    accelerate_config = launch.config_for(p.train.launcher, p.train.accelerate_config, p.train.device)
+    if accelerate_config is not None and not launch.is_worker():
+        launch.run_workers(accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv))
+        return
     main_process = launch.is_main_process()  # writes the shared outputs; the others only train
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val)
@@ -71,33 +65,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     teacher_identity = model_identity(args.teacher) if logits else None
     run_folder = None
     if p.train.save_steps > 0:
-        inputs = {"base": model_identity(args.base), "train": sha256_file(args.train),
-                  "val": sha256_file(args.val)}
-        if accelerate_config is not None:
-            # The process count decides the RNG states and data shards a checkpoint holds.
-            inputs["accelerate_config"] = sha256_file(accelerate_config)
-        if logits:  # the loss depends on the teacher and its settings
-            inputs["teacher"] = teacher_identity
-            inputs["distill"] = f"{distill.temperature}/{distill.kl_weight}"
-        run_folder = checkpoints.run_folder(
-            args.checkpoints,
-            {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
-             "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
-             "model": p.model.label if p.model is not None else None},
-            inputs, main_process,
-        )
+        # The process count decides the RNG states and data shards a checkpoint holds.
+        inputs = {"base": model_identity(args.base), "train": sha256_file(args.train), "val": sha256_file(args.val),
+                  **({"accelerate_config": sha256_file(accelerate_config)} if accelerate_config else {}),
+                  # with logits, the loss depends on the teacher and its settings
+                  **({"teacher": teacher_identity, "distill": f"{distill.temperature}/{distill.kl_weight}"} if logits else {})}
+        sections = {"lora": p.lora, "train": p.train, "prompt": p.prompt, "task": p.task.name,
+                    "model": p.model.label if p.model is not None else None}
+        run_folder = checkpoints.train_run_folder(args.checkpoints, sections, inputs, main_process)
 
     results = train_adapter(
-        args.base,
-        train_records,
-        val_records,
-        args.out,
-        lora=p.lora,
-        train=p.train,
-        prompt=p.prompt,
-        task_name=p.task.name,
-        live_dir=args.live,
-        checkpoint_dir=run_folder,
+        args.base, train_records, val_records, args.out,
+        lora=p.lora, train=p.train, prompt=p.prompt, task_name=p.task.name,
+        live_dir=args.live, checkpoint_dir=run_folder,
         base_name=p.model.label if p.model is not None else str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),
@@ -109,19 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if logits else None
         ),
     )
-
-    metrics = {
-        key: results[key]
-        for key in (
-            "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
-            "train_samples", "val_samples", "samples_truncated", "samples_too_long",
-            "samples_code_cut", "samples_target_too_long",
-            "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
-        )
-    }
     if not main_process:
         return
-    io.write_json(args.metrics, {**metrics, "peak_memory_mib": peak_memory_mib()})
+    io.write_json(args.metrics, {**{key: results[key] for key in METRIC_KEYS}, "peak_memory_mib": peak_memory_mib()})
     checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(
         f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "

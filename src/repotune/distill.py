@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from repotune import io
 from repotune.errors import RepotuneError
-from repotune.params import DecodingParams, ExtractParams
+from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams
 
 
 def generation_key(identity: str, prompt: str, decoding: DecodingParams, stop: Sequence[str]) -> str:
@@ -300,3 +301,119 @@ def parameter_count(folder: Path) -> int:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
     return total
+
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """What the distill stage reads of the params, key by key as dvc.yaml declares them."""
+
+    teacher: ModelParams  # distill.teacher
+    mode: str  # distill.mode
+    teacher_share: float
+    max_samples: int  # distill.max_samples
+    undocumented: bool
+    max_undocumented: int
+    threads: int
+    task_name: str
+    extract: ExtractParams
+    filter: FilterParams
+    prompt: PromptParams
+    decoding: DecodingParams
+    max_length: int  # train.max_length: prompts are cut to it less decoding.max_new_tokens
+    device: str  # benchmark.device
+    templates: Sequence[str]  # benchmark.templates
+    test_max_samples: int  # benchmark.max_samples
+    ood_max_samples: int | None  # benchmark.ood.max_samples; None without benchmark.ood
+
+
+def teach(
+    s: Teaching, *, split: Path, ood: Path, base: Path, repo: Path, clone_metrics: Path, out: Path, generations: Path,
+) -> dict[str, Any]:
+    """The enabled distill stage: the teacher (``distill.teacher``, materialised once into
+    ``out/model``) answers the train inputs (``mode: sequence``; with ``undocumented``, also the
+    definitions of train-side files that have none) and every benchmark prompt; writes
+    ``out/train.jsonl`` (gold and teacher records mixed by ``teacher_share``; with ``mode:
+    logits`` the split's train file, byte for byte), ``out/targets.jsonl`` (kept targets with
+    provenance) and the teacher's generations in `generations`. Returns the stage's metrics.
+
+    Generations are cached in ``out/cache/generations.jsonl`` (saved after each list of prompts).
+    """
+    from repotune import evalsets
+    from repotune.base_model import model_identity
+    from repotune.judge import judge_model_folder
+    from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
+    from repotune.prompts import Prompter, template_text
+    from repotune.tasks import task
+
+    cache_file = out / "cache" / "generations.jsonl"
+    set_threads(s.threads)
+    module = task(s.task_name)
+    teacher = judge_model_folder(s.teacher, base, out)
+    identity = model_identity(teacher)
+    tokenizer = load_tokenizer(teacher, trust_remote_code=s.teacher.trust_remote_code)
+    if s.mode == "logits":
+        from repotune.distill_loss import check_same_vocab
+
+        check_same_vocab(tokenizer, load_tokenizer(base), s.teacher.label, str(base))
+    budget = max(1, s.max_length - s.decoding.max_new_tokens)
+    gold = sorted(io.read_jsonl(split / "train.jsonl"), key=lambda r: r["id"])
+    # A new list: undocumented inputs are added to it, never to the gold records.
+    inputs = list(gold[: s.max_samples or None]) if s.mode == "sequence" and s.teacher_share > 0 else []
+    counts: Counter = Counter()
+    if s.undocumented and s.mode == "sequence":
+        clone = io.read_json(clone_metrics)
+        held_out = {r["path"] for name in ("val", "test") for r in io.read_jsonl(split / f"{name}.jsonl")}
+        found = undocumented_records(
+            repo, repo=clone["url"], sha=clone["sha"], task_name=s.task_name, extract=s.extract,
+            skip_paths=held_out, max_input_tokens=s.filter.max_input_tokens, counts=counts,
+        )
+        inputs += found[: s.max_undocumented] if s.max_undocumented else found
+    sets = evalsets.load_sets(
+        split / "test.jsonl", ood, s.test_max_samples, s.ood_max_samples)
+    prompts, cut = {}, {}
+    prompts["train"], cut["train"] = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
+    evaluation = evaluation_prompts(s.prompt, s.task_name, sets, s.templates, tokenizer, budget)
+    prompts.update(evaluation[0])
+    cut.update(evaluation[1])
+
+    device = resolve_device(s.device)
+    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
+    stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.extract)
+    cache = read_cache(cache_file)
+    rows, generated = generate_cached(
+        teacher, prompts, cache, identity, s.decoding, stop=stop,
+        skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
+        save=lambda: write_cache(cache_file, cache),
+    )
+
+    provenance = {"model": s.teacher.label, "identity": identity, "decoding": s.decoding.model_dump(mode="json"),
+                  "stop": list(stop), "template": s.prompt.template,
+                  "template_text": template_text(s.prompt, s.task_name), "chat_template": s.prompt.chat_template}
+
+    def postprocess(raw: str) -> str:
+        return module.postprocess(raw, stop, s.extract)
+
+    targets, kept = teacher_records(
+        inputs, prompts["train"], rows["train"], postprocess,
+        lambda record: module.drop_reason(record, s.filter), provenance,
+    )
+    counts.update(kept)
+    if s.mode == "sequence":
+        mixed, mix_counts = mix(gold, targets, s.teacher_share)
+        io.write_jsonl(out / "train.jsonl", mixed)
+    else:
+        with io.atomic_path(out / "train.jsonl") as tmp:
+            tmp.write_bytes((split / "train.jsonl").read_bytes())
+        mix_counts = {"rows_gold": len(gold), "rows_teacher": 0}
+    io.write_jsonl(out / "targets.jsonl", targets)
+
+    # Parameters per system (the fine-tuned student has the base's: LoRA is merged), for the report.
+    student_size = parameter_count(base)
+    system = {"enabled": True, "mode": s.mode, "teacher": s.teacher.label, "identity": identity, "parameters": {
+        "teacher": parameter_count(teacher), "base": student_size, "finetuned": student_size}}
+    train_rows = rows.pop("train")
+    write_generations(generations, rows, sets, cut, postprocess, system)
+    return {**system, "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut["train"]),
+            "generated_now": generated, "teacher_train": speed(train_rows),
+            **mix_counts, **dict(sorted(counts.items())), "peak_memory_mib": peak_memory_mib()}

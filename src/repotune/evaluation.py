@@ -6,9 +6,11 @@ reference system with its interval and p-value, and the share of degenerate outp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from repotune import degenerate, stats
+from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
 from repotune.params import EvaluateParams
 
@@ -133,3 +135,56 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
                 flat[f"ood_{prefix(other)}_{metric}"] = d["delta"]
                 flat[f"ood_{prefix(other)}_{metric}_p"] = d["p"]
     return flat
+
+
+def evaluate_generations(
+    generations: Path, systems: Sequence[str], sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    templates: Sequence[str], module: Any, params: EvaluateParams,
+) -> list[dict[str, Any]]:
+    """Every evaluation (set x template) of the outputs of `systems` under `generations`:
+    ``{set, template, records, outputs, result}`` (see :func:`evaluate`), in the order of
+    :func:`repotune.evalsets.evaluations`. `module` is the task's (its metrics).
+
+    Raises:
+        RepotuneError: a system has no outputs for an evaluation, or outputs of other samples.
+    """
+    from repotune import evalsets, io
+
+    evaluations = []
+    for set_name, template in evalsets.evaluations(templates, "ood" in sets):
+        records = sets[set_name]
+        outputs = {}
+        for system in systems:
+            path = evalsets.generation_file(generations / system, set_name, template)
+            if not path.is_file():
+                raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
+            rows = io.read_jsonl(path)
+            if [r["id"] for r in rows] != [r["id"] for r in records]:
+                raise RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
+            outputs[system] = [r["output"] for r in rows]
+        result = evaluate(
+            [r["target"] for r in records], [r["input"] for r in records], outputs,
+            module.METRICS, module.SAMPLE_METRIC, params,
+        )
+        evaluations.append({"set": set_name, "template": template, "records": records,
+                            "outputs": outputs, "result": result})
+    return evaluations
+
+
+def details(
+    task_name: str, evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str],
+    params: EvaluateParams, signatures: Mapping[str, str],
+) -> dict[str, Any]:
+    """metrics/evaluate_details.json: every evaluation in full (per-sample scores aside), the
+    metrics' definitions and sacrebleu signatures."""
+    return {
+        "task": task_name, "reference": params.reference, "confidence": params.confidence,
+        "resamples": params.resamples, "seed": params.seed,
+        "evaluations": [
+            {"set": ev["set"], "template": ev["template"],
+             **{k: v for k, v in ev["result"].items() if k != "sample_scores"}}
+            for ev in evaluations
+        ],
+        "definitions": {name: METRICS[name].definition for name in metric_names},
+        "signatures": {name: sig for name, sig in signatures.items() if name in metric_names},
+    }

@@ -36,6 +36,13 @@ if TYPE_CHECKING:
 VERSIONED = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
 
 REQUIRED_KEYS = ("id", "input", "target")
+# What train_adapter returns that metrics/train.json records (with the stage's peak memory).
+METRIC_KEYS = (
+    "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
+    "train_samples", "val_samples", "samples_truncated", "samples_too_long",
+    "samples_code_cut", "samples_target_too_long",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
+)
 
 # Trainer log keys -> dvclive metric names (plots/metrics/<name>.tsv). Nothing time-dependent.
 LIVE_METRICS = {
