@@ -53,10 +53,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
     modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
-    accelerate_config = launch.config_for(p.train.launcher, p.train.accelerate_config, p.train.device)
-    if accelerate_config is not None and not launch.is_worker():
-        launch.run_workers(accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv))
-        return
+    accelerate_config = None
+    if p.train.launcher == "accelerate":
+        accelerate_config = launch.check_config(p.train.accelerate_config, p.train.device)
+        if not launch.is_worker():
+            launch.relaunch(accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv))
+            return
     main_process = launch.is_main_process()  # writes the shared outputs; the others only train
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val)
@@ -70,9 +72,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                   **({"accelerate_config": sha256_file(accelerate_config)} if accelerate_config else {}),
                   # with logits, the loss depends on the teacher and its settings
                   **({"teacher": teacher_identity, "distill": f"{distill.temperature}/{distill.kl_weight}"} if logits else {})}
-        sections = {"lora": p.lora, "train": p.train, "prompt": p.prompt, "task": p.task.name,
-                    "model": p.model.label if p.model is not None else None}
-        run_folder = checkpoints.train_run_folder(args.checkpoints, sections, inputs, main_process)
+        run_folder = checkpoints.run_folder(
+            args.checkpoints,
+            {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
+             "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
+             "model": p.model.label if p.model is not None else None},
+            inputs, main_process,
+        )
 
     results = train_adapter(
         args.base, train_records, val_records, args.out,

@@ -17,11 +17,8 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
 
 from repotune import compat, io
 
@@ -74,16 +71,6 @@ def run_folder(root: str | Path, params: dict[str, Any], inputs: dict[str, str],
     """
     key = run_key(params, inputs)
     return prepare(root, key) if main_process else Path(root) / key
-
-
-def train_run_folder(
-    root: str | Path, sections: Mapping[str, BaseModel | str | None], inputs: dict[str, str], main_process: bool = True,
-) -> Path:
-    """The train stage's checkpoint folder (see :func:`run_folder`), keyed by `sections`: the
-    params that decide the adapter, a params section (dumped to JSON) or a value, and `inputs`."""
-    params = {name: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-              for name, value in sections.items()}
-    return run_folder(root, params, inputs, main_process)
 
 
 def latest(folder: str | Path) -> Path | None:

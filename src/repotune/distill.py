@@ -303,7 +303,6 @@ def parameter_count(folder: Path) -> int:
     return total
 
 
-
 @dataclass(frozen=True)
 class Teaching:
     """What the distill stage reads of the params, key by key as dvc.yaml declares them."""

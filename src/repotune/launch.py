@@ -146,23 +146,13 @@ def launch_command(config: Path, script: Path, argv: Sequence[str]) -> list[str]
     ]
 
 
-def relaunch(config: Path, script: Path, argv: Sequence[str]) -> int:
-    """Run `script` with `argv` under accelerate's launcher; return its exit status.
+def relaunch(config: Path, script: Path, argv: Sequence[str]) -> None:
+    """Run `script` with `argv` under accelerate's launcher (this process is only the launcher);
+    a failed run exits with its status.
 
     The workers print their own errors; a failed worker makes the launcher exit non-zero."""
     print(f"launching {script.name} with accelerate ({config.name})", flush=True)
-    return subprocess.run(launch_command(config, script, argv), check=False).returncode
-
-
-def config_for(launcher: str, config: str | Path | None, device: str) -> Path | None:
-    """The checked accelerate config of ``train.launcher: accelerate`` (see :func:`check_config`),
-    or None for ``launcher: none``."""
-    return check_config(config, device) if launcher == "accelerate" else None
-
-
-def run_workers(config: Path, script: Path, argv: Sequence[str]) -> None:
-    """Re-run `script` with `argv` under accelerate (this process is only the launcher); a
-    failed run exits with its status (the failed worker printed why)."""
-    status = relaunch(config, script, argv)
+    status = subprocess.run(launch_command(config, script, argv), check=False).returncode
     if status:
         raise SystemExit(status)
+
