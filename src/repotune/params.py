@@ -303,7 +303,7 @@ class LoraParams(Section):
 class TrainParams(Section):
     epochs: float = Field(default=1.0, gt=0)
     lr: float = Field(default=2.0e-4, gt=0)
-    # 2 x 4 gives the update of a batch of 8, faster on CPU, with a quarter of the activations.
+    # 2 x 4 gives the update of a batch of 8, not slower on CPU, with a quarter of the activations.
     batch_size: int = Field(default=2, gt=0)
     grad_accum: int = Field(default=4, gt=0)
     max_length: int = Field(default=384, gt=0)
