@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import errors, evalsets, io, params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -60,13 +60,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     from repotune.distill import Teaching, teach
+    from repotune.tasks import resolved_decoding
 
     ood = p.benchmark.ood
     settings = Teaching(
         teacher=d.teacher, mode=d.mode, teacher_share=d.teacher_share, max_samples=d.max_samples,
         undocumented=d.undocumented, max_undocumented=d.max_undocumented, threads=d.threads,
-        task_name=p.task.name, extract=p.extract, filter=p.filter, prompt=p.prompt, decoding=p.decoding,
-        max_length=p.train.max_length, device=p.benchmark.device, templates=p.benchmark.templates,
+        task_name=p.task.name, extract=p.extract, filter=p.filter, prompt=p.prompt,
+        decoding=resolved_decoding(p.decoding, p.task.name),
+        max_length=p.train.max_length, device=p.benchmark.device, templates=evalsets.templates(p.benchmark.templates, p.prompt.template),
         test_max_samples=p.benchmark.max_samples, ood_max_samples=ood.max_samples if ood is not None else None,
     )
     metrics = teach(settings, split=args.split, ood=args.ood, base=args.base, repo=args.repo,

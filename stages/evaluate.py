@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from repotune import metrics, report
     from repotune.evaluation import details, evaluate_generations, headline
-    from repotune.tasks import task
+    from repotune.tasks import resolved_decoding, task
 
     module = task(p.task.name)
     systems = [s for s in args.systems if evalsets.system_enabled(args.generations / s)]
@@ -55,7 +55,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
-    evaluations = evaluate_generations(args.generations, systems, sets, p.benchmark.templates, module, p.evaluate)
+    templates = evalsets.templates(p.benchmark.templates, p.prompt.template)
+    evaluations = evaluate_generations(args.generations, systems, sets, templates, module, p.evaluate)
+    warnings = []
+    if p.prompt.template not in templates:
+        warnings.append(
+            f"the adapter was trained with template `{p.prompt.template}` (prompt.template), which "
+            f"benchmark.templates ({', '.join(templates)}) leaves out: every score here is of a prompt "
+            "it never saw in training"
+        )
 
     out = args.out
     stage_metrics = {
@@ -65,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     costs = report.system_costs(systems, args.generations, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
-    summary = headline(p.task.name, evaluations, p.evaluate.reference)
+    summary = {**headline(p.task.name, evaluations, p.evaluate.reference),
+               "trained_template": p.prompt.template, "trained_template_evaluated": p.prompt.template in templates}
     io.write_json(out / "evaluate.json", summary)
     io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, p.evaluate, signatures))
     io.write_jsonl(out / "predictions.jsonl", [
@@ -80,13 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     settings = {
         "languages": p.extract.languages, "trained with template": p.prompt.template,
-        "chat_template": p.prompt.chat_template, "decoding": p.decoding.model_dump(mode="json"),
+        "chat_template": p.prompt.chat_template, "decoding": resolved_decoding(p.decoding, p.task.name).model_dump(mode="json"),
     }
     io.write_text(out / "report.md", report.render_report(
         p.task.name, evaluations, module.METRICS, module.SAMPLE_METRIC,
         reference=p.evaluate.reference, confidence=p.evaluate.confidence,
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
-        stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs,
+        stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs, warnings=warnings,
+        wrong_kind_rule=module.WRONG_KIND,
     ))
     print(io.dumps(summary))
 

@@ -2,9 +2,11 @@
 
 Reads:  data/repo/, metrics/clone.json (url and sha for provenance), models/base/ (its
         tokenizer, for tasks that cut on model tokens: completion),
-        params.yaml `task` (name) and `extract` (languages, include/exclude, task knobs)
+        params.yaml `task` (name) and `extract` (languages, include/exclude/exclude_tests,
+        task knobs)
 Writes: data/extracted.jsonl (one sample per line, sorted by path and line)
-        metrics/extract.json (files seen/parsed/skipped per reason, definitions, samples per kind)
+        metrics/extract.json (files seen/parsed/skipped per reason: test, excluded, ...;
+        definitions, samples per kind)
 Run:    python stages/extract.py [--params params.yaml] [--repo data/repo] [--out data/extracted.jsonl]
 """
 
@@ -63,8 +65,8 @@ def _none_is_an_error(records, counts: Counter, p: params.Params, repo: Path):
         raise errors.RepotuneError(
             f"extract: no {p.task.name} samples in {repo} for languages {p.extract.languages} "
             f"({counts['files_seen']} files of them seen, {counts['files_parsed']} parsed, "
-            f"{counts['files_skipped_excluded']} excluded); check extract.languages, "
-            "extract.include/exclude and source.url"
+            f"{counts['files_skipped_test']} skipped as tests, {counts['files_skipped_excluded']} excluded); "
+            "check extract.languages, extract.include/exclude/exclude_tests and source.url"
         )
 
 

@@ -1,7 +1,7 @@
 """Stage `generate`: one system's outputs on every evaluation (set x prompt template).
 
 Reads:  the system's model folder (models/base, models/merged, ...), data/split/test.jsonl,
-        data/ood.jsonl (when benchmark.ood is set), params.yaml `benchmark` (sets, templates,
+        data/ood.jsonl (when it has samples), params.yaml `benchmark` (sets, templates,
         sample caps, device, threads), `decoding`, `prompt`, `task`, `extract` (a completion
         target's shape decides its stops) and `train.max_length` (long code is cut to fit it
         with room for max_new_tokens, as in training; no reference length leaks in).
@@ -46,20 +46,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         set_threads,
     )
     from repotune.prompts import Prompter
-    from repotune.tasks import task
+    from repotune.tasks import resolved_decoding, task
 
     if not (args.model / "config.json").is_file():
         raise errors.RepotuneError(f"{args.model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
+    decoding = resolved_decoding(p.decoding, p.task.name)
     sets = evalsets.load_sets(
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
     tokenizer = load_tokenizer(args.model)
-    budget = max(1, p.train.max_length - p.decoding.max_new_tokens)
+    budget = max(1, p.train.max_length - decoding.max_new_tokens)
     prompts: dict[str, list[str]] = {}
     cut: dict[str, list[bool]] = {}
-    for set_name, template in evalsets.evaluations(p.benchmark.templates, p.benchmark.ood is not None):
+    for set_name, template in evalsets.evaluations(
+        evalsets.templates(p.benchmark.templates, p.prompt.template), "ood" in sets
+    ):
         prompter = Prompter.from_params(p.prompt, p.task.name, template)
         key = f"{set_name}.{template}"
         prompts[key], cut[key] = [], []
@@ -73,14 +76,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
     # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = p.decoding.stop if p.decoding.stop is not None else module.default_stop(p.extract)
+    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract)
     runs = generate_from_folder(
-        args.model, prompts, p.decoding, stop=stop,
+        args.model, prompts, decoding, stop=stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
     )
 
+    # The decoding settings as applied (the task's defaults filled in) and the stops.
     summary: dict = {"system": args.system, "device": device, "precision": precision,
-                     "threads": p.benchmark.threads, "batch_size": p.decoding.batch_size}
+                     "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
+                     "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with io.atomic_path(out) as folder:
         folder.mkdir(parents=True)
         for key, run in runs.items():
@@ -102,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             }
     io.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
     print(f"generate {args.system}: " + ", ".join(
-        f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if isinstance(s, dict)
+        f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if key in runs
     ))
 
 

@@ -1,11 +1,13 @@
-"""Stage `ood`: samples of a second repository, for the out-of-domain (forgetting) check.
+"""Stage `ood`: samples of other repositories, for the out-of-domain (forgetting) check.
 
-Reads:  params.yaml `benchmark` (ood: url, rev, submodules, max_samples; null = no check),
-        `task`, `extract` and `filter` (the same task, languages and filters as the training
-        data), models/base/ (its tokenizer, for tasks that cut on model tokens)
-Writes: data/ood.jsonl (filtered samples, sorted as extract sorts them; empty when
-        benchmark.ood is null), metrics/ood.json (url, resolved sha, files, samples extracted
-        and kept, drops per reason)
+Reads:  params.yaml `benchmark` (ood: sources, one pinned source per language, and
+        max_samples; null = no check), `task`, `extract` and `filter` (the same task, languages
+        and filters as the training data), models/base/ (its tokenizer, for tasks that cut on
+        model tokens)
+Writes: data/ood.jsonl (filtered samples: each language of extract.languages mined from its
+        own source, languages in name order; empty when there is none), metrics/ood.json
+        (per language: url, resolved sha, files, samples extracted and kept, drops per reason,
+        or why it was skipped; `enabled: false` and a one-line `skipped` when no sample is kept)
 Run:    python stages/ood.py [--params params.yaml] [--out data/ood.jsonl]
 """
 
@@ -16,9 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params, sources
-from repotune.filters import filter_samples
-from repotune.tasks import extract_samples, task, worker_count
+from repotune import errors, io, ood, params
+from repotune.tasks import task, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,41 +30,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=Path("metrics/ood.json"))
     args = parser.parse_args(argv)
     p = params.load(args.params)
-    ood = p.benchmark.ood
-    if ood is None:
+    if p.benchmark.ood is None:
         io.write_jsonl(args.out, [])
-        io.write_json(args.metrics, {"enabled": False})
+        io.write_json(args.metrics, {"enabled": False, "skipped": "benchmark.ood is null"})
         print("ood: benchmark.ood is null, no out-of-domain check")
         return
 
+    sources = p.benchmark.ood.sources
     tokenizer = None
-    if task(p.task.name).NEEDS_TOKENIZER:
+    if task(p.task.name).NEEDS_TOKENIZER and any(lang in sources for lang in p.extract.languages):
         from repotune.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(args.base)
     with io.scratch_dir(args.out) as tmp:
-        checkout, tree = tmp / "checkout", tmp / "tree"
-        sha, _ = sources.clone(ood.url, ood.rev, checkout, submodules=ood.submodules)
-        tree.mkdir()
-        files = sources.export_tree(checkout, tree)
-        records, extracted = extract_samples(
-            tree, repo=ood.url, sha=sha, task_name=p.task.name, extract=p.extract, tokenizer=tokenizer,
-            workers=worker_count(p.extract.workers),
-        )
-    kept, filtered = filter_samples(records, p.filter, p.task.name)
-    if not kept:
-        raise errors.RepotuneError(
-            f"ood: no {p.task.name} samples kept from {ood.url} ({extracted['samples']} extracted, "
-            f"{extracted['files_parsed']} files parsed); choose another benchmark.ood.url or set it to null"
+        kept, metrics = ood.mine(
+            sources, task_name=p.task.name, extract=p.extract, filter_params=p.filter, scratch=tmp,
+            tokenizer=tokenizer, workers=worker_count(p.extract.workers),
         )
     io.write_jsonl(args.out, kept)
-    drops = {k: v for k, v in sorted(filtered.items()) if k.startswith("dropped_")}
-    io.write_json(args.metrics, {
-        "enabled": True, "url": ood.url, "rev": ood.rev, "sha": sha, "files": files["files"],
-        "files_parsed": extracted["files_parsed"], "samples_extracted": extracted["samples"],
-        "samples": len(kept), **drops,
-    })
-    print(f"ood: {len(kept)} of {extracted['samples']} samples kept from {ood.url} @ {sha[:12]}")
+    io.write_json(args.metrics, metrics)
+    for language, m in metrics["languages"].items():
+        if "sha" in m:
+            print(f"ood: {language}: {m['samples']} of {m['samples_extracted']} samples kept from {m['url']} @ {m['sha'][:12]}")
+        if "skipped" in m:
+            print(f"ood: {language} skipped: {m['skipped']}")
+    if not kept:
+        print("ood: no out-of-domain samples, no out-of-domain check")
 
 
 if __name__ == "__main__":

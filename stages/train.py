@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
     main_process = launch.is_main_process()  # writes the shared outputs; the others only train
     train_records = load_split(args.train, p.train.max_samples)
-    val_records = load_split(args.val)
+    val_records = load_split(args.val, p.train.max_val_samples)
     if main_process:
         print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
     teacher_identity = model_identity(args.teacher) if logits else None

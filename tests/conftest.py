@@ -179,6 +179,17 @@ FIXTURE_FILES: dict[str, bytes] = {
 }
 
 
+def write_tree(root: Path, files: dict[str, str | bytes]) -> None:
+    """Write `files` (path relative to `root` -> text or bytes) under `root`, making folders."""
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+
+
 def make_source_repo(path: Path, outside: Path | None = None):
     """Create a git repo at `path`: two commits, tag v1 on the first, branch `feature`.
 

@@ -10,6 +10,7 @@ from repotune.degenerate import (
     is_empty,
     ngram_loop,
     repeats_line,
+    repeats_phrase,
     summarise,
     uses_markup,
 )
@@ -163,12 +164,15 @@ def test_summarise_counts_by_hand() -> None:
         "fun signData(data: ByteArray): ByteArray = sign(data)",
         echoed,
     ]
-    assert summarise(outputs, references, inputs) == {
+    # The task's rule called the first output the wrong kind (say, prose where a name is asked).
+    assert summarise(outputs, references, inputs, [True, False, False, False]) == {
         "repeats_line_pct": 25.0,
         "ngram_loop_pct": 25.0,
+        "repeats_phrase_pct": 0.0,  # no 5 words twice anywhere
         "empty_pct": 25.0,
         "echoes_input_pct": 25.0,
-        "degenerate_pct": 75.0,  # outputs 2, 3 and 4
+        "wrong_kind_pct": 25.0,
+        "degenerate_pct": 100.0,  # output 1 (wrong kind), 2, 3 and 4
         "output_chars_mean": 25.5,  # (27 + 0 + 26 + 49) / 4
         "output_tokens_mean": 5.5,  # (7 + 0 + 3 + 12) / 4
         "reference_chars_mean": 19.5,  # (27 + 18 + 15 + 18) / 4
@@ -196,8 +200,23 @@ def test_summarise_of_nothing_is_all_zeros_with_every_key() -> None:
 
 
 def test_summarise_rejects_lists_of_different_lengths() -> None:
-    with pytest.raises(ValueError, match="2 outputs, 1 references, 2 inputs"):
+    with pytest.raises(ValueError, match="2 outputs, 1 references, 2 inputs, 2 wrong-kind flags"):
         summarise(["a", "b"], ["a"], ["x", "y"])
+    with pytest.raises(ValueError, match="2 outputs, 2 references, 2 inputs, 1 wrong-kind flags"):
+        summarise(["a", "b"], ["a", "b"], ["x", "y"], [True])
+
+
+def test_repeats_phrase_catches_paraphrase_loops_the_other_checks_miss() -> None:
+    loop = "A type value that is a type value that is a type"
+    assert repeats_phrase(loop)  # "a type value that is" twice
+    assert not repeats_line(loop) and not ngram_loop(loop)  # one line; the unit is there 2.2 times
+    # Case and punctuation do not hide a repeat; overlapping occurrences count.
+    assert repeats_phrase("Stop the main reactor, then. STOP THE MAIN REACTOR THEN now")
+    assert repeats_phrase("a b a b a b a")  # (a b a b a) at 0 and 2
+    # Four shared words are ordinary prose, not a loop.
+    assert not repeats_phrase("Return the value of the key, or the value of the default.")
+    assert not repeats_phrase("one two three four")
+    assert not repeats_phrase("")
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     params = write_params(
         tmp_path,
         benchmark={"templates": ["plain", "verbose"], "device": "cpu", "threads": 1,
-                   "ood": {"url": source.working_dir, "rev": "main", "max_samples": 3}},
+                   "ood": {"sources": {"python": {"url": source.working_dir, "rev": "main"}}, "max_samples": 3}},
         filter={"min_target_tokens": 5},
     )
     io.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
@@ -126,7 +126,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
         "--out", str(tmp_path / "data/ood.jsonl"), "--metrics", str(tmp_path / "metrics/ood.json"),
     ])
     ood = json.loads((tmp_path / "metrics/ood.json").read_text())
-    assert ood["enabled"] and ood["samples"] >= 3 and len(ood["sha"]) == 40
+    assert ood["enabled"] and ood["samples"] >= 3 and len(ood["languages"]["python"]["sha"]) == 40
     # The same model twice: every difference must be exactly 0 and not significant.
     for system in ("base", "finetuned"):
         run_generate(tmp_path, params, system, lively_model)
@@ -151,6 +151,9 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     assert len(rows) == 2 * 5 + 2 * 3
     report = (out / "report.md").read_text()
     assert report.count("## test, template") == 2 and report.count("## ood, template") == 2
+    python = ood["languages"]["python"]
+    assert (f"- ood, python: `{source.working_dir}` @ `{python['sha'][:12]}`, {python['samples']} of "
+            f"{python['samples_extracted']} samples kept\n") in report
     assert "Not significant at 95%: chrf, rouge_l" in report
     assert "## Degenerate outputs" in report and "![scores with intervals](plots/scores.png)" in report
     for name in ("scores.png", "sample_deltas.png"):
@@ -202,3 +205,44 @@ def test_evaluate_refuses_generations_of_other_samples(tmp_path):
     write_generations(tmp_path, "finetuned", ["a"] * 3, recs[:3])
     with pytest.raises(RepotuneError, match="its samples are not those of test"):
         run_evaluate(tmp_path, params)
+
+
+def write_template_generations(root: Path, system: str, template: str, outputs: list[str], recs: list[dict]) -> None:
+    rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
+            for r, o in zip(recs, outputs)]
+    io.write_jsonl(root / f"data/generations/{system}/test.{template}.jsonl", rows)
+
+
+def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tmp_path):
+    import pytest
+
+    from repotune.errors import RepotuneError
+
+    recs = records(6)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    # The base writes code twice ("return a + b", an assignment) where a docstring is asked.
+    base = ["return a + b", "x = read(path)"] + [r["target"] for r in recs[2:]]
+    for system, outputs in (("base", base), ("finetuned", [r["target"] for r in recs])):
+        write_template_generations(tmp_path, system, "verbose", outputs, recs)
+
+    # benchmark.templates null (the default): the template trained on, and only it.
+    trained = write_params(tmp_path, prompt={"template": "verbose"})
+    head = json.loads((run_evaluate(tmp_path, trained) / "evaluate.json").read_text())
+    assert head["template"] == "verbose" and head["trained_template"] == "verbose"
+    assert head["trained_template_evaluated"] is True
+    assert head["base_wrong_kind_pct"] == pytest.approx(100 * 2 / 6, abs=1e-4)
+    assert head["finetuned_wrong_kind_pct"] == 0.0
+    report = (tmp_path / "metrics/report.md").read_text()
+    assert "Warning" not in report
+    assert "wrong kind, for this task: code where a docstring is asked" in report
+
+    # An explicit list wins; one that leaves the trained template out is flagged.
+    with pytest.raises(RepotuneError, match="test.plain.jsonl: no outputs of 'base'"):
+        run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
+    for system in ("base", "finetuned"):
+        write_template_generations(tmp_path, system, "plain", [r["target"] for r in recs], recs)
+    out = run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
+    head = json.loads((out / "evaluate.json").read_text())
+    assert head["template"] == "plain" and head["trained_template_evaluated"] is False
+    report = (out / "report.md").read_text()
+    assert "> **Warning:** the adapter was trained with template `verbose` (prompt.template)" in report

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pathspec
 import pytest
 
-from repotune.languages import Definition, definitions, parser
+from repotune.languages import Definition, definitions, parser, paths_of_tests
 from repotune.languages.java import clean_doc, is_test_class_name
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -398,3 +399,49 @@ def test_clean_doc() -> None:
 )
 def test_is_test_class_name(name: str, expected: bool) -> None:
     assert is_test_class_name(name) is expected
+
+
+# --- test files (TEST_PATHS) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lang", "path", "expected"),
+    [
+        ("kotlin", "lib/src/commonMain/kotlin/a/Foo.kt", False),
+        ("kotlin", "src/commonTest/kotlin/a/Foo.kt", True),  # a source set at the root
+        ("kotlin", "lib/src/jvmTest/kotlin/a/Foo.kt", True),  # ... and in a module
+        ("kotlin", "a/b/lib/src/iosTest/kotlin/Foo.kt", True),
+        ("kotlin", "lib/src/androidUnitTest/kotlin/Foo.kt", True),
+        ("kotlin", "lib/src/androidInstrumentedTest/kotlin/Foo.kt", True),
+        ("kotlin", "lib/src/test/kotlin/Foo.kt", True),
+        ("kotlin", "lib/src/testFixtures/kotlin/Foo.kt", True),
+        ("kotlin", "app/src/main/kotlin/x/FooTest.kt", True),
+        ("kotlin", "app/src/main/kotlin/x/FooTests.kt", True),
+        ("kotlin", "app/src/main/kotlin/x/FooIT.kt", True),
+        ("kotlin", "app/src/main/kotlin/x/TestabilityHelper.kt", False),
+        ("kotlin", "app/src/main/kotlin/x/Contest.kt", False),
+        ("kotlin", "app/src/main/kotlin/x/footest.kt", False),  # names are case-sensitive
+        ("kotlin", "app/srcTest/x/Foo.kt", False),  # not a source set: no src/ folder above
+        ("kotlin", "app/src/main/kotlin/testing/Probe.kt", False),  # testing/ is Python's layout
+        ("java", "app/src/androidTest/java/x/Screen.java", True),
+        ("java", "app/src/androidTestDebug/java/x/Screen.java", True),
+        ("java", "app/src/testRelease/java/x/Screen.java", True),
+        ("java", "app/src/main/java/x/ServiceIT.java", True),
+        ("java", "app/src/main/java/x/Http2IT.java", True),
+        ("java", "app/src/main/java/x/JIT.java", False),  # a compiler, not an integration test
+        ("java", "app/src/main/java/x/CartTests.java", True),
+        ("java", "app/src/main/java/x/Latest.java", False),
+        ("java", "app/src/contest/java/x/A.java", False),
+        ("python", "pkg/tests/util.py", True),
+        ("python", "pkg/test/util.py", True),
+        ("python", "pkg/testing/helpers.py", True),
+        ("python", "pkg/test_x.py", True),
+        ("python", "pkg/x_test.py", True),
+        ("python", "pkg/sub/conftest.py", True),
+        ("python", "pkg/latest.py", False),
+        ("python", "pkg/contest_entry.py", False),
+    ],
+)
+def test_each_language_names_its_test_files(lang: str, path: str, expected: bool) -> None:
+    spec = pathspec.PathSpec.from_lines("gitignore", paths_of_tests(lang))
+    assert spec.match_file(path) is expected

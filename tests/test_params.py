@@ -122,3 +122,33 @@ def test_params_yaml_writes_out_the_schema_defaults():
     defaults = params.Params(source=written.source, model=written.model, benchmark=benchmark)
     assert written == defaults
     assert params.BenchmarkParams().ood is None  # no out-of-domain download unless asked
+
+
+def test_extract_exclude_tests_is_a_switch_and_exclude_lists_no_test_layout():
+    p = params.parse({"source": {"url": "."}})
+    assert p.extract.exclude_tests is True
+    # Tests are each language's own patterns (repotune.languages), not generic excludes.
+    assert p.extract.exclude == [
+        "docs/", "doc/", "examples/", "example/", "benchmarks/", "_vendor/", "vendor/", "vendored/",
+        "third_party/", "setup.py",
+    ]
+    assert params.parse({"source": {"url": "."}, "extract": {"exclude_tests": False}}).extract.exclude_tests is False
+    with pytest.raises(ParamsError, match=r"^params.yaml: extract.exclude_tests must be a valid boolean, got 'yes'$"):
+        params.parse({"source": {"url": "."}, "extract": {"exclude_tests": "yes"}})
+
+
+def test_ood_sources_are_keyed_by_known_languages():
+    ok = params.parse({"source": {"url": "."}, "benchmark": {"ood": {"sources": {"kotlin": {"url": "npm:a@1.0.0"}}}}})
+    assert ok.benchmark.ood.sources["kotlin"] == params.SourceParams(url="npm:a@1.0.0", rev="HEAD", submodules=False)
+    assert ok.benchmark.ood.max_samples == 100
+    bad = {"sources": {"rust": {"url": "x"}, "kotlin": {"url": "y", "branch": "main"}, "go": {"url": "z"}}}
+    with pytest.raises(ParamsError) as info:
+        params.parse({"source": {"url": "."}, "benchmark": {"ood": bad}})
+    assert str(info.value).splitlines() == [
+        "params.yaml: benchmark.ood.sources: 'rust' is not a language (keys must be one of python, kotlin, java)",
+        "params.yaml: benchmark.ood.sources.kotlin.branch is not a known key (valid keys: url, rev, submodules)",
+        "params.yaml: benchmark.ood.sources: 'go' is not a language (keys must be one of python, kotlin, java)",
+    ]
+    # The one-source form of earlier versions names the keys that replace it.
+    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.ood.url is not a known key \(valid keys: sources, max_samples\)$"):
+        params.parse({"source": {"url": "."}, "benchmark": {"ood": {"url": "pypi:jinja2==3.1.6"}}})

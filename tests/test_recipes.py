@@ -56,3 +56,12 @@ def test_print_shows_the_dvc_command(capsys):
     assert run.main(["python-class-docstrings", "--print"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dvc exp run --name python-class-docstrings -S 'filter.kinds=[\"class\"]'")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_recipe_scores_first_the_template_it_trains(name):
+    from repotune import evalsets
+
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+    p = params.parse(merged(yaml.safe_load((ROOT / "params.yaml").read_text()), recipe))
+    assert evalsets.templates(p.benchmark.templates, p.prompt.template)[0] == p.prompt.template

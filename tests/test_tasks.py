@@ -334,3 +334,71 @@ def test_fitting_cuts_the_code_never_the_instruction_or_the_target(tokenizer):
     comp = Prompter.from_params(PromptParams(), "completion")
     prompt, cut = comp.fitted_prompt(prefix, tokenizer, 30)
     assert cut and prompt.endswith("    print(a") and (code + "    print(a").endswith(prompt)
+
+
+# --- what every task provides ---------------------------------------------------------------
+
+def test_every_task_owns_its_decoding_defaults_and_wrong_kind_rule():
+    from repotune.params import DecodingParams
+    from repotune.tasks import TASKS, resolved_decoding
+
+    for name, module in TASKS.items():
+        assert set(module.DECODING) == {"no_repeat_ngram_size", "repetition_penalty"}, name
+        assert isinstance(module.WRONG_KIND, str) and module.WRONG_KIND, name
+        assert callable(module.wrong_kind), name
+    # Left null, the task decides: a 4-gram block for prose, none for code.
+    unset = DecodingParams()
+    assert resolved_decoding(unset, "docstring").no_repeat_ngram_size == 4
+    assert resolved_decoding(unset, "completion").no_repeat_ngram_size == 0
+    assert resolved_decoding(unset, "method_name").no_repeat_ngram_size == 0
+    assert {resolved_decoding(unset, t).repetition_penalty for t in TASKS} == {1.0}
+    # Set explicitly, the user's value wins, even where it equals another task's default.
+    explicit = DecodingParams(no_repeat_ngram_size=3, repetition_penalty=1.2, max_new_tokens=9)
+    for name in TASKS:
+        got = resolved_decoding(explicit, name)
+        assert (got.no_repeat_ngram_size, got.repetition_penalty, got.max_new_tokens) == (3, 1.2, 9)
+    assert resolved_decoding(DecodingParams(no_repeat_ngram_size=0), "docstring").no_repeat_ngram_size == 0
+
+
+def test_generation_refuses_unresolved_decoding(tiny_model):
+    from repotune.generation import generate_from_folder
+    from repotune.params import DecodingParams
+
+    with pytest.raises(ValueError, match="decoding.repetition_penalty, decoding.no_repeat_ngram_size unresolved"):
+        generate_from_folder(tiny_model, {"x": ["a"]}, DecodingParams(), stop=[], skip_leading_whitespace=False,
+                             device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize(("output", "wrong"), [
+    ("Return the value of the key.", False),
+    ("return the value of the key.", False),  # prose that opens with a keyword
+    ("Start a L{Deferred} (see C{self.run}).", False),
+    ("Stop the service.\n\n:param x: the value", False),
+    ("if not self.lazy: return super().__init__()", True),  # the base continuing the code
+    ("return a + b", True),
+    ("self._reactor.callLater(0, self._flush)", True),
+    ("x = read(path)\nreturn x", True),
+    ("def stop(self):", True),
+    ("Set the value.\nself.value = value", True),  # half of the lines are code
+    ("Set the value.\nIt is kept.\nself.value = value", False),
+])
+def test_docstring_wrong_kind_is_code_where_prose_is_asked(output, wrong):
+    from repotune.tasks import docstring
+
+    assert docstring.wrong_kind(output, output) is wrong
+
+
+@pytest.mark.parametrize(("raw", "wrong"), [
+    ("getFoo", False), (" `getFoo`\n", False), ("\n\n  getFoo()", False), ("get_foo;", False),
+    ("The name is getFoo", True), ("fun getFoo() {", True), ("", True), ("get foo", True),
+])
+def test_method_name_wrong_kind_is_judged_on_what_the_model_wrote(raw, wrong):
+    assert method_name.wrong_kind(method_name.postprocess(raw, ["\n"], ExtractParams()), raw) is wrong
+
+
+@pytest.mark.parametrize(("raw", "wrong"), [
+    ("foo(bar))\n", False), ("  return x", False), (" // Here is why", False), ("Hereafter.x", False),
+    ("```kotlin\nval x = 1", True), ("Here is the completed line: foo()", True), ("Sure! foo()", True),
+])
+def test_completion_wrong_kind_is_a_reply_instead_of_code(raw, wrong):
+    assert completion.wrong_kind(raw, raw) is wrong

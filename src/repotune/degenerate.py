@@ -1,4 +1,5 @@
-"""Degenerate-output checks: repeated lines, n-gram loops, empty outputs, echoed input.
+"""Degenerate-output checks: repeated lines, n-gram loops, repeated phrases, empty outputs, echoed
+input, outputs of the wrong kind.
 
 Pure functions on one model output (and its input where needed), plus :func:`summarise`, the
 shares and lengths a benchmark report shows next to the scores. Texts are compared as written
@@ -23,11 +24,19 @@ Rules and defaults, chosen from the shapes real degenerate outputs take:
   64-token budget, and longer repeated sentences are caught by :func:`repeats_line`. The letter
   floor keeps runs of braces and numbers (``} } }``, ``{0, 0, 0, 0}``) out; a call with five
   identical word arguments (``f(null, null, null, null, null)``) is still flagged.
+- :func:`repeats_phrase`: a phrase of ``PHRASE_WORDS`` (5) words occurs twice, apart or
+  overlapping, compared case folded on runs of letters and digits (punctuation ignored). It
+  catches the paraphrase loops that the two checks above let through ("a type value that is
+  a type value that ...": no line twice, no unit three times back to back).
 - :func:`is_empty`: nothing but whitespace.
 - :func:`echoes_input`: at least ``ECHO_MIN_SHARE`` (half) of the output's substantial lines
   appear verbatim (stripped) among the input's lines, and the copied lines are at least
   ``ECHO_MIN_LINES`` (2) lines or ``ECHO_MIN_CHARS`` (40) characters together, so that one short
   coincidental line (``return result``) is not an echo.
+
+- ``wrong_kind``: not the kind of output the task asks for (code where a docstring is asked,
+  prose where a name or a line of code is): each task's own rule (``wrong_kind`` and
+  ``WRONG_KIND`` of its module), handed to :func:`summarise` as one flag per output.
 
 Not a degenerate check but shown beside them: :func:`uses_markup`, whether a text uses inline
 documentation markup (epytext ``C{x}``/``L{x}``, reST roles ``:class:`x``` and literals
@@ -47,6 +56,7 @@ MIN_SENTENCE_WORDS = 3  # whitespace words a sentence needs before its repeat co
 LOOP_MAX_N = 8  # longest loop unit, in whitespace words
 LOOP_MIN_REPEATS = 3  # back-to-back occurrences of the unit that make a loop
 LOOP_MIN_LETTERS = 3  # letters the loop unit needs (keeps "} } }" and "0, 0, 0" out)
+PHRASE_WORDS = 5  # words in a phrase whose second occurrence flags repeats_phrase
 ECHO_MIN_SHARE = 0.5  # share of substantial output lines found verbatim in the input
 ECHO_MIN_LINES = 2  # copied lines needed ...
 ECHO_MIN_CHARS = 40  # ... or copied characters (stripped lines, summed)
@@ -59,12 +69,14 @@ CHECKS: dict[str, str] = {
     "ngram_loop_pct": (
         "% of outputs where 1-8 words (>= 3 letters) repeat back to back >= 3 times"
     ),
+    "repeats_phrase_pct": "% of outputs where a phrase of 5 words (letters/digits, case folded) occurs twice",
     "empty_pct": "% of outputs that are empty or whitespace only",
     "echoes_input_pct": (
         "% of outputs whose substantial lines are >= half copied verbatim from the input "
         "(>= 2 lines or >= 40 characters copied)"
     ),
-    "degenerate_pct": "% of outputs flagged by at least one of the four checks above",
+    "wrong_kind_pct": "% of outputs not of the kind the task asks for (the task's own rule, stated below)",
+    "degenerate_pct": "% of outputs flagged by at least one of the six checks above",
     "output_chars_mean": "mean output length in characters, surrounding whitespace stripped",
     "output_tokens_mean": "mean output length in whitespace-separated tokens",
     "reference_chars_mean": "mean reference length in characters, surrounding whitespace stripped",
@@ -122,6 +134,17 @@ def ngram_loop(text: str, n: int = LOOP_MAX_N, min_repeats: int = LOOP_MIN_REPEA
     return False
 
 
+_PHRASE_WORD = re.compile(r"[^\W_]+")
+
+
+def repeats_phrase(text: str, n: int = PHRASE_WORDS) -> bool:
+    """True when some `n` consecutive words occur twice (words: runs of letters and digits,
+    case folded; overlapping occurrences count: "a b a b a" has "a b a" twice)."""
+    words = _PHRASE_WORD.findall(text.casefold())
+    phrases = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return _has_duplicate(phrases)
+
+
 def is_empty(text: str) -> bool:
     """True when the text holds nothing but whitespace."""
     return not text.strip()
@@ -157,26 +180,38 @@ def _mean(values: Sequence[int]) -> float:
 
 
 def summarise(
-    outputs: Sequence[str], references: Sequence[str], inputs: Sequence[str]
+    outputs: Sequence[str],
+    references: Sequence[str],
+    inputs: Sequence[str],
+    wrong_kind: Sequence[bool] | None = None,
 ) -> dict[str, float]:
     """Shares (percent, 0-100) of degenerate outputs and mean lengths; keys as in CHECKS.
 
     All values are rounded to 4 decimals; with no outputs every value is 0.0.
 
+    Args:
+        outputs, references, inputs: one per sample, same order.
+        wrong_kind: per output, whether the task's own rule says it is not the kind of output
+            asked for (None: no rule, 0%).
+
     Raises:
-        ValueError: when the three lists differ in length.
+        ValueError: when the lists differ in length.
     """
-    if not len(outputs) == len(references) == len(inputs):
+    wrong_kind = [False] * len(outputs) if wrong_kind is None else list(wrong_kind)
+    if not len(outputs) == len(references) == len(inputs) == len(wrong_kind):
         raise ValueError(
-            f"{len(outputs)} outputs, {len(references)} references, {len(inputs)} inputs"
+            f"{len(outputs)} outputs, {len(references)} references, {len(inputs)} inputs, "
+            f"{len(wrong_kind)} wrong-kind flags"
         )
     flags = {
         "repeats_line_pct": [repeats_line(out) for out in outputs],
         "ngram_loop_pct": [ngram_loop(out) for out in outputs],
+        "repeats_phrase_pct": [repeats_phrase(out) for out in outputs],
         "empty_pct": [is_empty(out) for out in outputs],
         "echoes_input_pct": [
             echoes_input(out, src) for out, src in zip(outputs, inputs, strict=True)
         ],
+        "wrong_kind_pct": [bool(flag) for flag in wrong_kind],
     }
     flags["degenerate_pct"] = [any(row) for row in zip(*flags.values())]
     summary = {name: 100.0 * _mean([int(f) for f in row]) for name, row in flags.items()}

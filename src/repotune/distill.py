@@ -114,8 +114,8 @@ def undocumented_records(
 
     Only for tasks with doc comments as targets (``docstring``). Files in `skip_paths` (those
     that hold validation or test samples) are left out, so that no held-out file's code reaches
-    training; tests by the language's conventions too. Inputs are cut to `max_input_tokens`
-    code tokens, as the filter stage cuts gold inputs.
+    training; test files (``extract.exclude_tests``) and tests by the language's conventions
+    too. Inputs are cut to `max_input_tokens` code tokens, as the filter stage cuts gold inputs.
 
     Raises:
         RepotuneError: the task is not docstring (every function already is a method_name
@@ -125,7 +125,7 @@ def undocumented_records(
 
     from repotune.files import candidate_paths, read_source
     from repotune.filters import truncate_tokens
-    from repotune.languages import definitions, parser
+    from repotune.languages import definitions, parser, paths_of_tests
     from repotune.tasks import sample_id, task
 
     if task_name != "docstring":
@@ -136,7 +136,10 @@ def undocumented_records(
     generated = pathspec.PathSpec.from_lines("gitignore", extract.generated)
     records = []
     for lang in extract.languages:
-        files = candidate_paths(root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter())
+        tests = paths_of_tests(lang) if extract.exclude_tests else ()
+        files = candidate_paths(
+            root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter(), tests
+        )
         parse = parser(lang)
         for rel in files:
             if rel in skip_paths:

@@ -1,9 +1,10 @@
 """Evaluation sets: which records every system is evaluated on, and where its outputs go.
 
 Two sets: ``test`` (the held-out files of the training repository) and, when
-``benchmark.ood`` is set, ``ood`` (samples of another repository, mined with the same task and
-filters: does the adapter hurt code outside the repository?). Each set is evaluated with every
-template of ``benchmark.templates``; one evaluation = one (set, template) pair, and each system's
+``benchmark.ood`` is set and the ood stage kept samples, ``ood`` (samples of other repositories,
+one per language, mined with the same task and filters: does the adapter hurt code outside the
+repository?). Each set is evaluated with every
+template of ``benchmark.templates`` (null: the trained one, :func:`templates`); one evaluation = one (set, template) pair, and each system's
 outputs for it are one file, ``data/generations/<system>/<set>.<template>.jsonl``.
 """
 
@@ -29,20 +30,30 @@ def load_sets(
         max_samples: ``benchmark.max_samples`` (0 = all).
         ood_max_samples: ``benchmark.ood.max_samples``; None when ``benchmark.ood`` is null
             (no ``ood`` set).
+
+    There is no ``ood`` set either when the ood file is empty: the ood stage writes it empty
+    when no language of the run has out-of-domain samples, and says why in metrics/ood.json.
     """
     sets = {"test": _first(io.read_jsonl(test), max_samples)}
     if not sets["test"]:
         raise RepotuneError(f"{test}: no test samples to evaluate")
     if ood_max_samples is not None:
-        sets["ood"] = _first(io.read_jsonl(ood), ood_max_samples)
-        if not sets["ood"]:
-            raise RepotuneError(f"{ood}: benchmark.ood is set but has no samples (run the ood stage)")
+        records = _first(io.read_jsonl(ood), ood_max_samples)
+        if records:
+            sets["ood"] = records
     return sets
 
 
 def _first(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     records = sorted(records, key=lambda r: r["id"])
     return records[:limit] if limit else records
+
+
+def templates(listed: Sequence[str] | None, trained: str) -> list[str]:
+    """The templates every system is evaluated with, headline first: ``benchmark.templates``
+    (`listed`), or when that is null the template the adapter was trained with
+    (``prompt.template``, `trained`), so that a run scores what it trained by default."""
+    return list(listed) if listed is not None else [trained]
 
 
 def evaluations(templates: Sequence[str], with_ood: bool) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ def evaluate(
     metric_names: Sequence[str],
     sample_metric: str,
     params: EvaluateParams,
+    wrong_kind: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict[str, Any]:
     """Score every system of `outputs` against `references`.
 
@@ -36,6 +37,8 @@ def evaluate(
         metric_names: the task's metrics (keys of ``repotune.metrics.METRICS``).
         sample_metric: the metric scored per sample (examples and the difference histogram).
         params: the ``evaluate`` params (reference system, resamples, confidence, seed).
+        wrong_kind: system -> per output, whether the task's rule calls it the wrong kind of
+            output (see ``repotune.degenerate.summarise``); None = no rule.
 
     Returns:
         ``samples``; ``scores``: system -> metric -> ``{score, low, high}``; ``differences``:
@@ -71,7 +74,8 @@ def evaluate(
         "scores": scores,
         "differences": differences,
         "degenerate": {
-            name: degenerate.summarise(texts, references, inputs) for name, texts in outputs.items()
+            name: degenerate.summarise(texts, references, inputs, (wrong_kind or {}).get(name))
+            for name, texts in outputs.items()
         },
         "sample_scores": {
             name: METRICS[sample_metric].sample_scores(texts, references) for name, texts in outputs.items()
@@ -124,6 +128,7 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
             flat[f"{key}_{metric}"] = gain_kept(head["result"]["scores"], system, reference, metric)
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
+        flat[f"{system}_wrong_kind_pct"] = shares["wrong_kind_pct"]
         flat[f"{system}_markup_pct"] = shares["markup_pct"]
     # The references are the same for every system: their share once.
     flat["reference_markup_pct"] = shares["reference_markup_pct"]
@@ -153,7 +158,7 @@ def evaluate_generations(
     evaluations = []
     for set_name, template in evalsets.evaluations(templates, "ood" in sets):
         records = sets[set_name]
-        outputs = {}
+        outputs, wrong_kind = {}, {}
         for system in systems:
             path = evalsets.generation_file(generations / system, set_name, template)
             if not path.is_file():
@@ -162,9 +167,10 @@ def evaluate_generations(
             if [r["id"] for r in rows] != [r["id"] for r in records]:
                 raise RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
             outputs[system] = [r["output"] for r in rows]
+            wrong_kind[system] = [module.wrong_kind(r["output"], r.get("raw", r["output"])) for r in rows]
         result = evaluate(
             [r["target"] for r in records], [r["input"] for r in records], outputs,
-            module.METRICS, module.SAMPLE_METRIC, params,
+            module.METRICS, module.SAMPLE_METRIC, params, wrong_kind,
         )
         evaluations.append({"set": set_name, "template": template, "records": records,
                             "outputs": outputs, "result": result})

@@ -494,6 +494,9 @@ def generate_from_folder(
 
     from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
 
+    unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size") if getattr(decoding, key) is None]
+    if unresolved:  # a caller forgot tasks.resolved_decoding: never guess a default here
+        raise ValueError(f"decoding.{', decoding.'.join(unresolved)} unresolved: pass tasks.resolved_decoding(...)")
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder, device=device, precision=precision)
     # This model only generates: its linears can take oneDNN's packed layout (CPU fp32 only).

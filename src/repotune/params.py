@@ -12,10 +12,11 @@ The library never reads params.yaml itself: stages call :func:`load` and pass th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,16 +28,10 @@ from pydantic import (
 
 from repotune.errors import ParamsError
 
-# Tests, docs, examples, vendored code: not the repository's own code to learn from.
+# Docs, examples, benchmarks, vendored code: not the repository's own code to learn from.
+# Tests are not listed here: each language's own test layouts are (its TEST_PATHS, see
+# repotune.languages), skipped by extract.exclude_tests.
 DEFAULT_EXCLUDE = (
-    "tests/",
-    "test/",
-    "androidTest/",
-    "testFixtures/",
-    "testing/",
-    "test_*.py",
-    "*_test.py",
-    "conftest.py",
     "docs/",
     "doc/",
     "examples/",
@@ -87,6 +82,9 @@ class ExtractParams(Section):
     doc_tags: Literal["keep", "strip"] = "keep"
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    # Skip the test files of each language mined, by its own conventions (Python's tests/ and
+    # test_*.py, Gradle's src/*Test/ source sets and *Test.kt, ...), counted as files_skipped_test.
+    exclude_tests: bool = True
     generated: list[str] = Field(default_factory=list)
     max_file_bytes: int = Field(default=1_000_000, gt=0)
     window: WindowParams = WindowParams()
@@ -312,6 +310,9 @@ class TrainParams(Section):
     seed: int = 42
     eval_steps: int = Field(default=60, gt=0)
     max_samples: int = Field(default=0, ge=0)
+    # Val loss on the first N val samples by id (0 = all): on a large repository the val split
+    # would otherwise cost more than training (780 val windows against 160 trained).
+    max_val_samples: int = Field(default=128, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     quantize: Literal["none", "4bit", "8bit"] = "none"
@@ -363,32 +364,48 @@ class DecodingParams(Section):
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    no_repeat_ngram_size: int = Field(default=4, ge=0)
+    # None = the task's own default (its DECODING: n-gram blocking for prose, none for code).
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, gt=0)
     stop: list[str] | None = None
     seed: int = 42
 
 
-class OodParams(SourceParams):
-    """A second source for the out-of-domain check (same forms as ``source``)."""
+def _known_language(name: str) -> str:
+    # The languages extract.languages allows (its Literal), so the two lists cannot drift.
+    known = get_args(get_args(ExtractParams.model_fields["languages"].annotation)[0])
+    if name not in known:
+        raise ValueError(f"{name!r} is not a language (keys must be one of {', '.join(known)})")
+    return name
 
+
+class OodParams(Section):
+    """The out-of-domain check: per language, another repository's pinned source.
+
+    The ood stage mines each language of ``extract.languages`` from its own source here (a
+    language left out gives no out-of-domain samples), so a Kotlin run is checked on Kotlin.
+    """
+
+    sources: dict[Annotated[str, AfterValidator(_known_language)], SourceParams] = Field(default_factory=dict)
     max_samples: int = Field(default=100, ge=0)
 
 
 class BenchmarkParams(Section):
     max_samples: int = Field(default=0, ge=0)
     min_samples: int = Field(default=30, ge=0)
-    # Prompt templates each system is evaluated with; the first is the headline, and
-    # prompt.template (the one trained on) should normally be it.
-    templates: list[str] = Field(default_factory=lambda: ["plain"], min_length=1)
+    # Prompt templates each system is evaluated with, the first being the headline; None = the
+    # template trained on (prompt.template) alone, so that a run scores what it trained.
+    templates: list[str] | None = Field(default=None, min_length=1)
     ood: OodParams | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0)
 
     @field_validator("templates")
     @classmethod
-    def _distinct(cls, templates: list[str]) -> list[str]:
+    def _distinct(cls, templates: list[str] | None) -> list[str] | None:
+        if templates is None:
+            return None
         repeated = sorted({t for t in templates if templates.count(t) > 1})
         if repeated:
             raise ValueError(f"templates listed twice: {', '.join(repeated)}")
@@ -449,11 +466,15 @@ def _is_model(annotation: object) -> bool:
 def _describe(error: dict, model: type[BaseModel]) -> str:
     """One line for one pydantic error: key, what is allowed, the value."""
     loc = [str(part) for part in error["loc"]]
+    if loc[-1:] == ["[key]"]:  # a bad key of a mapping (benchmark.ood.sources: 'rust' ...): name the mapping
+        loc = loc[:-2]
     key = ".".join(loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         owner: type[BaseModel] = model
         for part in loc[:-1]:
+            if part not in owner.model_fields:
+                continue  # a key of a mapping section (benchmark.ood.sources.kotlin), not a field
             annotation = owner.model_fields[part].annotation
             # `ModelParams | None` -> ModelParams
             owner = next(a for a in (annotation, *get_args(annotation)) if _is_model(a))

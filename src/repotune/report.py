@@ -279,8 +279,10 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
 
 
 def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
-    shares = ["repeats_line_pct", "ngram_loop_pct", "empty_pct", "echoes_input_pct", "degenerate_pct"]
-    head = ["evaluation", "system", "repeats a line", "n-gram loop", "empty", "echoes input", "any",
+    shares = ["repeats_line_pct", "ngram_loop_pct", "repeats_phrase_pct", "empty_pct", "echoes_input_pct",
+              "wrong_kind_pct", "degenerate_pct"]
+    head = ["evaluation", "system", "repeats a line", "n-gram loop", "repeats a phrase", "empty", "echoes input",
+            "wrong kind", "any",
             "mean tokens (reference)", "length ratio", "uses markup (reference)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     for ev in evaluations:
@@ -336,7 +338,8 @@ def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     extract = stage_metrics.get("extract")
     if extract:
         lines.append(f"- extract: {extract['samples']} samples from {extract['files_parsed']} parsed files "
-                     f"({extract.get('files_skipped_excluded', 0)} excluded)")
+                     f"({extract.get('files_skipped_test', 0)} test files skipped, "
+                     f"{extract.get('files_skipped_excluded', 0)} excluded)")
     filtered = stage_metrics.get("filter")
     if filtered:
         drops = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(filtered.items()) if k.startswith("dropped_"))
@@ -356,8 +359,14 @@ def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
         )
     ood = stage_metrics.get("ood")
     if ood and ood.get("enabled"):
-        lines.append(f"- ood: `{ood['url']}` @ `{ood['sha'][:12]}`, {ood['samples']} of "
-                     f"{ood['samples_extracted']} samples kept")
+        for language, m in ood.get("languages", {}).items():
+            if "sha" in m:
+                lines.append(f"- ood, {language}: `{m['url']}` @ `{m['sha'][:12]}`, {m['samples']} of "
+                             f"{m['samples_extracted']} samples kept")
+            else:
+                lines.append(f"- ood, {language}: skipped ({m['skipped']})")
+    elif ood:
+        lines.append(f"- ood: no out-of-domain check: {ood.get('skipped', 'benchmark.ood is null')}")
     return lines
 
 
@@ -375,16 +384,20 @@ def render_report(
     settings: Mapping[str, Any],
     signatures: Mapping[str, str],
     costs: Mapping[str, Mapping[str, Any]] | None = None,
+    warnings: Sequence[str] = (),
+    wrong_kind_rule: str = "",
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
     With a teacher among the systems, a section says how much of its gain the others kept
-    and at what cost (`costs`: see :func:`system_costs`)."""
+    and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a setting that
+    makes the numbers mean less than they seem) is one line right under the title."""
     systems = list(evaluations[0]["result"]["scores"])
     level = f"{round(confidence * 100)}%"
     lines = [
         f"# Evaluation, task `{task_name}`: " + " vs ".join(label(s) for s in systems),
         "",
+        *[f"> **Warning:** {warning}\n" for warning in warnings],
         f"Every system gets the same prompts and decoding. Differences are taken against "
         f"{label(reference)}: {level} paired bootstrap intervals ({resamples} resamples of the "
         f"samples, corpus metrics recomputed on each, percentile method) and two-sided p-values "
@@ -422,6 +435,8 @@ def render_report(
     lines += [f"- `{name}`: {METRICS[name].definition}" for name in metric_names]
     lines += [f"- `{name}` signature: `{sig}`" for name, sig in signatures.items() if name in metric_names]
     lines += [f"- degenerate `{name}`: {text}" for name, text in CHECKS.items()]
+    if wrong_kind_rule:
+        lines.append(f"- wrong kind, for this task: {wrong_kind_rule}")
     lines += ["", "Settings:", ""] + [f"- {key}: `{value!r}`" for key, value in settings.items()]
     lines += ["", "Per-sample outputs are in `predictions.jsonl`; all numbers in `evaluate_details.json`; "
               "generation speed in `generate/<system>.json`."]

@@ -10,6 +10,8 @@ module provides:
 
 - ``grammar()``: the tree-sitter language pointer of its wheel;
 - ``definitions(root, src)``: the definitions of a parsed file, in source order.
+- ``TEST_PATHS``: gitignore-style patterns of the files that are tests by the language's
+  conventions (its test folders, source sets and file names), skipped by ``extract.exclude_tests``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ def module(name: str) -> ModuleType:
     if name not in modules:
         raise ValueError(f"unknown language {name!r}; known: {', '.join(modules)}")
     return modules[name]
+
+
+def paths_of_tests(name: str) -> tuple[str, ...]:
+    """Gitignore-style patterns of the test files of language `name` (its ``TEST_PATHS``).
+
+    (Not named ``test_*``: pytest would collect it from a test module that imports it.)
+    """
+    return module(name).TEST_PATHS
 
 
 @cache

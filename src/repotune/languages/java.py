@@ -22,7 +22,8 @@ declaration, not its doc.
 A test is a definition with an annotation whose simple name ends in ``Test`` (``@Test``,
 ``@ParameterizedTest``, ``@org.junit.Test``, ``@SpringBootTest``), a class-like definition
 named ``*Test``, ``*Tests`` or ``Test*`` (see :func:`is_test_class_name`), or anything inside
-one of those.
+one of those. A test file is one that :data:`TEST_PATHS` matches: a Gradle or Maven test
+folder or source set, or a ``*Test``/``*Tests``/``*IT`` file name.
 
 The helpers :func:`doc_comment`, :func:`clean_doc`, :func:`code_and_text`,
 :func:`is_test_class_name` and the walk itself (:func:`walk_definitions`) are shared with
@@ -58,6 +59,26 @@ _WHITESPACE = b" \t\r\n\f"
 _TEST_CLASS = re.compile(r"Tests?$|^Test(?![a-z])")
 # One line of a doc comment: its indentation, a `*` and one space after it.
 _DOC_MARGIN = re.compile(r"^[ \t]*\* ?")
+
+# Where Gradle and Maven keep tests, as gitignore-style patterns (see extract.exclude_tests):
+# any folder named test, tests, androidTest or testFixtures (Maven's and Gradle's src/test/
+# too), every source set under a src/ folder named *Test (jvmTest, commonTest, iosTest,
+# androidUnitTest, androidInstrumentedTest) and the variants of test source sets (testDebug,
+# androidTestRelease). A pattern with a slash inside is anchored at the repository root, hence
+# `**/`: `src/*Test/` alone would miss a module's lib/src/jvmTest/. Shared with ``kotlin``.
+GRADLE_TEST_FOLDERS = (
+    "test/",
+    "tests/",
+    "androidTest/",
+    "testFixtures/",
+    "**/src/*Test/",
+    "**/src/*Test[A-Z]*/",
+    "**/src/test[A-Z]*/",
+)
+# Test files by name (Surefire's and Failsafe's defaults): FooTest, FooTests, FooIT. A lowercase
+# letter or digit before IT, so that JIT.java is not an integration test; case-sensitive, so
+# Contest.java and TestabilityHelper.java are not tests either.
+TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.java", "*Tests.java", "*[a-z0-9]IT.java")
 
 
 def grammar() -> object:

@@ -25,7 +25,7 @@ modifiers in Kotlin's own terms). The KDoc is the last ``/** ... */`` comment be
 declaration's annotations and modifiers, with only whitespace and plain comments between (see
 ``java.doc_comment``); one placed after an annotation stays inside the declaration's code and
 is not its doc. Tests are recognised as in ``java`` (``@Test``-like annotations, ``*Test``
-classes and objects, anything inside them).
+classes and objects, anything inside them); test files as in ``java`` (:data:`TEST_PATHS`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from collections.abc import Iterator
 from tree_sitter import Node
 
 from repotune.languages import Definition, node_text
-from repotune.languages.java import walk_definitions
+from repotune.languages.java import GRADLE_TEST_FOLDERS, walk_definitions
 
 _CLASS_KINDS = ("class", "interface", "enum", "object")
 _CLASS_BODIES = ("class_body", "enum_class_body")
 _COMMENTS = ("line_comment", "block_comment")
 # Children of a function_declaration that come before its name and are not its receiver.
 _NOT_RECEIVER = ("modifiers", "type_parameters", "line_comment", "block_comment")
+# Test files: Gradle's test folders and source sets (see ``java``), FooTest.kt, FooTests.kt, FooIT.kt.
+TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.kt", "*Tests.kt", "*[a-z0-9]IT.kt")
 
 
 def grammar() -> object:

@@ -19,6 +19,9 @@ from tree_sitter import Node
 from repotune.languages import Definition, captures, line_start, node_text
 
 _DEFINITIONS = ("function_definition", "class_definition")
+# Test files (gitignore-style, see extract.exclude_tests): pytest's and unittest's layouts and
+# names. A pattern without an inner slash matches at any depth (pkg/tests/, a/b/test_x.py).
+TEST_PATHS = ("tests/", "test/", "testing/", "test_*.py", "*_test.py", "conftest.py")
 
 
 def grammar() -> object:

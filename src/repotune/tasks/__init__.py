@@ -12,7 +12,10 @@ A task module provides:
   ``prompt_input(record)``, ``completion(record)`` (the text trained to follow the prompt),
   ``default_stop(extract)`` (stop strings when ``decoding.stop`` is null),
   ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
-  prediction);
+  prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
+  :func:`resolved_decoding`);
+- ``wrong_kind(output, raw)`` and ``WRONG_KIND`` (its rule, in words): whether an output is
+  not the kind the task asks for (a degenerate check, see ``repotune.degenerate``);
 - ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and
   ``SAMPLE_METRIC``: the one scored per sample in reports and plots.
 """
@@ -32,13 +35,13 @@ import pathspec
 from tqdm import tqdm
 
 from repotune.files import candidate_paths, read_source
-from repotune.languages import definitions, parser
+from repotune.languages import definitions, parser, paths_of_tests
 from repotune.tasks import completion, docstring, method_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from repotune.params import ExtractParams
+    from repotune.params import DecodingParams, ExtractParams
 
 TASKS: dict[str, ModuleType] = {
     "docstring": docstring,
@@ -52,6 +55,16 @@ def task(name: str) -> ModuleType:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def resolved_decoding(decoding: DecodingParams, task_name: str) -> DecodingParams:
+    """`decoding` with each key left null (None) set to the task's own default (its
+    ``DECODING``); a value set in params.yaml always wins. Generation takes only resolved
+    settings, and the generate stage records them beside the outputs."""
+    defaults = task(task_name).DECODING
+    return decoding.model_copy(update={
+        key: value for key, value in defaults.items() if getattr(decoding, key) is None
+    })
 
 
 def sample_id(path: str, name: str, start_line: int) -> str:
@@ -102,7 +115,8 @@ def iter_samples(
         root: the repository's working tree.
         repo, sha: provenance written into every record.
         task_name: a key of :data:`TASKS`.
-        extract: the ``extract`` params (languages, include/exclude, task-specific knobs).
+        extract: the ``extract`` params (languages, include/exclude, exclude_tests,
+            task-specific knobs).
         counts: updated in place as the records are yielded: the counts for
             metrics/extract.json (files seen/parsed/skipped per reason, per language;
             definitions; samples per kind; ``samples`` in all), complete once exhausted.
@@ -122,7 +136,10 @@ def iter_samples(
     files = sorted(
         (rel, lang)
         for lang in extract.languages
-        for rel in candidate_paths(root, lang, extract.include, extract.exclude, extract.max_file_bytes, counts)
+        for rel in candidate_paths(
+            root, lang, extract.include, extract.exclude, extract.max_file_bytes, counts,
+            tests=paths_of_tests(lang) if extract.exclude_tests else (),
+        )
     )
     counts["samples"] += 0  # present in the metrics even when nothing is found
     init = (root, repo, sha, task_name, extract, tokenizer)

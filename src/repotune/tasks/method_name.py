@@ -36,6 +36,9 @@ PROMPTS = {
         "name only.\n\n{code}\n\nName:"
     ),
 }
+# Decoding defaults for the `decoding` keys left null: a name is made of the identifiers of
+# its body, which a repetition penalty or an n-gram block over prompt + output would forbid.
+DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 # Answers start after blank lines: stops count only once text has begun.
 STOP_AFTER_LEADING_WHITESPACE = True
 # Names in repotune.metrics.METRICS, in report order.
@@ -114,6 +117,20 @@ def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
     if len(statements) < params.min_body_lines:
         return "short_body"
     return None
+
+
+WRONG_KIND = (
+    "not one name: the first non-blank line the model wrote, quotes, backticks, a trailing () "
+    "and a final . or ; aside, is not a single identifier"
+)
+_ONE_NAME = re.compile(r"[`'\"]*[A-Za-z_$][\w$]*(?:\(\))?[`'\"]*[.;]?")
+
+
+def wrong_kind(output: str, raw: str) -> bool:  # noqa: ARG001 - the post-processed output is always a name
+    """Not one name: see :data:`WRONG_KIND`. Judged on the raw text: post-processing keeps the
+    first identifier of anything ("The name is getX" -> "The")."""
+    first = next((line.strip() for line in raw.splitlines() if line.strip()), "")
+    return _ONE_NAME.fullmatch(first) is None
 
 
 def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
