@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Nothing in the tests may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -188,6 +189,22 @@ def write_tree(root: Path, files: dict[str, str | bytes]) -> None:
             path.write_bytes(data)
         else:
             path.write_text(data, encoding="utf-8")
+
+
+def write_params(root: Path, **sections: dict) -> Path:
+    """params.yaml under `root` for in-process stage tests: a source, CPU with one thread,
+    short decoding with no stops, few resamples; each section given updates those keys."""
+    raw: dict = {
+        "source": {"url": "https://example.com/r.git"},
+        "benchmark": {"device": "cpu", "threads": 1},
+        "decoding": {"max_new_tokens": 6, "batch_size": 2, "stop": []},
+        "evaluate": {"resamples": 200},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
 
 
 def make_source_repo(path: Path, outside: Path | None = None):

@@ -6,9 +6,7 @@ import json
 import zlib
 from pathlib import Path
 
-import yaml
-
-from conftest import load_stage, make_source_repo
+from conftest import load_stage, make_source_repo, write_params
 
 from repotune import io
 
@@ -30,20 +28,6 @@ def records(n: int, prefix: str = "s") -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def write_params(root: Path, **sections) -> Path:
-    raw = {
-        "source": {"url": "https://example.com/r.git"},
-        "benchmark": {"device": "cpu", "threads": 1},
-        "decoding": {"max_new_tokens": 6, "batch_size": 2, "stop": []},
-        "evaluate": {"resamples": 200},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
 
 
 def png_rows(path: Path) -> list[bytes]:
@@ -166,10 +150,10 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
 
 
-def write_generations(root: Path, system: str, outputs: list[str], recs: list[dict]) -> None:
+def write_generations(root: Path, system: str, outputs: list[str], recs: list[dict], template: str = "plain") -> None:
     rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
             for r, o in zip(recs, outputs)]
-    io.write_jsonl(root / f"data/generations/{system}/test.plain.jsonl", rows)
+    io.write_jsonl(root / f"data/generations/{system}/test.{template}.jsonl", rows)
 
 
 def test_a_real_difference_is_significant_and_said_in_words(tmp_path):
@@ -207,12 +191,6 @@ def test_evaluate_refuses_generations_of_other_samples(tmp_path):
         run_evaluate(tmp_path, params)
 
 
-def write_template_generations(root: Path, system: str, template: str, outputs: list[str], recs: list[dict]) -> None:
-    rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
-            for r, o in zip(recs, outputs)]
-    io.write_jsonl(root / f"data/generations/{system}/test.{template}.jsonl", rows)
-
-
 def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tmp_path):
     import pytest
 
@@ -223,7 +201,7 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
     # The base writes code twice ("return a + b", an assignment) where a docstring is asked.
     base = ["return a + b", "x = read(path)"] + [r["target"] for r in recs[2:]]
     for system, outputs in (("base", base), ("finetuned", [r["target"] for r in recs])):
-        write_template_generations(tmp_path, system, "verbose", outputs, recs)
+        write_generations(tmp_path, system, outputs, recs, "verbose")
 
     # benchmark.templates null (the default): the template trained on, and only it.
     trained = write_params(tmp_path, prompt={"template": "verbose"})
@@ -240,7 +218,7 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
     with pytest.raises(RepotuneError, match="test.plain.jsonl: no outputs of 'base'"):
         run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
     for system in ("base", "finetuned"):
-        write_template_generations(tmp_path, system, "plain", [r["target"] for r in recs], recs)
+        write_generations(tmp_path, system, [r["target"] for r in recs], recs)
     out = run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
     head = json.loads((out / "evaluate.json").read_text())
     assert head["template"] == "plain" and head["trained_template_evaluated"] is False

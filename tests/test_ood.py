@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import git
-import yaml
 
-from conftest import load_stage
+from conftest import load_stage, write_params
 
 from repotune import io
 
@@ -60,25 +59,21 @@ def git_repo(path: Path, files: dict[str, str]) -> git.Repo:
     return repo
 
 
-def write_params(root: Path, languages: list[str], sources: dict[str, str] | None, **sections) -> Path:
+def ood_params(root: Path, languages: list[str], sources: dict[str, str] | None, **sections) -> Path:
     """params.yaml for a docstring run on `languages`, `sources` as benchmark.ood.sources
     (language -> local repository; None: benchmark.ood null)."""
     ood = None if sources is None else {
         "sources": {lang: {"url": url, "rev": "main"} for lang, url in sources.items()}, "max_samples": 10,
     }
-    raw = {
-        "source": {"url": "https://example.com/r.git"},
+    defaults = {
         "extract": {"languages": languages, "workers": 1},
         "filter": {"min_target_tokens": 5},
         "benchmark": {"ood": ood, "device": "cpu", "threads": 1},
         "decoding": {"max_new_tokens": 4, "batch_size": 2, "stop": []},
-        "evaluate": {"resamples": 200},
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
+        defaults.setdefault(name, {}).update(values)
+    return write_params(root, **defaults)
 
 
 def run_ood(root: Path, params: Path, base: Path | None = None) -> tuple[list[dict], dict]:
@@ -94,7 +89,7 @@ def test_two_languages_each_from_its_own_source(tmp_path):
     py = git_repo(tmp_path / "py", {"lib/shapes.py": SHAPES_PY, "lib/Stray.kt": STRAY_KT})
     kt = git_repo(tmp_path / "kt", {"src/main/kotlin/geo/Geo.kt": GEO_KT, "tools/stray.py": STRAY_PY})
     sources = {"python": py.working_dir, "kotlin": kt.working_dir}
-    records, metrics = run_ood(tmp_path, write_params(tmp_path, ["python", "kotlin"], sources))
+    records, metrics = run_ood(tmp_path, ood_params(tmp_path, ["python", "kotlin"], sources))
 
     # Languages in name order (kotlin, python), each in its file's source order; no stray code.
     assert [(r["language"], r["name"], r["repo"], r["sha"]) for r in records] == [
@@ -117,7 +112,7 @@ def test_two_languages_each_from_its_own_source(tmp_path):
 
     # The order of extract.languages changes nothing, to the byte.
     first = [(tmp_path / name).read_bytes() for name in ("data/ood.jsonl", "metrics/ood.json")]
-    run_ood(tmp_path, write_params(tmp_path, ["kotlin", "python"], sources))
+    run_ood(tmp_path, ood_params(tmp_path, ["kotlin", "python"], sources))
     assert [(tmp_path / name).read_bytes() for name in ("data/ood.jsonl", "metrics/ood.json")] == first
 
 
@@ -125,7 +120,7 @@ def test_a_language_without_a_source_is_skipped_and_unused_sources_are_not_clone
     py = git_repo(tmp_path / "py", {"lib/shapes.py": SHAPES_PY})
     # A Kotlin source that does not exist: a run without Kotlin must never touch it.
     sources = {"python": py.working_dir, "kotlin": str(tmp_path / "missing")}
-    records, metrics = run_ood(tmp_path, write_params(tmp_path, ["python", "java"], sources))
+    records, metrics = run_ood(tmp_path, ood_params(tmp_path, ["python", "java"], sources))
     assert [r["name"] for r in records] == ["area", "perimeter"]
     assert metrics["enabled"] is True and metrics["samples"] == 2 and "skipped" not in metrics
     assert metrics["languages"]["java"] == {"skipped": "no source in benchmark.ood.sources"}
@@ -135,7 +130,7 @@ def test_a_language_without_a_source_is_skipped_and_unused_sources_are_not_clone
 def test_no_samples_at_all_skips_the_check_through_generate_and_evaluate(tmp_path, lively_model):
     py = git_repo(tmp_path / "py", {"lib/shapes.py": SHAPES_PY})
     # Kotlin's source holds no Kotlin; Java has no source.
-    params = write_params(tmp_path, ["kotlin", "java"], {"kotlin": py.working_dir})
+    params = ood_params(tmp_path, ["kotlin", "java"], {"kotlin": py.working_dir})
     records, metrics = run_ood(tmp_path, params, base=lively_model)
     assert records == [] and (tmp_path / "data/ood.jsonl").read_bytes() == b""
     reason = (f"java: no source in benchmark.ood.sources; kotlin: no docstring samples kept from "
@@ -172,5 +167,5 @@ def test_no_samples_at_all_skips_the_check_through_generate_and_evaluate(tmp_pat
 
 
 def test_ood_null_writes_an_empty_set_and_says_so(tmp_path):
-    records, metrics = run_ood(tmp_path, write_params(tmp_path, ["python"], None))
+    records, metrics = run_ood(tmp_path, ood_params(tmp_path, ["python"], None))
     assert records == [] and metrics == {"enabled": False, "skipped": "benchmark.ood is null"}
