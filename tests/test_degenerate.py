@@ -168,7 +168,7 @@ def test_summarise_counts_by_hand() -> None:
     assert summarise(outputs, references, inputs, [True, False, False, False]) == {
         "repeats_line_pct": 25.0,
         "ngram_loop_pct": 25.0,
-        "repeats_phrase_pct": 0.0,  # no 5 words twice anywhere
+        "repeats_phrase_pct": 0.0,  # no 6 words twice anywhere
         "empty_pct": 25.0,
         "echoes_input_pct": 25.0,
         "wrong_kind_pct": 25.0,
@@ -208,14 +208,16 @@ def test_summarise_rejects_lists_of_different_lengths() -> None:
 
 def test_repeats_phrase_catches_paraphrase_loops_the_other_checks_miss() -> None:
     loop = "A type value that is a type value that is a type"
-    assert repeats_phrase(loop)  # "a type value that is" twice
+    assert repeats_phrase(loop)  # "a type value that is a" twice
     assert not repeats_line(loop) and not ngram_loop(loop)  # one line; the unit is there 2.2 times
-    # Case and punctuation do not hide a repeat; overlapping occurrences count.
-    assert repeats_phrase("Stop the main reactor, then. STOP THE MAIN REACTOR THEN now")
-    assert repeats_phrase("a b a b a b a")  # (a b a b a) at 0 and 2
-    # Four shared words are ordinary prose, not a loop.
-    assert not repeats_phrase("Return the value of the key, or the value of the default.")
-    assert not repeats_phrase("one two three four")
+    # Case and the punctuation around words do not hide a repeat; overlapping occurrences count.
+    assert repeats_phrase("Stop the main reactor, then exit. STOP THE MAIN REACTOR THEN (exit) now")
+    assert repeats_phrase("a b a b a b a b")  # (a b a b a b) at 0 and 2
+    # Five shared words, or a dotted name that shares its parts, is ordinary prose.
+    assert not repeats_phrase("Return the value of the key, or else the value of the default.")
+    assert not repeats_phrase("Return a twisted.conch.ssh.transport.SSHServerTransport or "
+                              "twisted.conch.ssh.transport.SSHClientTransport instance.")
+    assert not repeats_phrase("one two three four five six")
     assert not repeats_phrase("")
 
 

@@ -377,10 +377,12 @@ def test_generation_refuses_unresolved_decoding(tiny_model):
     ("if not self.lazy: return super().__init__()", True),  # the base continuing the code
     ("return a + b", True),
     ("self._reactor.callLater(0, self._flush)", True),
-    ("x = read(path)\nreturn x", True),
+    ("x = read(path)\nreturn x + 1", True),
     ("def stop(self):", True),
-    ("Set the value.\nself.value = value", True),  # half of the lines are code
-    ("Set the value.\nIt is kept.\nself.value = value", False),
+    ("x = 1\nSet the value.\nself.value = value", True),  # most lines are code
+    ("Set the value.\nself.value = value", False),  # half: a sentence with its example
+    ("Return a L{Key} from C{self.blobs}, if any, or\nreturn L{None}.", False),  # markup is prose
+    ("Returns a {@link Manager}. Will\nreturn null if the {@link Context} is gone", False),
 ])
 def test_docstring_wrong_kind_is_code_where_prose_is_asked(output, wrong):
     from repotune.tasks import docstring
