@@ -42,21 +42,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
 
     from repotune import metrics, report
-    from repotune.evaluation import details, evaluate_generations, headline
+    from repotune.evaluation import details, evaluate_generations, headline, resolve_reference
     from repotune.tasks import resolved_decoding, task
 
     module = task(p.task.name)
     systems = [s for s in args.systems if evalsets.system_enabled(args.generations / s)]
-    if p.evaluate.reference not in systems:
-        raise errors.RepotuneError(
-            f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(systems)}"
-        )
     sets = evalsets.load_sets(
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
     templates = evalsets.templates(p.benchmark.templates, p.prompt.template)
-    evaluations = evaluate_generations(args.generations, systems, sets, templates, module, p.evaluate)
+    # best_base: the base system at its best prompt, by the task's first metric on the headline.
+    reference, base_scores = resolve_reference(
+        p.evaluate.reference, systems, args.generations, sets["test"], templates[0], module.METRICS[0]
+    )
+    if reference not in systems:
+        raise errors.RepotuneError(
+            f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(systems)}"
+        )
+    evaluate_params = p.evaluate.model_copy(update={"reference": reference})
+    evaluations = evaluate_generations(args.generations, systems, sets, templates, module, evaluate_params)
     warnings = []
     if p.prompt.template not in templates:
         warnings.append(
@@ -73,10 +78,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     costs = report.system_costs(systems, args.generations, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
-    summary = {**headline(p.task.name, evaluations, p.evaluate.reference),
+    summary = {**headline(p.task.name, evaluations, reference),
                "trained_template": p.prompt.template, "trained_template_evaluated": p.prompt.template in templates}
     io.write_json(out / "evaluate.json", summary)
-    io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, p.evaluate, signatures))
+    io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
     io.write_jsonl(out / "predictions.jsonl", [
         row for ev in evaluations for row in report.prediction_rows(ev, module.SAMPLE_METRIC)
     ])
@@ -84,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report.scores_spec(evaluations, module.METRICS, p.evaluate.confidence), out / "plots/scores.png"
     )
     report.write_png(
-        report.sample_deltas_spec(evaluations, module.SAMPLE_METRIC, p.evaluate.reference),
+        report.sample_deltas_spec(evaluations, module.SAMPLE_METRIC, reference),
         out / "plots/sample_deltas.png",
     )
     settings = {
@@ -93,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     io.write_text(out / "report.md", report.render_report(
         p.task.name, evaluations, module.METRICS, module.SAMPLE_METRIC,
-        reference=p.evaluate.reference, confidence=p.evaluate.confidence,
+        reference=reference, confidence=p.evaluate.confidence,
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
         stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs, warnings=warnings,
-        wrong_kind_rule=module.WRONG_KIND,
+        wrong_kind_rule=module.WRONG_KIND, base_scores=base_scores,
     ))
     print(io.dumps(summary))
 

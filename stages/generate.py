@@ -10,7 +10,11 @@ Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by 
         counts, and whether the prompt's code was cut;
         metrics/generate/<system>.json: prompts cut, generated tokens, seconds and tokens/s per
         evaluation (timings are NOT deterministic; nothing downstream reads them).
-Run:    python stages/generate.py --system base --model models/base
+        With --prompt chat (system base_chat): every evaluation is prompted with the task's
+        CHAT_PROMPT through the model's chat template, the reply unwrapped by the task's
+        chat_answer; a task without one, or a tokenizer without a chat template, writes
+        system.json with enabled: false and the reason instead (evaluate leaves it out).
+Run:    python stages/generate.py --system base --model models/base [--prompt trained|chat]
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, help="name of the system (base, finetuned, ...)")
     parser.add_argument("--model", type=Path, required=True, help="its model folder")
+    parser.add_argument("--prompt", choices=["trained", "chat"], default="trained",
+                        help="trained: the benchmark's templates; chat: the task's request through the chat template")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
     parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
@@ -45,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolve_precision,
         set_threads,
     )
-    from repotune.prompts import Prompter
+    from repotune.prompts import Prompter, evaluation_prompts
     from repotune.tasks import resolved_decoding, task
 
     if not (args.model / "config.json").is_file():
@@ -57,19 +63,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
     tokenizer = load_tokenizer(args.model)
+    chat = args.prompt == "chat"
+    if chat and (module.CHAT_PROMPT is None or not getattr(tokenizer, "chat_template", None)):
+        reason = (f"task {p.task.name} has no chat prompt" if module.CHAT_PROMPT is None
+                  else f"{args.model}: the tokenizer has no chat template")
+        with io.atomic_path(out) as folder:
+            folder.mkdir(parents=True)
+            io.write_json(folder / "system.json", {"enabled": False, "reason": reason})
+        io.write_json(metrics_path, {"system": args.system, "enabled": False, "reason": reason})
+        print(f"generate {args.system}: not run ({reason})")
+        return
     budget = max(1, p.train.max_length - decoding.max_new_tokens)
-    prompts: dict[str, list[str]] = {}
-    cut: dict[str, list[bool]] = {}
-    for set_name, template in evalsets.evaluations(
-        evalsets.templates(p.benchmark.templates, p.prompt.template), "ood" in sets
-    ):
-        prompter = Prompter.from_params(p.prompt, p.task.name, template)
-        key = f"{set_name}.{template}"
-        prompts[key], cut[key] = [], []
-        for record in sets[set_name]:
-            fitted = prompter.fitted_prompt(record, tokenizer, budget)
-            prompts[key].append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
-            cut[key].append(bool(fitted and fitted[1]))
+    prompts, cut = evaluation_prompts(
+        sets, evalsets.evaluations(evalsets.templates(p.benchmark.templates, p.prompt.template), "ood" in sets),
+        lambda template: (Prompter(p.task.name, module.CHAT_PROMPT, chat_template=True, system=p.prompt.system)
+                          if chat else Prompter.from_params(p.prompt, p.task.name, template)),
+        tokenizer, budget,
+    )
 
     set_threads(p.benchmark.threads)
     device = resolve_device(p.benchmark.device)
@@ -77,13 +87,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
     stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract)
+    # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
     runs = generate_from_folder(
-        args.model, prompts, decoding, stop=stop,
+        args.model, prompts, decoding, stop=[] if chat else stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
     )
 
     # The decoding settings as applied (the task's defaults filled in) and the stops.
-    summary: dict = {"system": args.system, "device": device, "precision": precision,
+    summary: dict = {"system": args.system, "prompt": args.prompt, "device": device, "precision": precision,
                      "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with io.atomic_path(out) as folder:
@@ -92,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             set_name, template = key.split(".", 1)
             rows = [
                 {
-                    "id": record["id"], "output": module.postprocess(raw, stop, p.extract), "raw": raw,
+                    "id": record["id"], "raw": raw,
+                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.extract),
                     "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
                 }
                 for record, raw, n_prompt, n_new, was_cut in zip(

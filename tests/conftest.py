@@ -291,7 +291,7 @@ def load_stage(name: str):
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill", "ood", "train", "merge",
-              "generate@base", "generate@finetuned", "evaluate"]
+              "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
 
 
 def dvc_env() -> dict[str, str]:

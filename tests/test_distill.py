@@ -265,7 +265,7 @@ def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost
     io.write_json(tmp_path / "metrics/generate/base.json", {"test.plain": {"tokens_per_s": 65.0}})
     head = run_evaluate(tmp_path)
     assert (head["base_exact_match"], head["finetuned_exact_match"], head["teacher_exact_match"]) == (0, 50.0, 100.0)
-    assert head["delta_teacher_exact_match"] == 100.0 and head["delta_finetuned_exact_match"] == 50.0
+    assert head["delta_teacher_exact_match"] == 100.0 and head["delta_exact_match"] == 50.0
     assert head["gain_kept_exact_match"] == 50.0
     report = (tmp_path / "out/report.md").read_text()
     assert "# Evaluation, task `docstring`: base vs fine-tuned vs teacher" in report

@@ -79,9 +79,9 @@ def assert_not_blank(path: Path) -> None:
     assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"
 
 
-def run_generate(root: Path, params: Path, system: str, model: Path) -> None:
+def run_generate(root: Path, params: Path, system: str, model: Path, prompt: str = "trained") -> None:
     load_stage("generate").main([
-        "--system", system, "--model", str(model), "--params", str(params),
+        "--system", system, "--model", str(model), "--params", str(params), "--prompt", prompt,
         "--test", str(root / "data/split/test.jsonl"), "--ood", str(root / "data/ood.jsonl"),
         "--out", str(root / "data/generations" / system), "--metrics", str(root / f"metrics/generate/{system}.json"),
     ])
@@ -224,3 +224,79 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
     assert head["template"] == "plain" and head["trained_template_evaluated"] is False
     report = (out / "report.md").read_text()
     assert "> **Warning:** the adapter was trained with template `verbose` (prompt.template)" in report
+
+
+def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(tmp_path):
+    recs = records(6)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    targets = [r["target"] for r in recs]
+    write_generations(tmp_path, "base", ["No."] * 6, recs)  # the plain prompt: useless
+    write_generations(tmp_path, "base_chat", targets[:3] + ["No."] * 3, recs)  # the chat prompt: half right
+    write_generations(tmp_path, "finetuned", targets[:5] + ["No."], recs)
+    load_stage("evaluate").main([
+        "--systems", "base", "base_chat", "finetuned", "--params", str(write_params(tmp_path)),
+        "--generations", str(tmp_path / "data/generations"), "--test", str(tmp_path / "data/split/test.jsonl"),
+        "--ood", str(tmp_path / "data/ood.jsonl"), "--stage-metrics", str(tmp_path / "metrics"),
+        "--out", str(tmp_path / "metrics"),
+    ])
+    head = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert head["reference"] == "base_chat"  # evaluate.reference: best_base (the default)
+    # delta_<metric> is the fine-tuned system's whatever else is compared: 5 of 6 against 3 of 6.
+    assert head["delta_exact_match"] == round(100 * 2 / 6, 4)
+    assert head["delta_base_exact_match"] == -50.0  # the other base: 0 of 6 against 3 of 6
+    report = (tmp_path / "metrics/report.md").read_text()
+    assert "The reference is the base model at its best prompt: base (chat) scored higher on chrf" in report
+
+    # An explicit reference still wins.
+    load_stage("evaluate").main([
+        "--systems", "base", "base_chat", "finetuned",
+        "--params", str(write_params(tmp_path, evaluate={"resamples": 200, "reference": "base"})),
+        "--generations", str(tmp_path / "data/generations"), "--test", str(tmp_path / "data/split/test.jsonl"),
+        "--ood", str(tmp_path / "data/ood.jsonl"), "--stage-metrics", str(tmp_path / "metrics"),
+        "--out", str(tmp_path / "metrics2"),
+    ])
+    head = json.loads((tmp_path / "metrics2/evaluate.json").read_text())
+    assert head["reference"] == "base" and head["delta_exact_match"] == round(100 * 5 / 6, 4)
+    assert head["delta_base_chat_exact_match"] == 50.0
+
+
+def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_path, lively_model):
+    import shutil
+
+    recs = records(3)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2})
+    # The tiny model has no chat template: base_chat is disabled with the reason, nothing generated.
+    run_generate(tmp_path, params, "base_chat", lively_model, "chat")
+    marker = json.loads((tmp_path / "data/generations/base_chat/system.json").read_text())
+    assert marker == {"enabled": False, "reason": f"{lively_model}: the tokenizer has no chat template"}
+    assert sorted(p.name for p in (tmp_path / "data/generations/base_chat").iterdir()) == ["system.json"]
+
+    chatty = tmp_path / "chatty"
+    shutil.copytree(lively_model, chatty)
+    (chatty / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    run_generate(tmp_path, params, "base_chat", chatty, "chat")
+    rows = io.read_jsonl(tmp_path / "data/generations/base_chat/test.plain.jsonl")
+    assert [r["id"] for r in rows] == [r["id"] for r in recs]
+    speed = json.loads((tmp_path / "metrics/generate/base_chat.json").read_text())
+    assert speed["prompt"] == "chat" and speed["test.plain"]["samples"] == 3
+    # The chat request is longer than the plain template around the same code.
+    run_generate(tmp_path, params, "base", chatty)
+    base_rows = io.read_jsonl(tmp_path / "data/generations/base/test.plain.jsonl")
+    assert all(c["prompt_tokens"] > b["prompt_tokens"] + 20 for c, b in zip(rows, base_rows))
+
+
+def test_chat_answers_are_unwrapped_by_the_task():
+    from repotune.tasks import docstring, method_name
+
+    assert docstring.chat_answer('```python\ndef f(x):\n    """\n    Return x twice.\n    """\n```') == "Return x twice."
+    assert docstring.chat_answer("/**\n * Returns the count.\n * @return the count\n */") == (
+        "Returns the count.\n@return the count")
+    assert docstring.chat_answer("```\nReturn the sum.\n```") == "Return the sum.\n"
+    assert docstring.chat_answer("Return the sum.") == "Return the sum."
+    assert method_name.chat_answer("The original name is `getFoo`.") == "getFoo"
+    assert method_name.chat_answer("**readAll**") == "readAll"
+    assert method_name.chat_answer("readAll") == "readAll"

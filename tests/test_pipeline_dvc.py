@@ -14,7 +14,7 @@ from conftest import ALL_STAGES, TINY_BUDGET, dvc, ran, set_params
 from repotune import io
 
 DATA_STAGES = ["clone", "extract", "filter", "judge", "split"]
-MODEL_STAGES = ["train", "merge", "generate@base", "generate@finetuned", "evaluate"]
+MODEL_STAGES = ["train", "merge", "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
 
 
 def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
@@ -98,7 +98,7 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     # distill declares decoding (the teacher decodes like every system); disabled, it re-runs
     # in well under a second and writes the same train file, so train does not run.
     set_params(project, decoding={"max_new_tokens": 6})
-    assert ran(dvc(project, "repro")) == ["distill", "generate@base", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["distill", "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
 
     set_params(project, lora={"r": 8})
     assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
@@ -252,7 +252,7 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     assert any(r.get("undocumented") for r in io.read_jsonl(project / "data/distill/targets.jsonl"))
     assert io.read_json(project / "metrics/train.json")["train_samples"] == len(train)
     bench = io.read_json(project / "metrics/evaluate.json")
-    assert {"teacher_chrf", "delta_teacher_chrf", "delta_finetuned_chrf", "gain_kept_chrf"} <= set(bench)
+    assert {"teacher_chrf", "delta_teacher_chrf", "delta_chrf", "gain_kept_chrf"} <= set(bench)
     assert "## Teacher and student" in (project / "metrics/report.md").read_text()
 
     set_params(project, distill={"teacher_share": 1.0})

@@ -202,37 +202,6 @@ def teacher_record(record: Mapping[str, Any], output: str, provenance: Mapping[s
     }
 
 
-def fitted_prompts(
-    prompter: Any, records: Sequence[Mapping[str, Any]], tokenizer: Any, budget: int
-) -> tuple[list[str], list[bool]]:
-    """Each record's prompt in at most `budget` tokens of `tokenizer` (code cut to fit, as the
-    generate stage does), and whether its code was cut."""
-    prompts, cut = [], []
-    for record in records:
-        fitted = prompter.fitted_prompt(record, tokenizer, budget)
-        prompts.append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
-        cut.append(bool(fitted and fitted[1]))
-    return prompts, cut
-
-
-def evaluation_prompts(
-    prompt: Any, task_name: str, sets: Mapping[str, Sequence[Mapping[str, Any]]], templates: Sequence[str],
-    tokenizer: Any, budget: int,
-) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
-    """The teacher's prompts for every evaluation ``<set>.<template>``, built as the generate
-    stage builds every system's (same templates, same cut to `budget` tokens), and the cuts."""
-    from repotune import evalsets
-    from repotune.prompts import Prompter
-
-    prompts, cut = {}, {}
-    for set_name, template in evalsets.evaluations(templates, "ood" in sets):
-        key = f"{set_name}.{template}"
-        prompts[key], cut[key] = fitted_prompts(
-            Prompter.from_params(prompt, task_name, template), sets[set_name], tokenizer, budget
-        )
-    return prompts, cut
-
-
 def write_generations(
     folder: Path, rows: Mapping[str, Sequence[Mapping[str, Any]]], sets: Mapping[str, Sequence[Mapping[str, Any]]],
     cut: Mapping[str, Sequence[bool]], postprocess: Any, system: dict[str, Any],
@@ -345,7 +314,7 @@ def teach(
     from repotune.base_model import model_identity
     from repotune.judge import judge_model_folder
     from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
-    from repotune.prompts import Prompter, template_text
+    from repotune.prompts import Prompter, evaluation_prompts, fitted_prompts, template_text
     from repotune.tasks import task
 
     cache_file = out / "cache" / "generations.jsonl"
@@ -375,7 +344,9 @@ def teach(
         split / "test.jsonl", ood, s.test_max_samples, s.ood_max_samples)
     prompts, cut = {}, {}
     prompts["train"], cut["train"] = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
-    evaluation = evaluation_prompts(s.prompt, s.task_name, sets, s.templates, tokenizer, budget)
+    evaluation = evaluation_prompts(
+        sets, evalsets.evaluations(s.templates, "ood" in sets), lambda template: Prompter.from_params(s.prompt, s.task_name, template), tokenizer, budget
+    )
     prompts.update(evaluation[0])
     cut.update(evaluation[1])
 

@@ -17,6 +17,12 @@ from repotune.params import EvaluateParams
 # The system whose gain over the reference the others are measured against (distill: the
 # model that taught them); present only when the distill stage is on.
 TEACHER = "teacher"
+FINETUNED = "finetuned"
+# The systems that run the base model, each at a prompt of its own: `base` at the trained
+# template, `base_chat` at the task's request through the chat template.
+BASE_SYSTEMS = ("base", "base_chat")
+# evaluate.reference: the base system that scores higher (see resolve_reference).
+BEST_BASE = "best_base"
 
 
 def evaluate(
@@ -96,6 +102,38 @@ def gain_kept(scores: Mapping[str, Mapping[str, Mapping[str, float]]], system: s
     return round(100 * (scores[system][metric]["score"] - ref) / teacher_gain, 2)
 
 
+def resolve_reference(
+    reference: str, systems: Sequence[str], generations: Path, records: Sequence[Mapping[str, Any]],
+    template: str, metric_name: str,
+) -> tuple[str, dict[str, float]]:
+    """`reference`, or for ``best_base`` the base system (of :data:`BASE_SYSTEMS` among
+    `systems`) whose outputs on the test set with `template` score higher on `metric_name`
+    (ties: ``base``), so that gains are measured over the base at its best prompt.
+
+    Returns:
+        The reference's name, and the score of each base system compared ({} when none was).
+    """
+    from repotune import evalsets, io
+
+    if reference != BEST_BASE:
+        return reference, {}
+    candidates = [s for s in BASE_SYSTEMS if s in systems]
+    if not candidates:
+        raise RepotuneError(f"evaluate.reference is {BEST_BASE} but no base system is among {', '.join(systems)}")
+    if len(candidates) == 1:
+        return candidates[0], {}
+    metric = METRICS[metric_name]
+    targets = [r["target"] for r in records]
+    scores = {}
+    for system in candidates:
+        path = evalsets.generation_file(generations / system, "test", template)
+        if not path.is_file():
+            raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
+        rows = io.read_jsonl(path)
+        scores[system] = round(float(metric.aggregate(metric.stats([r["output"] for r in rows], targets))), 4)
+    return max(candidates, key=lambda s: (scores[s], s == "base")), scores
+
+
 def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str) -> dict[str, Any]:
     """The flat headline of metrics/evaluate.json.
 
@@ -107,11 +145,14 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
     the share of the teacher's gain, in percent, see :func:`gain_kept`.
     """
     head = evaluations[0]
-    flat: dict[str, Any] = {"task": task_name, "template": head["template"], "samples": head["result"]["samples"]}
+    flat: dict[str, Any] = {"task": task_name, "template": head["template"], "samples": head["result"]["samples"],
+                            "reference": reference}
     others = list(head["result"]["differences"])
 
+    # delta_<metric> is always the fine-tuned system's (stable keys for dvc metrics diff across
+    # runs with and without a teacher or a chat baseline); any other system's is delta_<system>_<metric>.
     def prefix(other: str) -> str:
-        return "delta" if len(others) == 1 else f"delta_{other}"
+        return "delta" if other == FINETUNED or len(others) == 1 else f"delta_{other}"
 
     for system, by_metric in head["result"]["scores"].items():
         for metric, s in by_metric.items():
@@ -124,7 +165,7 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
         if system in (TEACHER, reference) or TEACHER not in head["result"]["scores"]:
             continue
         for metric in head["result"]["scores"][system]:
-            key = "gain_kept" if len(others) == 2 else f"gain_kept_{system}"
+            key = "gain_kept" if system == FINETUNED else f"gain_kept_{system}"
             flat[f"{key}_{metric}"] = gain_kept(head["result"]["scores"], system, reference, metric)
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]

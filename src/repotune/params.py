@@ -413,7 +413,9 @@ class BenchmarkParams(Section):
 
 
 class EvaluateParams(Section):
-    reference: str = Field(default="base", min_length=1)  # deltas are taken against this system
+    # Deltas are taken against this system; best_base: base or base_chat, whichever scores
+    # higher on the task's first metric on the headline evaluation (the base at its best prompt).
+    reference: str = Field(default="best_base", min_length=1)
     resamples: int = Field(default=1000, ge=100)  # bootstrap resamples and randomization permutations
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     seed: int = 42

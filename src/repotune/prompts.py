@@ -11,7 +11,7 @@ prompt; otherwise it is used as plain text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,3 +172,35 @@ class Prompter:
             counts["fitted"] += fitted[1]
             rows.append({"prompt": fitted[0], "completion": completion})
         return rows, counts
+
+
+def fitted_prompts(
+    prompter: Prompter, records: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, budget: int
+) -> tuple[list[str], list[bool]]:
+    """Each record's prompt in at most `budget` tokens of `tokenizer` (code cut to fit, see
+    :meth:`Prompter.fitted_prompt`; a prompt that cannot fit is kept whole), and whether its
+    code was cut."""
+    prompts, cut = [], []
+    for record in records:
+        fitted = prompter.fitted_prompt(record, tokenizer, budget)
+        prompts.append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
+        cut.append(bool(fitted and fitted[1]))
+    return prompts, cut
+
+
+def evaluation_prompts(
+    sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    evaluations: Sequence[tuple[str, str]],
+    prompter_of: Callable[[str], Prompter],
+    tokenizer: PreTrainedTokenizerBase,
+    budget: int,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+    """The prompts of every evaluation ``<set>.<template>`` (the (set, template) pairs of
+    ``repotune.evalsets.evaluations``), each record's cut to `budget` tokens, and the cuts;
+    `prompter_of` gives the prompter of a template (the template itself, or for the chat
+    baseline the task's chat request)."""
+    prompts, cut = {}, {}
+    for set_name, template in evaluations:
+        key = f"{set_name}.{template}"
+        prompts[key], cut[key] = fitted_prompts(prompter_of(template), sets[set_name], tokenizer, budget)
+    return prompts, cut

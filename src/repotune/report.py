@@ -15,7 +15,7 @@ from typing import Any
 from repotune.evaluation import TEACHER, gain_kept
 from repotune.metrics import METRICS
 
-LABELS = {"base": "base", "finetuned": "fine-tuned", "teacher": "teacher"}
+LABELS = {"base": "base", "base_chat": "base (chat)", "finetuned": "fine-tuned", "teacher": "teacher"}
 # The reference system grey, the others in Tableau colours.
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
 
@@ -386,24 +386,33 @@ def render_report(
     costs: Mapping[str, Mapping[str, Any]] | None = None,
     warnings: Sequence[str] = (),
     wrong_kind_rule: str = "",
+    base_scores: Mapping[str, float] | None = None,
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
     With a teacher among the systems, a section says how much of its gain the others kept
     and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a setting that
-    makes the numbers mean less than they seem) is one line right under the title."""
+    makes the numbers mean less than they seem) is one line right under the title.
+    `base_scores` (base system -> its headline score on the task's first metric): how the
+    reference was chosen when it is the base at its best prompt."""
     systems = list(evaluations[0]["result"]["scores"])
     level = f"{round(confidence * 100)}%"
     lines = [
         f"# Evaluation, task `{task_name}`: " + " vs ".join(label(s) for s in systems),
         "",
         *[f"> **Warning:** {warning}\n" for warning in warnings],
-        f"Every system gets the same prompts and decoding. Differences are taken against "
+        f"Every system gets the same decoding, and the same prompts but for base (chat), if present. "
+        f"Differences are taken against "
         f"{label(reference)}: {level} paired bootstrap intervals ({resamples} resamples of the "
         f"samples, corpus metrics recomputed on each, percentile method) and two-sided p-values "
         f"of a paired approximate-randomization test ({resamples} permutations); **bold** = "
         f"significant at {level}, n.s. = not. Scores show their own {level} interval in brackets.",
     ]
+    if base_scores and len(base_scores) > 1:
+        compared = ", ".join(f"{label(s)} {score:.2f}" for s, score in base_scores.items())
+        lines += ["", f"The reference is the base model at its best prompt: {label(reference)} scored higher on "
+                      f"{metric_names[0]} on the headline evaluation ({compared}); `base` is prompted with the "
+                      "trained template, `base (chat)` with the task's request through the model's chat template."]
     for ev in evaluations:
         where = "held-out files of the training repository" if ev["set"] == "test" else "another repository, out of domain"
         lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]

@@ -14,6 +14,9 @@ A task module provides:
   ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
   prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
   :func:`resolved_decoding`);
+- ``CHAT_PROMPT``: the request put to an instruct model through its chat template, for the
+  ``base_chat`` system (the base at the prompt that suits it; None: the task has none), and
+  ``chat_answer(raw)``: the answer inside such a reply (unwrapped from quotes, fences);
 - ``wrong_kind(output, raw)`` and ``WRONG_KIND`` (its rule, in words): whether an output is
   not the kind the task asks for (a degenerate check, see ``repotune.degenerate``);
 - ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and

@@ -42,6 +42,9 @@ KEEP_INPUT = "tail"
 PROMPTS = {
     "plain": "{code}",
 }
+# No chat baseline: a code model completes code from the raw prefix (that is how editors call
+# it); a chat request to "continue this code" is not a prompt that suits it better.
+CHAT_PROMPT = None
 # Decoding defaults for the `decoding` keys left null: code repeats 4-grams of its own prefix
 # (call chains, identifiers, argument lists), so no n-gram block and no repetition penalty
 # (a block on a real Kotlin library: exact match 46 -> 34, it rewrote 33 of 100 outputs).
@@ -209,6 +212,11 @@ _REPLY = re.compile(
 def wrong_kind(output: str, raw: str) -> bool:  # noqa: ARG001 - the cut output may hide the reply's shape
     """A reply about the code instead of the code: see :data:`WRONG_KIND`."""
     return _REPLY.match(raw) is not None
+
+
+def chat_answer(raw: str) -> str:
+    """Never called (no CHAT_PROMPT); the reply as written."""
+    return raw
 
 
 def default_stop(extract: ExtractParams) -> list[str]:

@@ -36,6 +36,11 @@ PROMPTS = {
         "name only.\n\n{code}\n\nName:"
     ),
 }
+# The request put to an instruct model through its chat template (system `base_chat`).
+CHAT_PROMPT = (
+    "The name of the following function was replaced by a mask. Reply with the original name "
+    "only.\n\n{code}"
+)
 # Decoding defaults for the `decoding` keys left null: a name is made of the identifiers of
 # its body, which a repetition penalty or an n-gram block over prompt + output would forbid.
 DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
@@ -131,6 +136,17 @@ def wrong_kind(output: str, raw: str) -> bool:  # noqa: ARG001 - the post-proces
     first identifier of anything ("The name is getX" -> "The")."""
     first = next((line.strip() for line in raw.splitlines() if line.strip()), "")
     return _ONE_NAME.fullmatch(first) is None
+
+
+_QUOTED_NAME = re.compile(r"`([A-Za-z_$][\w$]*)(?:\(\))?`|\*\*([A-Za-z_$][\w$]*)\*\*")
+
+
+def chat_answer(raw: str) -> str:
+    """The name in an instruct model's reply: the first name in backticks or in bold ("The name
+    is getFoo" in backticks), else the reply as written (post-processing takes its first
+    identifier)."""
+    match = _QUOTED_NAME.search(raw)
+    return next(group for group in match.groups() if group) if match else raw
 
 
 def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
