@@ -42,7 +42,8 @@ CHAT_PROMPT = (
     "only.\n\n{code}"
 )
 # Decoding defaults for the `decoding` keys left null: a name is made of the identifiers of
-# its body, which a repetition penalty or an n-gram block over prompt + output would forbid.
+# its body, which a repetition penalty or an n-gram block over prompt + output would forbid
+# (measured on two libraries, the block changed 0-10 of 45-59 outputs and no score).
 DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 # Answers start after blank lines: stops count only once text has begun.
 STOP_AFTER_LEADING_WHITESPACE = True
