@@ -143,8 +143,11 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")
-    assert set(bench) == {"task", "template", "samples", "reference_markup_pct"} | {
-        f"{s}_{share}" for s in ("base", "finetuned") for share in ("degenerate_pct", "markup_pct")
+    # No chat baseline for completion (nor a chat template in the tiny model): base and fine-tuned.
+    assert bench["reference"] == "base" and bench["trained_template_evaluated"] is True
+    assert set(bench) == {"task", "template", "samples", "reference_markup_pct", "reference", "trained_template",
+                          "trained_template_evaluated"} | {
+        f"{s}_{share}" for s in ("base", "finetuned") for share in ("degenerate_pct", "markup_pct", "wrong_kind_pct")
     } | {
         f"{s}_{m}" for s in ("base", "finetuned") for m in completion_metrics
     } | {f"delta_{m}{end}" for m in completion_metrics for end in ("", "_low", "_high", "_p")}
