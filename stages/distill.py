@@ -52,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         io.write_jsonl(out / "targets.jsonl", [])
         if not (out / "model").exists():  # a persisted output: keep a teacher of an earlier run
             io.write_text(out / "model" / "README.md", "The teacher model, once distill.enabled is true.\n")
-        with io.atomic_path(args.generations) as folder:
-            folder.mkdir(parents=True)
-            io.write_json(folder / "system.json", {"enabled": False})
+        evalsets.write_disabled_system(args.generations)
         io.write_json(args.metrics, {"enabled": False})
         print("distill: disabled (distill.enabled: false), train on the split's train records")
         return
@@ -68,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         undocumented=d.undocumented, max_undocumented=d.max_undocumented, threads=d.threads,
         task_name=p.task.name, extract=p.extract, filter=p.filter, prompt=p.prompt,
         decoding=resolved_decoding(p.decoding, p.task.name),
-        max_length=p.train.max_length, device=p.benchmark.device, templates=evalsets.templates(p.benchmark.templates, p.prompt.template),
+        max_length=p.train.max_length, device=p.benchmark.device,
+        templates=evalsets.templates(p.benchmark.templates, p.prompt.template),
         test_max_samples=p.benchmark.max_samples, ood_max_samples=ood.max_samples if ood is not None else None,
     )
     metrics = teach(settings, split=args.split, ood=args.ood, base=args.base, repo=args.repo,

@@ -67,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if chat and (module.CHAT_PROMPT is None or not getattr(tokenizer, "chat_template", None)):
         reason = (f"task {p.task.name} has no chat prompt" if module.CHAT_PROMPT is None
                   else f"{args.model}: the tokenizer has no chat template")
-        with io.atomic_path(out) as folder:
-            folder.mkdir(parents=True)
-            io.write_json(folder / "system.json", {"enabled": False, "reason": reason})
+        evalsets.write_disabled_system(out, reason)
         io.write_json(metrics_path, {"system": args.system, "enabled": False, "reason": reason})
         print(f"generate {args.system}: not run ({reason})")
         return

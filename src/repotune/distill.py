@@ -125,8 +125,8 @@ def undocumented_records(
 
     from repotune.files import candidate_paths, read_source
     from repotune.filters import truncate_tokens
-    from repotune.languages import definitions, parser, paths_of_tests
-    from repotune.tasks import sample_id, task
+    from repotune.languages import definitions, parser
+    from repotune.tasks import sample_id, skipped_tests, task
 
     if task_name != "docstring":
         raise RepotuneError(
@@ -136,9 +136,9 @@ def undocumented_records(
     generated = pathspec.PathSpec.from_lines("gitignore", extract.generated)
     records = []
     for lang in extract.languages:
-        tests = paths_of_tests(lang) if extract.exclude_tests else ()
         files = candidate_paths(
-            root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter(), tests
+            root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter(),
+            skipped_tests(extract, lang),
         )
         parse = parser(lang)
         for rel in files:
@@ -345,7 +345,8 @@ def teach(
     prompts, cut = {}, {}
     prompts["train"], cut["train"] = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
     evaluation = evaluation_prompts(
-        sets, evalsets.evaluations(s.templates, "ood" in sets), lambda template: Prompter.from_params(s.prompt, s.task_name, template), tokenizer, budget
+        sets, evalsets.evaluations(s.templates, "ood" in sets),
+        lambda template: Prompter.from_params(s.prompt, s.task_name, template), tokenizer, budget,
     )
     prompts.update(evaluation[0])
     cut.update(evaluation[1])

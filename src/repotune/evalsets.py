@@ -67,6 +67,15 @@ def generation_file(folder: str | Path, set_name: str, template: str) -> Path:
     return Path(folder) / f"{set_name}.{template}.jsonl"
 
 
+def write_disabled_system(folder: str | Path, reason: str | None = None) -> None:
+    """Replace `folder` with a generations folder that holds only ``system.json`` saying
+    ``enabled: false`` (and why, when `reason` is given): the system exists in dvc.yaml but
+    produced no outputs, and evaluate leaves it out (:func:`system_enabled`)."""
+    with io.atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        io.write_json(tmp / "system.json", {"enabled": False, **({"reason": reason} if reason else {})})
+
+
 def system_enabled(folder: str | Path) -> bool:
     """Whether a system's generations folder holds outputs to evaluate: a stage that may run
     without producing a system (distill, for the teacher) writes ``system.json`` with

@@ -113,8 +113,6 @@ def resolve_reference(
     Returns:
         The reference's name, and the score of each base system compared ({} when none was).
     """
-    from repotune import evalsets, io
-
     if reference != BEST_BASE:
         return reference, {}
     candidates = [s for s in BASE_SYSTEMS if s in systems]
@@ -126,12 +124,28 @@ def resolve_reference(
     targets = [r["target"] for r in records]
     scores = {}
     for system in candidates:
-        path = evalsets.generation_file(generations / system, "test", template)
-        if not path.is_file():
-            raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
-        rows = io.read_jsonl(path)
+        rows = read_outputs(generations, system, "test", template, records)
         scores[system] = round(float(metric.aggregate(metric.stats([r["output"] for r in rows], targets))), 4)
     return max(candidates, key=lambda s: (scores[s], s == "base")), scores
+
+
+def read_outputs(
+    generations: Path, system: str, set_name: str, template: str, records: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One system's generation rows for one evaluation, checked to be those of `records`.
+
+    Raises:
+        RepotuneError: the system has no outputs for it, or outputs of other samples.
+    """
+    from repotune import evalsets, io
+
+    path = evalsets.generation_file(generations / system, set_name, template)
+    if not path.is_file():
+        raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
+    rows = io.read_jsonl(path)
+    if [r["id"] for r in rows] != [r["id"] for r in records]:
+        raise RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
+    return rows
 
 
 def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str) -> dict[str, Any]:
@@ -194,19 +208,14 @@ def evaluate_generations(
     Raises:
         RepotuneError: a system has no outputs for an evaluation, or outputs of other samples.
     """
-    from repotune import evalsets, io
+    from repotune import evalsets
 
     evaluations = []
     for set_name, template in evalsets.evaluations(templates, "ood" in sets):
         records = sets[set_name]
         outputs, wrong_kind = {}, {}
         for system in systems:
-            path = evalsets.generation_file(generations / system, set_name, template)
-            if not path.is_file():
-                raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
-            rows = io.read_jsonl(path)
-            if [r["id"] for r in rows] != [r["id"] for r in records]:
-                raise RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
+            rows = read_outputs(generations, system, set_name, template, records)
             outputs[system] = [r["output"] for r in rows]
             wrong_kind[system] = [module.wrong_kind(r["output"], r.get("raw", r["output"])) for r in rows]
         result = evaluate(

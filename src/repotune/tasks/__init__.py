@@ -70,6 +70,12 @@ def resolved_decoding(decoding: DecodingParams, task_name: str) -> DecodingParam
     })
 
 
+def skipped_tests(extract: ExtractParams, lang: str) -> tuple[str, ...]:
+    """The test-file patterns extraction skips for `lang`: its ``TEST_PATHS`` with
+    ``extract.exclude_tests``, none without."""
+    return paths_of_tests(lang) if extract.exclude_tests else ()
+
+
 def sample_id(path: str, name: str, start_line: int) -> str:
     """A stable id: the same definition at the same place always gets the same id."""
     return hashlib.sha256(f"{path}\0{name}\0{start_line}".encode()).hexdigest()[:16]
@@ -141,7 +147,7 @@ def iter_samples(
         for lang in extract.languages
         for rel in candidate_paths(
             root, lang, extract.include, extract.exclude, extract.max_file_bytes, counts,
-            tests=paths_of_tests(lang) if extract.exclude_tests else (),
+            tests=skipped_tests(extract, lang),
         )
     )
     counts["samples"] += 0  # present in the metrics even when nothing is found
