@@ -1,0 +1,363 @@
+"""Retrieval: context for every sample from the rest of its repository, without its answer.
+
+The repository (data/repo, at the pinned commit) is cut into chunks: windows of
+``window_lines`` lines every ``window_stride`` lines (RepoCoder's sliding windows), or the
+innermost definitions (functions, methods, classes without nested definitions) that the
+language modules find with tree-sitter. A chunk is indexed by the set of its identifiers;
+a query (the last ``query_lines`` lines of a completion prefix, or the whole input of the
+other tasks: the task's ``RETRIEVAL_QUERY``) scores every chunk by the Jaccard similarity of
+the two identifier sets (RepoCoder's sparse retriever), through an inverted index.
+
+What a sample may see (no leaks):
+
+- never a chunk of its own file (``own_file``);
+- train and val samples (training prompts) see only train files: files that hold a train
+  sample and no val or test sample (``not_train_file``), so no test code reaches training;
+- test samples see the whole repository but their own file; out-of-domain samples come from
+  another repository, and see the whole training repository (the model is meant to use the
+  repository it was adapted to; their own file is not in it);
+- the task's ``CONTEXT_LEAK`` refuses chunks that hold its target: ``identifier`` (the target
+  as a whole identifier: a masked method's name), ``text`` (the target verbatim, whitespace
+  aside, or a near-duplicate of it: the share of its code-token n-grams found in the chunk at
+  or above the near-duplicate threshold, :mod:`repotune.dedup`). With None (completion), a
+  chunk holding the target line stays (an editor would retrieve it too) and the record says
+  whether the target stands verbatim in its context (``target_in_context``).
+
+Every refused candidate ranked above the last chunk taken is counted under its reason. Only
+the index (identifier ids per chunk) stays in memory: chunk texts are read back from the files
+when a chunk is a candidate.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pathspec
+
+from repotune.codetokens import count_tokens
+from repotune.dedup import containment, shingles
+from repotune.files import candidate_paths, read_source
+from repotune.filters import truncate_tokens
+from repotune.languages import definitions, parser
+from repotune.params import NearDuplicateParams, RetrievalParams
+from repotune.tasks import task
+
+SPLITS = ("train", "val", "test", "ood")
+IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
+_WHITESPACE = re.compile(r"\s+")
+# Candidates ranked per query before the full ranking is needed (most queries take their
+# top_k from the first few; a query whose best chunks are all refused sorts the rest).
+_FIRST_CANDIDATES = 64
+# Files whose lines are kept for reading chunks back (most recently used).
+_CACHED_FILES = 256
+
+
+def identifiers(text: str) -> set[str]:
+    """The identifiers of `text` (keywords included: they weigh alike in every chunk)."""
+    return set(IDENTIFIER.findall(text))
+
+
+def line_windows(lines: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Windows (first, last line, 1-based inclusive) of `size` lines every `stride` lines over a
+    file of `lines` lines; the last one ends at the last line. ``line_windows(25, 20, 10)`` ->
+    ``[(1, 20), (11, 25)]``."""
+    spans = []
+    for start in range(1, lines + 1, stride):
+        spans.append((start, min(start + size - 1, lines)))
+        if start + size - 1 >= lines:
+            break
+    return spans
+
+
+def innermost(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans (in source order, a parent before its children) that hold no other span."""
+    return [
+        (start, end) for i, (start, end) in enumerate(spans)
+        if i + 1 == len(spans) or not (start <= spans[i + 1][0] <= end)
+    ]
+
+
+@dataclass
+class Index:
+    """The chunks of a repository and an inverted index of their identifier sets.
+
+    Attributes:
+        paths: indexed files, sorted (relative, POSIX).
+        chunk_file, chunk_start, chunk_end: per chunk, its file (index into `paths`) and its
+            first and last line (1-based, inclusive); chunks sorted by (path, start line).
+        sizes: per chunk, the number of distinct identifiers.
+        vocab: identifier -> id.
+        offsets, postings: the chunks holding identifier t are
+            ``postings[offsets[t]:offsets[t + 1]]`` (sorted).
+    """
+
+    paths: list[str]
+    chunk_file: np.ndarray
+    chunk_start: np.ndarray
+    chunk_end: np.ndarray
+    sizes: np.ndarray
+    vocab: dict[str, int]
+    offsets: np.ndarray
+    postings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def scores(self, query: set[str]) -> np.ndarray:
+        """Jaccard similarity of `query` with every chunk's identifier set (float64, 0 when
+        nothing is shared)."""
+        ids = sorted(self.vocab[t] for t in query if t in self.vocab)
+        if not ids:
+            return np.zeros(len(self), dtype=np.float64)
+        hits = np.concatenate([self.postings[self.offsets[t]:self.offsets[t + 1]] for t in ids])
+        shared = np.bincount(hits, minlength=len(self)).astype(np.float64)
+        return shared / (self.sizes + len(query) - shared)
+
+
+def build_index(
+    root: Path,
+    *,
+    languages: Sequence[str],
+    retrieval: RetrievalParams,
+    max_file_bytes: int,
+    generated: Sequence[str],
+    counts: Counter,
+) -> Index:
+    """Index the source files of `languages` under `root`, file by file (only the current file's
+    text is in memory).
+
+    Files are those extract would read (same suffixes, size limit and generated-file rules),
+    tests included (they show how the code is used), minus ``retrieval.exclude``.
+
+    Args:
+        counts: updated in place: ``files_seen``, ``files_skipped_<reason>`` (excluded,
+            symlink, too_large, empty, lfs_pointer, binary, not_utf8, generated,
+            syntax_error: definitions chunking only), ``files_indexed``,
+            ``files_without_chunks``, ``chunks_indexed`` and ``chunks_skipped_no_identifiers``.
+    """
+    generated_spec = pathspec.PathSpec.from_lines("gitignore", list(generated))
+    files = sorted(
+        (rel, lang) for lang in languages
+        for rel in candidate_paths(root, lang, ["*"], list(retrieval.exclude), max_file_bytes, counts)
+    )
+    vocab: dict[str, int] = {}
+    paths: list[str] = []
+    chunk_file, chunk_start, chunk_end, sizes = [], [], [], []
+    pairs_token: list[np.ndarray] = []  # per chunk, its identifier ids
+    for rel, lang in files:
+        source = read_source(root, rel, generated_spec, counts)
+        if source is None:
+            continue
+        text = source.data.decode("utf-8")
+        lines = text.splitlines(keepends=True)
+        if retrieval.chunking == "lines":
+            spans = line_windows(len(lines), retrieval.window_lines, retrieval.window_stride)
+        else:
+            tree = parser(lang).parse(source.data)
+            if tree.root_node.has_error:
+                counts["files_skipped_syntax_error"] += 1
+                continue
+            spans = innermost([(d.start_line, d.end_line) for d in definitions(lang, tree.root_node, source.data)])
+        file_id, kept = len(paths), 0
+        for start, end in spans:
+            names = identifiers("".join(lines[start - 1:end]))
+            if not names:
+                counts["chunks_skipped_no_identifiers"] += 1
+                continue
+            ids = np.array(sorted(vocab.setdefault(n, len(vocab)) for n in names), dtype=np.int32)
+            pairs_token.append(ids)
+            chunk_file.append(file_id)
+            chunk_start.append(start)
+            chunk_end.append(end)
+            sizes.append(len(ids))
+            kept += 1
+        if kept:
+            paths.append(rel)
+            counts["files_indexed"] += 1
+        else:
+            counts["files_without_chunks"] += 1
+    counts["chunks_indexed"] = len(sizes)
+    # Inverted index: chunk ids grouped by identifier id (a stable sort keeps them ascending).
+    token_of = np.concatenate(pairs_token) if pairs_token else np.zeros(0, dtype=np.int32)
+    chunk_of = np.repeat(np.arange(len(sizes), dtype=np.int32), [len(p) for p in pairs_token])
+    order = np.argsort(token_of, kind="stable")
+    offsets = np.zeros(len(vocab) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(token_of, minlength=len(vocab)), out=offsets[1:])
+    return Index(
+        paths=paths,
+        chunk_file=np.array(chunk_file, dtype=np.int32),
+        chunk_start=np.array(chunk_start, dtype=np.int32),
+        chunk_end=np.array(chunk_end, dtype=np.int32),
+        sizes=np.array(sizes, dtype=np.float64),
+        vocab=vocab,
+        offsets=offsets,
+        postings=chunk_of[order],
+    )
+
+
+def train_files(splits: Mapping[str, Iterable[Mapping[str, Any]]]) -> set[str]:
+    """Paths holding a train sample and no val or test sample (`splits`: name -> records)."""
+    train = {r["path"] for r in splits.get("train", ())}
+    held_out = {r["path"] for name in ("val", "test") for r in splits.get(name, ())}
+    return train - held_out
+
+
+def query_text(record: Mapping[str, Any], task_name: str, query_lines: int) -> str:
+    """What a sample asks the index with: the task's ``RETRIEVAL_QUERY`` of its input."""
+    text = record["input"]
+    if task(task_name).RETRIEVAL_QUERY == "tail":
+        return "".join(text.splitlines(keepends=True)[-query_lines:])
+    return text
+
+
+def leak_reason(chunk: str, target: str, kind: str | None, near: NearDuplicateParams) -> str | None:
+    """Why `chunk` would give `target` away under the task's ``CONTEXT_LEAK`` `kind`, or None."""
+    if kind == "identifier":
+        found = re.search(rf"(?<![\w$]){re.escape(target)}(?![\w$])", chunk)
+        return "target_identifier" if found else None
+    if kind == "text":
+        flat_target = _WHITESPACE.sub(" ", target).strip()
+        if flat_target and flat_target in _WHITESPACE.sub(" ", chunk):
+            return "target_text"
+        if count_tokens(target) >= near.min_tokens:
+            share = containment(shingles(target, near.ngram), shingles(chunk, near.ngram))
+            if share >= near.threshold:
+                return "target_near_duplicate"
+        return None
+    if kind is None:
+        return None
+    raise ValueError(f"unknown CONTEXT_LEAK {kind!r}")
+
+
+class Retriever:
+    """Retrieves the context of samples from an :class:`Index` of the repository at `root`."""
+
+    def __init__(
+        self, index: Index, root: Path, *, task_name: str, retrieval: RetrievalParams,
+        near: NearDuplicateParams, train_paths: set[str], repo: str, sha: str,
+    ) -> None:
+        self.index, self.root, self.task_name = index, root, task_name
+        self.repo, self.sha = repo, sha
+        self.retrieval, self.near = retrieval, near
+        self.leak = task(task_name).CONTEXT_LEAK
+        self.is_train_file = np.array([p in train_paths for p in index.paths], dtype=bool)
+        self.file_id = {p: i for i, p in enumerate(index.paths)}
+        self._lines: OrderedDict[str, list[str]] = OrderedDict()
+
+    def lines(self, path: str) -> list[str]:
+        """The lines of an indexed file (kept for the most recently read files)."""
+        if path in self._lines:
+            self._lines.move_to_end(path)
+        else:
+            self._lines[path] = (self.root / path).read_bytes().decode("utf-8").splitlines(keepends=True)
+            if len(self._lines) > _CACHED_FILES:
+                self._lines.popitem(last=False)
+        return self._lines[path]
+
+    def ranked(self, scores: np.ndarray) -> Iterator[int]:
+        """Chunks with a score above 0, best first, ties in index order (path, line)."""
+        positive = np.flatnonzero(scores > 0)
+        first = positive
+        if len(positive) > _FIRST_CANDIDATES:
+            # Every chunk tied with the last of the first candidates is one too, so that the
+            # first candidates are exactly a prefix of the full ranking.
+            kth = np.partition(scores[positive], -_FIRST_CANDIDATES)[-_FIRST_CANDIDATES]
+            first = positive[scores[positive] >= kth]
+        order = first[np.lexsort((first, -scores[first]))]
+        yield from order.tolist()
+        if len(first) < len(positive):
+            rest = np.setdiff1d(positive, first, assume_unique=True)
+            yield from rest[np.lexsort((rest, -scores[rest]))].tolist()
+
+    def refusal(self, chunk: int, record: Mapping[str, Any], split: str) -> str | None:
+        """Why `record` of `split` may not see `chunk` (the first reason), or None."""
+        file_id = int(self.index.chunk_file[chunk])
+        if split != "ood" and self.index.paths[file_id] == record["path"]:
+            return "own_file"
+        if split in ("train", "val") and not self.is_train_file[file_id]:
+            return "not_train_file"
+        return leak_reason(self.text(chunk), record["target"], self.leak, self.near)
+
+    def text(self, chunk: int) -> str:
+        lines = self.lines(self.index.paths[int(self.index.chunk_file[chunk])])
+        return "".join(lines[int(self.index.chunk_start[chunk]) - 1:int(self.index.chunk_end[chunk])])
+
+    def context(self, record: Mapping[str, Any], split: str, counts: Counter) -> dict[str, Any]:
+        """The retrieved context of one sample: its record for data/retrieved/<split>.jsonl."""
+        r = self.retrieval
+        query = identifiers(query_text(record, self.task_name, r.query_lines))
+        scores = self.index.scores(query)
+        taken: list[int] = []
+        for chunk in self.ranked(scores):
+            reason = self.refusal(chunk, record, split)
+            if reason is not None:
+                counts[f"excluded_{reason}"] += 1
+                continue
+            taken.append(chunk)
+            if len(taken) == r.top_k:
+                break
+        chunks, budget = [], r.context_tokens
+        for chunk in taken:
+            if budget == 0:
+                counts["chunks_over_budget"] += 1  # retrieved, but the budget was spent
+                continue
+            text, cut = truncate_tokens(self.text(chunk), budget, "head")
+            budget -= count_tokens(text)
+            start = int(self.index.chunk_start[chunk])
+            chunks.append({
+                "path": self.index.paths[int(self.index.chunk_file[chunk])],
+                "start_line": start,
+                "end_line": start + text.rstrip("\n").count("\n") if cut else int(self.index.chunk_end[chunk]),
+                "score": round(float(scores[chunk]), 6),
+                "text": text,
+                "cut": cut,
+            })
+        target = record["target"].strip()
+        in_context = bool(target) and any(target in c["text"] for c in chunks)
+        counts["samples"] += 1
+        counts["samples_without_context"] += not chunks
+        counts["target_in_context"] += in_context
+        return {
+            "id": record["id"], "path": record["path"], "repo": self.repo, "sha": self.sha,
+            "chunks": chunks, "target_in_context": in_context,
+        }
+
+
+def retrieve_split(
+    retriever: Retriever, records: Iterable[Mapping[str, Any]], split: str, counts: Counter
+) -> Iterator[dict[str, Any]]:
+    """The context records of `records` (one split, streamed, in their order); `counts` gets the
+    split's counts and ``seconds`` of retrieval."""
+    for record in records:
+        started = time.perf_counter()
+        out = retriever.context(record, split, counts)
+        counts["seconds"] += time.perf_counter() - started
+        yield out
+
+
+def summary(index_counts: Mapping[str, int], split_counts: Mapping[str, Counter], index_seconds: float) -> dict[str, Any]:
+    """metrics/retrieve.json: the index's counts and build time, retrieval time (all samples,
+    and per sample in ms), and per split and in all: samples, samples without context,
+    targets standing verbatim in their context, chunks refused per reason, chunks over budget."""
+    total: Counter = Counter()
+    splits = {}
+    for name, counts in split_counts.items():
+        total.update(counts)
+        splits[name] = {k: v for k, v in sorted(counts.items()) if k != "seconds"}
+    samples = total["samples"]
+    return {
+        "enabled": True,
+        **dict(sorted(index_counts.items())),
+        "seconds_index": round(index_seconds, 3),
+        "seconds_retrieve": round(total["seconds"], 3),
+        "ms_per_sample": round(1000 * total["seconds"] / samples, 3) if samples else 0.0,
+        **{k: v for k, v in sorted(total.items()) if k != "seconds"},
+        "splits": splits,
+    }
