@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(f"{args.repo} is not a folder: run the clone stage first")
     clone = io.read_json(args.clone_metrics)
     index_counts: Counter = Counter()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     index = retrieval.build_index(
         args.repo, languages=p.extract.languages, retrieval=settings, max_file_bytes=p.extract.max_file_bytes,
         generated=p.extract.generated, counts=index_counts,
     )
-    index_seconds = time.perf_counter() - started
+    index_seconds, index_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     train_paths = retrieval.train_files({name: io.iter_jsonl(inputs[name]) for name in ("train", "val", "test")})
     retriever = retrieval.Retriever(
         index, args.repo, task_name=p.task.name, retrieval=settings, near=p.split.near_duplicates,
@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in retrieval.SPLITS:
             records = retrieval.retrieve_split(retriever, io.iter_jsonl(inputs[name]), name, split_counts[name])
             io.write_jsonl(out / f"{name}.jsonl", records)
-    metrics = retrieval.summary(index_counts, split_counts, index_seconds)
+    metrics = retrieval.summary(index_counts, split_counts, index_seconds, index_cpu_seconds)
     io.write_json(args.metrics, metrics)
     print(
         f"retrieve: {metrics['chunks_indexed']} chunks of {metrics['files_indexed']} files in "
-        f"{metrics['seconds_index']:.1f} s; {metrics['samples']} samples at {metrics['ms_per_sample']:.1f} ms each, "
+        f"{metrics['seconds_index']:.1f} s ({metrics['cpu_seconds_index']:.1f} s CPU); {metrics['samples']} samples "
+        f"at {metrics['ms_per_sample']:.1f} ms each ({metrics['cpu_ms_per_sample']:.1f} ms CPU), "
         f"{metrics['samples_without_context']} without context"
     )
 

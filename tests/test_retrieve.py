@@ -1,9 +1,9 @@
-"""Stage `retrieve` and repotune.retrieval: chunks, Jaccard scores, no leaks, determinism.
+"""Stage `retrieve` and repotune.retrieval: chunks, BM25 scores, no leaks, determinism.
 
 The stage tests clone a repository made here with gitpython (the clone stage, in-process) and
 hand-write the split records pointing into it, so that which file holds which split's sample,
-and which chunk would give a target away, is fixed by the test. Scores are Jaccard
-similarities of identifier sets worked out by hand in the comments.
+and which chunk would give a target away, is fixed by the test. Scores are checked against
+Lucene's BM25 written out here (:func:`lucene_bm25`) and worked by hand in the unit test.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import math
+import re
+
 import git
-import numpy as np
 import pytest
 
 from conftest import load_stage, write_params
@@ -85,6 +87,23 @@ def spans(record: dict) -> list[tuple[str, int, int, float]]:
     return [(c["path"], c["start_line"], c["end_line"], c["score"]) for c in record["chunks"]]
 
 
+def lucene_bm25(query: set[str], docs: dict[str, str], k1: float = 1.5, b: float = 0.75) -> dict[str, float]:
+    """Lucene's BM25 of each doc (name -> text, one chunk each) for the identifiers of `query`,
+    each counted once: sum over shared t of ln(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1
+    * (1 - b + b * len / mean len)); rounded as the stage writes it."""
+    tokens = {name: re.findall(r"(?<![\w$])[A-Za-z_$][\w$]*", text) for name, text in docs.items()}
+    mean = sum(map(len, tokens.values())) / len(tokens)
+    scores = {}
+    for name, toks in tokens.items():
+        score = 0.0
+        for term in query & set(toks):
+            df = sum(term in other for other in tokens.values())
+            tf = toks.count(term)
+            score += math.log(1 + (len(docs) - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * len(toks) / mean))
+        scores[name] = round(score, 6)
+    return scores
+
+
 # --- units ------------------------------------------------------------------------------------
 
 
@@ -101,18 +120,21 @@ def test_innermost_keeps_the_definitions_that_hold_no_other():
     assert retrieval.innermost([(1, 10), (2, 4), (6, 9), (12, 15)]) == [(2, 4), (6, 9), (12, 15)]
 
 
-def test_jaccard_scores_through_the_inverted_index(tmp_path: Path):
-    (tmp_path / "a.py").write_text("x = y\n\nz = x\n")  # one window: {x, y, z}
-    (tmp_path / "b.py").write_text("w = q\n")  # {w, q}
+def test_bm25_scores_worked_by_hand(tmp_path: Path):
+    (tmp_path / "a.py").write_text("x = y\n\nz = x\n")  # one window: x y z x (4 identifiers)
+    (tmp_path / "b.py").write_text("w = q  # 1e5 0x1F\n")  # w q (numbers hold no identifier)
     counts: Counter = Counter()
     index = retrieval.build_index(tmp_path, languages=["python"], retrieval=RetrievalParams(),
                                   max_file_bytes=10_000, generated=[], counts=counts)
     assert (index.paths, counts["chunks_indexed"], counts["files_indexed"]) == (["a.py", "b.py"], 2, 2)
-    # {x, y, v} vs {x, y, z}: 2 shared of 4 -> 0.5; vs {w, q}: none -> 0.
-    assert index.scores({"x", "y", "v"}).tolist() == [0.5, 0.0]
-    # {q, unknown}: 1 shared of 3 with b.
-    assert index.scores({"q", "unknown"}).tolist() == [0.0, pytest.approx(1 / 3)]
+    # N = 2 chunks, mean length 3; a term in one chunk: idf = ln(1 + 1.5 / 1.5) = ln 2.
+    # {x, y, v} in a (length 4, k1 (1 - b + b 4/3) = 1.875): x twice 2 / 3.875, y once 1 / 2.875:
+    # ln 2 (0.516129 + 0.347826) = 0.693147 * 0.863955 = 0.598848.
+    assert index.scores({"x", "y", "v"}).tolist() == [pytest.approx(0.598848, abs=1e-6), 0.0]
+    # {q, unknown} in b (length 2, k1 (0.25 + 0.5) = 1.125): ln 2 / 2.125 = 0.326187.
+    assert index.scores({"q", "unknown"}).tolist() == [0.0, pytest.approx(0.326187, abs=1e-6)]
     assert index.scores({"nothing"}).tolist() == [0.0, 0.0]
+    assert index.scores({"e5", "x1F"}).tolist() == [0.0, 0.0]
 
 
 def test_definitions_chunking_indexes_innermost_definitions(tmp_path: Path):
@@ -188,11 +210,13 @@ def test_method_name_context_never_holds_the_name_nor_the_own_file(tmp_path, mon
                        "join_parts", "method_name", repo="elsewhere")],
     }
     out, metrics = run_retrieve(tmp_path, FILES, splits, "method_name")
-    # test: query {def, MASK, data, seed, total, for, byte, in, return} (9). Own file
-    # checksum.py shares 8 of 10 (refused: own_file); uses.py shares def, data, seed, total,
-    # return: 5 of 9 + 12 - 5 = 16 (0.3125) but calls compute_checksum (refused: the answer);
-    # other.py {def, render_page, title, body, return} shares def, return: 2 / 12.
-    assert spans(out["test"][0]) == [("pkg/other.py", 1, 2, 0.166667)]
+    # test: query {def, MASK, data, seed, total, for, byte, in, return}. The own file
+    # checksum.py scores best (refused: own_file); uses.py shares def, data, seed, total, return
+    # but calls compute_checksum (refused: the answer); other.py shares def, return only.
+    test_query = {"def", "MASK", "data", "seed", "total", "for", "byte", "in", "return"}
+    scores = lucene_bm25(test_query, FILES)
+    assert scores["pkg/checksum.py"] > scores["pkg/uses.py"] > scores["pkg/other.py"] > 0
+    assert spans(out["test"][0]) == [("pkg/other.py", 1, 2, scores["pkg/other.py"])]
     assert out["test"][0]["chunks"][0]["text"] == OTHER_PY
     assert metrics["splits"]["test"] == {
         "excluded_own_file": 1, "excluded_target_identifier": 1, "samples": 1, "samples_without_context": 0,
@@ -204,8 +228,12 @@ def test_method_name_context_never_holds_the_name_nor_the_own_file(tmp_path, mon
         "excluded_not_train_file": 2, "excluded_own_file": 1, "samples": 1, "samples_without_context": 1,
         "target_in_context": 0,
     }
-    # ood: {def, MASK, title, body, return} vs other.py: 4 / 6; checksum.py: 2 / 12; uses.py 2 / 15.
-    assert spans(out["ood"][0]) == [("pkg/other.py", 1, 2, 0.666667), ("pkg/checksum.py", 1, 5, 0.166667)]
+    # ood: {def, MASK, title, body, return}: other.py shares all but MASK; checksum.py and
+    # uses.py def and return only, checksum.py being the shorter (15 identifiers against 16).
+    ood = lucene_bm25({"def", "MASK", "title", "body", "return"}, FILES)
+    assert ood["pkg/other.py"] > ood["pkg/checksum.py"] > ood["pkg/uses.py"] > 0
+    assert spans(out["ood"][0]) == [("pkg/other.py", 1, 2, ood["pkg/other.py"]),
+                                    ("pkg/checksum.py", 1, 5, ood["pkg/checksum.py"])]
     assert out["ood"][0]["repo"] == str(tmp_path / "source")  # the context's repository
     assert (metrics["files_indexed"], metrics["chunks_indexed"], metrics["samples"]) == (3, 3, 3)
     assert metrics["excluded_own_file"] == 2 and metrics["excluded_target_identifier"] == 1
@@ -223,8 +251,11 @@ def test_docstring_context_refuses_a_near_copy_of_the_target(tmp_path, monkeypat
     code = "def compute_checksum(data, seed):\n    total = seed\n    return total\n"
     splits = {"test": [sample("pkg/checksum.py", "compute_checksum", code, DOC, "docstring")]}
     out, metrics = run_retrieve(tmp_path, files, splits, "docstring")
-    # query {def, compute_checksum, data, seed, total, return}; other.py shares def, return: 2 / 9.
-    assert spans(out["test"][0]) == [("pkg/other.py", 1, 2, 0.222222)]
+    # query {def, compute_checksum, data, seed, total, return}: wrapper.py (sharing all but
+    # total) ranks above other.py (def, return) but is refused.
+    scores = lucene_bm25({"def", "compute_checksum", "data", "seed", "total", "return"}, files)
+    assert scores["pkg/wrapper.py"] > scores["pkg/other.py"] > 0
+    assert spans(out["test"][0]) == [("pkg/other.py", 1, 2, scores["pkg/other.py"])]
     assert metrics["excluded_target_near_duplicate"] == 1 and metrics["excluded_own_file"] == 1
 
 
@@ -237,10 +268,11 @@ def test_completion_keeps_copies_of_the_target_line_and_flags_them(tmp_path, mon
         sample("pkg/checksum.py", "window2", prefix, " * 37 + byte) % 65521", "completion"),
     ]}
     out, metrics = run_retrieve(tmp_path, files, splits, "completion", query_lines=2)
-    # The last 2 lines of the prefix: {for, byte, in, data, total}; copy.py's identifiers
-    # {def, checksum_again, data, seed, total, for, byte, in, return} holds all 5: 5 / 9.
+    # The last 2 lines of the prefix: {for, byte, in, data, total}; copy.py holds all 5, as does
+    # the own file checksum.py (refused); uses.py 2, other.py none.
+    scores = lucene_bm25({"for", "byte", "in", "data", "total"}, files)
     first = out["test"][0]
-    assert spans(first)[0] == ("pkg/copy.py", 1, 5, 0.555556)
+    assert spans(first) == [("pkg/copy.py", 1, 5, scores["pkg/copy.py"]), ("pkg/uses.py", 1, 6, scores["pkg/uses.py"])]
     assert first["target_in_context"] is True and out["test"][1]["target_in_context"] is False
     assert metrics["target_in_context"] == 1
 
@@ -251,7 +283,8 @@ def test_the_context_budget_cuts_the_best_chunk_and_counts_the_rest(tmp_path, mo
                              "method_name", repo="elsewhere")]}
     out, metrics = run_retrieve(tmp_path, FILES, splits, "method_name", context_tokens=6)
     # other.py's first 6 tokens: def render_page ( title , body
-    assert out["ood"][0]["chunks"] == [{"path": "pkg/other.py", "start_line": 1, "end_line": 1, "score": 0.666667,
+    score = lucene_bm25({"def", "MASK", "title", "body", "return"}, FILES)["pkg/other.py"]
+    assert out["ood"][0]["chunks"] == [{"path": "pkg/other.py", "start_line": 1, "end_line": 1, "score": score,
                                         "text": "def render_page(title, body", "cut": True}]
     assert metrics["chunks_over_budget"] == 1
 
