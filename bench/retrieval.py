@@ -8,19 +8,21 @@ Jaccard of identifier sets over the same chunks, the alternative it was chosen a
 the same budget (retrieval defaults: top 2, 300 code tokens). Model-free usefulness: of the
 identifiers of a sample's target that its input lacks (what the model cannot copy from its own
 prompt), the share found in its context (micro-averaged: found / sought over all samples); the
-share of samples whose target stands verbatim in the context; ms per sample.
+share of samples whose target stands verbatim in the context; CPU seconds of the index and CPU ms
+per sample (this process's CPU time: other work may share the cores).
 
     python bench/retrieval.py quality --repo data/repo [--task completion --base models/base]
         [--out bench/results/retrieval_quality.json]
 
-cost: builds a git repository from `--source` (default: the running Python's standard library,
-~2,000 .py files), runs clone, extract, filter, judge, split (docstring samples, no model) and
-retrieve (enabled) as `python stages/<stage>.py` in a work folder, and reports the retrieve
-stage's index build seconds, retrieval ms per sample (metrics/retrieve.json) and peak RSS (GNU
-time, of the stage's process).
+cost: for each size N, a git repository of N .py files of `--source` (default: the running
+Python's standard library, its site-packages left out: ~1,800 files; the venv's site-packages
+for 10,000) spread evenly, cloned by the clone stage; one completion-like query per `--every`
+files (the 20 lines before a file's middle line), split 8:1:1 over train, val and test; then
+`python stages/retrieve.py` (enabled) timed under GNU time: wall and CPU seconds of the stage,
+peak RSS, and from metrics/retrieve.json the index build and per-sample retrieval times.
 
-    python bench/retrieval.py cost [--source DIR] [--chunking lines definitions]
-        [--out bench/results/retrieval_cost.json]
+    python bench/retrieval.py cost [--source DIR] [--sizes 2000] [--chunking lines definitions]
+        [--every 5] [--out bench/results/retrieval_cost.json]
 
 Wall times include anything else running on the machine: the load average is recorded.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from data_scale import build_repo, python_files, run_stage  # bench/data_scale.py
+from data_scale import build_repo, evenly, python_files  # bench/data_scale.py
 from flops import write_result  # bench/flops.py
 
 from repotune import io, retrieval
@@ -123,20 +126,20 @@ def quality(repo: Path, task_name: str, languages: list[str], base: Path | None)
     for chunking in ("lines", "definitions"):
         settings = RetrievalParams(enabled=True, chunking=chunking)
         counts: Counter = Counter()
-        started = time.perf_counter()
+        started = time.process_time()  # CPU seconds: other work may share the cores
         index = retrieval.build_index(repo, languages=languages, retrieval=settings,
                                       max_file_bytes=1_000_000, generated=[], counts=counts)
-        index_seconds = time.perf_counter() - started
+        index_seconds = time.process_time() - started
         for name in ("jaccard", "bm25"):
             kwargs = dict(task_name=task_name, retrieval=settings, near=NearDuplicateParams(), train_paths=train_paths,
                           repo="bench", sha="0" * 40)
             retriever = retrieval.Retriever(index, repo, **kwargs)
             seconds = index_seconds  # jaccard: its own index of the same chunks (texts read back)
             if name == "jaccard":
-                started = time.perf_counter()
+                started = time.process_time()
                 retriever = retrieval.Retriever(JaccardIndex.of(index, [retriever.text(c) for c in range(len(index))]),
                                                 repo, **kwargs)
-                seconds = time.perf_counter() - started
+                seconds = time.process_time() - started
             split_counts: Counter = Counter()
             per_sample = np.array([
                 usefulness(record, context)
@@ -146,8 +149,8 @@ def quality(repo: Path, task_name: str, languages: list[str], base: Path | None)
             rows[(name, chunking)] = per_sample
             n = split_counts["samples"]
             result["runs"].append({
-                "retriever": name, "chunking": chunking, "chunks": len(index), "index_seconds": round(seconds, 2),
-                "ms_per_sample": round(1000 * split_counts["seconds"] / n, 2),
+                "retriever": name, "chunking": chunking, "chunks": len(index), "index_cpu_seconds": round(seconds, 2),
+                "cpu_ms_per_sample": round(1000 * split_counts["cpu_seconds"] / n, 2),
                 "new_target_identifiers_found_pct": round(100 * found / sought, 2) if sought else None,
                 "sought": sought, "found": found,
                 "target_in_context_pct": round(100 * split_counts["target_in_context"] / n, 2),
@@ -170,34 +173,69 @@ def quality(repo: Path, task_name: str, languages: list[str], base: Path | None)
     return result
 
 
-def cost(source: Path, chunkings: Sequence[str], workdir: Path) -> dict:
-    files = python_files(source)
-    repo = workdir / "repo"
-    build_repo(source, files, repo)
+def completion_queries(repo: Path, files: list[str], every: int, lines: int) -> dict[str, list[dict]]:
+    """Completion-like records without a tokenizer: for every `every`-th file (sorted) of at least
+    2 x `lines` lines, the `lines` lines before its middle line as input and that line as target;
+    those files go to train, val and test 8:1:1 in turn (cost only: what a query reads)."""
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    order = ["train"] * 8 + ["val", "test"]
+    for rel in files[::every]:
+        text = (repo / rel).read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        if len(text) < 2 * lines:
+            continue
+        middle = len(text) // 2
+        record = {"id": f"{rel}:{middle + 1}", "path": rel, "input": "".join(text[middle - lines:middle]),
+                  "target": text[middle].strip(), "task": "completion", "start_line": middle + 1}
+        splits[order[sum(map(len, splits.values())) % len(order)]].append(record)
+    return splits
+
+
+def run_timed(argv: list[str], cwd: Path) -> dict:
+    """Run `argv` in `cwd` under GNU time: wall, user and system seconds, peak RSS (MiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "time"
+        done = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(report), *argv], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise SystemExit(f"{argv} failed in {cwd}:\n{done.stderr[-2000:]}")
+        wall, user, system, peak = report.read_text().split()[-4:]
+    return {"wall_seconds": float(wall), "cpu_seconds": round(float(user) + float(system), 2),
+            "peak_rss_mib": round(int(peak) / 1024, 1)}
+
+
+def cost(source: Path, sizes: Sequence[int], chunkings: Sequence[str], every: int, workdir: Path) -> dict:
+    """Per size: N .py files of `source` (site-packages left out) spread evenly, committed into
+    a git repository; the clone stage, completion queries (:func:`completion_queries`), then the
+    retrieve stage (enabled) timed, per chunking."""
+    files = [f for f in python_files(source) if not f.startswith("site-packages/")]
     result: dict = {"source": str(source), "py_files": len(files), "cpus": os.cpu_count(), "runs": []}
-    for chunking in chunkings:
-        work = workdir / f"work_{chunking}"
+    for size in sizes:
+        chosen = evenly(files, size)
+        repo = workdir / f"repo{size}"
+        build_repo(source, chosen, repo)
+        work = workdir / f"work{size}"
         work.mkdir()
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         raw["source"].update(url=str(repo), rev="main")
-        raw["extract"]["workers"] = 1
-        raw["benchmark"]["ood"] = None
-        raw["benchmark"]["min_samples"] = 0
-        raw["retrieval"].update(enabled=True, chunking=chunking)
+        raw["task"]["name"] = "completion"
         (work / "params.yaml").write_text(yaml.safe_dump(raw))
-        for name in ("clone", "extract", "filter", "judge", "split", "ood"):
-            run_stage(name, work, None)
-        load_before = [round(x, 2) for x in os.getloadavg()]
-        seconds, peak = run_stage("retrieve", work, None)
-        metrics = io.read_json(work / "metrics/retrieve.json")
-        result["runs"].append({
-            "chunking": chunking, "stage_seconds": round(seconds, 2), "peak_rss_mib": round(peak, 1),
-            "files_indexed": metrics["files_indexed"], "chunks_indexed": metrics["chunks_indexed"],
-            "seconds_index": metrics["seconds_index"], "samples": metrics["samples"],
-            "ms_per_sample": metrics["ms_per_sample"], "load_before": load_before,
-            "load_after": [round(x, 2) for x in os.getloadavg()],
-        })
-        print(result["runs"][-1], file=sys.stderr)
+        run_timed([sys.executable, str(ROOT / "stages/clone.py")], work)
+        for name, records in completion_queries(work / "data/repo", chosen, every, 20).items():
+            io.write_jsonl(work / "data/split" / f"{name}.jsonl", records)
+        io.write_jsonl(work / "data/ood.jsonl", [])
+        for chunking in chunkings:
+            raw["retrieval"].update(enabled=True, chunking=chunking)
+            (work / "params.yaml").write_text(yaml.safe_dump(raw))
+            load_before = [round(x, 2) for x in os.getloadavg()]
+            timed = run_timed([sys.executable, str(ROOT / "stages/retrieve.py")], work)
+            metrics = io.read_json(work / "metrics/retrieve.json")
+            result["runs"].append({
+                "files": len(chosen), "chunking": chunking, **timed,
+                **{k: metrics[k] for k in ("files_indexed", "chunks_indexed", "seconds_index", "cpu_seconds_index",
+                                           "samples", "ms_per_sample", "cpu_ms_per_sample")},
+                "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+            })
+            print(result["runs"][-1], file=sys.stderr)
     return result
 
 
@@ -212,14 +250,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     q.add_argument("--out", default=None)
     c = sub.add_parser("cost")
     c.add_argument("--source", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
+    c.add_argument("--sizes", type=int, nargs="+", default=[2000])
     c.add_argument("--chunking", nargs="+", default=["lines", "definitions"])
+    c.add_argument("--every", type=int, default=5, help="one query per this many files")
     c.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.command == "quality":
         result = quality(args.repo, args.task, args.languages, args.base)
     else:
         with tempfile.TemporaryDirectory(prefix="retrieval_cost.") as tmp:
-            result = cost(args.source, args.chunking, Path(tmp))
+            result = cost(args.source, args.sizes, args.chunking, args.every, Path(tmp))
     write_result(result, args.out)
     return result
 

@@ -8,16 +8,14 @@ Lucene's BM25 written out here (:func:`lucene_bm25`) and worked by hand in the u
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from pathlib import Path
 
-import math
-import re
-
-import git
 import pytest
 
-from conftest import load_stage, write_params
+from conftest import git_repo, load_stage, write_params
 
 from repotune import io, params, retrieval
 from repotune.dedup import containment
@@ -46,19 +44,6 @@ def render_page(title, body):
     return title + body
 '''
 FILES = {"pkg/checksum.py": CHECKSUM_PY, "pkg/uses.py": USES_PY, "pkg/other.py": OTHER_PY}
-
-
-def git_repo(path: Path, files: dict[str, str]) -> git.Repo:
-    repo = git.Repo.init(path, initial_branch="main")
-    with repo.config_writer() as cw:
-        cw.set_value("user", "name", "Test")
-        cw.set_value("user", "email", "test@example.com")
-    for rel, text in files.items():
-        (path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (path / rel).write_text(text, encoding="utf-8")
-    repo.git.add("--all")
-    repo.index.commit("code")
-    return repo
 
 
 def sample(path: str, name: str, input_: str, target: str, task: str, **extra) -> dict:
@@ -275,6 +260,21 @@ def test_completion_keeps_copies_of_the_target_line_and_flags_them(tmp_path, mon
     assert spans(first) == [("pkg/copy.py", 1, 5, scores["pkg/copy.py"]), ("pkg/uses.py", 1, 6, scores["pkg/uses.py"])]
     assert first["target_in_context"] is True and out["test"][1]["target_in_context"] is False
     assert metrics["target_in_context"] == 1
+
+
+def test_overlapping_windows_of_one_file_are_taken_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # 30 lines: windows 1-20 (first_*, shared_*) and 11-30 (shared_*, last_*), tied on a query
+    # of the shared lines: the first is taken, the second overlaps it; helper.py comes next.
+    long_py = "".join(f"{part}_{i} = {i}\n" for part in ("first", "shared", "last") for i in range(1, 11))
+    files = {"pkg/long.py": long_py, "pkg/helper.py": "helper = 0\n", "pkg/q.py": "x = 1\n"}
+    query = "".join(f"shared_{i}\n" for i in range(1, 11)) + "helper\n"
+    splits = {"test": [sample("pkg/q.py", "window", query, "x = 1", "completion")]}
+    out, metrics = run_retrieve(tmp_path, files, splits, "completion", context_tokens=1000)
+    assert [(c["path"], c["start_line"], c["end_line"]) for c in out["test"][0]["chunks"]] == [
+        ("pkg/long.py", 1, 20), ("pkg/helper.py", 1, 1)
+    ]
+    assert metrics["excluded_overlap"] == 1
 
 
 def test_the_context_budget_cuts_the_best_chunk_and_counts_the_rest(tmp_path, monkeypatch):
