@@ -14,9 +14,9 @@ per sample (this process's CPU time: other work may share the cores).
     python bench/retrieval.py quality --repo data/repo [--task completion --base models/base]
         [--out bench/results/retrieval_quality.json]
 
-cost: for each size N, a git repository of N .py files of `--source` (default: the running
-Python's standard library, its site-packages left out: ~1,800 files; the venv's site-packages
-for 10,000) spread evenly, cloned by the clone stage; one completion-like query per `--every`
+cost: for each size N, N .py files of `--source` (default: the running Python's standard
+library, its site-packages left out: ~1,800 files; the venv's site-packages for 10,000) spread
+evenly, copied where the clone stage would put them; one completion-like query per `--every`
 files (the 20 lines before a file's middle line), split 8:1:1 over train, val and test; then
 `python stages/retrieve.py` (enabled) timed under GNU time: wall and CPU seconds of the stage,
 peak RSS, and from metrics/retrieve.json the index build and per-sample retrieval times.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from data_scale import build_repo, evenly, python_files  # bench/data_scale.py
+from data_scale import evenly, python_files  # bench/data_scale.py
 from flops import write_result  # bench/flops.py
 
 from repotune import io, retrieval
@@ -204,22 +205,23 @@ def run_timed(argv: list[str], cwd: Path) -> dict:
 
 
 def cost(source: Path, sizes: Sequence[int], chunkings: Sequence[str], every: int, workdir: Path) -> dict:
-    """Per size: N .py files of `source` (site-packages left out) spread evenly, committed into
-    a git repository; the clone stage, completion queries (:func:`completion_queries`), then the
-    retrieve stage (enabled) timed, per chunking."""
+    """Per size: N .py files of `source` (site-packages left out) spread evenly, copied into
+    data/repo; completion queries (:func:`completion_queries`), then the retrieve stage
+    (enabled) timed, per chunking."""
     files = [f for f in python_files(source) if not f.startswith("site-packages/")]
     result: dict = {"source": str(source), "py_files": len(files), "cpus": os.cpu_count(), "runs": []}
     for size in sizes:
         chosen = evenly(files, size)
-        repo = workdir / f"repo{size}"
-        build_repo(source, chosen, repo)
         work = workdir / f"work{size}"
-        work.mkdir()
+        # The files copied where the clone stage would check them out (what clone costs is
+        # not measured here: its url and sha are only written into the records).
+        for rel in chosen:
+            (work / "data/repo" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, work / "data/repo" / rel)
+        io.write_json(work / "metrics/clone.json", {"url": str(source), "sha": "0" * 40})
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-        raw["source"].update(url=str(repo), rev="main")
+        raw["source"].update(url=str(source))
         raw["task"]["name"] = "completion"
-        (work / "params.yaml").write_text(yaml.safe_dump(raw))
-        run_timed([sys.executable, str(ROOT / "stages/clone.py")], work)
         for name, records in completion_queries(work / "data/repo", chosen, every, 20).items():
             io.write_jsonl(work / "data/split" / f"{name}.jsonl", records)
         io.write_jsonl(work / "data/ood.jsonl", [])
