@@ -11,13 +11,15 @@ the task's ``RETRIEVAL_QUERY``) is the set of its identifiers.
 Why BM25 and line windows (``bench/retrieval.py quality``: every sample of a repository
 retrieving from the rest of it, top 2 chunks, 300 code tokens; usefulness = the share of the
 target's identifiers missing from the input that the context holds, paired bootstrap 95%
-CIs; measured before overlapping windows were passed over): against RepoCoder's Jaccard of
-identifier sets, BM25 found +2.8 points [+1.8, +3.8] more of them on Twisted's 5,052
-completion windows (19.6% vs 16.8%), +5.1 [+2.1, +8.1] on expo-modules-core's 690 Kotlin/Java
-ones (25.4 vs 20.3) and +12.7 [+11.7, +13.7] on Twisted's 1,230 docstrings (21.6 vs 8.9).
-(Jaccard weighs every shared identifier alike, self and return included; BM25 weighs rare
-ones up.) Line windows beat definitions with BM25 by +2.8, +8.1 and +3.5 points, likely
-because a long definition spends the budget on its first lines.
+CIs; bench/results/retrieval_quality_*.json): against RepoCoder's Jaccard of identifier sets,
+BM25 found +4.9 points [+2.0, +8.0] more of them on expo-modules-core's 690 Kotlin/Java
+completion windows (26.0% vs 21.0%); with the first version of this module (overlapping
+windows not yet passed over), +2.8 [+1.8, +3.8] on Twisted's 5,052 completion windows (19.6
+vs 16.8) and +12.7 [+11.7, +13.7] on Twisted's 1,230 docstrings (21.6 vs 8.9). (Jaccard
+weighs every shared identifier alike, self and return included; BM25 weighs rare ones up.)
+Line windows beat definitions with BM25 by +8.7 [+4.9, +12.7] points on expo-modules-core,
++2.8 and +3.5 on Twisted, likely because a long definition spends the budget on its first
+lines.
 
 What a sample may see (no leaks):
 
