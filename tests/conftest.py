@@ -191,6 +191,20 @@ def write_tree(root: Path, files: dict[str, str | bytes]) -> None:
             path.write_text(data, encoding="utf-8")
 
 
+def git_repo(path: Path, files: dict[str, str]):
+    """A git repository at `path` with `files` (relative path -> text) in one commit on main."""
+    import git
+
+    repo = git.Repo.init(path, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test")
+        cw.set_value("user", "email", "test@example.com")
+    write_tree(path, files)
+    repo.git.add("--all")
+    repo.index.commit("code")
+    return repo
+
+
 def write_params(root: Path, **sections: dict) -> Path:
     """params.yaml under `root` for in-process stage tests: a source, CPU with one thread,
     short decoding with no stops, few resamples; each section given updates those keys."""

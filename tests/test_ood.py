@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import git
-
-from conftest import load_stage, write_params
+from conftest import git_repo, load_stage, write_params
 
 from repotune import io
 
@@ -43,20 +41,6 @@ fun midpoint(ax: Double, ay: Double, bx: Double, by: Double): Pair<Double, Doubl
 # A file of the other language in each repository: a source gives its own language only.
 STRAY_KT = '/** Stray Kotlin code in the Python repository, which must never be mined. */\nfun stray(): Int = 1\n'
 STRAY_PY = 'def stray():\n    """Stray Python code in the Kotlin repository, which must never be mined."""\n    return 1\n'
-
-
-def git_repo(path: Path, files: dict[str, str]) -> git.Repo:
-    """A git repository at `path` with `files` (relative path -> text) in one commit on main."""
-    repo = git.Repo.init(path, initial_branch="main")
-    with repo.config_writer() as cw:
-        cw.set_value("user", "name", "Test")
-        cw.set_value("user", "email", "test@example.com")
-    for rel, text in files.items():
-        (path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (path / rel).write_text(text, encoding="utf-8")
-    repo.git.add("--all")
-    repo.index.commit("code")
-    return repo
 
 
 def ood_params(root: Path, languages: list[str], sources: dict[str, str] | None, **sections) -> Path:

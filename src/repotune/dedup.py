@@ -51,6 +51,15 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / union if union else 0.0
 
 
+def containment(part: set[str], whole: set[str]) -> float:
+    """|part & whole| / |part|: how much of `part` stands in `whole` (0.0 for an empty `part`).
+
+    Jaccard's one-sided form, for a short text inside a longer one (a docstring inside a
+    retrieved chunk), where the union is mostly the longer text and Jaccard stays low.
+    """
+    return len(part & whole) / len(part) if part else 0.0
+
+
 def near_duplicate_pairs(
     texts: Mapping[str, str], *, threshold: float, num_perm: int, ngram: int, min_tokens: int, seed: int
 ) -> list[tuple[str, str]]:

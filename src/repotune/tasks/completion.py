@@ -55,6 +55,12 @@ STOP_AFTER_LEADING_WHITESPACE = False
 # Names in repotune.metrics.METRICS, in report order (CodeXGLUE's line completion: EM, edit sim).
 METRICS = ("exact_match", "edit_similarity", "bleu")
 SAMPLE_METRIC = "edit_similarity"
+# Retrieval (repotune.retrieval): the query is the code just before the cursor (the last
+# retrieval.query_lines lines). No chunk is refused for holding the target: another file with
+# the same line is what an editor's retrieval would find too; each record says instead whether
+# its target stands verbatim in its context (target_in_context), for the report to split on.
+RETRIEVAL_QUERY = "tail"
+CONTEXT_LEAK = None
 
 # A comment block at the top of a file that mentions a copyright or a licence.
 _HEADER = re.compile(r"\A(?:[ \t]*(?:#|//)[^\n]*\n|[ \t]*\n)+|\A[ \t\n]*/\*.*?\*/[ \t]*\n", re.S)

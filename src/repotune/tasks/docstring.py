@@ -50,6 +50,10 @@ STOP_AFTER_LEADING_WHITESPACE = True
 METRICS = ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match")
 # The per-sample score shown in the report and plotted.
 SAMPLE_METRIC = "chrf"
+# Retrieval (repotune.retrieval): the query is the whole input; no context chunk may hold the
+# target's text, verbatim or as a near-duplicate (a copied docstring would be the answer).
+RETRIEVAL_QUERY = "whole"
+CONTEXT_LEAK = "text"
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # A block tag starts a line: `@param x ...` (Javadoc/KDoc/epytext) or `:param x:` (reST).

@@ -52,6 +52,10 @@ METRICS = (
     "exact_match", "exact_match_ci", "subtoken_precision", "subtoken_recall", "subtoken_f1", "edit_similarity",
 )
 SAMPLE_METRIC = "subtoken_f1"
+# Retrieval (repotune.retrieval): the query is the whole (masked) input; no context chunk may
+# hold the target name as an identifier (a call of the function would give its name away).
+RETRIEVAL_QUERY = "whole"
+CONTEXT_LEAK = "identifier"
 
 _FUNCTION_KINDS = {"function", "method", "extension_function", "async_function", "async_method"}
 _IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
