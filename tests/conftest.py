@@ -203,7 +203,7 @@ def write_params(root: Path, **sections: dict) -> Path:
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")  # benchmark.systems keeps its order
     return path
 
 
