@@ -446,7 +446,9 @@ def _system_name(name: str) -> str:
 
 
 def _default_systems() -> dict[str, SystemParams]:
-    return {"base": SystemParams(model=BASE_MODEL), "finetuned": SystemParams(model=FINETUNED_MODEL)}
+    """base (trained prompt), base_chat (the base through its chat template) and finetuned."""
+    return {"base": SystemParams(model=BASE_MODEL), "base_chat": SystemParams(model=BASE_MODEL, prompt="chat"),
+            "finetuned": SystemParams(model=FINETUNED_MODEL)}
 
 
 class BenchmarkParams(Section):
