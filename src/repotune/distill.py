@@ -1,10 +1,11 @@
 """Sequence-level knowledge distillation: a teacher model writes targets the student trains on.
 
-The teacher answers the prompts the benchmark gives a system at the trained template (the
-task's template, the task's stops and post-processing, ``decoding``), on the train inputs and,
-for the docstring task, optionally on definitions that have no docstring at all. Its answers become training
-records next to the gold ones, in a ratio set by ``distill.teacher_share``. Only text crosses
-from teacher to student, so the two may have different tokenizers.
+The teacher answers the prompts a system is benchmarked with at the trained template (the
+task's template, the task's stops and post-processing, ``decoding``), on the train inputs
+and, for the docstring task, optionally on definitions that have no docstring at all. Its
+answers become training records next to the gold ones, in a ratio set by
+``distill.teacher_share``. Only text crosses from teacher to student, so the two may have
+different tokenizers.
 
 Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops), so a
 new mixing ratio or sample cap re-generates nothing; the model is loaded only for prompts not
