@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # The decoding settings as applied (the task's defaults filled in) and the stops.
     summary: dict = {"system": args.system, "model": system.model, "context": system.context,
-                     "prompt": system.prompt, "parameters": parameter_count(model), "device": device, "precision": precision,
-                     "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
+                     "prompt": system.prompt, "parameters": parameter_count(model),
+                     "device": device, "precision": precision, "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with io.atomic_path(out) as folder:
         folder.mkdir(parents=True)
