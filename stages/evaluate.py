@@ -2,21 +2,23 @@
 checks, a report and plots. Cheap: no model is loaded, so a change of metric, resamples,
 report or plot re-runs this stage only, in seconds.
 
-Reads:  data/generations/<system>/ of every system (a folder whose system.json says
-        ``enabled: false`` is left out: the teacher when distill is off),
-        metrics/generate/<system>.json and data/generations/teacher/system.json (speed and
-        parameters, for the teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
+Reads:  data/generations/<system>/ of every system of params.yaml `benchmark.systems` (a
+        folder whose system.json says ``enabled: false`` is left out: base_chat without a chat
+        template), metrics/generate/<system>.json (speed and parameters, for the
+        teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
-        params.yaml `task`, `benchmark` (sets, templates), `evaluate` (reference system,
-        resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the report)
+        params.yaml `task`, `benchmark` (systems, sets, templates), `evaluate` (reference
+        system, resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the
+        report)
 Writes: metrics/evaluate.json: the headline: the test set with the first template, every
         system's score, each difference from the reference with its interval and p-value, n,
-        the share of degenerate outputs, and the out-of-domain differences;
+        the share of degenerate outputs, and the out-of-domain differences (``delta_<metric>``
+        is the first system on models/merged's, or the only other system's);
         metrics/evaluate_details.json: every evaluation (set x template) in full, metric
         definitions and sacrebleu signatures;
         metrics/predictions.jsonl: per sample and evaluation, every system's output and score;
         metrics/report.md and metrics/plots/{scores,sample_deltas}.png (rendered offline).
-Run:    python stages/evaluate.py [--systems base finetuned] [--out metrics]
+Run:    python stages/evaluate.py [--out metrics]
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from repotune import errors, evalsets, io, params
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", nargs="+", default=["base", "finetuned"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--generations", type=Path, default=Path("data/generations"))
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
@@ -42,11 +43,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
 
     from repotune import metrics, report
-    from repotune.evaluation import details, evaluate_generations, headline, resolve_reference
+    from repotune.evaluation import details, evaluate_generations, headline, resolve_reference, systems_on
     from repotune.tasks import resolved_decoding, task
 
     module = task(p.task.name)
-    systems = [s for s in args.systems if evalsets.system_enabled(args.generations / s)]
+    listed = p.benchmark.systems
+    enabled = {name: s for name, s in listed.items() if evalsets.system_enabled(args.generations / name)}
+    systems = list(enabled)
+    # The roles a system plays here follow from its model: the unprefixed delta_<metric> keys are
+    # the fine-tuned model's, the teacher's gain is what the others are measured against.
+    primary = next(iter(systems_on(enabled, params.FINETUNED_MODEL)), None)
+    teacher = next(iter(systems_on(enabled, params.TEACHER_MODEL)), None)
     sets = evalsets.load_sets(
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
@@ -54,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     templates = evalsets.templates(p.benchmark.templates, p.prompt.template)
     # best_base: the base system at its best prompt, by the task's first metric on the headline.
     reference, base_scores = resolve_reference(
-        p.evaluate.reference, systems, args.generations, sets["test"], templates[0], module.METRICS[0]
+        p.evaluate.reference, systems_on(enabled, params.BASE_MODEL), args.generations, sets["test"],
+        templates[0], module.METRICS[0],
     )
     if reference not in systems:
         raise errors.RepotuneError(
@@ -76,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in ("clone", "extract", "filter", "split", "train", "ood")
         if (args.stage_metrics / f"{name}.json").is_file()
     }
-    costs = report.system_costs(systems, args.generations, args.stage_metrics / "generate", evaluations[0])
+    costs = report.system_costs(systems, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
-    summary = {**headline(p.task.name, evaluations, reference),
+    summary = {**headline(p.task.name, evaluations, reference, primary, teacher),
                "trained_template": p.prompt.template, "trained_template_evaluated": p.prompt.template in templates}
     io.write_json(out / "evaluate.json", summary)
     io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
@@ -102,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
         stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs, warnings=warnings,
         wrong_kind_rule=module.WRONG_KIND, base_scores=base_scores,
+        prompts={name: s.prompt for name, s in enabled.items()}, teacher=teacher,
     ))
     print(io.dumps(summary))
 

@@ -1,20 +1,25 @@
 """Stage `generate`: one system's outputs on every evaluation (set x prompt template).
 
-Reads:  the system's model folder (models/base, models/merged, ...), data/split/test.jsonl,
-        data/ood.jsonl (when it has samples), params.yaml `benchmark` (sets, templates,
-        sample caps, device, threads), `decoding`, `prompt`, `task`, `extract` (a completion
-        target's shape decides its stops) and `train.max_length` (long code is cut to fit it
-        with room for max_new_tokens, as in training; no reference length leaks in).
+A system is one entry of params.yaml `benchmark.systems` (dvc.yaml runs generate@<name> for
+each): the model folder it runs, the context it sees (none for now) and its prompt kind.
+
+Reads:  the system's model folder (models/base, models/merged, data/distill/model),
+        data/split/test.jsonl, data/ood.jsonl (when it has samples), params.yaml
+        `benchmark.systems.<system>`, `benchmark` (sets, templates, sample caps, device,
+        threads), `decoding`, `prompt`, `task`, `extract` (a completion target's shape decides
+        its stops) and `train.max_length` (long code is cut to fit it with room for
+        max_new_tokens, as in training; no reference length leaks in).
 Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by id: the
         output (post-processed as the task says), the raw text, prompt and generated token
         counts, and whether the prompt's code was cut;
-        metrics/generate/<system>.json: prompts cut, generated tokens, seconds and tokens/s per
-        evaluation (timings are NOT deterministic; nothing downstream reads them).
-        With --prompt chat (system base_chat): every evaluation is prompted with the task's
+        metrics/generate/<system>.json: the model folder and its parameter count, prompts cut,
+        generated tokens, seconds and tokens/s per evaluation (timings are NOT deterministic;
+        only the report reads them).
+        With prompt: chat (system base_chat): every evaluation is prompted with the task's
         CHAT_PROMPT through the model's chat template, the reply unwrapped by the task's
         chat_answer; a task without one, or a tokenizer without a chat template, writes
         system.json with enabled: false and the reason instead (evaluate leaves it out).
-Run:    python stages/generate.py --system base --model models/base [--prompt trained|chat]
+Run:    python stages/generate.py --system base [--model FOLDER (default: the system's)]
 """
 
 from __future__ import annotations
@@ -29,10 +34,8 @@ from repotune import errors, evalsets, io, params
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", required=True, help="name of the system (base, finetuned, ...)")
-    parser.add_argument("--model", type=Path, required=True, help="its model folder")
-    parser.add_argument("--prompt", choices=["trained", "chat"], default="trained",
-                        help="trained: the benchmark's templates; chat: the task's request through the chat template")
+    parser.add_argument("--system", required=True, help="a name of benchmark.systems (base, finetuned, ...)")
+    parser.add_argument("--model", type=Path, default=None, help="default: the system's model folder")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
     parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
@@ -40,12 +43,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=None, help="default: metrics/generate/<system>.json")
     args = parser.parse_args(argv)
     p = params.load(args.params)
+    try:  # its own entry only: generate@<system> declares benchmark.systems.<system>, not the others
+        system = p.benchmark.systems[args.system]
+    except KeyError:
+        raise errors.RepotuneError(f"system {args.system!r} is not in benchmark.systems of {args.params}") from None
+    model = args.model or Path(system.model)
     out = args.out or Path("data/generations") / args.system
     metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
 
     from repotune.generation import generate_from_folder
     from repotune.modeling import (
         load_tokenizer,
+        parameter_count,
         peak_memory_mib,
         resolve_device,
         resolve_precision,
@@ -54,19 +63,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     from repotune.prompts import Prompter, evaluation_prompts
     from repotune.tasks import resolved_decoding, task
 
-    if not (args.model / "config.json").is_file():
-        raise errors.RepotuneError(f"{args.model}: no model folder for system {args.system!r}")
+    if not (model / "config.json").is_file():
+        raise errors.RepotuneError(f"{model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
     decoding = resolved_decoding(p.decoding, p.task.name)
     sets = evalsets.load_sets(
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
-    tokenizer = load_tokenizer(args.model)
-    chat = args.prompt == "chat"
+    tokenizer = load_tokenizer(model)
+    chat = system.prompt == "chat"
     if chat and (module.CHAT_PROMPT is None or not getattr(tokenizer, "chat_template", None)):
         reason = (f"task {p.task.name} has no chat prompt" if module.CHAT_PROMPT is None
-                  else f"{args.model}: the tokenizer has no chat template")
+                  else f"{model}: the tokenizer has no chat template")
         evalsets.write_disabled_system(out, reason)
         io.write_json(metrics_path, {"system": args.system, "enabled": False, "reason": reason})
         print(f"generate {args.system}: not run ({reason})")
@@ -87,13 +96,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract)
     # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
     runs = generate_from_folder(
-        args.model, prompts, decoding, stop=[] if chat else stop,
+        model, prompts, decoding, stop=[] if chat else stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
     )
 
     # The decoding settings as applied (the task's defaults filled in) and the stops.
-    summary: dict = {"system": args.system, "prompt": args.prompt, "device": device, "precision": precision,
-                     "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
+    summary: dict = {"system": args.system, "model": system.model, "context": system.context,
+                     "prompt": system.prompt, "parameters": parameter_count(model),
+                     "device": device, "precision": precision, "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with io.atomic_path(out) as folder:
         folder.mkdir(parents=True)

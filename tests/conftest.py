@@ -206,18 +206,20 @@ def git_repo(path: Path, files: dict[str, str]):
 
 
 def write_params(root: Path, **sections: dict) -> Path:
-    """params.yaml under `root` for in-process stage tests: a source, CPU with one thread,
-    short decoding with no stops, few resamples; each section given updates those keys."""
+    """params.yaml under `root` for in-process stage tests: a source, CPU with one thread, two
+    systems (base and finetuned: no chat baseline), short decoding with no stops, few
+    resamples; each section given updates those keys."""
     raw: dict = {
         "source": {"url": "https://example.com/r.git"},
-        "benchmark": {"device": "cpu", "threads": 1},
+        "benchmark": {"device": "cpu", "threads": 1,
+                      "systems": {"base": {"model": "models/base"}, "finetuned": {"model": "models/merged"}}},
         "decoding": {"max_new_tokens": 6, "batch_size": 2, "stop": []},
         "evaluate": {"resamples": 200},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")  # benchmark.systems keeps its order
     return path
 
 
@@ -367,7 +369,13 @@ TINY_BUDGET = {
 
 
 def ran(output: str) -> list[str]:
-    return [s for s in ALL_STAGES if f"Running stage '{s}'" in output]
+    """The stages `dvc repro` ran, in pipeline order; a generate@ stage of a system beyond the
+    default ones (generate@teacher, a system added in params) comes before evaluate, by name."""
+    import re
+
+    found = set(re.findall(r"Running stage '([^']+)'", output))
+    order = ALL_STAGES[:-1] + sorted(found - set(ALL_STAGES)) + ALL_STAGES[-1:]
+    return [s for s in order if s in found]
 
 
 @pytest.fixture

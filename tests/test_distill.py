@@ -75,10 +75,9 @@ def project_files(root: Path, student: Path, **sections) -> Path:
 
 def run_distill(root: Path, student: Path) -> dict:
     load_stage("distill").main([
-        "--params", str(root / "params.yaml"), "--split", str(root / "data/split"), "--ood", str(root / "data/ood.jsonl"),
+        "--params", str(root / "params.yaml"), "--split", str(root / "data/split"),
         "--base", str(student), "--repo", str(root / "data/repo"), "--clone-metrics", str(root / "metrics/clone.json"),
-        "--out", str(root / "data/distill"), "--generations", str(root / "data/generations/teacher"),
-        "--metrics", str(root / "metrics/distill.json"),
+        "--out", str(root / "data/distill"), "--metrics", str(root / "metrics/distill.json"),
     ])
     return json.loads((root / "metrics/distill.json").read_text())
 
@@ -98,7 +97,7 @@ def test_disabled_stage_copies_the_train_split_byte_for_byte_and_loads_no_model(
     assert run_distill(tmp_path, tiny_model) == {"enabled": False}
     assert (tmp_path / "data/distill/train.jsonl").read_bytes() == train.read_bytes()
     assert io.read_jsonl(tmp_path / "data/distill/targets.jsonl") == []
-    assert json.loads((tmp_path / "data/generations/teacher/system.json").read_text()) == {"enabled": False}
+    assert not (tmp_path / "data/generations").exists()  # the teacher's benchmark is generate@teacher's
 
 
 @pytest.mark.parametrize(
@@ -123,7 +122,9 @@ def test_mix_respects_the_teacher_share(gold, teacher, share, expected):
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
 
 
-def test_sequence_distillation_writes_teacher_targets_with_provenance(tmp_path, tiny_model, teacher_model, one_thread):
+def test_sequence_distillation_writes_teacher_targets_with_provenance(
+    tmp_path, tiny_model, teacher_model, one_thread, monkeypatch
+):
     project_files(tmp_path, tiny_model, distill={"enabled": True, "teacher": {"base": str(teacher_model)},
                                                   "teacher_share": 0.5, "max_samples": 8})
     counts = run_distill(tmp_path, tiny_model)
@@ -149,10 +150,18 @@ def test_sequence_distillation_writes_teacher_targets_with_provenance(tmp_path, 
     # share 0.5 with 12 gold and k <= 8 teacher targets: N = min(24, 2k) = 2k, k of each.
     assert len(teacher_rows) == len(targets) == counts["rows_teacher"] == counts["rows_gold"]
     assert len(train) == 2 * len(targets)
-    # The teacher's benchmark outputs, as a generate stage writes them, and its parameters.
-    system = json.loads((tmp_path / "data/generations/teacher/system.json").read_text())
-    assert system["enabled"] and system["parameters"]["teacher"] > system["parameters"]["base"] > 0
+    # Distill writes no benchmark outputs; the teacher's come from generate@teacher, a system on
+    # the folder distill materialised the teacher into (data/distill/model), like any other.
+    assert not (tmp_path / "data/generations").exists()
+    set_params(tmp_path, benchmark={"systems": {"teacher": {"model": "data/distill/model"}}},
+               evaluate={"reference": "teacher"})
+    monkeypatch.chdir(tmp_path)
+    load_stage("generate").main(["--system", "teacher"])
     assert [r["id"] for r in io.read_jsonl(tmp_path / "data/generations/teacher/test.plain.jsonl")] == ["x00", "x01", "x02"]
+    speed = json.loads((tmp_path / "metrics/generate/teacher.json").read_text())
+    # The teacher: 3 layers of hidden 64 (attention 2 x 64x64 + 2 x 64x32 = 12288, MLP 3 x 64x128
+    # = 24576, norms 128) and the tied 300 x 64 embedding, the final norm 64.
+    assert (speed["model"], speed["parameters"]) == ("data/distill/model", 3 * (12288 + 24576 + 128) + 300 * 64 + 64)
     # A second run with another share generates nothing: every answer is cached.
     set_params(tmp_path, distill={"teacher_share": 1.0})
     again = run_distill(tmp_path, tiny_model)
@@ -165,6 +174,20 @@ def test_enabled_without_a_teacher_is_a_one_line_params_error():
 
     with pytest.raises(ParamsError, match=r"^params.yaml: distill: teacher is required when enabled is true"):
         parse({"source": {"url": "x"}, "distill": {"enabled": True}})
+
+
+def test_a_teacher_system_needs_distillation_on():
+    """data/distill/model keeps an earlier run's teacher when distillation is off: benchmarking
+    it then would report a model this run never used."""
+    from repotune.errors import ParamsError
+    from repotune.params import parse
+
+    teacher = {"benchmark": {"systems": {"base": {"model": "models/base"}, "teacher": {"model": "data/distill/model"}}}}
+    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.systems.teacher.model is data/distill/model, "
+                                          r"the distill teacher: it needs distill.enabled: true \(or leave the system out\)$"):
+        parse({"source": {"url": "x"}, **teacher})
+    on = parse({"source": {"url": "x"}, **teacher, "distill": {"enabled": True, "teacher": {"base": "t"}}})
+    assert list(on.benchmark.systems) == ["base", "teacher"]
 
 
 def test_logits_mode_refuses_a_teacher_with_another_tokenizer(tmp_path, tiny_model, other_tokenizer_model):
@@ -243,7 +266,7 @@ def write_outputs(root: Path, system: str, outputs: list[str], recs: list[dict])
 
 def run_evaluate(root: Path) -> dict:
     load_stage("evaluate").main([
-        "--systems", "base", "finetuned", "teacher", "--params", str(root / "params.yaml"),
+        "--params", str(root / "params.yaml"),
         "--generations", str(root / "data/generations"), "--test", str(root / "data/split/test.jsonl"),
         "--ood", str(root / "data/ood.jsonl"), "--stage-metrics", str(root / "metrics"), "--out", str(root / "out"),
     ])
@@ -251,30 +274,33 @@ def run_evaluate(root: Path) -> dict:
 
 
 def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost(tmp_path, tiny_model):
-    project_files(tmp_path, tiny_model, evaluate={"resamples": 200})
+    systems = {"base": {"model": "models/base"}, "finetuned": {"model": "models/merged"},
+               "teacher": {"model": "data/distill/model"}}
+    project_files(tmp_path, tiny_model, evaluate={"resamples": 200},
+                  distill={"enabled": True, "teacher": {"base": "teacher-folder"}})
+    set_params(tmp_path, benchmark={"systems": systems})
     recs = docstring_records(40, "x")
     io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     # Exact matches: base 0 of 40, student 20, teacher 40, so the student kept 50% of the gain.
     write_outputs(tmp_path, "base", ["Something else entirely."] * 40, recs)
     write_outputs(tmp_path, "finetuned", [r["target"] if i % 2 else "No." for i, r in enumerate(recs)], recs)
     write_outputs(tmp_path, "teacher", [r["target"] for r in recs], recs)
-    io.write_json(tmp_path / "data/generations/teacher/system.json", {
-        "enabled": True, "parameters": {"teacher": 630_167_424, "base": 134_515_008, "finetuned": 134_515_008},
-        "test.plain": {"tokens_per_s": 12.5},
-    })
-    io.write_json(tmp_path / "metrics/generate/base.json", {"test.plain": {"tokens_per_s": 65.0}})
+    io.write_json(tmp_path / "metrics/generate/teacher.json", {"parameters": 630_167_424, "test.plain": {"tokens_per_s": 12.5}})
+    io.write_json(tmp_path / "metrics/generate/base.json", {"parameters": 134_515_008, "test.plain": {"tokens_per_s": 65.0}})
+    io.write_json(tmp_path / "metrics/generate/finetuned.json", {"parameters": 134_515_008})
     head = run_evaluate(tmp_path)
     assert (head["base_exact_match"], head["finetuned_exact_match"], head["teacher_exact_match"]) == (0, 50.0, 100.0)
     assert head["delta_teacher_exact_match"] == 100.0 and head["delta_exact_match"] == 50.0
     assert head["gain_kept_exact_match"] == 50.0
     report = (tmp_path / "out/report.md").read_text()
-    assert "# Evaluation, task `docstring`: base vs fine-tuned vs teacher" in report
+    assert "# Evaluation, task `docstring`: base vs finetuned vs teacher" in report
     assert "| exact_match | 0.00 | 100.00 | 50.00 | +100.00 | +50.00 (50%) |" in report
     assert "| teacher | 630.2 M | 12.5 |" in report and "| base | 134.5 M | 65.0 |" in report
-    assert "| fine-tuned | 134.5 M | ? |" in report  # no metrics/generate/finetuned.json here
+    assert "| finetuned | 134.5 M | ? |" in report  # no speed for the headline evaluation in its metrics
 
-    # Distillation off: the teacher's folder says so, and the run compares base and fine-tuned.
-    io.write_json(tmp_path / "data/generations/teacher/system.json", {"enabled": False})
+    # Without the teacher among the systems (distillation off), the run compares base and fine-tuned.
+    set_params(tmp_path, benchmark={"systems": {name: systems[name] for name in ("base", "finetuned")}},
+               distill={"enabled": False})
     head = run_evaluate(tmp_path)
     assert "teacher_exact_match" not in head and "gain_kept_exact_match" not in head
     assert head["delta_exact_match"] == 50.0

@@ -100,7 +100,9 @@ def params_reads(script: Path) -> set[str]:
 
     Follows the forms of :func:`params_sections` and aliases of a part of them
     (``judge = p.filter.judge`` then ``judge.model`` reads ``filter.judge.model``). A chain is
-    read as far as it is spelled: an alias passed whole to a function reads all of it.
+    read as far as it is spelled: an alias passed whole to a function reads all of it. One
+    entry of a mapping (``p.benchmark.systems[args.system]``) reads ``benchmark.systems.*``,
+    which a templated key of a `foreach` stage declares (``benchmark.systems.${key}``).
     """
     tree = ast.parse(script.read_text(encoding="utf-8"))
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -109,8 +111,8 @@ def params_reads(script: Path) -> set[str]:
     def chain(node: ast.AST) -> str | None:
         """The dotted key `node` spells, or None when it is not rooted in params."""
         attrs: list[str] = []
-        while isinstance(node, ast.Attribute):
-            attrs.append(node.attr)
+        while isinstance(node, ast.Attribute | ast.Subscript):
+            attrs.append(node.attr if isinstance(node, ast.Attribute) else "*")
             node = node.value
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "params":
@@ -133,7 +135,10 @@ def params_reads(script: Path) -> set[str]:
     alias_values = {id(n.value) for n in assigns if any(isinstance(t, ast.Name) and t.id in aliases for t in n.targets)}
     reads = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Attribute | ast.Name) or isinstance(parents.get(node), ast.Attribute):
+        if not isinstance(node, ast.Attribute | ast.Name | ast.Subscript):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Attribute) or (isinstance(parent, ast.Subscript) and parent.value is node):
             continue  # only whole chains; `p.a.b` is read once, as a.b
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             continue
@@ -193,7 +198,8 @@ def test_stage_declares_every_key_it_reads_and_reads_every_key_it_declares(name:
     `filter` (a read outside the declared keys would not re-run it), and every declared key is
     read (a stage declaring a key it never reads re-runs for nothing)."""
     stage = STAGES[name]
-    declared = set(stage.get("params", []))
+    # generate@<system> declares its own entry of benchmark.systems: benchmark.systems.${key}.
+    declared = {key.replace("${key}", "*") for key in stage.get("params", [])}
     reads = params_reads(script_of(stage))
 
     def under(key: str, prefix: str) -> bool:
@@ -219,6 +225,21 @@ def test_params_reads_follows_aliases_and_whole_reads(tmp_path: Path) -> None:
     )
     assert params_reads(script) == {
         "filter.judge.prompt", "filter.judge.model.base", "split.seed", "benchmark", "task.name"
+    }
+
+
+def test_params_reads_sees_one_entry_of_a_mapping_apart_from_all_of_it(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "def main():\n"
+        "    p = params.load('x')\n"
+        "    system = p.benchmark.systems[args.system]\n"
+        "    print(system.model, system.prompt, p.extract.languages[0])\n"
+        "    q = params.load('x')\n"
+        "    print(list(q.evaluate.systems))\n"
+    )
+    assert params_reads(script) == {
+        "benchmark.systems.*.model", "benchmark.systems.*.prompt", "extract.languages.*", "evaluate.systems"
     }
 
 

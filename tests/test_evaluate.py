@@ -79,9 +79,14 @@ def assert_not_blank(path: Path) -> None:
     assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"
 
 
-def run_generate(root: Path, params: Path, system: str, model: Path, prompt: str = "trained") -> None:
+# base_chat as params.yaml lists it: the base model, asked through its chat template.
+WITH_CHAT = {"base": {"model": "models/base"}, "base_chat": {"model": "models/base", "prompt": "chat"},
+             "finetuned": {"model": "models/merged"}}
+
+
+def run_generate(root: Path, params: Path, system: str, model: Path) -> None:
     load_stage("generate").main([
-        "--system", system, "--model", str(model), "--params", str(params), "--prompt", prompt,
+        "--system", system, "--model", str(model), "--params", str(params),
         "--test", str(root / "data/split/test.jsonl"), "--ood", str(root / "data/ood.jsonl"),
         "--out", str(root / "data/generations" / system), "--metrics", str(root / f"metrics/generate/{system}.json"),
     ])
@@ -118,6 +123,9 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     assert generated == ["ood.plain.jsonl", "ood.verbose.jsonl", "test.plain.jsonl", "test.verbose.jsonl"]
     speed = json.loads((tmp_path / "metrics/generate/base.json").read_text())
     assert speed["test.plain"]["samples"] == 5 and speed["ood.verbose"]["samples"] == 3
+    # The tiny Llama: per layer attention 32x32 (q, o) + 32x16 (k, v) = 3072, MLP 3 x 32x64 =
+    # 6144, two norms 64; 2 layers, the tied 300 x 32 embedding once, the final norm 32.
+    assert speed["parameters"] == 2 * (3072 + 6144 + 64) + 300 * 32 + 32
 
     out = run_evaluate(tmp_path, params)
     head = json.loads((out / "evaluate.json").read_text())
@@ -173,7 +181,7 @@ def test_a_real_difference_is_significant_and_said_in_words(tmp_path):
     assert head["delta_exact_match_p"] < 0.01 and head["delta_chrf"] > 0
     assert head["base_degenerate_pct"] == 20.0 and head["finetuned_degenerate_pct"] == 0.0
     report = (out / "report.md").read_text()
-    assert "fine-tuned is better than base on chrf (+" in report
+    assert "finetuned is better than base on chrf (+" in report
     assert "### largest gain" in report and "### largest loss" in report
 
 
@@ -233,31 +241,52 @@ def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(
     write_generations(tmp_path, "base", ["No."] * 6, recs)  # the plain prompt: useless
     write_generations(tmp_path, "base_chat", targets[:3] + ["No."] * 3, recs)  # the chat prompt: half right
     write_generations(tmp_path, "finetuned", targets[:5] + ["No."], recs)
-    load_stage("evaluate").main([
-        "--systems", "base", "base_chat", "finetuned", "--params", str(write_params(tmp_path)),
-        "--generations", str(tmp_path / "data/generations"), "--test", str(tmp_path / "data/split/test.jsonl"),
-        "--ood", str(tmp_path / "data/ood.jsonl"), "--stage-metrics", str(tmp_path / "metrics"),
-        "--out", str(tmp_path / "metrics"),
-    ])
-    head = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": WITH_CHAT})) /
+                       "evaluate.json").read_text())
     assert head["reference"] == "base_chat"  # evaluate.reference: best_base (the default)
     # delta_<metric> is the fine-tuned system's whatever else is compared: 5 of 6 against 3 of 6.
     assert head["delta_exact_match"] == round(100 * 2 / 6, 4)
     assert head["delta_base_exact_match"] == -50.0  # the other base: 0 of 6 against 3 of 6
     report = (tmp_path / "metrics/report.md").read_text()
-    assert "The reference is the base model at its best prompt: base (chat) scored higher on chrf" in report
+    assert ("The reference is the base model at its best prompt: base_chat scored higher on chrf on the headline "
+            "evaluation (base ") in report
+    assert ("`base` is prompted with the trained template, `base_chat` is prompted with the task's request "
+            "through the model's chat template.") in report
+    assert "the same prompts but for base_chat (the task's request through the model's chat template)" in report
 
     # An explicit reference still wins.
-    load_stage("evaluate").main([
-        "--systems", "base", "base_chat", "finetuned",
-        "--params", str(write_params(tmp_path, evaluate={"resamples": 200, "reference": "base"})),
-        "--generations", str(tmp_path / "data/generations"), "--test", str(tmp_path / "data/split/test.jsonl"),
-        "--ood", str(tmp_path / "data/ood.jsonl"), "--stage-metrics", str(tmp_path / "metrics"),
-        "--out", str(tmp_path / "metrics2"),
-    ])
-    head = json.loads((tmp_path / "metrics2/evaluate.json").read_text())
+    out = run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": WITH_CHAT},
+                                              evaluate={"resamples": 200, "reference": "base"}), "metrics2")
+    head = json.loads((out / "evaluate.json").read_text())
     assert head["reference"] == "base" and head["delta_exact_match"] == round(100 * 5 / 6, 4)
     assert head["delta_base_chat_exact_match"] == 50.0
+
+
+def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path):
+    """Any names: two systems on the base model (the better one is the reference, ties go to
+    the first listed), the fine-tuned model's system owns the unprefixed delta_ keys."""
+    recs = records(4)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    targets = [r["target"] for r in recs]
+    write_generations(tmp_path, "plain", ["No."] * 4, recs)  # exact match 0
+    write_generations(tmp_path, "plain_again", ["No."] * 4, recs)  # 0: a tie with plain
+    write_generations(tmp_path, "tuned", targets[:3] + ["No."], recs)  # 75
+    systems = {"plain": {"model": "models/base"}, "tuned": {"model": "models/merged"},
+               "plain_again": {"model": "models/base"}}
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": systems})) /
+                       "evaluate.json").read_text())
+    assert head["reference"] == "plain"
+    assert (head["plain_exact_match"], head["tuned_exact_match"], head["plain_again_exact_match"]) == (0, 75.0, 0)
+    assert head["delta_exact_match"] == 75.0 and head["delta_plain_again_exact_match"] == 0
+    report = (tmp_path / "metrics/report.md").read_text()
+    assert report.startswith("# Evaluation, task `docstring`: plain vs tuned vs plain_again\n")
+    assert "Every system gets the same decoding, and the same prompts. Differences are taken against plain:" in report
+
+    # A system listed but disabled (its folder says so) is left out; the reference must be one left.
+    io.write_json(tmp_path / "data/generations/plain/system.json", {"enabled": False, "reason": "test"})
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": systems})) /
+                       "evaluate.json").read_text())
+    assert head["reference"] == "plain_again" and "plain_exact_match" not in head
 
 
 def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_path, lively_model):
@@ -265,9 +294,9 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
 
     recs = records(3)
     io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
-    params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2})
+    params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2}, benchmark={"systems": WITH_CHAT})
     # The tiny model has no chat template: base_chat is disabled with the reason, nothing generated.
-    run_generate(tmp_path, params, "base_chat", lively_model, "chat")
+    run_generate(tmp_path, params, "base_chat", lively_model)
     marker = json.loads((tmp_path / "data/generations/base_chat/system.json").read_text())
     assert marker == {"enabled": False, "reason": f"{lively_model}: the tokenizer has no chat template"}
     assert sorted(p.name for p in (tmp_path / "data/generations/base_chat").iterdir()) == ["system.json"]
@@ -278,11 +307,12 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    run_generate(tmp_path, params, "base_chat", chatty, "chat")
+    run_generate(tmp_path, params, "base_chat", chatty)
     rows = io.read_jsonl(tmp_path / "data/generations/base_chat/test.plain.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in recs]
     speed = json.loads((tmp_path / "metrics/generate/base_chat.json").read_text())
     assert speed["prompt"] == "chat" and speed["test.plain"]["samples"] == 3
+    assert (speed["model"], speed["context"]) == ("models/base", "none")
     # The chat request is longer than the plain template around the same code.
     run_generate(tmp_path, params, "base", chatty)
     base_rows = io.read_jsonl(tmp_path / "data/generations/base/test.plain.jsonl")

@@ -152,3 +152,47 @@ def test_ood_sources_are_keyed_by_known_languages():
     # The one-source form of earlier versions names the keys that replace it.
     with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.ood.url is not a known key \(valid keys: sources, max_samples\)$"):
         params.parse({"source": {"url": "."}, "benchmark": {"ood": {"url": "pypi:jinja2==3.1.6"}}})
+
+
+def test_benchmark_systems_are_a_named_mapping_with_defaults_per_system():
+    p = params.parse({"source": {"url": "."}})
+    assert list(p.benchmark.systems) == ["base", "base_chat", "finetuned"]
+    assert p.benchmark.systems["base_chat"] == params.SystemParams(model="models/base", context="none", prompt="chat")
+    two = params.parse({"source": {"url": "."}, "benchmark": {"systems": {
+        "finetuned": {"model": "models/merged"}, "base2": {"model": "models/base", "prompt": "trained"}}}})
+    assert list(two.benchmark.systems) == ["finetuned", "base2"]  # the order written, the report's
+    assert two.benchmark.systems["finetuned"] == params.SystemParams(model="models/merged", context="none", prompt="trained")
+
+
+def test_benchmark_systems_problems_name_the_key():
+    with pytest.raises(ParamsError) as info:
+        params.parse({"source": {"url": "."}, "benchmark": {"systems": {
+            "base_rag": {"model": "models/base", "context": "retrieval"},
+            "Big-One": {"model": "base", "prompt": "fancy", "seed": 1},
+            "odd": {"model": "models/merged", "context": "graph"},
+        }}})
+    assert str(info.value).splitlines() == [
+        "params.yaml: benchmark.systems.base_rag.context: retrieval is not built yet (the retrieve stage writes context, no prompt uses it yet): only none "
+        "is allowed for now",
+        "params.yaml: benchmark.systems: 'Big-One' is not a system name: lowercase letters, digits and _, starting "
+        "with a letter (it names the stage generate@Big-One and the folder data/generations/Big-One), and not best_base",
+        "params.yaml: benchmark.systems.Big-One.model: must be a model folder a stage makes: models/base (the base "
+        "model), models/merged (the fine-tuned model) or data/distill/model (the distill teacher), got 'base'",
+        "params.yaml: benchmark.systems.Big-One.prompt must be 'trained' or 'chat', got 'fancy'",
+        "params.yaml: benchmark.systems.Big-One.seed is not a known key (valid keys: model, context, prompt)",
+        "params.yaml: benchmark.systems.odd.context: must be none (retrieval: not wired into prompts yet), got 'graph'",
+    ]
+    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.systems.x.model is required$"):
+        params.parse({"source": {"url": "."}, "benchmark": {"systems": {"x": {"prompt": "chat"}}}})
+
+
+def test_the_reference_must_be_a_listed_system_or_best_base_with_a_base_system():
+    systems = {"tuned": {"model": "models/merged"}, "plain": {"model": "models/base"}}
+    with pytest.raises(ParamsError, match=r"^params.yaml: evaluate.reference is 'base', not best_base nor one of "
+                                          r"benchmark.systems \(tuned, plain\)$"):
+        params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}, "evaluate": {"reference": "base"}})
+    assert params.parse({"source": {"url": "."}, "benchmark": {"systems": systems},
+                         "evaluate": {"reference": "tuned"}}).evaluate.reference == "tuned"
+    with pytest.raises(ParamsError, match=r"^params.yaml: evaluate.reference is best_base but no system of "
+                                          r"benchmark.systems runs models/base with context none$"):
+        params.parse({"source": {"url": "."}, "benchmark": {"systems": {"tuned": {"model": "models/merged"}}}})

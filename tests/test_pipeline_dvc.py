@@ -105,6 +105,32 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
 
     assert ran(dvc(project, "repro")) == []
 
+    # A system is a params edit: a second system on the base model, listed in params.yaml alone
+    # (dvc.yaml untouched), gets its own generate stage and a column in evaluate; nothing else runs.
+    dvc_yaml = (project / "dvc.yaml").read_bytes()
+    systems = yaml.safe_load((project / "params.yaml").read_text())["benchmark"]["systems"]
+    set_params(project, benchmark={"systems": {**systems, "base_again": {"model": "models/base", "context": "none",
+                                                                          "prompt": "trained"}}})
+    assert ran(dvc(project, "repro")) == ["generate@base_again", "evaluate"]
+    assert (project / "dvc.yaml").read_bytes() == dvc_yaml
+    # The same model and prompt as base (greedy): the same outputs, so a tie for best_base (the
+    # first listed, base, stays the reference) and a zero difference.
+    generations = project / "data/generations"
+    assert (generations / "base_again/test.plain.jsonl").read_bytes() == (generations / "base/test.plain.jsonl").read_bytes()
+    again = json.loads((project / "metrics/evaluate.json").read_text())
+    assert again["reference"] == "base" and again["base_again_chrf"] == again["base_chrf"]
+    assert again["delta_base_again_chrf"] == 0 and again["delta_base_again_chrf_p"] == 1.0
+    assert "base_chat_chrf" not in again  # the tiny model has no chat template: disabled, left out
+    assert json.loads((project / "metrics/generate/base_again.json").read_text())["model"] == "models/base"
+    report = (project / "metrics/report.md").read_text()
+    assert report.startswith("# Evaluation, task `docstring`: base vs finetuned vs base_again\n")
+    assert "Running stage" not in dvc(project, "repro")
+
+    # And taking it out again re-runs evaluate alone.
+    set_params(project, benchmark={"systems": systems})
+    assert ran(dvc(project, "repro")) == ["evaluate"]
+    assert "base_again_chrf" not in json.loads((project / "metrics/evaluate.json").read_text())
+
 
 def add_kotlin_and_java(project: Path) -> None:
     """Commit the Kotlin and Java fixture files into the project's source repository."""
@@ -243,7 +269,12 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
                 "drop_non_english_docs": False, "max_url_code_share": 1.0},
         distill={"enabled": True, "teacher": {"base": str(teacher)}, "teacher_share": 0.5, "undocumented": True},
     )
-    assert ran(dvc(project, "repro")) == ALL_STAGES
+    # The teacher is benchmarked as a system like any other: generate@teacher on the folder
+    # distill materialises it into.
+    systems = yaml.safe_load((project / "params.yaml").read_text())["benchmark"]["systems"]
+    set_params(project, benchmark={**budget["benchmark"], "systems": {
+        **systems, "teacher": {"model": "data/distill/model", "context": "none", "prompt": "trained"}}})
+    assert ran(dvc(project, "repro")) == [*ALL_STAGES[:-1], "generate@teacher", "evaluate"]
     counts = io.read_json(project / "metrics/distill.json")
     train = io.read_jsonl(project / "data/distill/train.jsonl")
     gold = io.read_jsonl(project / "data/split/train.jsonl")
@@ -257,6 +288,8 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     bench = io.read_json(project / "metrics/evaluate.json")
     assert {"teacher_chrf", "delta_teacher_chrf", "delta_chrf", "gain_kept_chrf"} <= set(bench)
     assert "## Teacher and student" in (project / "metrics/report.md").read_text()
+    assert io.read_json(project / "metrics/generate/teacher.json")["parameters"] > \
+        io.read_json(project / "metrics/generate/finetuned.json")["parameters"]
 
     set_params(project, distill={"teacher_share": 1.0})
     assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "generate@finetuned", "evaluate"]

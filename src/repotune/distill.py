@@ -1,14 +1,19 @@
 """Sequence-level knowledge distillation: a teacher model writes targets the student trains on.
 
-The teacher answers the same prompts the benchmark gives every system (the task's template,
-the task's stops and post-processing, ``decoding``), on the train inputs and, for the docstring
-task, optionally on definitions that have no docstring at all. Its answers become training
-records next to the gold ones, in a ratio set by ``distill.teacher_share``. Only text crosses
-from teacher to student, so the two may have different tokenizers.
+The teacher answers the prompts a system is benchmarked with at the trained template (the
+task's template, the task's stops and post-processing, ``decoding``), on the train inputs
+and, for the docstring task, optionally on definitions that have no docstring at all. Its
+answers become training records next to the gold ones, in a ratio set by
+``distill.teacher_share``. Only text crosses from teacher to student, so the two may have
+different tokenizers.
 
 Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops), so a
 new mixing ratio or sample cap re-generates nothing; the model is loaded only for prompts not
 in the cache.
+
+Only training targets are made here. The teacher's benchmark outputs come from the generate
+stage like every system's (a ``benchmark.systems`` entry on ``data/distill/model``, the folder
+the teacher is materialised into).
 
 Heavy imports (torch, transformers) stay inside the functions, through ``repotune.generation``.
 """
@@ -202,28 +207,6 @@ def teacher_record(record: Mapping[str, Any], output: str, provenance: Mapping[s
     }
 
 
-def write_generations(
-    folder: Path, rows: Mapping[str, Sequence[Mapping[str, Any]]], sets: Mapping[str, Sequence[Mapping[str, Any]]],
-    cut: Mapping[str, Sequence[bool]], postprocess: Any, system: dict[str, Any],
-) -> None:
-    """The teacher's outputs of every evaluation (``<set>.<template>`` keys of `rows`) in the
-    generate stage's format, and ``system.json`` (`system` plus each evaluation's speed), into
-    `folder`, replaced atomically."""
-    from repotune import evalsets
-
-    with io.atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        for key, generated in rows.items():
-            set_name, template = key.split(".", 1)
-            io.write_jsonl(evalsets.generation_file(tmp, set_name, template), [
-                {"id": record["id"], "output": postprocess(row["raw"]), "raw": row["raw"],
-                 "prompt_tokens": row["prompt_tokens"], "new_tokens": row["new_tokens"], "code_cut": was_cut}
-                for record, row, was_cut in zip(sets[set_name], generated, cut[key], strict=True)
-            ])
-            system[key] = {"samples": len(generated), **speed(generated)}
-        io.write_json(tmp / "system.json", system)
-
-
 def teacher_records(
     inputs: Sequence[Mapping[str, Any]],
     prompts: Sequence[str],
@@ -258,23 +241,6 @@ def teacher_records(
     return sorted(records, key=lambda r: r["id"]), counts
 
 
-def parameter_count(folder: Path) -> int:
-    """Parameters of the model in `folder`: its manifest's count, else the tensor sizes in its
-    safetensors headers (no weights are read; a tied embedding is stored, and counted, once)."""
-    import json
-    import math
-
-    manifest = folder / "manifest.json"
-    if manifest.is_file() and io.read_json(manifest).get("parameters"):
-        return int(io.read_json(manifest)["parameters"])
-    total = 0
-    for path in sorted(folder.glob("*.safetensors")):
-        with path.open("rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    return total
-
-
 @dataclass(frozen=True)
 class Teaching:
     """What the distill stage reads of the params, key by key as dvc.yaml declares them."""
@@ -293,28 +259,22 @@ class Teaching:
     decoding: DecodingParams
     max_length: int  # train.max_length: prompts are cut to it less decoding.max_new_tokens
     device: str  # benchmark.device
-    templates: Sequence[str]  # benchmark.templates
-    test_max_samples: int  # benchmark.max_samples
-    ood_max_samples: int | None  # benchmark.ood.max_samples; None without benchmark.ood
 
 
-def teach(
-    s: Teaching, *, split: Path, ood: Path, base: Path, repo: Path, clone_metrics: Path, out: Path, generations: Path,
-) -> dict[str, Any]:
+def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Path, out: Path) -> dict[str, Any]:
     """The enabled distill stage: the teacher (``distill.teacher``, materialised once into
-    ``out/model``) answers the train inputs (``mode: sequence``; with ``undocumented``, also the
-    definitions of train-side files that have none) and every benchmark prompt; writes
-    ``out/train.jsonl`` (gold and teacher records mixed by ``teacher_share``; with ``mode:
-    logits`` the split's train file, byte for byte), ``out/targets.jsonl`` (kept targets with
-    provenance) and the teacher's generations in `generations`. Returns the stage's metrics.
+    ``out/model``, where generate@<system> finds it as ``data/distill/model``) answers the train
+    inputs (``mode: sequence``; with ``undocumented``, also the definitions of train-side files
+    that have none); writes ``out/train.jsonl`` (gold and teacher records mixed by
+    ``teacher_share``; with ``mode: logits`` the split's train file, byte for byte) and
+    ``out/targets.jsonl`` (kept targets with provenance). Returns the stage's metrics.
 
     Generations are cached in ``out/cache/generations.jsonl`` (saved after each list of prompts).
     """
-    from repotune import evalsets
     from repotune.base_model import model_identity
     from repotune.judge import judge_model_folder
     from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
-    from repotune.prompts import Prompter, evaluation_prompts, fitted_prompts, template_text
+    from repotune.prompts import Prompter, fitted_prompts, template_text
     from repotune.tasks import task
 
     cache_file = out / "cache" / "generations.jsonl"
@@ -340,23 +300,14 @@ def teach(
             skip_paths=held_out, max_input_tokens=s.filter.max_input_tokens, counts=counts,
         )
         inputs += found[: s.max_undocumented] if s.max_undocumented else found
-    sets = evalsets.load_sets(
-        split / "test.jsonl", ood, s.test_max_samples, s.ood_max_samples)
-    prompts, cut = {}, {}
-    prompts["train"], cut["train"] = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
-    evaluation = evaluation_prompts(
-        sets, evalsets.evaluations(s.templates, "ood" in sets),
-        lambda template: Prompter.from_params(s.prompt, s.task_name, template), tokenizer, budget,
-    )
-    prompts.update(evaluation[0])
-    cut.update(evaluation[1])
+    prompts, cut = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
 
     device = resolve_device(s.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
     stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.extract)
     cache = read_cache(cache_file)
     rows, generated = generate_cached(
-        teacher, prompts, cache, identity, s.decoding, stop=stop,
+        teacher, {"train": prompts}, cache, identity, s.decoding, stop=stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
         save=lambda: write_cache(cache_file, cache),
     )
@@ -369,7 +320,7 @@ def teach(
         return module.postprocess(raw, stop, s.extract)
 
     targets, kept = teacher_records(
-        inputs, prompts["train"], rows["train"], postprocess,
+        inputs, prompts, rows["train"], postprocess,
         lambda record: module.drop_reason(record, s.filter), provenance,
     )
     counts.update(kept)
@@ -382,12 +333,7 @@ def teach(
         mix_counts = {"rows_gold": len(gold), "rows_teacher": 0}
     io.write_jsonl(out / "targets.jsonl", targets)
 
-    # Parameters per system (the fine-tuned student has the base's: LoRA is merged), for the report.
-    student_size = parameter_count(base)
-    system = {"enabled": True, "mode": s.mode, "teacher": s.teacher.label, "identity": identity, "parameters": {
-        "teacher": parameter_count(teacher), "base": student_size, "finetuned": student_size}}
-    train_rows = rows.pop("train")
-    write_generations(generations, rows, sets, cut, postprocess, system)
-    return {**system, "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut["train"]),
-            "generated_now": generated, "teacher_train": speed(train_rows),
+    return {"enabled": True, "mode": s.mode, "teacher": s.teacher.label, "identity": identity,
+            "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut),
+            "generated_now": generated, "teacher_train": speed(rows["train"]),
             **mix_counts, **dict(sorted(counts.items())), "peak_memory_mib": peak_memory_mib()}

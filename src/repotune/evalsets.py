@@ -77,8 +77,9 @@ def write_disabled_system(folder: str | Path, reason: str | None = None) -> None
 
 
 def system_enabled(folder: str | Path) -> bool:
-    """Whether a system's generations folder holds outputs to evaluate: a stage that may run
-    without producing a system (distill, for the teacher) writes ``system.json`` with
-    ``enabled: false`` there, so that dvc.yaml can list the system whether or not it exists."""
+    """Whether a system's generations folder holds outputs to evaluate: a generate stage that
+    runs without producing outputs (base_chat's, for a model with no chat template) writes
+    ``system.json`` with ``enabled: false`` there, so that params can list the system whether
+    or not it can run."""
     marker = Path(folder) / "system.json"
     return not marker.is_file() or bool(io.read_json(marker).get("enabled", True))

@@ -12,17 +12,15 @@ from typing import Any
 from repotune import degenerate, stats
 from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
-from repotune.params import EvaluateParams
+from repotune.params import BEST_BASE, EvaluateParams, SystemParams
 
-# The system whose gain over the reference the others are measured against (distill: the
-# model that taught them); present only when the distill stage is on.
-TEACHER = "teacher"
-FINETUNED = "finetuned"
-# The systems that run the base model, each at a prompt of its own: `base` at the trained
-# template, `base_chat` at the task's request through the chat template.
-BASE_SYSTEMS = ("base", "base_chat")
-# evaluate.reference: the base system that scores higher (see resolve_reference).
-BEST_BASE = "best_base"
+
+
+def systems_on(systems: Mapping[str, SystemParams], model: str) -> list[str]:
+    """The names of `systems` (``benchmark.systems``, in their order) that run the model folder
+    `model` and see no context beyond the sample: the base at its prompts (``BASE_MODEL``), the
+    fine-tuned model (``FINETUNED_MODEL``), the teacher (``TEACHER_MODEL``)."""
+    return [name for name, system in systems.items() if system.model == model and system.context == "none"]
 
 
 def evaluate(
@@ -89,44 +87,48 @@ def evaluate(
     }
 
 
-def gain_kept(scores: Mapping[str, Mapping[str, Mapping[str, float]]], system: str, reference: str, metric: str) -> float | None:
-    """The share of the teacher's gain over `reference` that `system` has, in percent: 100 =
-    as good as the teacher, 0 = no better than the reference; None when the teacher gains
+def gain_kept(
+    scores: Mapping[str, Mapping[str, Mapping[str, float]]], system: str, reference: str, metric: str,
+    teacher: str | None,
+) -> float | None:
+    """The share of the `teacher` system's gain over `reference` that `system` has, in percent:
+    100 = as good as the teacher, 0 = no better than the reference; None when the teacher gains
     nothing (or there is no teacher)."""
-    if TEACHER not in scores or system not in scores:
+    if teacher is None or teacher not in scores or system not in scores:
         return None
     ref = scores[reference][metric]["score"]
-    teacher_gain = scores[TEACHER][metric]["score"] - ref
+    teacher_gain = scores[teacher][metric]["score"] - ref
     if abs(teacher_gain) < 1e-9:
         return None
     return round(100 * (scores[system][metric]["score"] - ref) / teacher_gain, 2)
 
 
 def resolve_reference(
-    reference: str, systems: Sequence[str], generations: Path, records: Sequence[Mapping[str, Any]],
+    reference: str, base_systems: Sequence[str], generations: Path, records: Sequence[Mapping[str, Any]],
     template: str, metric_name: str,
 ) -> tuple[str, dict[str, float]]:
-    """`reference`, or for ``best_base`` the base system (of :data:`BASE_SYSTEMS` among
-    `systems`) whose outputs on the test set with `template` score higher on `metric_name`
-    (ties: ``base``), so that gains are measured over the base at its best prompt.
+    """`reference`, or for ``best_base`` the one of `base_systems` (those that run the base model
+    with no context, see :func:`systems_on`) whose outputs on the test set with `template` score
+    higher on `metric_name` (ties: the first listed), so that gains are measured over the base
+    at its best prompt.
 
     Returns:
         The reference's name, and the score of each base system compared ({} when none was).
     """
     if reference != BEST_BASE:
         return reference, {}
-    candidates = [s for s in BASE_SYSTEMS if s in systems]
-    if not candidates:
-        raise RepotuneError(f"evaluate.reference is {BEST_BASE} but no base system is among {', '.join(systems)}")
-    if len(candidates) == 1:
-        return candidates[0], {}
+    if not base_systems:
+        raise RepotuneError(f"evaluate.reference is {BEST_BASE} but no system left runs the base model")
+    if len(base_systems) == 1:
+        return base_systems[0], {}
     metric = METRICS[metric_name]
     targets = [r["target"] for r in records]
     scores = {}
-    for system in candidates:
+    for system in base_systems:
         rows = read_outputs(generations, system, "test", template, records)
         scores[system] = round(float(metric.aggregate(metric.stats([r["output"] for r in rows], targets))), 4)
-    return max(candidates, key=lambda s: (scores[s], s == "base")), scores
+    best = max(scores.values())
+    return next(s for s in base_systems if scores[s] == best), scores
 
 
 def read_outputs(
@@ -148,25 +150,30 @@ def read_outputs(
     return rows
 
 
-def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str) -> dict[str, Any]:
+def headline(
+    task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str,
+    primary: str | None = None, teacher: str | None = None,
+) -> dict[str, Any]:
     """The flat headline of metrics/evaluate.json.
 
     The test set with the first template: ``samples``, ``<system>_<metric>``, and per other
-    system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (``delta_<system>_<metric>``...
-    when there are several), ``<system>_degenerate_pct`` and ``<system>_markup_pct`` (with ``reference_markup_pct``); and for the out-of-domain set with the
-    same template ``ood_samples`` and ``ood_delta_<metric>`` with ``_p``. With a teacher,
-    ``gain_kept_<metric>`` (``gain_kept_<system>_<metric>`` when there are several students):
-    the share of the teacher's gain, in percent, see :func:`gain_kept`.
+    system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (the `primary` system's, or the
+    only other one's; any other system's is ``delta_<system>_<metric>``...),
+    ``<system>_degenerate_pct`` and ``<system>_markup_pct`` (with ``reference_markup_pct``);
+    and for the out-of-domain set with the same template ``ood_samples`` and
+    ``ood_delta_<metric>`` with ``_p``. With a `teacher` system, ``gain_kept_<metric>`` (the
+    primary's; ``gain_kept_<system>_<metric>`` for the others): the share of the teacher's
+    gain, in percent, see :func:`gain_kept`.
     """
     head = evaluations[0]
     flat: dict[str, Any] = {"task": task_name, "template": head["template"], "samples": head["result"]["samples"],
                             "reference": reference}
     others = list(head["result"]["differences"])
 
-    # delta_<metric> is always the fine-tuned system's (stable keys for dvc metrics diff across
-    # runs with and without a teacher or a chat baseline); any other system's is delta_<system>_<metric>.
+    # delta_<metric> is always the primary (fine-tuned) system's: stable keys for dvc metrics
+    # diff across runs with and without a teacher or a chat baseline.
     def prefix(other: str) -> str:
-        return "delta" if other == FINETUNED or len(others) == 1 else f"delta_{other}"
+        return "delta" if other == primary or len(others) == 1 else f"delta_{other}"
 
     for system, by_metric in head["result"]["scores"].items():
         for metric, s in by_metric.items():
@@ -176,11 +183,11 @@ def headline(task_name: str, evaluations: Sequence[Mapping[str, Any]], reference
             key = f"{prefix(other)}_{metric}"
             flat.update({key: d["delta"], f"{key}_low": d["low"], f"{key}_high": d["high"], f"{key}_p": d["p"]})
     for system in head["result"]["scores"]:
-        if system in (TEACHER, reference) or TEACHER not in head["result"]["scores"]:
+        if system in (teacher, reference) or teacher not in head["result"]["scores"]:
             continue
         for metric in head["result"]["scores"][system]:
-            key = "gain_kept" if system == FINETUNED else f"gain_kept_{system}"
-            flat[f"{key}_{metric}"] = gain_kept(head["result"]["scores"], system, reference, metric)
+            key = "gain_kept" if system == primary else f"gain_kept_{system}"
+            flat[f"{key}_{metric}"] = gain_kept(head["result"]["scores"], system, reference, metric, teacher)
     for system, shares in head["result"]["degenerate"].items():
         flat[f"{system}_degenerate_pct"] = shares["degenerate_pct"]
         flat[f"{system}_wrong_kind_pct"] = shares["wrong_kind_pct"]

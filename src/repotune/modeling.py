@@ -57,6 +57,25 @@ def peak_memory_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def parameter_count(folder: str | Path) -> int:
+    """Parameters of the model in `folder`: its manifest's count (models/base), else the tensor
+    sizes in its safetensors headers (no weights are read; a tied embedding is stored, and
+    counted, once)."""
+    import json
+    import math
+
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("parameters"):
+        return int(json.loads(manifest.read_text(encoding="utf-8"))["parameters"])
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
+
+
 def set_threads(threads: int) -> None:
     """Use `threads` CPU threads for torch ops; 0 leaves torch's default (all cores)."""
     import torch

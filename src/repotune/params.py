@@ -11,6 +11,7 @@ The library never reads params.yaml itself: stages call :func:`load` and pass th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -423,7 +424,70 @@ class OodParams(Section):
     max_samples: int = Field(default=100, ge=0)
 
 
+# The model folders a system may run, each the output of the stage that makes it. A system
+# names its folder, not a nickname: generate@<system> depends on that folder in dvc.yaml, and
+# DVC's templating cannot map a name to a path (no nested ${...}).
+BASE_MODEL = "models/base"  # stage base: model.base
+FINETUNED_MODEL = "models/merged"  # stage merge: the base with the trained adapter merged in
+TEACHER_MODEL = "data/distill/model"  # stage distill: distill.teacher (with distill.enabled only)
+MODEL_FOLDERS = (BASE_MODEL, FINETUNED_MODEL, TEACHER_MODEL)
+# evaluate.reference: the base at its best prompt (see repotune.evaluation.resolve_reference).
+BEST_BASE = "best_base"
+_SYSTEM_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class SystemParams(Section):
+    """One system of ``benchmark.systems``: a model plus the context it sees, and how it is
+    prompted. generate@<name> writes its outputs; evaluate compares every system."""
+
+    model: str  # one of MODEL_FOLDERS
+    # none: the sample's own code only. retrieval (code from the rest of the repository) is
+    # the next step of the pipeline and is refused until it exists.
+    context: str = "none"
+    # trained: the benchmark's templates (benchmark.templates / prompt.template); chat: the
+    # task's request through the model's chat template (a disabled marker without one).
+    prompt: Literal["trained", "chat"] = "trained"
+
+    @field_validator("model")
+    @classmethod
+    def _known_folder(cls, model: str) -> str:
+        if model not in MODEL_FOLDERS:
+            raise ValueError(
+                f"must be a model folder a stage makes: {BASE_MODEL} (the base model), {FINETUNED_MODEL} "
+                f"(the fine-tuned model) or {TEACHER_MODEL} (the distill teacher), got {model!r}"
+            )
+        return model
+
+    @field_validator("context")
+    @classmethod
+    def _known_context(cls, context: str) -> str:
+        if context == "retrieval":
+            raise ValueError("retrieval is not built yet (the retrieve stage writes context, no prompt uses it yet): only none is allowed for now")
+        if context != "none":
+            raise ValueError(f"must be none (retrieval: not wired into prompts yet), got {context!r}")
+        return context
+
+
+def _system_name(name: str) -> str:
+    if not _SYSTEM_NAME.fullmatch(name) or name == BEST_BASE:
+        raise ValueError(
+            f"{name!r} is not a system name: lowercase letters, digits and _, starting with a letter "
+            f"(it names the stage generate@{name} and the folder data/generations/{name}), and not {BEST_BASE}"
+        )
+    return name
+
+
+def _default_systems() -> dict[str, SystemParams]:
+    """base (trained prompt), base_chat (the base through its chat template) and finetuned."""
+    return {"base": SystemParams(model=BASE_MODEL), "base_chat": SystemParams(model=BASE_MODEL, prompt="chat"),
+            "finetuned": SystemParams(model=FINETUNED_MODEL)}
+
+
 class BenchmarkParams(Section):
+    # name -> system, in report order; dvc.yaml's generate stage iterates over it (generate@name).
+    systems: dict[Annotated[str, AfterValidator(_system_name)], SystemParams] = Field(
+        default_factory=_default_systems, min_length=1
+    )
     max_samples: int = Field(default=0, ge=0)
     min_samples: int = Field(default=30, ge=0)
     # Prompt templates each system is evaluated with, the first being the headline; None = the
@@ -445,9 +509,10 @@ class BenchmarkParams(Section):
 
 
 class EvaluateParams(Section):
-    # Deltas are taken against this system; best_base: base or base_chat, whichever scores
-    # higher on the task's first metric on the headline evaluation (the base at its best prompt).
-    reference: str = Field(default="best_base", min_length=1)
+    # Deltas are taken against this system (a name of benchmark.systems); best_base: of the
+    # systems that run the base model with no context, the one that scores higher on the task's
+    # first metric on the headline evaluation (the base at its best prompt).
+    reference: str = Field(default=BEST_BASE, min_length=1)
     resamples: int = Field(default=1000, ge=100)  # bootstrap resamples and randomization permutations
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     seed: int = 42
@@ -494,6 +559,27 @@ class Params(BaseModel):
     benchmark: BenchmarkParams = BenchmarkParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @model_validator(mode="after")
+    def _systems_fit_the_run(self) -> Params:
+        """Checks across sections: the reference is a system, and the teacher's folder holds a
+        model only when distillation runs (else it may hold an earlier run's teacher)."""
+        systems = self.benchmark.systems
+        problems = []
+        reference = self.evaluate.reference
+        if reference != BEST_BASE and reference not in systems:
+            problems.append(f"evaluate.reference is {reference!r}, not {BEST_BASE} nor one of benchmark.systems "
+                            f"({', '.join(systems)})")
+        if reference == BEST_BASE and not any(s.model == BASE_MODEL and s.context == "none" for s in systems.values()):
+            problems.append(f"evaluate.reference is {BEST_BASE} but no system of benchmark.systems runs "
+                            f"{BASE_MODEL} with context none")
+        for name, system in systems.items():
+            if system.model == TEACHER_MODEL and not self.distill.enabled:
+                problems.append(f"benchmark.systems.{name}.model is {TEACHER_MODEL}, the distill teacher: it needs "
+                                "distill.enabled: true (or leave the system out)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 def _is_model(annotation: object) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
@@ -519,6 +605,8 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"{key} is required"
     message = error["msg"]
+    if not loc and message.startswith("Value error, "):  # a check across sections names its own keys
+        return message.removeprefix("Value error, ")
     if message.startswith("Value error, "):
         return f"{key}: {message.removeprefix('Value error, ')}"
     message = message.replace("Input should be", "must be")

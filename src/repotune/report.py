@@ -12,17 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repotune.evaluation import TEACHER, gain_kept
+from repotune.evaluation import gain_kept
 from repotune.metrics import METRICS
 
-LABELS = {"base": "base", "base_chat": "base (chat)", "finetuned": "fine-tuned", "teacher": "teacher"}
 # The reference system grey, the others in Tableau colours.
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
-
-
-def label(system: str) -> str:
-    """How a system is called in reports and plots."""
-    return LABELS.get(system, system)
+# How each prompt kind of benchmark.systems is described in the report.
+PROMPT_WORDS = {"trained": "the trained template", "chat": "the task's request through the model's chat template"}
 
 
 def evaluation_title(set_name: str, template: str) -> str:
@@ -73,7 +69,7 @@ def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence
     values = [
         {
             "evaluation": evaluation_title(ev["set"], ev["template"]), "metric": metric,
-            "system": label(system), "score": s["score"], "low": s["low"], "high": s["high"],
+            "system": system, "score": s["score"], "low": s["low"], "high": s["high"],
         }
         for ev in evaluations
         for system, by_metric in ev["result"]["scores"].items()
@@ -121,7 +117,7 @@ def sample_deltas_spec(evaluations: Sequence[Mapping[str, Any]], sample_metric: 
             values += [
                 {
                     "evaluation": evaluation_title(ev["set"], ev["template"]),
-                    "comparison": f"{label(system)} − {label(reference)}",
+                    "comparison": f"{system} − {reference}",
                     "delta": round(score - base, 4),
                 }
                 for score, base in zip(scores, per_sample[reference])
@@ -165,45 +161,40 @@ def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> 
 # --- the Markdown report -------------------------------------------------------------------
 
 
-def system_costs(
-    systems: Sequence[str], generations: Path, generate_metrics: Path, head: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
+def system_costs(systems: Sequence[str], generate_metrics: Path, head: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameters and generation tokens/s of each system on the headline evaluation, where
-    known: a generations folder's ``system.json`` (written by distill for the teacher: its
-    speed, and the parameter counts of every system) or ``metrics/generate/<system>.json``.
-    Timings are measured, so not deterministic; only the report shows them."""
+    known: ``metrics/generate/<system>.json`` (under `generate_metrics`), which generate@<system>
+    writes. Timings are measured, so not deterministic; only the report shows them."""
     from repotune.io import read_json
 
     key = f"{head['set']}.{head['template']}"
     costs: dict[str, dict[str, Any]] = {s: {"parameters": None, "tokens_per_s": None} for s in systems}
     for system in systems:
-        own = Path(generations) / system / "system.json"
-        speed_file = own if own.is_file() else Path(generate_metrics) / f"{system}.json"
-        if speed_file.is_file():
-            costs[system]["tokens_per_s"] = read_json(speed_file).get(key, {}).get("tokens_per_s")
-        if own.is_file():
-            for name, count in read_json(own).get("parameters", {}).items():
-                if name in costs:
-                    costs[name]["parameters"] = count
+        path = Path(generate_metrics) / f"{system}.json"
+        if path.is_file():
+            measured = read_json(path)
+            costs[system] = {"parameters": measured.get("parameters"),
+                             "tokens_per_s": measured.get(key, {}).get("tokens_per_s")}
     return costs
 
 
 def _distillation(
-    ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, costs: Mapping[str, Mapping[str, Any]]
+    ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, teacher: str,
+    costs: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
-    """How much of the teacher's gain each other system kept, and at what cost."""
+    """How much of the `teacher` system's gain each other system kept, and at what cost."""
     scores = ev["result"]["scores"]
-    students = [s for s in scores if s not in (TEACHER, reference)]
-    head = ["metric", label(reference), label(TEACHER), *(label(s) for s in students), "teacher gain",
-            *(f"{label(s)} gain (kept)" for s in students)]
+    students = [s for s in scores if s not in (teacher, reference)]
+    head = ["metric", reference, teacher, *students, f"{teacher} gain",
+            *(f"{s} gain (kept)" for s in students)]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for metric in metric_names:
         ref = scores[reference][metric]["score"]
-        cells = [metric, f"{ref:.2f}", f"{scores[TEACHER][metric]['score']:.2f}"]
+        cells = [metric, f"{ref:.2f}", f"{scores[teacher][metric]['score']:.2f}"]
         cells += [f"{scores[s][metric]['score']:.2f}" for s in students]
-        cells.append(_signed(scores[TEACHER][metric]["score"] - ref))
+        cells.append(_signed(scores[teacher][metric]["score"] - ref))
         for s in students:
-            kept = gain_kept(scores, s, reference, metric)
+            kept = gain_kept(scores, s, reference, metric, teacher)
             cells.append(f"{_signed(scores[s][metric]['score'] - ref)} ({'n/a' if kept is None else f'{kept:.0f}%'})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| system | parameters | generated tokens/s |", "|---|---:|---:|"]
@@ -211,7 +202,7 @@ def _distillation(
         c = costs.get(system, {})
         params = f"{c['parameters'] / 1e6:.1f} M" if c.get("parameters") else "?"
         speed = f"{c['tokens_per_s']:.1f}" if c.get("tokens_per_s") else "?"
-        lines.append(f"| {label(system)} | {params} | {speed} |")
+        lines.append(f"| {system} | {params} | {speed} |")
     return lines
 
 
@@ -231,9 +222,9 @@ def _score_table(ev: Mapping[str, Any], metric_names: Sequence[str], reference: 
     systems = list(result["scores"])
     others = [s for s in systems if s != reference]
     level = f"{round(confidence * 100)}%"
-    head = ["metric", *(label(s) for s in systems)]
+    head = ["metric", *systems]
     for other in others:
-        head += [f"{label(other)} − {label(reference)}", f"{level} CI", "p"]
+        head += [f"{other} − {reference}", f"{level} CI", "p"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for metric in metric_names:
         cells = [METRICS[metric].definition]
@@ -266,9 +257,9 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
 
         parts = []
         if up:
-            parts.append(f"{label(other)} is better than {label(reference)} on {listed(up)}.")
+            parts.append(f"{other} is better than {reference} on {listed(up)}.")
         if down:
-            parts.append(f"{label(other)} is worse than {label(reference)} on {listed(down)}.")
+            parts.append(f"{other} is worse than {reference} on {listed(down)}.")
         if flat:
             parts.append(
                 f"Not significant at {level}: {', '.join(flat)}: on these "
@@ -287,7 +278,7 @@ def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     for ev in evaluations:
         for system, d in ev["result"]["degenerate"].items():
-            cells = [evaluation_title(ev["set"], ev["template"]), label(system)]
+            cells = [evaluation_title(ev["set"], ev["template"]), system]
             cells += [f"{d[name]:.1f}%" for name in shares]
             cells += [f"{d['output_tokens_mean']:.1f} ({d['reference_tokens_mean']:.1f})", f"{d['length_ratio']:.2f}",
                       f"{d['markup_pct']:.1f}% ({d['reference_markup_pct']:.1f}%)"]
@@ -317,14 +308,14 @@ def _examples(ev: Mapping[str, Any], sample_metric: str, reference: str, count: 
             where = f"{record.get('path')}:{record.get('start_line')}" if record.get("path") else record["id"]
             lines += [
                 f"### {kind}: `{record.get('name')}` ({where})", "",
-                f"{sample_metric}: {label(reference)} {base[i]:.1f} → {label(other)} {mine[i]:.1f} "
+                f"{sample_metric}: {reference} {base[i]:.1f} → {other} {mine[i]:.1f} "
                 f"({_signed(mine[i] - base[i])})", "",
             ]
             text = record["input"].splitlines()
             excerpt = "\n".join(text[-input_lines:]) if len(text) > input_lines else record["input"]
             parts = [(f"input (last {input_lines} lines)" if len(text) > input_lines else "input", excerpt),
                      ("reference", record["target"])]
-            parts += [(label(s), outs[i]) for s, outs in ev["outputs"].items()]
+            parts += [(s, outs[i]) for s, outs in ev["outputs"].items()]
             for part_label, part in parts:
                 lines += [f"{part_label}:", _fenced(part), ""]
     return lines
@@ -387,45 +378,52 @@ def render_report(
     warnings: Sequence[str] = (),
     wrong_kind_rule: str = "",
     base_scores: Mapping[str, float] | None = None,
+    prompts: Mapping[str, str] | None = None,
+    teacher: str | None = None,
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
-    With a teacher among the systems, a section says how much of its gain the others kept
-    and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a setting that
-    makes the numbers mean less than they seem) is one line right under the title.
+    With a `teacher` system among the systems, a section says how much of its gain the others
+    kept and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a setting
+    that makes the numbers mean less than they seem) is one line right under the title.
     `base_scores` (base system -> its headline score on the task's first metric): how the
-    reference was chosen when it is the base at its best prompt."""
+    reference was chosen when it is the base at its best prompt. `prompts`: system -> its
+    prompt kind (``benchmark.systems.<name>.prompt``; trained when left out)."""
     systems = list(evaluations[0]["result"]["scores"])
+    prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems}
+    chat = [s for s in systems if prompt_of[s] == "chat"]
     level = f"{round(confidence * 100)}%"
     lines = [
-        f"# Evaluation, task `{task_name}`: " + " vs ".join(label(s) for s in systems),
+        f"# Evaluation, task `{task_name}`: " + " vs ".join(systems),
         "",
         *[f"> **Warning:** {warning}\n" for warning in warnings],
-        f"Every system gets the same decoding, and the same prompts but for base (chat), if present. "
-        f"Differences are taken against "
-        f"{label(reference)}: {level} paired bootstrap intervals ({resamples} resamples of the "
+        "Every system gets the same decoding, and the same prompts"
+        + (f" but for {', '.join(chat)} ({PROMPT_WORDS['chat']}). " if chat else ". ")
+        + "Differences are taken against "
+        f"{reference}: {level} paired bootstrap intervals ({resamples} resamples of the "
         f"samples, corpus metrics recomputed on each, percentile method) and two-sided p-values "
         f"of a paired approximate-randomization test ({resamples} permutations); **bold** = "
         f"significant at {level}, n.s. = not. Scores show their own {level} interval in brackets.",
     ]
     if base_scores and len(base_scores) > 1:
-        compared = ", ".join(f"{label(s)} {score:.2f}" for s, score in base_scores.items())
-        lines += ["", f"The reference is the base model at its best prompt: {label(reference)} scored higher on "
-                      f"{metric_names[0]} on the headline evaluation ({compared}); `base` is prompted with the "
-                      "trained template, `base (chat)` with the task's request through the model's chat template."]
+        compared = ", ".join(f"{s} {score:.2f}" for s, score in base_scores.items())
+        lines += ["", f"The reference is the base model at its best prompt: {reference} scored higher on "
+                      f"{metric_names[0]} on the headline evaluation ({compared}); "
+                      + ", ".join(f"`{s}` is prompted with {PROMPT_WORDS[prompt_of.get(s, 'trained')]}"
+                                  for s in base_scores) + "."]
     for ev in evaluations:
         where = "held-out files of the training repository" if ev["set"] == "test" else "another repository, out of domain"
         lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]
         lines += _score_table(ev, metric_names, reference, confidence)
         lines += [""] + _in_words(ev, metric_names, reference, confidence)
     head = evaluations[0]
-    if TEACHER in head["result"]["scores"] and reference != TEACHER:
+    if teacher in head["result"]["scores"] and reference != teacher:
         lines += ["", f"## Teacher and student: {evaluation_title(head['set'], head['template'])}", "",
-                  f"The gain over {label(reference)} of each system, and the share of the teacher's gain it "
+                  f"The gain over {reference} of each system, and the share of the teacher's ({teacher}) gain it "
                   "kept (100% = as good as the teacher), then what each costs to run: parameters and "
                   "generated tokens/s on this evaluation (measured, same decoding settings; the machine "
                   "may have been shared).", ""]
-        lines += _distillation(head, metric_names, reference, costs or {})
+        lines += _distillation(head, metric_names, reference, teacher, costs or {})
     lines += ["", "## Degenerate outputs", "",
               "Share of outputs per check (see Definitions); a model that learned the project's "
               "style should not trade it for loops or copies of the input, and should use the "
