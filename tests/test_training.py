@@ -277,6 +277,27 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     assert trl_utils._use_triton is original_switch
 
 
+def test_the_learning_rate_left_null_is_the_tasks_and_is_recorded(tiny_model, tmp_path):
+    """train.lr: null trains at the task's TRAINING lr (completion 2e-4, docstring 1e-3: not
+    the same number, so a mix-up shows) and train_adapter returns the value applied."""
+    from repotune import params
+    from repotune.training import train_adapter
+
+    p = params.parse(yaml.safe_load(PARAMS))
+    unset = p.train.model_copy(update={"lr": None, "max_steps": 1, "eval_steps": 100, "save_steps": 0})
+    records = [record(i, "train") for i in range(2)]
+    for task_name, lr in (("docstring", 1.0e-3), ("completion", 2.0e-4)):
+        results = train_adapter(tiny_model, records, [], tmp_path / task_name, lora=p.lora, train=unset,
+                                prompt=p.prompt, task_name=task_name)
+        assert results["lr"] == lr
+        # training.json beside the adapter records the resolved params, not the null.
+        card = json.loads((tmp_path / task_name / "training.json").read_text())
+        assert card["params"]["train"]["lr"] == lr
+    explicit = train_adapter(tiny_model, records, [], tmp_path / "explicit", lora=p.lora,
+                             train=unset.model_copy(update={"lr": 5.0e-2}), prompt=p.prompt, task_name="completion")
+    assert explicit["lr"] == 5.0e-2
+
+
 @pytest.mark.parametrize("quantize", ["4bit", "8bit"])
 def test_qlora_trains_and_merges_into_full_precision(quantize, tiny_model, tmp_path, caplog):
     """Both bitsandbytes modes train on CPU; merge.json also measures the merged model against

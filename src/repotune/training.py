@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from repotune import checkpoints, compat, io
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
+from repotune.tasks import resolved_training
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
@@ -41,7 +42,7 @@ METRIC_KEYS = (
     "train_loss", "train_loss_avg", "eval_loss", "steps", "epochs", "train_tokens",
     "train_samples", "val_samples", "samples_truncated", "samples_too_long",
     "samples_code_cut", "samples_target_too_long",
-    "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step",
+    "train_seconds", "eval_seconds", "train_tokens_per_s", "resumed_from_step", "lr",
 )
 
 # Trainer log keys -> dvclive metric names (plots/metrics/<name>.tsv). Nothing time-dependent.
@@ -246,6 +247,9 @@ def sft_config(
     so a complete one exists while the next is written); otherwise nothing is saved there.
     """
     from trl import SFTConfig
+
+    if train.lr is None:  # a caller skipped tasks.resolved_training: never guess a default here
+        raise ValueError("train.lr unresolved: pass tasks.resolved_training(...)")
 
     return SFTConfig(
         output_dir=output_dir,
@@ -603,7 +607,8 @@ def train_adapter(
     Returns:
         Results: ``train_loss`` (mean over the last logging window), ``train_loss_avg`` (over
         the whole run), ``eval_loss`` (final), ``steps``, ``epochs``, ``train_tokens`` (prompt +
-        completion tokens seen), sample counts, ``resumed_from_step`` (0: from scratch) and the
+        completion tokens seen), sample counts, ``resumed_from_step`` (0: from scratch), ``lr``
+        (the learning rate applied: ``train.lr`` or the task's) and the
         time-dependent ``train_seconds``, ``eval_seconds``, ``train_tokens_per_s`` (training
         only, evaluation excluded; after a resume, of the resumed part).
 
@@ -611,6 +616,7 @@ def train_adapter(
         RepotuneError: bad base folder, no training sample left, non-finite loss.
     """
     base = Path(base)
+    train = resolved_training(train, task_name)  # the task's learning rate where params leave it null
     if not train_records:
         raise RepotuneError("no training samples (is the train split empty?)")
     loaded = load_for_training(base, train)
@@ -679,4 +685,4 @@ def train_adapter(
         save_adapter(trainer, loaded.tokenizer, Path(out), info)
         if live_dir is not None and trainer.is_world_process_zero():
             io.replace_folder(scratch / "live", live_dir)
-    return {**results, **timing}
+    return {**results, **timing, "lr": train.lr}

@@ -13,7 +13,8 @@ A task module provides:
   ``default_stop(extract)`` (stop strings when ``decoding.stop`` is null),
   ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
   prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
-  :func:`resolved_decoding`);
+  :func:`resolved_decoding`), and ``TRAINING`` for the ``train`` keys left null (see
+  :func:`resolved_training`);
 - ``CHAT_PROMPT``: the request put to an instruct model through its chat template, for the
   ``base_chat`` system (the base at the prompt that suits it; None: the task has none), and
   ``chat_answer(raw)``: the answer inside such a reply (unwrapped from quotes, fences);
@@ -48,7 +49,7 @@ from repotune.tasks import completion, docstring, method_name
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from repotune.params import DecodingParams, ExtractParams
+    from repotune.params import DecodingParams, ExtractParams, TrainParams
 
 TASKS: dict[str, ModuleType] = {
     "docstring": docstring,
@@ -72,6 +73,15 @@ def resolved_decoding(decoding: DecodingParams, task_name: str) -> DecodingParam
     return decoding.model_copy(update={
         key: value for key, value in defaults.items() if getattr(decoding, key) is None
     })
+
+
+
+def resolved_training(train: TrainParams, task_name: str) -> TrainParams:
+    """`train` with each key left null (None) set to the task's own default (its ``TRAINING``:
+    the learning rate, which differs by task); a value set in params.yaml always wins. The
+    train stage records the values applied in metrics/train.json."""
+    defaults = task(task_name).TRAINING
+    return train.model_copy(update={key: value for key, value in defaults.items() if getattr(train, key) is None})
 
 
 def skipped_tests(extract: ExtractParams, lang: str) -> tuple[str, ...]:
