@@ -139,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from peft import LoraConfig, get_peft_model
 
     from repotune import modeling
+    from repotune.tasks import resolved_training
     from repotune.training import train_adapter
 
     p = params.load(args.params)
-    train = p.train.model_copy(
+    train = resolved_training(p.train, p.task.name).model_copy(  # the task's lr where params leave it null
         update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
                 "precision": "fp32", "quantize": "none"}
     )

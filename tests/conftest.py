@@ -306,7 +306,7 @@ def load_stage(name: str):
 # --- a copy of the project run with real `dvc` commands (pipeline and hostile tests) ----------
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill", "ood", "train", "merge",
+ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill", "ood", "retrieve", "train", "merge",
               "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
 
 

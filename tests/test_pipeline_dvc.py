@@ -165,7 +165,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     # Another task: everything from extract on re-runs (ood too: it mines the same task); base
     # and clone do not.
     set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
-    assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "distill", "ood", *MODEL_STAGES]
+    assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "distill", "ood", "retrieve", *MODEL_STAGES]
     bench = io.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")
