@@ -69,10 +69,7 @@ def resolved_decoding(decoding: DecodingParams, task_name: str) -> DecodingParam
     """`decoding` with each key left null (None) set to the task's own default (its
     ``DECODING``); a value set in params.yaml always wins. Generation takes only resolved
     settings, and the generate stage records them beside the outputs."""
-    defaults = task(task_name).DECODING
-    return decoding.model_copy(update={
-        key: value for key, value in defaults.items() if getattr(decoding, key) is None
-    })
+    return _filled(decoding, task(task_name).DECODING)
 
 
 
@@ -80,8 +77,12 @@ def resolved_training(train: TrainParams, task_name: str) -> TrainParams:
     """`train` with each key left null (None) set to the task's own default (its ``TRAINING``:
     the learning rate, which differs by task); a value set in params.yaml always wins. The
     train stage records the values applied in metrics/train.json."""
-    defaults = task(task_name).TRAINING
-    return train.model_copy(update={key: value for key, value in defaults.items() if getattr(train, key) is None})
+    return _filled(train, task(task_name).TRAINING)
+
+
+def _filled(section, defaults: dict[str, Any]):
+    """`section` (a params model) with each of `defaults`' keys that it leaves None set."""
+    return section.model_copy(update={key: value for key, value in defaults.items() if getattr(section, key) is None})
 
 
 def skipped_tests(extract: ExtractParams, lang: str) -> tuple[str, ...]:
