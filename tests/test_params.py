@@ -32,7 +32,8 @@ def test_every_key_in_params_yaml_has_a_trailing_comment():
 def test_defaults_fill_missing_sections():
     p = params.parse({"source": {"url": "."}})
     assert (p.split.train, p.split.val, p.split.test) == (0.8, 0.1, 0.1)
-    assert p.filter.min_target_tokens == 20
+    assert p.filter.min_target_tokens == 8
+    assert (p.train.max_samples, p.benchmark.max_samples) == (1000, 150)
 
 
 def test_all_problems_are_reported_at_once_with_key_value_and_allowed():

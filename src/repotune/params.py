@@ -103,7 +103,7 @@ class ExtractParams(Section):
 
 class FilterParams(Section):
     kinds: list[str] = Field(default_factory=list)
-    min_target_tokens: int = Field(default=20, ge=0)
+    min_target_tokens: int = Field(default=8, ge=0)
     max_input_tokens: int = Field(default=400, gt=0)
     drop_duplicates: bool = True
     drop_dunder: bool = True
@@ -342,7 +342,8 @@ class TrainParams(Section):
     warmup: float = Field(default=0.05, ge=0, lt=1)
     seed: int = 42
     eval_steps: int = Field(default=60, gt=0)
-    max_samples: int = Field(default=0, ge=0)
+    # A seeded random subset (ids are hashes) that keeps a large repository in the CPU budget.
+    max_samples: int = Field(default=1000, ge=0)
     # Val loss on the first N val samples by id (0 = all): on a large repository the val split
     # would otherwise cost more than training (780 val windows against 160 trained).
     max_val_samples: int = Field(default=128, ge=0)
@@ -488,7 +489,7 @@ class BenchmarkParams(Section):
     systems: dict[Annotated[str, AfterValidator(_system_name)], SystemParams] = Field(
         default_factory=_default_systems, min_length=1
     )
-    max_samples: int = Field(default=0, ge=0)
+    max_samples: int = Field(default=150, ge=0)
     min_samples: int = Field(default=30, ge=0)
     # Prompt templates each system is evaluated with, the first being the headline; None = the
     # template trained on (prompt.template) alone, so that a run scores what it trained.
