@@ -7,7 +7,7 @@ Reads:  data/generations/<system>/ of every system of params.yaml `benchmark.sys
         template), metrics/generate/<system>.json (speed and parameters, for the
         teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
-        params.yaml `task`, `benchmark` (systems, sets, templates), `evaluate` (reference
+        params.yaml `task`, `benchmark` (systems: their names, models, contexts, prompts; sets, templates), `evaluate` (reference
         system, resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the
         report)
 Writes: metrics/evaluate.json: the headline: the test set with the first template, every
@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs, warnings=warnings,
         wrong_kind_rule=module.WRONG_KIND, base_scores=base_scores,
         prompts={name: s.prompt for name, s in enabled.items()}, teacher=teacher,
+        systems={name: {"model": s.model, "context": s.context} for name, s in enabled.items()},
+        not_run={name: evalsets.disabled_system(args.generations / name) for name in listed if name not in enabled},
     ))
     print(io.dumps(summary))
 

@@ -1,10 +1,12 @@
 """Stage `generate`: one system's outputs on every evaluation (set x prompt template).
 
 A system is one entry of params.yaml `benchmark.systems` (dvc.yaml runs generate@<name> for
-each): the model folder it runs, the context it sees (none for now) and its prompt kind.
+each): the model folder it runs, the context it sees and its prompt kind.
 
-Reads:  the system's model folder (models/base, models/merged, data/distill/model),
-        data/split/test.jsonl, data/ood.jsonl (when it has samples), params.yaml
+Reads:  the system's model folder (models/base, models/merged, models/merged_rag,
+        data/distill/model), data/split/test.jsonl, data/ood.jsonl (when it has samples),
+        data/retrieved/<context>/{test,ood}.jsonl (the system's context, retrieval or prefix,
+        put in every prompt as training puts it, see repotune.prompts), params.yaml
         `benchmark.systems.<system>`, `benchmark` (sets, templates, sample caps, device,
         threads), `decoding`, `prompt`, `task`, `extract` (a completion target's shape decides
         its stops) and `train.max_length` (long code is cut to fit it with room for
@@ -18,7 +20,11 @@ Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by 
         With prompt: chat (system base_chat): every evaluation is prompted with the task's
         CHAT_PROMPT through the model's chat template, the reply unwrapped by the task's
         chat_answer; a task without one, or a tokenizer without a chat template, writes
-        system.json with enabled: false and the reason instead (evaluate leaves it out).
+        system.json with enabled: false and the reason instead (evaluate leaves it out). So
+        does a system with enabled: false, or enabled: with_retrieval while retrieval is off
+        (its context files are empty, its model folder a disabled marker).
+        A system with context also records per sample whether its context was cut to fit
+        (context_cut) and per evaluation prompts_context_cut.
 Run:    python stages/generate.py --system base [--model FOLDER (default: the system's)]
 """
 
@@ -32,6 +38,13 @@ from pathlib import Path
 from repotune import errors, evalsets, io, params
 
 
+def not_run(system: str, out: Path, metrics_path: Path, reason: str) -> None:
+    """The outputs of a system that does not run: a disabled marker, and metrics saying why."""
+    evalsets.write_disabled_system(out, reason)
+    io.write_json(metrics_path, {"system": system, "enabled": False, "reason": reason})
+    print(f"generate {system}: not run ({reason})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, help="a name of benchmark.systems (base, finetuned, ...)")
@@ -39,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
     parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
+    parser.add_argument("--retrieved", type=Path, default=Path("data/retrieved"), help="the retrieve stage's output")
     parser.add_argument("--out", type=Path, default=None, help="default: data/generations/<system>")
     parser.add_argument("--metrics", type=Path, default=None, help="default: metrics/generate/<system>.json")
     args = parser.parse_args(argv)
@@ -60,9 +74,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolve_precision,
         set_threads,
     )
-    from repotune.prompts import Prompter, evaluation_prompts
+    from repotune.prompts import Prompter, evaluation_prompts, with_context
     from repotune.tasks import resolved_decoding, task
 
+    contexts = {name: args.retrieved / system.context / f"{name}.jsonl" for name in ("test", "ood")}
+    reason = None
+    if system.enabled is False:
+        reason = f"benchmark.systems.{args.system}.enabled is false"
+    elif system.enabled == params.WITH_RETRIEVAL and (
+        io.disabled_reason(model) is not None or (system.context != "none" and not any(io.iter_jsonl(contexts["test"])))
+    ):
+        reason = f"enabled: {params.WITH_RETRIEVAL}, and retrieval.enabled is false"
+    if reason is not None:
+        return not_run(args.system, out, metrics_path, reason)
     if not (model / "config.json").is_file():
         raise errors.RepotuneError(f"{model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
@@ -71,17 +95,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.test, args.ood, p.benchmark.max_samples,
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
+    # Each sample's context, rendered into its prompts (none: the records as they are).
+    sets = {name: with_context(records, contexts[name], system.context) for name, records in sets.items()}
+    with_context_cut = system.context != "none"
     tokenizer = load_tokenizer(model)
     chat = system.prompt == "chat"
     if chat and (module.CHAT_PROMPT is None or not getattr(tokenizer, "chat_template", None)):
         reason = (f"task {p.task.name} has no chat prompt" if module.CHAT_PROMPT is None
                   else f"{model}: the tokenizer has no chat template")
-        evalsets.write_disabled_system(out, reason)
-        io.write_json(metrics_path, {"system": args.system, "enabled": False, "reason": reason})
-        print(f"generate {args.system}: not run ({reason})")
-        return
+        return not_run(args.system, out, metrics_path, reason)
     budget = max(1, p.train.max_length - decoding.max_new_tokens)
-    prompts, cut = evaluation_prompts(
+    prompts, cut, context_cut = evaluation_prompts(
         sets, evalsets.evaluations(evalsets.templates(p.benchmark.templates, p.prompt.template), "ood" in sets),
         lambda template: (Prompter(p.task.name, module.CHAT_PROMPT, chat_template=True, system=p.prompt.system)
                           if chat else Prompter.from_params(p.prompt, p.task.name, template)),
@@ -114,14 +138,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "id": record["id"], "raw": raw,
                     "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.extract),
                     "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
+                    **({"context_cut": context_was_cut} if with_context_cut else {}),
                 }
-                for record, raw, n_prompt, n_new, was_cut in zip(
-                    sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key]
+                for record, raw, n_prompt, n_new, was_cut, context_was_cut in zip(
+                    sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key], context_cut[key]
                 )
             ]
             io.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
             summary[key] = {
                 "samples": len(rows), "prompts_code_cut": sum(cut[key]),
+                **({"prompts_context_cut": sum(context_cut[key])} if with_context_cut else {}),
                 "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
                 "tokens_per_s": round(run.tokens_per_second, 2),
             }

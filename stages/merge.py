@@ -1,4 +1,8 @@
-"""Stage `merge`: merge the LoRA adapter into the fp32 base model and check the result.
+"""Stages `merge` and `merge_rag`: merge the LoRA adapter into the fp32 base model and check the result.
+
+`merge_rag` merges models/adapter_rag (stage train_rag) into models/merged_rag; an adapter
+folder that is a disabled marker (train_rag without retrieval) gives a disabled marker and
+``{"enabled": false}`` metrics, with no model loaded.
 
 Reads:  models/base/, models/adapter/ (with training.json), data/split/val.jsonl (probe
         prompts), metrics/clone.json (source url and sha for the model card, if present)
@@ -37,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
 
+    disabled = io.disabled_reason(args.adapter)
+    if disabled is not None:
+        io.write_disabled(args.out, f"{args.adapter}: {disabled}")
+        io.write_json(args.metrics, {"enabled": False, "reason": f"{args.adapter}: {disabled}"})
+        print(f"merge: not run ({args.adapter} holds no adapter: {disabled})")
+        return
     training_file = args.adapter / "training.json"
     if not training_file.is_file():
         raise RepotuneError(f"{training_file}: file not found (run the train stage first)")

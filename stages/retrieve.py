@@ -5,11 +5,16 @@ Reads:  data/repo/, metrics/clone.json (url and sha of the chunks' repository),
         chunking, windows, top_k, context_tokens, query_lines, exclude), `task.name` (its
         query and the leaks it refuses), `extract` languages, max_file_bytes and generated
         (which files are code), `split.near_duplicates` (what a near-duplicate target is)
-Writes: data/retrieved/{train,val,test,ood}.jsonl (per sample, in split order: id, path,
-        repo and sha of the context, chunks best first with path, start/end line, score and
-        text cut to retrieval.context_tokens code tokens in all, target_in_context),
+Writes: data/retrieved/<context>/{train,val,test,ood}.jsonl, one folder per context kind a
+        system may see (benchmark.systems.<name>.context; generate@<name> depends on its own):
+        retrieval/: per sample, in split order: id, path, repo and sha of the context, chunks
+        best first with path, start/end line, score and text cut to retrieval.context_tokens
+        code tokens in all, target_in_context; prefix/ (the same-budget control): the same
+        record with one chunk, the sample's own file just before its input, cut to the same
+        budget (none for out-of-domain samples); none/: empty files.
         metrics/retrieve.json (files and chunks indexed, seconds, ms per sample, chunks
-        refused per reason, per split). Disabled: empty files, the repository is not read.
+        refused per reason, prefixes trimmed per reason, per split). Disabled: every file
+        empty, the repository is not read.
 Run:    python stages/retrieve.py [--params params.yaml] [--repo data/repo] [--out data/retrieved]
 """
 
@@ -41,9 +46,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not settings.enabled:
         with io.atomic_path(args.out) as out:
-            out.mkdir()
-            for name in retrieval.SPLITS:
-                io.write_jsonl(out / f"{name}.jsonl", [])
+            for context in retrieval.CONTEXTS:
+                (out / context).mkdir(parents=True)
+                for name in retrieval.SPLITS:
+                    io.write_jsonl(out / context / f"{name}.jsonl", [])
         io.write_json(args.metrics, {"enabled": False})
         print("retrieve: retrieval.enabled is false, empty context files")
         return
@@ -64,12 +70,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_paths=train_paths, repo=clone["url"], sha=clone["sha"],
     )
     split_counts = {name: Counter() for name in retrieval.SPLITS}
+    prefix_counts = {name: Counter() for name in retrieval.SPLITS}
     with io.atomic_path(args.out) as out:
-        out.mkdir()
+        for context in retrieval.CONTEXTS:
+            (out / context).mkdir(parents=True)
         for name in retrieval.SPLITS:
             records = retrieval.retrieve_split(retriever, io.iter_jsonl(inputs[name]), name, split_counts[name])
-            io.write_jsonl(out / f"{name}.jsonl", records)
-    metrics = retrieval.summary(index_counts, split_counts, index_seconds, index_cpu_seconds)
+            io.write_jsonl(out / "retrieval" / f"{name}.jsonl", records)
+            io.write_jsonl(out / "prefix" / f"{name}.jsonl", (
+                retriever.prefix(record, name, prefix_counts[name]) for record in io.iter_jsonl(inputs[name])
+            ))
+            io.write_jsonl(out / "none" / f"{name}.jsonl", [])
+    metrics = retrieval.summary(index_counts, split_counts, index_seconds, index_cpu_seconds, prefix_counts)
     io.write_json(args.metrics, metrics)
     print(
         f"retrieve: {metrics['chunks_indexed']} chunks of {metrics['files_indexed']} files in "

@@ -1,4 +1,12 @@
-"""Stage `train`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
+"""Stages `train` and `train_rag`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
+
+`train_rag` is this script with ``--context retrieval``: every train and val prompt holds the
+sample's retrieved context (data/retrieved/retrieval/{train,val}.jsonl, rendered as the
+generate stage renders it for the systems on models/merged_rag), written to its own outputs
+(models/adapter_rag, models/checkpoints_rag, metrics/train_rag.json; no curves). When those
+context files are empty (retrieval.enabled false: the retrieve stage read nothing), it loads
+no model and writes a disabled marker (models/adapter_rag/disabled.json) and
+``{"enabled": false}`` metrics instead.
 
 Reads:  params.yaml (lora, train, prompt, task; model.base is recorded; distill: mode logits
         adds the teacher's KL term to the loss), models/base/,
@@ -28,6 +36,7 @@ from repotune import checkpoints, errors, io, launch, modeling, params
 from repotune.base_model import model_identity, sha256_file
 from repotune.distill_loss import teacher_trainer
 from repotune.modeling import peak_memory_mib
+from repotune.prompts import with_context
 from repotune.training import METRIC_KEYS, load_split, train_adapter
 
 
@@ -42,7 +51,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
     parser.add_argument("--checkpoints", type=Path, default=Path("models/checkpoints"))
     parser.add_argument("--teacher", type=Path, default=Path("data/distill/model"), help="distill.mode logits")
+    parser.add_argument("--context", choices=("none", "retrieval"), default="none",
+                        help="retrieval: prompts hold each sample's retrieved context (stage train_rag)")
+    parser.add_argument("--retrieved", type=Path, default=Path("data/retrieved"), help="the retrieve stage's output")
+    parser.add_argument("--no-live", action="store_true", help="write no dvclive curves")
     args = parser.parse_args(argv)
+    contexts = {name: args.retrieved / args.context / f"{name}.jsonl" for name in ("train", "val")}
+    if args.context != "none" and not any(io.iter_jsonl(contexts["train"])):
+        reason = f"{contexts['train']} is empty: retrieval.enabled is false"
+        io.write_disabled(args.out, reason)
+        checkpoints.finish(args.checkpoints)
+        io.write_json(args.metrics, {"enabled": False, "reason": reason})
+        print(f"train ({args.context} context): not run ({reason})")
+        return
 
     p = params.load(args.params)
     distill = p.distill
@@ -62,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     main_process = launch.is_main_process()  # writes the shared outputs; the others only train
     train_records = load_split(args.train, p.train.max_samples)
     val_records = load_split(args.val, p.train.max_val_samples)
+    if args.context != "none":  # the same rendering as at test time (repotune.prompts)
+        train_records = with_context(train_records, contexts["train"], args.context)
+        val_records = with_context(val_records, contexts["val"], args.context)
     if main_process:
         print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
     teacher_identity = model_identity(args.teacher) if logits else None
@@ -70,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The process count decides the RNG states and data shards a checkpoint holds.
         inputs = {"base": model_identity(args.base), "train": sha256_file(args.train), "val": sha256_file(args.val),
                   **({"accelerate_config": sha256_file(accelerate_config)} if accelerate_config else {}),
+                  **({"context": sha256_file(contexts["train"]), "val_context": sha256_file(contexts["val"])}
+                     if args.context != "none" else {}),
                   # with logits, the loss depends on the teacher and its settings
                   **({"teacher": teacher_identity, "distill": f"{distill.temperature}/{distill.kl_weight}"} if logits else {})}
         run_folder = checkpoints.run_folder(
@@ -83,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = train_adapter(
         args.base, train_records, val_records, args.out,
         lora=p.lora, train=p.train, prompt=p.prompt, task_name=p.task.name,
-        live_dir=args.live, checkpoint_dir=run_folder,
+        live_dir=None if args.no_live else args.live, checkpoint_dir=run_folder,
         base_name=p.model.label if p.model is not None else str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),
+            **({"context": args.context} if args.context != "none" else {}),
             **({"distill": {"mode": "logits", "teacher": teacher_identity,
                             "temperature": distill.temperature, "kl_weight": distill.kl_weight}} if logits else {}),
         },
@@ -97,7 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if not main_process:
         return
-    io.write_json(args.metrics, {**{key: results[key] for key in METRIC_KEYS}, "peak_memory_mib": peak_memory_mib()})
+    context_keys = {"context": args.context, "samples_context_cut": results["samples_context_cut"]} \
+        if args.context != "none" else {}
+    io.write_json(args.metrics, {**{key: results[key] for key in METRIC_KEYS}, **context_keys,
+                                 "peak_memory_mib": peak_memory_mib()})
     checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(
         f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "

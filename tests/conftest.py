@@ -307,7 +307,8 @@ def load_stage(name: str):
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill", "ood", "retrieve", "train", "merge",
-              "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
+              "train_rag", "merge_rag", "generate@base", "generate@base_chat", "generate@finetuned",
+              "generate@base_prefix", "generate@base_rag", "generate@finetuned_rag", "evaluate"]
 
 
 def dvc_env() -> dict[str, str]:

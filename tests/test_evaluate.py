@@ -146,7 +146,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     python = ood["languages"]["python"]
     assert (f"- ood, python: `{source.working_dir}` @ `{python['sha'][:12]}`, {python['samples']} of "
             f"{python['samples_extracted']} samples kept\n") in report
-    assert "Not significant at 95%: chrf, rouge_l" in report
+    assert "finetuned against base, not significant at 95%: chrf, rouge_l" in report
     assert "## Degenerate outputs" in report and "![scores with intervals](plots/scores.png)" in report
     for name in ("scores.png", "sample_deltas.png"):
         assert_not_blank(out / "plots" / name)

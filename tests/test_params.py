@@ -157,8 +157,10 @@ def test_ood_sources_are_keyed_by_known_languages():
 
 def test_benchmark_systems_are_a_named_mapping_with_defaults_per_system():
     p = params.parse({"source": {"url": "."}})
-    assert list(p.benchmark.systems) == ["base", "base_chat", "finetuned"]
+    assert list(p.benchmark.systems) == ["base", "base_chat", "finetuned", "base_prefix", "base_rag", "finetuned_rag"]
     assert p.benchmark.systems["base_chat"] == params.SystemParams(model="models/base", context="none", prompt="chat")
+    assert p.benchmark.systems["finetuned_rag"] == params.SystemParams(
+        model="models/merged_rag", context="retrieval", prompt="trained", enabled="with_retrieval")
     two = params.parse({"source": {"url": "."}, "benchmark": {"systems": {
         "finetuned": {"model": "models/merged"}, "base2": {"model": "models/base", "prompt": "trained"}}}})
     assert list(two.benchmark.systems) == ["finetuned", "base2"]  # the order written, the report's
@@ -168,23 +170,48 @@ def test_benchmark_systems_are_a_named_mapping_with_defaults_per_system():
 def test_benchmark_systems_problems_name_the_key():
     with pytest.raises(ParamsError) as info:
         params.parse({"source": {"url": "."}, "benchmark": {"systems": {
-            "base_rag": {"model": "models/base", "context": "retrieval"},
             "Big-One": {"model": "base", "prompt": "fancy", "seed": 1},
             "odd": {"model": "models/merged", "context": "graph"},
+            "plain": {"model": "models/base", "enabled": "with_retrieval"},
         }}})
     assert str(info.value).splitlines() == [
-        "params.yaml: benchmark.systems.base_rag.context: retrieval is not built yet (the retrieve stage writes context, no prompt uses it yet): only none "
-        "is allowed for now",
         "params.yaml: benchmark.systems: 'Big-One' is not a system name: lowercase letters, digits and _, starting "
         "with a letter (it names the stage generate@Big-One and the folder data/generations/Big-One), and not best_base",
         "params.yaml: benchmark.systems.Big-One.model: must be a model folder a stage makes: models/base (the base "
-        "model), models/merged (the fine-tuned model) or data/distill/model (the distill teacher), got 'base'",
+        "model), models/merged (the fine-tuned model), models/merged_rag (fine-tuned with retrieved context; needs "
+        "retrieval.enabled) or data/distill/model (the distill teacher), got 'base'",
         "params.yaml: benchmark.systems.Big-One.prompt must be 'trained' or 'chat', got 'fancy'",
-        "params.yaml: benchmark.systems.Big-One.seed is not a known key (valid keys: model, context, prompt)",
-        "params.yaml: benchmark.systems.odd.context: must be none (retrieval: not wired into prompts yet), got 'graph'",
+        "params.yaml: benchmark.systems.Big-One.seed is not a known key (valid keys: model, context, prompt, enabled)",
+        "params.yaml: benchmark.systems.odd.context must be 'none', 'retrieval' or 'prefix', got 'graph'",
+        "params.yaml: benchmark.systems.plain: enabled is with_retrieval, but the system needs nothing retrieval "
+        "makes (context none, model models/base): use true or false",
     ]
     with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.systems.x.model is required$"):
         params.parse({"source": {"url": "."}, "benchmark": {"systems": {"x": {"prompt": "chat"}}}})
+
+
+def test_a_system_that_needs_retrieval_runs_with_retrieval_enabled_or_says_with_retrieval():
+    systems = {"base": {"model": "models/base"}, "base_rag": {"model": "models/base", "context": "retrieval"},
+               "base_prefix": {"model": "models/base", "context": "prefix"},
+               "tuned_rag": {"model": "models/merged_rag"}}
+    with pytest.raises(ParamsError) as info:
+        params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}})
+    assert str(info.value).splitlines() == [
+        "params.yaml: benchmark.systems.base_rag: its context is retrieval, which needs retrieval.enabled: true (or "
+        "set benchmark.systems.base_rag.enabled: with_retrieval to run it only then); benchmark.systems.base_prefix: "
+        "its context is prefix, which needs retrieval.enabled: true (or set benchmark.systems.base_prefix.enabled: "
+        "with_retrieval to run it only then); benchmark.systems.tuned_rag: its model is models/merged_rag, the adapter "
+        "trained with retrieved context, which needs retrieval.enabled: true (or set "
+        "benchmark.systems.tuned_rag.enabled: with_retrieval to run it only then)",
+    ]
+    on = params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}, "retrieval": {"enabled": True}})
+    assert on.benchmark.systems["tuned_rag"].needs_retrieval and not on.benchmark.systems["base"].needs_retrieval
+    # The defaults list the retrieval systems guarded: valid with retrieval off, run with it on.
+    guarded = {name: {**s, "enabled": "with_retrieval"} if name != "base" else s for name, s in systems.items()}
+    assert params.parse({"source": {"url": "."}, "benchmark": {"systems": guarded}}).benchmark.systems["base_rag"].enabled \
+        == "with_retrieval"
+    off = {name: {**s, "enabled": False} for name, s in systems.items()}
+    params.parse({"source": {"url": "."}, "benchmark": {"systems": off}})  # not run: nothing needed
 
 
 def test_the_reference_must_be_a_listed_system_or_best_base_with_a_base_system():

@@ -14,7 +14,7 @@ from conftest import ALL_STAGES, TINY_BUDGET, dvc, ran, set_params
 from repotune import io
 
 DATA_STAGES = ["clone", "extract", "filter", "judge", "split"]
-MODEL_STAGES = ["train", "merge", "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
+MODEL_STAGES = ALL_STAGES[ALL_STAGES.index("train"):]
 
 
 def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
@@ -98,10 +98,11 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     # distill declares decoding (the teacher decodes like every system); disabled, it re-runs
     # in well under a second and writes the same train file, so train does not run.
     set_params(project, decoding={"max_new_tokens": 6})
-    assert ran(dvc(project, "repro")) == ["distill", "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["distill", *(s for s in ALL_STAGES if s.startswith("generate@")), "evaluate"]
 
+    # train_rag declares lora too: without retrieval it re-writes its marker, and merge_rag stays.
     set_params(project, lora={"r": 8})
-    assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["train", "merge", "train_rag", "generate@finetuned", "evaluate"]
 
     assert ran(dvc(project, "repro")) == []
 
@@ -130,6 +131,41 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     set_params(project, benchmark={"systems": systems})
     assert ran(dvc(project, "repro")) == ["evaluate"]
     assert "base_again_chrf" not in json.loads((project / "metrics/evaluate.json").read_text())
+
+
+def test_one_switch_adds_the_retrieval_systems_and_reruns_only_what_sees_context(project: Path):
+    set_params(project, **TINY_BUDGET)
+    assert ran(dvc(project, "repro")) == ALL_STAGES
+    # Retrieval off (the default): train_rag and merge_rag write markers, no model loaded; the
+    # with_retrieval systems are not run and the report says so.
+    assert io.read_json(project / "metrics/train_rag.json")["enabled"] is False
+    assert io.disabled_reason(project / "models/merged_rag") is not None
+    report = (project / "metrics/report.md").read_text()
+    # (base_chat is not run either: the tiny model has no chat template.)
+    assert "; base_prefix (enabled: with_retrieval, and retrieval.enabled is false); base_rag (" in report
+    assert not {"base_rag_chrf", "finetuned_rag_chrf"} & set(io.read_json(project / "metrics/evaluate.json"))
+
+    # One switch: the context, the adapter trained with it, the three systems; base and finetuned
+    # (and their model stages) stay.
+    set_params(project, retrieval={"enabled": True})
+    assert ran(dvc(project, "repro")) == ["retrieve", "train_rag", "merge_rag", "generate@base_prefix",
+                                          "generate@base_rag", "generate@finetuned_rag", "evaluate"]
+    bench = io.read_json(project / "metrics/evaluate.json")
+    assert {"base_rag_chrf", "finetuned_rag_chrf", "base_prefix_chrf", "delta_base_rag_chrf_low",
+            "delta_finetuned_rag_chrf_p", "delta_chrf"} <= set(bench)
+    training = io.read_json(project / "models/adapter_rag/training.json")
+    assert training["context"] == "retrieval" and "samples_context_cut" in training["results"]
+    assert (project / "models/merged_rag/config.json").is_file()
+    rows = io.read_jsonl(project / "data/generations/base_rag/test.plain.jsonl")
+    assert rows and all("context_cut" in r for r in rows)
+    assert "context_cut" not in io.read_jsonl(project / "data/generations/base/test.plain.jsonl")[0]
+    report = (project / "metrics/report.md").read_text()
+    assert "| base_rag | `models/base` | retrieval: chunks of other files" in report and "Not run" not in report
+
+    # A retrieval knob re-runs what sees the context, never the context-free systems.
+    set_params(project, retrieval={"context_tokens": 5})
+    rerun = ran(dvc(project, "repro"))
+    assert "retrieve" in rerun and not {"train", "merge", "generate@base", "generate@finetuned"} & set(rerun)
 
 
 def add_kotlin_and_java(project: Path) -> None:
@@ -192,7 +228,7 @@ def test_comparing_runs_across_branches(project: Path):
     repo.index.commit("run: default lora")
     repo.git.checkout("-b", "rank8")
     set_params(project, lora={"r": 8})
-    assert ran(dvc(project, "repro")) == ["train", "merge", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["train", "merge", "train_rag", "generate@finetuned", "evaluate"]
     repo.git.add("--all")
     repo.index.commit("run: lora.r 8")
 
@@ -292,11 +328,11 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
         io.read_json(project / "metrics/generate/finetuned.json")["parameters"]
 
     set_params(project, distill={"teacher_share": 1.0})
-    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "train_rag", "generate@finetuned", "evaluate"]
     assert io.read_json(project / "metrics/distill.json")["generated_now"] == 0
 
     set_params(project, distill={"mode": "logits", "kl_weight": 0.5})
-    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "generate@finetuned", "evaluate"]
+    assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "train_rag", "generate@finetuned", "evaluate"]
     info = io.read_json(project / "models/adapter/training.json")
     assert info["distill"]["mode"] == "logits" and info["distill"]["kl_weight"] == 0.5
     assert (project / "data/distill/train.jsonl").read_bytes() == (project / "data/split/train.jsonl").read_bytes()

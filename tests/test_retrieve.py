@@ -64,8 +64,12 @@ def run_retrieve(
         io.write_jsonl(work / "data/split" / f"{name}.jsonl", splits.get(name, []))
     io.write_jsonl(work / "data/ood.jsonl", splits.get("ood", []))
     load_stage("retrieve").main([])
-    out = {name: io.read_jsonl(work / "data/retrieved" / f"{name}.jsonl") for name in retrieval.SPLITS}
+    out = {name: io.read_jsonl(work / "data/retrieved/retrieval" / f"{name}.jsonl") for name in retrieval.SPLITS}
     return out, io.read_json(work / "metrics/retrieve.json")
+
+
+def read_context(work: Path, context: str) -> dict[str, list[dict]]:
+    return {name: io.read_jsonl(work / "data/retrieved" / context / f"{name}.jsonl") for name in retrieval.SPLITS}
 
 
 def spans(record: dict) -> list[tuple[str, int, int, float]]:
@@ -293,8 +297,9 @@ def test_disabled_writes_empty_files_without_reading_the_repository(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, retrieval={"enabled": False})
     load_stage("retrieve").main(["--repo", str(tmp_path / "missing"), "--split", str(tmp_path / "missing")])
-    assert {p.name: p.read_bytes() for p in (tmp_path / "data/retrieved").iterdir()} == {
-        f"{name}.jsonl": b"" for name in retrieval.SPLITS
+    assert {p.relative_to(tmp_path / "data/retrieved").as_posix(): p.read_bytes()
+            for p in (tmp_path / "data/retrieved").rglob("*.jsonl")} == {
+        f"{context}/{name}.jsonl": b"" for context in ("none", "retrieval", "prefix") for name in retrieval.SPLITS
     }
     assert io.read_json(tmp_path / "metrics/retrieve.json") == {"enabled": False}
 
@@ -315,5 +320,49 @@ def test_retrieve_is_deterministic(tmp_path, monkeypatch, chunking):
                             "compute_checksum", "method_name")],
         }
         run_retrieve(work, source, splits, "method_name", chunking=chunking)
-        outputs.append({p.name: p.read_bytes() for p in sorted((work / "data/retrieved").iterdir())})
-    assert outputs[0] == outputs[1] and outputs[0]["test.jsonl"]
+        outputs.append({p.relative_to(work).as_posix(): p.read_bytes()
+                        for p in sorted((work / "data/retrieved").rglob("*.jsonl"))})
+    assert outputs[0] == outputs[1] and outputs[0]["data/retrieved/retrieval/test.jsonl"]
+    assert outputs[0]["data/retrieved/prefix/test.jsonl"] and not outputs[0]["data/retrieved/none/test.jsonl"]
+
+
+# --- the same-budget control: the sample's own file before its input --------------------------
+
+
+def test_the_prefix_control_is_the_own_file_before_the_input_cut_to_the_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A completion window of checksum.py from line 3, after its indentation ("    for byte ..."):
+    # the prefix is lines 1-2 and the indentation, so that prefix + input is the file as written.
+    window = "for byte in data:\n        total = (total"
+    test = sample("pkg/checksum.py", "window", window, " * 31 + byte) % 65521", "completion", start_line=3)
+    ood = sample("x.py", "window", window, " * 31", "completion", start_line=3)
+    run_retrieve(tmp_path, FILES, {"test": [test], "ood": [ood]}, "completion", context_tokens=1000)
+    prefix = read_context(tmp_path, "prefix")
+    before = "def compute_checksum(data, seed):\n    total = seed\n    "
+    assert prefix["test"][0]["chunks"] == [{"path": "pkg/checksum.py", "start_line": 1, "end_line": 3,
+                                           "text": before, "cut": False}]
+    assert CHECKSUM_PY.startswith(before + window)
+    assert prefix["ood"][0]["chunks"] == []  # another repository: not here
+    assert read_context(tmp_path, "none") == {name: [] for name in retrieval.SPLITS}
+
+    # The budget in code tokens, from a line start: "total = seed" is 3 tokens, line 1 is 11.
+    run_retrieve(tmp_path, FILES, {"test": [test]}, "completion", context_tokens=4)
+    chunk = read_context(tmp_path, "prefix")["test"][0]["chunks"][0]
+    assert (chunk["start_line"], chunk["end_line"], chunk["text"], chunk["cut"]) == (2, 3, "    total = seed\n    ", True)
+    prefix_metrics = io.read_json(tmp_path / "metrics/retrieve.json")["prefix"]
+    assert prefix_metrics["splits"]["test"] == {"prefix_samples": 1, "prefix_target_in_context": 0,
+                                                "prefix_without_context": 0}
+
+
+def test_the_prefix_control_loses_the_lines_that_would_leak_the_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A masked method called two lines above it: the prefix stops before the call.
+    files = {"pkg/calls.py": "import os\nx = 1\nresult = scale_all(x)\n\n\ndef scale_all(v):\n    return v * 2\n",
+             **FILES}
+    masked = sample("pkg/calls.py", "scale_all", "def <MASK>(v):\n    return v * 2\n", "scale_all", "method_name",
+                    start_line=6)
+    run_retrieve(tmp_path, files, {"test": [masked]}, "method_name", context_tokens=1000)
+    chunks = read_context(tmp_path, "prefix")["test"][0]["chunks"]
+    assert chunks == [{"path": "pkg/calls.py", "start_line": 1, "end_line": 2, "text": "import os\nx = 1\n",
+                       "cut": False}]
+    assert io.read_json(tmp_path / "metrics/retrieve.json")["prefix"]["prefix_trimmed_target_identifier"] == 1

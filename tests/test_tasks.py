@@ -318,21 +318,21 @@ def test_fitting_cuts_the_code_never_the_instruction_or_the_target(tokenizer):
     record = {"input": code, "target": "Add b to a forty times and return it."}
     doc = Prompter.from_params(PromptParams(), "docstring")
     full = doc.prompt(record, tokenizer)
-    prompt, cut = doc.fitted_prompt(record, tokenizer, 60)
+    prompt, cut, _ = doc.fitted_prompt(record, tokenizer, 60)
     assert cut and size(prompt) <= 60 and prompt.endswith("\nDocstring:")
     assert code.startswith(prompt.removesuffix("\nDocstring:"))  # the head of the code is kept
-    assert doc.fitted_prompt(record, tokenizer, size(full)) == (full, False)
+    assert doc.fitted_prompt(record, tokenizer, size(full)) == (full, False, False)
     assert doc.fitted_prompt(record, tokenizer, 2) is None  # not even the instruction fits
 
     rows, counts = doc.fitted_rows([record, {**record, "target": "word " * 200}], tokenizer, 80)
-    assert counts == {"fitted": 1, "target_too_long": 1} and len(rows) == 1
+    assert counts == {"fitted": 1, "context_cut": 0, "target_too_long": 1} and len(rows) == 1
     assert size(rows[0]["prompt"] + rows[0]["completion"]) + 1 <= 80
     assert rows[0]["completion"] == " Add b to a forty times and return it.\n"  # whole
 
     # A completion prefix keeps its end: the cursor.
     prefix = {"input": code + "    print(a", "target": ")"}
     comp = Prompter.from_params(PromptParams(), "completion")
-    prompt, cut = comp.fitted_prompt(prefix, tokenizer, 30)
+    prompt, cut, _ = comp.fitted_prompt(prefix, tokenizer, 30)
     assert cut and prompt.endswith("    print(a") and (code + "    print(a").endswith(prompt)
 
 

@@ -84,11 +84,12 @@ def latest(folder: str | Path) -> Path | None:
 
 
 def finish(root: str | Path) -> None:
-    """Remove every run's checkpoints under `root` (the README stays, so the folder DVC
-    declares exists)."""
+    """Remove every run's checkpoints under `root`; the folder DVC declares stays, with its
+    README (written when missing: a run without checkpoints, or a train_rag switched off)."""
     root = Path(root)
-    if not root.is_dir():
-        return
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / README).is_file():
+        io.write_text(root / README, _README_TEXT)
     for path in root.iterdir():
         if path.is_dir():
             shutil.rmtree(path)

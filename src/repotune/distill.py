@@ -300,7 +300,7 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
             skip_paths=held_out, max_input_tokens=s.filter.max_input_tokens, counts=counts,
         )
         inputs += found[: s.max_undocumented] if s.max_undocumented else found
-    prompts, cut = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
+    prompts, cut, _ = fitted_prompts(Prompter.from_params(s.prompt, s.task_name), inputs, tokenizer, budget)
 
     device = resolve_device(s.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"

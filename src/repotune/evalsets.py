@@ -67,19 +67,25 @@ def generation_file(folder: str | Path, set_name: str, template: str) -> Path:
     return Path(folder) / f"{set_name}.{template}.jsonl"
 
 
+# The marker a generate stage writes instead of outputs (see write_disabled_system).
+SYSTEM_MARKER = "system.json"
+
+
 def write_disabled_system(folder: str | Path, reason: str | None = None) -> None:
     """Replace `folder` with a generations folder that holds only ``system.json`` saying
     ``enabled: false`` (and why, when `reason` is given): the system exists in dvc.yaml but
     produced no outputs, and evaluate leaves it out (:func:`system_enabled`)."""
-    with io.atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        io.write_json(tmp / "system.json", {"enabled": False, **({"reason": reason} if reason else {})})
+    io.write_disabled(folder, reason, SYSTEM_MARKER)
 
 
 def system_enabled(folder: str | Path) -> bool:
     """Whether a system's generations folder holds outputs to evaluate: a generate stage that
-    runs without producing outputs (base_chat's, for a model with no chat template) writes
-    ``system.json`` with ``enabled: false`` there, so that params can list the system whether
-    or not it can run."""
-    marker = Path(folder) / "system.json"
-    return not marker.is_file() or bool(io.read_json(marker).get("enabled", True))
+    runs without producing outputs (base_chat's, for a model with no chat template; a system
+    not enabled, or enabled with_retrieval while retrieval is off) writes ``system.json`` with
+    ``enabled: false`` there, so that params can list the system whether or not it can run."""
+    return disabled_system(folder) is None
+
+
+def disabled_system(folder: str | Path) -> str | None:
+    """Why a system's generations folder holds no outputs (see :func:`system_enabled`), or None."""
+    return io.disabled_reason(folder, SYSTEM_MARKER)

@@ -141,3 +141,22 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_disabled(folder: str | Path, reason: str | None = None, marker: str = "disabled.json") -> None:
+    """Replace `folder` with one that holds only `marker`, saying ``enabled: false`` (and why):
+    the output of a stage whose step is switched off (train_rag without retrieval), so that DVC
+    sees its declared output and the next stage knows there is nothing in it."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        write_json(tmp / marker, {"enabled": False, **({"reason": reason} if reason else {})})
+
+
+def disabled_reason(folder: str | Path, marker: str = "disabled.json") -> str | None:
+    """Why `folder` is a :func:`write_disabled` marker (its reason, or "disabled"), or None when
+    it is not one."""
+    path = Path(folder) / marker
+    if not path.is_file():
+        return None
+    found = read_json(path)
+    return None if found.get("enabled", True) else found.get("reason", "disabled")

@@ -226,6 +226,9 @@ def model_card(
     template = "`" + template_text(PromptParams(**prompt), task).replace("\n", "\\n") + "`"
     if prompt.get("chat_template"):
         template += " in the tokenizer's chat template"
+    if training.get("context") == "retrieval":
+        template += (" with the sample's retrieved context (chunks of other files of the repository, as comments "
+                     "naming their path) in its {context} slot, or first")
     lines = [
         "---",
         f"base_model: {base}",

@@ -430,8 +430,16 @@ class OodParams(Section):
 # DVC's templating cannot map a name to a path (no nested ${...}).
 BASE_MODEL = "models/base"  # stage base: model.base
 FINETUNED_MODEL = "models/merged"  # stage merge: the base with the trained adapter merged in
+# stage merge_rag: the base with the adapter trained with retrieved context in its prompts
+# (stage train_rag; with retrieval.enabled only, else both write a disabled marker)
+FINETUNED_RAG_MODEL = "models/merged_rag"
 TEACHER_MODEL = "data/distill/model"  # stage distill: distill.teacher (with distill.enabled only)
-MODEL_FOLDERS = (BASE_MODEL, FINETUNED_MODEL, TEACHER_MODEL)
+MODEL_FOLDERS = (BASE_MODEL, FINETUNED_MODEL, FINETUNED_RAG_MODEL, TEACHER_MODEL)
+# What a system sees besides the sample's own code: nothing, the chunks of other files the
+# retrieve stage found, or the same-budget control (its own file's code before its input).
+CONTEXTS = ("none", "retrieval", "prefix")
+# benchmark.systems.<name>.enabled: run the system only when retrieval.enabled is true.
+WITH_RETRIEVAL = "with_retrieval"
 # evaluate.reference: the base at its best prompt (see repotune.evaluation.resolve_reference).
 BEST_BASE = "best_base"
 _SYSTEM_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -442,12 +450,17 @@ class SystemParams(Section):
     prompted. generate@<name> writes its outputs; evaluate compares every system."""
 
     model: str  # one of MODEL_FOLDERS
-    # none: the sample's own code only. retrieval (code from the rest of the repository) is
-    # the next step of the pipeline and is refused until it exists.
-    context: str = "none"
+    # none: the sample's own code only; retrieval: chunks of other files of the repository
+    # (stage retrieve); prefix: its own file's code before its input, as many code tokens
+    # (the same-budget control). Both need retrieval.enabled.
+    context: Literal["none", "retrieval", "prefix"] = "none"
     # trained: the benchmark's templates (benchmark.templates / prompt.template); chat: the
     # task's request through the model's chat template (a disabled marker without one).
     prompt: Literal["trained", "chat"] = "trained"
+    # true: run (a system that needs retrieval then needs retrieval.enabled); false: not run (a
+    # disabled marker, left out of evaluate); with_retrieval: run when retrieval.enabled is
+    # true, else not run, so that one switch adds the retrieval systems.
+    enabled: bool | Literal["with_retrieval"] = True
 
     @field_validator("model")
     @classmethod
@@ -455,18 +468,25 @@ class SystemParams(Section):
         if model not in MODEL_FOLDERS:
             raise ValueError(
                 f"must be a model folder a stage makes: {BASE_MODEL} (the base model), {FINETUNED_MODEL} "
-                f"(the fine-tuned model) or {TEACHER_MODEL} (the distill teacher), got {model!r}"
+                f"(the fine-tuned model), {FINETUNED_RAG_MODEL} (fine-tuned with retrieved context; needs "
+                f"retrieval.enabled) or {TEACHER_MODEL} (the distill teacher), got {model!r}"
             )
         return model
 
-    @field_validator("context")
-    @classmethod
-    def _known_context(cls, context: str) -> str:
-        if context == "retrieval":
-            raise ValueError("retrieval is not built yet (the retrieve stage writes context, no prompt uses it yet): only none is allowed for now")
-        if context != "none":
-            raise ValueError(f"must be none (retrieval: not wired into prompts yet), got {context!r}")
-        return context
+    @property
+    def needs_retrieval(self) -> bool:
+        """Whether the system runs on what only the retrieve stage (retrieval.enabled) makes:
+        a context, or the adapter trained with one."""
+        return self.context != "none" or self.model == FINETUNED_RAG_MODEL
+
+    @model_validator(mode="after")
+    def _with_retrieval_needs_retrieval(self) -> SystemParams:
+        if self.enabled == WITH_RETRIEVAL and not self.needs_retrieval:
+            raise ValueError(
+                f"enabled is {WITH_RETRIEVAL}, but the system needs nothing retrieval makes (context none, "
+                f"model {self.model}): use true or false"
+            )
+        return self
 
 
 def _system_name(name: str) -> str:
@@ -479,9 +499,13 @@ def _system_name(name: str) -> str:
 
 
 def _default_systems() -> dict[str, SystemParams]:
-    """base (trained prompt), base_chat (the base through its chat template) and finetuned."""
+    """base (trained prompt), base_chat (the base through its chat template) and finetuned; with
+    retrieval.enabled also base_prefix (the same-budget control), base_rag and finetuned_rag."""
     return {"base": SystemParams(model=BASE_MODEL), "base_chat": SystemParams(model=BASE_MODEL, prompt="chat"),
-            "finetuned": SystemParams(model=FINETUNED_MODEL)}
+            "finetuned": SystemParams(model=FINETUNED_MODEL),
+            "base_prefix": SystemParams(model=BASE_MODEL, context="prefix", enabled=WITH_RETRIEVAL),
+            "base_rag": SystemParams(model=BASE_MODEL, context="retrieval", enabled=WITH_RETRIEVAL),
+            "finetuned_rag": SystemParams(model=FINETUNED_RAG_MODEL, context="retrieval", enabled=WITH_RETRIEVAL)}
 
 
 class BenchmarkParams(Section):
@@ -562,8 +586,9 @@ class Params(BaseModel):
 
     @model_validator(mode="after")
     def _systems_fit_the_run(self) -> Params:
-        """Checks across sections: the reference is a system, and the teacher's folder holds a
-        model only when distillation runs (else it may hold an earlier run's teacher)."""
+        """Checks across sections: the reference is a system, a system that needs retrieval runs
+        only with retrieval.enabled (unless it says with_retrieval), and the teacher's folder
+        holds a model only when distillation runs (else it may hold an earlier run's teacher)."""
         systems = self.benchmark.systems
         problems = []
         reference = self.evaluate.reference
@@ -574,6 +599,11 @@ class Params(BaseModel):
             problems.append(f"evaluate.reference is {BEST_BASE} but no system of benchmark.systems runs "
                             f"{BASE_MODEL} with context none")
         for name, system in systems.items():
+            if system.enabled is True and system.needs_retrieval and not self.retrieval.enabled:
+                what = (f"context is {system.context}" if system.context != "none"
+                        else f"model is {FINETUNED_RAG_MODEL}, the adapter trained with retrieved context")
+                problems.append(f"benchmark.systems.{name}: its {what}, which needs retrieval.enabled: true "
+                                f"(or set benchmark.systems.{name}.enabled: {WITH_RETRIEVAL} to run it only then)")
             if system.model == TEACHER_MODEL and not self.distill.enabled:
                 problems.append(f"benchmark.systems.{name}.model is {TEACHER_MODEL}, the distill teacher: it needs "
                                 "distill.enabled: true (or leave the system out)")

@@ -7,15 +7,34 @@ params.yaml or else from the task's own defaults (``PROMPTS`` of its module); ``
 task's prompt input. With ``prompt.chat_template`` the filled template is the user turn of the
 tokenizer's chat template (after ``prompt.system``, if any), rendered with the generation
 prompt; otherwise it is used as plain text.
+
+Context (a system's ``context``, see ``benchmark.systems``): a record may carry the context the
+retrieve stage found for it (:func:`with_context`), rendered by :func:`context_lines` into
+the template's ``{context}`` slot, or at the start of the prompt when the template has none
+(so every template takes context, and a record without context renders as it always did):
+
+- ``retrieval``: each chunk of another file as line comments of the sample's language (its
+  ``LINE_COMMENT``), under a comment naming the chunk's path (``# pkg/util.py``), best first;
+- ``prefix`` (the same-budget control): the code of the sample's own file just before its
+  input, as it stands in the file (for a completion window, a longer prefix).
+
+Training and generation both render through :class:`Prompter`, so a model is scored on the
+layout it was trained on. Fitting a prompt to a length cuts the context first (whole lines:
+a retrieval context loses its last lines, the worst chunk first; a prefix its first lines, the
+farthest from the input), then the code.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from repotune import io
 from repotune.errors import RepotuneError
+from repotune.languages import line_comment
 from repotune.tasks import task
 
 if TYPE_CHECKING:
@@ -24,6 +43,87 @@ if TYPE_CHECKING:
     from repotune.params import PromptParams
 
 PLACEHOLDER = "{code}"
+CONTEXT_PLACEHOLDER = "{context}"
+_SLOTS = re.compile(re.escape(PLACEHOLDER) + "|" + re.escape(CONTEXT_PLACEHOLDER))
+# Context kinds a record can carry (``none`` carries nothing), and which end of each survives a
+# cut: a retrieval context keeps its best chunks (the head), a prefix the code next to the
+# input (the tail).
+CONTEXT_KEEP = {"retrieval": "head", "prefix": "tail"}
+
+
+def fill(template: str, code: str, context: str = "") -> str:
+    """`template` with ``{code}`` and ``{context}`` filled in one pass (so that code holding the
+    text ``{context}``, or context holding ``{code}``, stays as written; ``str.format`` would
+    choke on code's braces); a template without ``{context}`` gets the context first."""
+    if CONTEXT_PLACEHOLDER not in template:
+        template = CONTEXT_PLACEHOLDER + template
+    return _SLOTS.sub(lambda m: code if m.group() == PLACEHOLDER else context, template)
+
+
+def context_lines(record: Mapping[str, Any]) -> list[str]:
+    """The lines of `record`'s context as a prompt shows it (each with its newline, but for a
+    prefix's last, which runs into the input), see the module docstring; [] without context."""
+    context = record.get("context")
+    if not context or not context["chunks"]:
+        return []
+    if context["kind"] == "prefix":
+        return "".join(c["text"] for c in context["chunks"]).splitlines(keepends=True)
+    if context["kind"] != "retrieval":
+        raise ValueError(f"unknown context kind {context['kind']!r}; known: {', '.join(CONTEXT_KEEP)}")
+    marker = line_comment(record["language"])
+    lines = []
+    for chunk in context["chunks"]:
+        lines.append(f"{marker} {chunk['path']}\n")
+        lines += [f"{marker} {line}".rstrip() + "\n" for line in chunk["text"].splitlines()]
+    return lines
+
+
+def with_context(
+    records: Sequence[Mapping[str, Any]], path: str | Path, kind: str
+) -> list[dict[str, Any]]:
+    """`records`, each with its context of `kind` from `path` (a context file of the retrieve
+    stage, ``data/retrieved/<kind>/<set>.jsonl``: per sample its id and chunks) as
+    ``context: {kind, chunks}``; ``none``: the records as they are.
+
+    Raises:
+        RepotuneError: a record has no context in `path` (the retrieve stage did not run with
+            retrieval.enabled, or on other samples).
+    """
+    if kind == "none":
+        return [dict(r) for r in records]
+    if kind not in CONTEXT_KEEP:
+        raise ValueError(f"unknown context kind {kind!r}; known: none, {', '.join(CONTEXT_KEEP)}")
+    found = {row["id"]: row["chunks"] for row in io.iter_jsonl(path)}
+    missing = [r["id"] for r in records if r["id"] not in found]
+    if missing:
+        raise RepotuneError(
+            f"{path}: no {kind} context for {len(missing)} of {len(records)} samples (first: {missing[0]}); "
+            "run the retrieve stage with retrieval.enabled: true on these splits"
+        )
+    return [{**r, "context": {"kind": kind, "chunks": found[r["id"]]}} for r in records]
+
+
+class Fitted(NamedTuple):
+    """A prompt fitted to a length: its text, whether its code was cut, whether its context was."""
+
+    prompt: str
+    code_cut: bool
+    context_cut: bool = False
+
+
+def _largest(fits: Callable[[int], bool], high: int) -> int | None:
+    """The largest k in [0, high] for which `fits(k)` (assumed monotone: true up to some k),
+    by bisection; None when not even 0 fits."""
+    if not fits(0):
+        return None
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def template_text(prompt: PromptParams, task_name: str, name: str | None = None) -> str:
@@ -87,13 +187,18 @@ class Prompter:
     def from_params(cls, prompt: PromptParams, task_name: str, name: str | None = None) -> Prompter:
         return cls(task_name, template_text(prompt, task_name, name), prompt.chat_template, prompt.system)
 
-    def prompt(self, record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None = None) -> str:
-        """The prompt of `record`, ending where the model's completion starts.
-
-        ``str.replace`` rather than ``str.format``: code is full of braces that ``format``
-        would try to interpret.
-        """
-        text = self.template.replace(PLACEHOLDER, task(self.task_name).prompt_input(record))
+    def prompt(
+        self, record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None = None,
+        context_kept: int | None = None,
+    ) -> str:
+        """The prompt of `record` (with its context, if it has one), ending where the model's
+        completion starts; `context_kept`: keep only that many lines of the context (its
+        kind's end, see :data:`CONTEXT_KEEP`), None = all."""
+        lines = context_lines(record)
+        if context_kept is not None and context_kept < len(lines):
+            head = CONTEXT_KEEP[record["context"]["kind"]] == "head"
+            lines = lines[:context_kept] if head else lines[len(lines) - context_kept:]
+        text = fill(self.template, task(self.task_name).prompt_input(record), "".join(lines))
         if not self.chat_template:
             return text
         return chat(text, tokenizer, self.system, "prompt.chat_template")
@@ -111,44 +216,42 @@ class Prompter:
 
     def fitted_prompt(
         self, record: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, budget: int
-    ) -> tuple[str, bool] | None:
+    ) -> Fitted | None:
         """The prompt of `record` in at most `budget` tokens (the tokenizer's special tokens
-        included): the code is cut on a token boundary (the task's ``KEEP_INPUT`` end kept:
-        the head of a definition, the tail of a completion prefix, so the cursor stays), the
+        included): first the context loses whole lines (see :data:`CONTEXT_KEEP`), down to
+        none; then the code is cut on a token boundary (the task's ``KEEP_INPUT`` end kept:
+        the head of a definition, the tail of a completion prefix, so the cursor stays); the
         template's instruction never.
 
         Returns:
-            (prompt, whether the code was cut), or None when even no code at all would not fit.
+            The prompt and what was cut, or None when even no code at all would not fit.
         """
         def size(text: str) -> int:
             return len(tokenizer(text)["input_ids"])
 
         prompt = self.prompt(record, tokenizer)
         if size(prompt) <= budget:
-            return prompt, False
+            return Fitted(prompt, False)
+        has_context = bool(context_lines(record))
+        if has_context:
+            kept = _largest(lambda k: size(self.prompt(record, tokenizer, k)) <= budget, len(context_lines(record)))
+            if kept is not None:
+                return Fitted(self.prompt(record, tokenizer, kept), False, True)
         code = task(self.task_name).prompt_input(record)
         enc = tokenizer(code, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
         keep_tail = task(self.task_name).KEEP_INPUT == "tail"
 
-        def cut(k: int) -> str:  # `record` with only k of its code tokens
+        def cut(k: int) -> str:  # `record` with no context and only k of its code tokens
             if k == 0:
                 text = ""
             else:
                 text = code[offsets[len(offsets) - k][0]:] if keep_tail else code[: offsets[k - 1][1]]
-            return self.prompt({**record, "input": text}, tokenizer)
+            return self.prompt({**record, "input": text}, tokenizer, 0)
 
         # The largest k that fits, by bisection (sizes grow with k, give or take a merge).
-        low, high = 0, len(offsets)
-        if size(cut(0)) > budget:
-            return None
-        while low < high:
-            mid = (low + high + 1) // 2
-            if size(cut(mid)) <= budget:
-                low = mid
-            else:
-                high = mid - 1
-        return cut(low), True
+        kept = _largest(lambda k: size(cut(k)) <= budget, len(offsets))
+        return None if kept is None else Fitted(cut(kept), True, has_context)
 
     def fitted_rows(
         self, records: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
@@ -158,9 +261,10 @@ class Prompter:
         dropped and counted.
 
         Returns:
-            The rows, and counts ``fitted`` (code cut) and ``target_too_long`` (dropped).
+            The rows, and counts ``fitted`` (code cut), ``context_cut`` (context cut, all or
+            some of it) and ``target_too_long`` (dropped).
         """
-        rows, counts = [], {"fitted": 0, "target_too_long": 0}
+        rows, counts = [], {"fitted": 0, "context_cut": 0, "target_too_long": 0}
         for record in records:
             completion = self.completion(record)
             # + 1: the EOS that TRL appends to every completion.
@@ -169,23 +273,25 @@ class Prompter:
             if fitted is None:
                 counts["target_too_long"] += 1
                 continue
-            counts["fitted"] += fitted[1]
-            rows.append({"prompt": fitted[0], "completion": completion})
+            counts["fitted"] += fitted.code_cut
+            counts["context_cut"] += fitted.context_cut
+            rows.append({"prompt": fitted.prompt, "completion": completion})
         return rows, counts
 
 
 def fitted_prompts(
     prompter: Prompter, records: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, budget: int
-) -> tuple[list[str], list[bool]]:
-    """Each record's prompt in at most `budget` tokens of `tokenizer` (code cut to fit, see
-    :meth:`Prompter.fitted_prompt`; a prompt that cannot fit is kept whole), and whether its
-    code was cut."""
-    prompts, cut = [], []
+) -> tuple[list[str], list[bool], list[bool]]:
+    """Each record's prompt in at most `budget` tokens of `tokenizer` (context, then code cut to
+    fit, see :meth:`Prompter.fitted_prompt`; a prompt that cannot fit is kept whole), whether
+    its code was cut and whether its context was."""
+    prompts, cut, context_cut = [], [], []
     for record in records:
         fitted = prompter.fitted_prompt(record, tokenizer, budget)
-        prompts.append(fitted[0] if fitted else prompter.prompt(record, tokenizer))
-        cut.append(bool(fitted and fitted[1]))
-    return prompts, cut
+        prompts.append(fitted.prompt if fitted else prompter.prompt(record, tokenizer))
+        cut.append(bool(fitted and fitted.code_cut))
+        context_cut.append(bool(fitted and fitted.context_cut))
+    return prompts, cut, context_cut
 
 
 def evaluation_prompts(
@@ -194,13 +300,16 @@ def evaluation_prompts(
     prompter_of: Callable[[str], Prompter],
     tokenizer: PreTrainedTokenizerBase,
     budget: int,
-) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+) -> tuple[dict[str, list[str]], dict[str, list[bool]], dict[str, list[bool]]]:
     """The prompts of every evaluation ``<set>.<template>`` (the (set, template) pairs of
-    ``repotune.evalsets.evaluations``), each record's cut to `budget` tokens, and the cuts;
-    `prompter_of` gives the prompter of a template (the template itself, or for the chat
-    baseline the task's chat request)."""
-    prompts, cut = {}, {}
+    ``repotune.evalsets.evaluations``), each record's cut to `budget` tokens, and per
+    evaluation which had their code cut and which their context; `prompter_of` gives the
+    prompter of a template (the template itself, or for the chat baseline the task's chat
+    request)."""
+    prompts, cut, context_cut = {}, {}, {}
     for set_name, template in evaluations:
         key = f"{set_name}.{template}"
-        prompts[key], cut[key] = fitted_prompts(prompter_of(template), sets[set_name], tokenizer, budget)
-    return prompts, cut
+        prompts[key], cut[key], context_cut[key] = fitted_prompts(
+            prompter_of(template), sets[set_name], tokenizer, budget
+        )
+    return prompts, cut, context_cut

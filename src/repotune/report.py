@@ -19,6 +19,12 @@ from repotune.metrics import METRICS
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
 # How each prompt kind of benchmark.systems is described in the report.
 PROMPT_WORDS = {"trained": "the trained template", "chat": "the task's request through the model's chat template"}
+# How each context kind of benchmark.systems is described in the report.
+CONTEXT_WORDS = {
+    "none": "its own code only",
+    "retrieval": "chunks of other files of the repository (stage retrieve), as comments naming their path",
+    "prefix": "as many more code tokens of its own file, just before its input (the same-budget control)",
+}
 
 
 def evaluation_title(set_name: str, template: str) -> str:
@@ -261,8 +267,9 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
         if down:
             parts.append(f"{other} is worse than {reference} on {listed(down)}.")
         if flat:
+            # Named in its own sentence: with no significant change it is the only one said.
             parts.append(
-                f"Not significant at {level}: {', '.join(flat)}: on these "
+                f"{other} against {reference}, not significant at {level}: {', '.join(flat)}: on these "
                 f"{ev['result']['samples']} samples the difference cannot be told from no change."
             )
         sentences.append(" ".join(parts))
@@ -380,6 +387,8 @@ def render_report(
     base_scores: Mapping[str, float] | None = None,
     prompts: Mapping[str, str] | None = None,
     teacher: str | None = None,
+    systems: Mapping[str, Mapping[str, str]] | None = None,
+    not_run: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
@@ -388,13 +397,15 @@ def render_report(
     that makes the numbers mean less than they seem) is one line right under the title.
     `base_scores` (base system -> its headline score on the task's first metric): how the
     reference was chosen when it is the base at its best prompt. `prompts`: system -> its
-    prompt kind (``benchmark.systems.<name>.prompt``; trained when left out)."""
-    systems = list(evaluations[0]["result"]["scores"])
-    prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems}
-    chat = [s for s in systems if prompt_of[s] == "chat"]
+    prompt kind (``benchmark.systems.<name>.prompt``; trained when left out). `systems`: system
+    -> its ``model`` and ``context`` (a table says what each is); `not_run`: listed systems that
+    did not run -> why (one line)."""
+    systems_listed = list(evaluations[0]["result"]["scores"])
+    prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems_listed}
+    chat = [s for s in systems_listed if prompt_of[s] == "chat"]
     level = f"{round(confidence * 100)}%"
     lines = [
-        f"# Evaluation, task `{task_name}`: " + " vs ".join(systems),
+        f"# Evaluation, task `{task_name}`: " + " vs ".join(systems_listed),
         "",
         *[f"> **Warning:** {warning}\n" for warning in warnings],
         "Every system gets the same decoding, and the same prompts"
@@ -405,6 +416,12 @@ def render_report(
         f"of a paired approximate-randomization test ({resamples} permutations); **bold** = "
         f"significant at {level}, n.s. = not. Scores show their own {level} interval in brackets.",
     ]
+    if systems:
+        lines += ["", "| system | model | context | prompt |", "|---|---|---|---|"]
+        lines += [f"| {s} | `{systems[s]['model']}` | {systems[s]['context']}: {CONTEXT_WORDS[systems[s]['context']]} "
+                  f"| {PROMPT_WORDS[prompt_of[s]]} |" for s in systems_listed if s in systems]
+    if not_run:
+        lines += ["", "Not run: " + "; ".join(f"{s} ({why})" for s, why in not_run.items()) + "."]
     if base_scores and len(base_scores) > 1:
         compared = ", ".join(f"{s} {score:.2f}" for s, score in base_scores.items())
         lines += ["", f"The reference is the base model at its best prompt: {reference} scored higher on "

@@ -36,6 +36,15 @@ What a sample may see (no leaks):
   chunk holding the target line stays (an editor would retrieve it too) and the record says
   whether the target stands verbatim in its context (``target_in_context``).
 
+The same-budget control (context ``prefix``, :meth:`Retriever.prefix`): the code of the sample's
+own file just before its input, cut to the same ``context_tokens`` (for a completion window,
+the in-file prefix lengthened by the context budget), so that a gain from retrieval can be told
+from a gain from more tokens. The task's ``CONTEXT_LEAK`` holds there too: a prefix that would
+hold the target (a Kotlin or Java doc comment sits just above its definition; a call of a
+masked method) loses its last lines until it does not (counted ``prefix_trimmed_<reason>``).
+Out-of-domain samples come from another repository, not checked out here: no prefix
+(``prefix_unavailable``).
+
 A chunk that shares lines with one already taken (overlapping windows of one file) is passed
 over too (``overlap``). Every refused candidate ranked above the last chunk taken is counted
 under its reason. Only the index (identifier ids per chunk, then bm25s's sparse matrix) stays
@@ -64,6 +73,9 @@ from repotune.params import NearDuplicateParams, RetrievalParams
 from repotune.tasks import task
 
 SPLITS = ("train", "val", "test", "ood")
+# The context kinds the retrieve stage writes, one folder each under data/retrieved: none (empty
+# files: what a system without context depends on), retrieval, prefix (the same-budget control).
+CONTEXTS = ("none", "retrieval", "prefix")
 IDENTIFIER = re.compile(r"(?<![\w$])[A-Za-z_$][\w$]*")
 _WHITESPACE = re.compile(r"\s+")
 # Candidates ranked per query before the full ranking is needed (most queries take their
@@ -343,6 +355,56 @@ class Retriever:
         }
 
 
+    def prefix(self, record: Mapping[str, Any], split: str, counts: Counter) -> dict[str, Any]:
+        """The same-budget control of one sample: its own file's code just before its input,
+        the last ``context_tokens`` code tokens of it (from a line start), with no line that
+        would leak the target (see the module docstring); a record like :meth:`context`'s."""
+        chunks = []
+        counts["prefix_samples"] += 1
+        if split == "ood":
+            counts["prefix_unavailable"] += 1
+        else:
+            head, trimmed = self.text_before(record), None
+            while head:
+                text, cut = truncate_tokens(head, self.retrieval.context_tokens, "tail")
+                reason = leak_reason(text, record["target"], self.leak, self.near)
+                if reason is None:
+                    break
+                trimmed, head = reason, _without_last_line(head)
+            if trimmed is not None:
+                counts[f"prefix_trimmed_{trimmed}"] += 1
+            if head and text.strip():
+                last = head.count("\n") + (not head.endswith("\n"))  # `head`'s last line, 1-based
+                chunks.append({
+                    "path": record["path"], "start_line": last - len(text.splitlines()) + 1, "end_line": last,
+                    "text": text, "cut": cut,
+                })
+        target = record["target"].strip()
+        in_context = bool(target) and any(target in c["text"] for c in chunks)
+        counts["prefix_without_context"] += not chunks
+        counts["prefix_target_in_context"] += in_context
+        return {
+            "id": record["id"], "path": record["path"], "repo": self.repo, "sha": self.sha,
+            "chunks": chunks, "target_in_context": in_context,
+        }
+
+    def text_before(self, record: Mapping[str, Any]) -> str:
+        """The text of `record`'s file before its input: up to its first line, and for an input
+        found in the file from there (a completion window starts after its line's indentation,
+        or later when the filter cut its head), up to where it starts."""
+        lines = self.lines(record["path"])
+        line_offset = sum(len(line) for line in lines[:record["start_line"] - 1])
+        text = "".join(lines)
+        found = text.find(record["input"], line_offset) if record["input"] else -1
+        return text[:found] if found >= 0 else text[:line_offset]
+
+
+def _without_last_line(text: str) -> str:
+    """`text` without its last line (a partial one, with no newline, counts as a line)."""
+    body = text[:-1] if text.endswith("\n") else text
+    return body[:body.rfind("\n") + 1]
+
+
 def retrieve_split(
     retriever: Retriever, records: Iterable[Mapping[str, Any]], split: str, counts: Counter
 ) -> Iterator[dict[str, Any]]:
@@ -358,12 +420,14 @@ def retrieve_split(
 
 
 def summary(
-    index_counts: Mapping[str, int], split_counts: Mapping[str, Counter], index_seconds: float, index_cpu_seconds: float
+    index_counts: Mapping[str, int], split_counts: Mapping[str, Counter], index_seconds: float, index_cpu_seconds: float,
+    prefix_counts: Mapping[str, Counter] | None = None,
 ) -> dict[str, Any]:
     """metrics/retrieve.json: the index's counts and build time (wall and CPU seconds),
     retrieval time (all samples, and per sample in ms, wall and CPU), and per split and in all:
     samples, samples without context, targets standing verbatim in their context, chunks
-    refused per reason, chunks over budget."""
+    refused per reason, chunks over budget; under ``prefix``, the same-budget control's counts
+    (:meth:`Retriever.prefix`), in all and per split."""
     total: Counter = Counter()
     splits = {}
     timings = ("seconds", "cpu_seconds")
@@ -382,4 +446,12 @@ def summary(
         "cpu_ms_per_sample": round(1000 * total["cpu_seconds"] / samples, 3) if samples else 0.0,
         **{k: v for k, v in sorted(total.items()) if k not in timings},
         "splits": splits,
+        **({"prefix": _prefix_summary(prefix_counts)} if prefix_counts is not None else {}),
     }
+
+
+def _prefix_summary(prefix_counts: Mapping[str, Counter]) -> dict[str, Any]:
+    total: Counter = Counter()
+    for counts in prefix_counts.values():
+        total.update(counts)
+    return {**dict(sorted(total.items())), "splits": {name: dict(sorted(c.items())) for name, c in prefix_counts.items()}}

@@ -520,6 +520,8 @@ def summarise(
         "samples_too_long": counts["too_long"],
         "samples_code_cut": counts["fitted"],
         "samples_target_too_long": counts["target_too_long"],
+        # Only for prompts with context, so that a plain adapter's training.json keeps its bytes.
+        **({"samples_context_cut": counts["context_cut"]} if counts.get("with_context") else {}),
     }
     timing = {
         "train_seconds": train_seconds,
@@ -624,6 +626,7 @@ def train_adapter(
     train_rows, val_rows, counts = training_rows(
         prompter, train_records, val_records, loaded.tokenizer, train.max_length
     )
+    counts["with_context"] = any("context" in r for r in train_records)
     use_checkpoints = checkpoint_dir is not None and train.save_steps > 0
     resume_from = checkpoints.latest(checkpoint_dir) if use_checkpoints else None
     resumed = (

@@ -12,6 +12,8 @@ module provides:
 - ``definitions(root, src)``: the definitions of a parsed file, in source order.
 - ``TEST_PATHS``: gitignore-style patterns of the files that are tests by the language's
   conventions (its test folders, source sets and file names), skipped by ``extract.exclude_tests``.
+- ``LINE_COMMENT``: what starts a line comment (``#``, ``//``): prompts render retrieved
+  context as comments of the sample's language.
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ def paths_of_tests(name: str) -> tuple[str, ...]:
     (Not named ``test_*``: pytest would collect it from a test module that imports it.)
     """
     return module(name).TEST_PATHS
+
+
+def line_comment(name: str) -> str:
+    """What starts a line comment in language `name` (its ``LINE_COMMENT``)."""
+    return module(name).LINE_COMMENT
 
 
 @cache

@@ -79,6 +79,8 @@ GRADLE_TEST_FOLDERS = (
 # letter or digit before IT, so that JIT.java is not an integration test; case-sensitive, so
 # Contest.java and TestabilityHelper.java are not tests either.
 TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.java", "*Tests.java", "*[a-z0-9]IT.java")
+# What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
+LINE_COMMENT = "//"
 
 
 def grammar() -> object:

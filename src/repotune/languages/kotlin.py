@@ -44,6 +44,8 @@ _COMMENTS = ("line_comment", "block_comment")
 _NOT_RECEIVER = ("modifiers", "type_parameters", "line_comment", "block_comment")
 # Test files: Gradle's test folders and source sets (see ``java``), FooTest.kt, FooTests.kt, FooIT.kt.
 TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.kt", "*Tests.kt", "*[a-z0-9]IT.kt")
+# What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
+LINE_COMMENT = "//"
 
 
 def grammar() -> object:

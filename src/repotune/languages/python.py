@@ -22,6 +22,8 @@ _DEFINITIONS = ("function_definition", "class_definition")
 # Test files (gitignore-style, see extract.exclude_tests): pytest's and unittest's layouts and
 # names. A pattern without an inner slash matches at any depth (pkg/tests/, a/b/test_x.py).
 TEST_PATHS = ("tests/", "test/", "testing/", "test_*.py", "*_test.py", "conftest.py")
+# What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
+LINE_COMMENT = "#"
 
 
 def grammar() -> object:
