@@ -6,8 +6,8 @@ each): the model folder it runs, the context it sees (none for now) and its prom
 Reads:  the system's model folder (models/base, models/merged, data/distill/model),
         data/split/test.jsonl, data/ood.jsonl (when it has samples), params.yaml
         `benchmark.systems.<system>`, `benchmark` (sets, templates, sample caps, device,
-        threads), `decoding`, `prompt`, `task`, `extract` (a completion target's shape decides
-        its stops) and `train.max_length` (long code is cut to fit it with room for
+        threads), `decoding`, `prompt`, `task`, `extract.window` (a completion target's shape
+        decides its stops) and `train.max_length` (long code is cut to fit it with room for
         max_new_tokens, as in training; no reference length leaks in).
 Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by id: the
         output (post-processed as the task says), the raw text, prompt and generated token
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
     # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract)
+    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract.window)
     # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
     runs = generate_from_folder(
         model, prompts, decoding, stop=[] if chat else stop,
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows = [
                 {
                     "id": record["id"], "raw": raw,
-                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.extract),
+                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.extract.window),
                     "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
                 }
                 for record, raw, n_prompt, n_new, was_cut in zip(

@@ -1,7 +1,7 @@
 """Stage `train`: LoRA (or QLoRA) fine-tuning of the base model on the train split.
 
-Reads:  params.yaml (lora, train, prompt, task; model.base is recorded; distill: mode logits
-        adds the teacher's KL term to the loss), models/base/,
+Reads:  params.yaml (lora, train but threads and save_steps, prompt, task; model.base is
+        recorded; distill: mode logits adds the teacher's KL term to the loss), models/base/,
         data/distill/train.jsonl (the split's train records, with the teacher's targets when
         distill.mode is sequence), data/split/val.jsonl, data/distill/model (the teacher)
 Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
@@ -65,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if main_process:
         print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
     teacher_identity = model_identity(args.teacher) if logits else None
+    # model.base alone is read (its label is recorded): dvc.yaml declares that key, not `model`.
+    base_label = p.model.label if p.model is not None else None
     run_folder = None
     if p.train.save_steps > 0:
         # The process count decides the RNG states and data shards a checkpoint holds.
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.checkpoints,
             {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
              "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
-             "model": p.model.label if p.model is not None else None},
+             "model": base_label},
             inputs, main_process,
         )
 
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.base, train_records, val_records, args.out,
         lora=p.lora, train=p.train, prompt=p.prompt, task_name=p.task.name,
         live_dir=args.live, checkpoint_dir=run_folder,
-        base_name=p.model.label if p.model is not None else str(args.base),
+        base_name=base_label or str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),
             **({"distill": {"mode": "logits", "teacher": teacher_identity,

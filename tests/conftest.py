@@ -310,6 +310,24 @@ ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill",
               "generate@base", "generate@base_chat", "generate@finetuned", "evaluate"]
 
 
+# Settings that cannot change any stage's output bytes (speed and bookkeeping). No stage
+# declares them in dvc.yaml, so changing one re-runs nothing: test_dvc_deps.py keeps them out
+# of every stage's params, test_pipeline_dvc.py changes each and finds `dvc status` clean.
+# Each entry says why the bytes cannot change.
+SPEED_KEYS = {
+    "extract.workers": "files are parsed in parallel and their records come back in file order "
+                       "(test_stages_data.py: the same bytes with 1 and 2 workers)",
+    "train.threads": "torch CPU threads: measured bit-identical losses, gradients and greedy tokens "
+                     "with 1 and 2 threads (test_training.py)",
+    "train.save_steps": "checkpoints are only read by a resumed run, which ends in the bytes of an "
+                        "uninterrupted one; curves are logged every min(10, eval_steps) steps, not "
+                        "at checkpoints (checkpoints round up to that interval)",
+    "judge.threads": "torch CPU threads, as train.threads",
+    "distill.threads": "torch CPU threads, as train.threads",
+    "benchmark.threads": "torch CPU threads, as train.threads",
+}
+
+
 def dvc_env() -> dict[str, str]:
     """The environment a `dvc` subprocess runs stages in: this venv's python first on PATH."""
     import sys

@@ -9,7 +9,7 @@ from pathlib import Path
 import git
 import yaml
 
-from conftest import ALL_STAGES, TINY_BUDGET, dvc, ran, set_params
+from conftest import ALL_STAGES, SPEED_KEYS, TINY_BUDGET, dvc, ran, set_params
 
 from repotune import io
 
@@ -130,6 +130,27 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     set_params(project, benchmark={"systems": systems})
     assert ran(dvc(project, "repro")) == ["evaluate"]
     assert "base_again_chrf" not in json.loads((project / "metrics/evaluate.json").read_text())
+
+
+# A value for each speed/bookkeeping key other than the default (0 = all cores; save_steps 30).
+SPEED_VALUES = {"extract.workers": 1, "train.threads": 1, "train.save_steps": 7, "judge.threads": 1,
+                "distill.threads": 1, "benchmark.threads": 1}
+
+
+def test_a_speed_or_bookkeeping_setting_reruns_nothing(project: Path):
+    """Each key of SPEED_KEYS, changed in params.yaml after a complete run: `dvc status` finds
+    nothing to run (no stage declares it), and neither does `dvc repro`."""
+    assert set(SPEED_VALUES) == set(SPEED_KEYS)
+    set_params(project, **TINY_BUDGET)
+    assert ran(dvc(project, "repro")) == ALL_STAGES
+    assert json.loads(dvc(project, "status", "--json")) == {}
+    for key, value in SPEED_VALUES.items():
+        section, name = key.split(".")
+        before = yaml.safe_load((project / "params.yaml").read_text())[section][name]
+        assert before != value, key
+        set_params(project, **{section: {name: value}})
+        assert json.loads(dvc(project, "status", "--json")) == {}, key
+    assert ran(dvc(project, "repro")) == []
 
 
 def add_kotlin_and_java(project: Path) -> None:

@@ -10,8 +10,9 @@ A task module provides:
   (``head`` or ``tail``) says which end of a too-long input to keep;
 - ``PROMPTS`` (named default templates, ``{code}`` = :func:`prompt_input`),
   ``prompt_input(record)``, ``completion(record)`` (the text trained to follow the prompt),
-  ``default_stop(extract)`` (stop strings when ``decoding.stop`` is null),
-  ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
+  ``default_stop(window)`` (stop strings when ``decoding.stop`` is null; `window`: the
+  ``extract.window`` params, all of ``extract`` a completion's shape depends on),
+  ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, window)`` (model output ->
   prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
   :func:`resolved_decoding`), and ``TRAINING`` for the ``train`` keys left null (see
   :func:`resolved_training`);

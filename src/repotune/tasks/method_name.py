@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
-    from repotune.params import ExtractParams, FilterParams
+    from repotune.params import ExtractParams, FilterParams, WindowParams
 
 # Many functions share a name (toString, run): only identical inputs are duplicates.
 DUPLICATE_TARGETS = False
@@ -158,7 +158,7 @@ def chat_answer(raw: str) -> str:
     return next(group for group in match.groups() if group) if match else raw
 
 
-def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
+def default_stop(window: WindowParams) -> list[str]:  # noqa: ARG001 - same for every window
     return ["\n"]
 
 
@@ -170,7 +170,7 @@ def completion(record: Mapping[str, Any]) -> str:
     return " " + record["target"] + "\n"
 
 
-def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  # noqa: ARG001
+def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
     """Model output -> the first identifier of its first non-blank line ('' if none)."""
     from repotune.stops import truncate_at_stop
 
