@@ -39,8 +39,10 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
     assert "Running stage 'filter'" in fourth
     assert "Running stage 'split'" not in fourth
 
+    # The per-stage counts are plain outputs: DVC's metrics are the headline and the training
+    # summary only (neither exists yet), so `dvc exp show` is not a wall of counts.
     shown = json.loads(dvc(project, "metrics", "show", "--json"))
-    assert shown  # metrics are declared and readable by dvc
+    assert set(shown.get("workspace", {}).get("data", {})) <= {"metrics/evaluate.json", "metrics/train.json"}
 
 
 def test_judge_scores_once_and_its_threshold_reruns_split_only(project: Path):

@@ -58,7 +58,8 @@ TRAINING = {"lr": 2.0e-4}
 STOP_AFTER_LEADING_WHITESPACE = False
 # Names in repotune.metrics.METRICS, in report order (CodeXGLUE's line completion: EM, edit sim).
 METRICS = ("exact_match", "edit_similarity", "bleu")
-SAMPLE_METRIC = "edit_similarity"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram).
+PRIMARY_METRIC = "edit_similarity"
 # Retrieval (repotune.retrieval): the query is the code just before the cursor (the last
 # retrieval.query_lines lines). No chunk is refused for holding the target: another file with
 # the same line is what an editor's retrieval would find too; each record says instead whether

@@ -53,7 +53,9 @@ STOP_AFTER_LEADING_WHITESPACE = True
 # Names in repotune.metrics.METRICS, in report order.
 METRICS = ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match")
 # The per-sample score shown in the report and plotted.
-SAMPLE_METRIC = "chrf"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): ROUGE-L, the
+# word-overlap measure that moves with what a docstring says; chrF also rewards copied identifiers.
+PRIMARY_METRIC = "rouge_l"
 # Retrieval (repotune.retrieval): the query is the whole input; no context chunk may hold the
 # target's text, verbatim or as a near-duplicate (a copied docstring would be the answer).
 RETRIEVAL_QUERY = "whole"

@@ -55,7 +55,8 @@ STOP_AFTER_LEADING_WHITESPACE = True
 METRICS = (
     "exact_match", "exact_match_ci", "subtoken_precision", "subtoken_recall", "subtoken_f1", "edit_similarity",
 )
-SAMPLE_METRIC = "subtoken_f1"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): the name, exactly.
+PRIMARY_METRIC = "exact_match"
 # Retrieval (repotune.retrieval): the query is the whole (masked) input; no context chunk may
 # hold the target name as an identifier (a call of the function would give its name away).
 RETRIEVAL_QUERY = "whole"
