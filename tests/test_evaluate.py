@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
-from conftest import load_stage, make_source_repo, write_params
+from conftest import assert_not_blank, load_stage, make_source_repo, png_rows, write_params
 
 from repotune import io
 
@@ -28,55 +27,6 @@ def records(n: int, prefix: str = "s") -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def png_rows(path: Path) -> list[bytes]:
-    """The pixel rows of an 8-bit RGB/RGBA PNG, unfiltered (stdlib only)."""
-    data = path.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    pos, idat, width, height, channels = 8, b"", 0, 0, 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
-            assert body[8] == 8 and body[9] in (2, 6), "8-bit RGB or RGBA expected"
-            channels = 3 if body[9] == 2 else 4
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw, stride, rows, previous = zlib.decompress(idat), width * channels, [], bytes(width * channels)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up, corner = previous[i], previous[i - channels] if i >= channels else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 255
-            elif kind == 2:
-                line[i] = (line[i] + up) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (left + up) // 2) & 255
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
-        rows.append(bytes(line))
-        previous = line
-    return rows
-
-
-def assert_not_blank(path: Path) -> None:
-    """Wider than 200 px, and more than 2% of its pixels differ from the background colour."""
-    rows = png_rows(path)
-    width = len(rows[0]) // 4 if len(rows[0]) % 4 == 0 else len(rows[0]) // 3
-    assert width > 200 and len(rows) > 150, (width, len(rows))
-    size = len(rows[0]) // width
-    pixels = [row[i : i + size] for row in rows[::4] for i in range(0, len(row), size * 4)]
-    background = max(set(pixels), key=pixels.count)
-    drawn = sum(p != background for p in pixels) / len(pixels)
-    assert drawn > 0.02, f"{path}: {drawn:.1%} of pixels drawn, looks blank"
-    assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"
 
 
 # base_chat as params.yaml lists it: the base model, asked through its chat template.
