@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics = {"url": source.url, "rev": source.rev, "sha": sha, **unpacked, **counts}
     io.write_json(args.metrics, metrics)
     print(f"clone: {source.url} @ {source.rev} -> {sha}, {counts['files']} files")
+    if not sources.is_package(source.url) and not sha.startswith(source.rev.lower()):
+        # DVC sees params and files, not a remote branch: new commits on it re-run nothing.
+        print(f"clone: source.rev {source.rev!r} is a branch or tag, pinned at {sha[:12]} until the next "
+              "clone; to take its newer commits: dvc repro -f clone && dvc repro")
 
 
 if __name__ == "__main__":

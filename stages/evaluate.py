@@ -7,10 +7,13 @@ Reads:  data/generations/<system>/ of every system of params.yaml `benchmark.sys
         template), metrics/generate/<system>.json (speed and parameters, for the
         teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
-        params.yaml `task`, `benchmark` (systems: their names, models, contexts, prompts; sets, templates), `evaluate` (reference
-        system, resamples, confidence, seed, examples), `prompt` and `decoding` (stated in the
-        report)
-Writes: metrics/evaluate.json: the headline: the test set with the first template, every
+        params.yaml `task`, `benchmark` (systems: their names, models, contexts, prompts; sets,
+        templates), `evaluate` (reference system, primary metric, resamples, confidence, seed,
+        examples), `prompt` and `decoding` (stated in the report), `model.base`,
+        `lora.r/alpha/target_modules` and `train.lr` (named in the report's first lines)
+Writes: metrics/evaluate.json: the headline: first the primary metric (`metric`) and the
+        fine-tuned system's difference on it (`delta`, `low`, `high`, `p`), short for
+        `dvc exp show`; then the test set with the first template, every
         system's score, each difference from the reference with its interval and p-value, n,
         the share of degenerate outputs, and the out-of-domain differences (``delta_<metric>``
         is the first system on models/merged's, or the only other system's);
@@ -24,6 +27,7 @@ Run:    python stages/evaluate.py [--out metrics]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from repotune.tasks import resolved_decoding, task
 
     module = task(p.task.name)
+    metric = p.evaluate.primary or module.PRIMARY_METRIC
+    if metric not in module.METRICS:
+        raise errors.RepotuneError(
+            f"params.yaml: evaluate.primary must be one of the {p.task.name} task's metrics "
+            f"({', '.join(module.METRICS)}) or null, got {metric!r}"
+        )
     listed = p.benchmark.systems
     enabled = {name: s for name, s in listed.items() if evalsets.system_enabled(args.generations / name)}
     systems = list(enabled)
@@ -59,16 +69,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
     )
     templates = evalsets.templates(p.benchmark.templates, p.prompt.template)
-    # best_base: the base system at its best prompt, by the task's first metric on the headline.
+    # best_base: the base system at its best prompt, by the primary metric on the headline.
     reference, base_scores = resolve_reference(
         p.evaluate.reference, systems_on(enabled, params.BASE_MODEL), args.generations, sets["test"],
-        templates[0], module.METRICS[0],
+        templates[0], metric,
     )
     if reference not in systems:
         raise errors.RepotuneError(
             f"evaluate.reference is {p.evaluate.reference!r}, not one of the systems {', '.join(systems)}"
         )
-    evaluate_params = p.evaluate.model_copy(update={"reference": reference})
+    evaluate_params = p.evaluate.model_copy(update={"reference": reference, "primary": metric})
     evaluations = evaluate_generations(args.generations, systems, sets, templates, module, evaluate_params)
     warnings = []
     if p.prompt.template not in templates:
@@ -86,18 +96,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     costs = report.system_costs(systems, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
-    summary = {**headline(p.task.name, evaluations, reference, primary, teacher),
-               "trained_template": p.prompt.template, "trained_template_evaluated": p.prompt.template in templates}
-    io.write_json(out / "evaluate.json", summary)
+    summary = headline(p.task.name, evaluations, reference, primary, teacher, primary_metric=metric)
+    summary.update(trained_template=p.prompt.template, trained_template_evaluated=p.prompt.template in templates)
+    # Key order kept (not sorted): the primary metric's delta and interval first, then the rest
+    # sorted (see evaluation.headline); the same bytes for the same numbers.
+    io.write_text(out / "evaluate.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
     io.write_jsonl(out / "predictions.jsonl", [
-        row for ev in evaluations for row in report.prediction_rows(ev, module.SAMPLE_METRIC)
+        row for ev in evaluations for row in report.prediction_rows(ev, metric)
     ])
     report.write_png(
-        report.scores_spec(evaluations, module.METRICS, p.evaluate.confidence), out / "plots/scores.png"
+        report.differences_spec(evaluations, module.METRICS, reference, p.evaluate.confidence),
+        out / "plots/scores.png",
     )
     report.write_png(
-        report.sample_deltas_spec(evaluations, module.SAMPLE_METRIC, reference),
+        report.sample_deltas_spec(evaluations, metric, reference),
         out / "plots/sample_deltas.png",
     )
     settings = {
@@ -105,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "chat_template": p.prompt.chat_template, "decoding": resolved_decoding(p.decoding, p.task.name).model_dump(mode="json"),
     }
     io.write_text(out / "report.md", report.render_report(
-        p.task.name, evaluations, module.METRICS, module.SAMPLE_METRIC,
+        p.task.name, evaluations, module.METRICS, metric,
         reference=reference, confidence=p.evaluate.confidence,
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
         stage_metrics=stage_metrics, settings=settings, signatures=signatures, costs=costs, warnings=warnings,
@@ -113,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         prompts={name: s.prompt for name, s in enabled.items()}, teacher=teacher,
         systems={name: {"model": s.model, "context": s.context} for name, s in enabled.items()},
         not_run={name: evalsets.disabled_system(args.generations / name) for name in listed if name not in enabled},
+        setup=report.Setup(
+            base=p.model.label if p.model is not None else "models/base", lora_r=p.lora.r,
+            lora_alpha=p.lora.alpha, lora_targets=p.lora.target_modules,
+            lr=p.train.lr if p.train.lr is not None else module.TRAINING["lr"],
+            finetuned=primary,
+        ),
     ))
     print(io.dumps(summary))
 

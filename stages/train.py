@@ -8,8 +8,8 @@ context files are empty (retrieval.enabled false: the retrieve stage read nothin
 no model and writes a disabled marker (models/adapter_rag/disabled.json) and
 ``{"enabled": false}`` metrics instead.
 
-Reads:  params.yaml (lora, train, prompt, task; model.base is recorded; distill: mode logits
-        adds the teacher's KL term to the loss), models/base/,
+Reads:  params.yaml (lora, train but threads and save_steps, prompt, task; model.base is
+        recorded; distill: mode logits adds the teacher's KL term to the loss), models/base/,
         data/distill/train.jsonl (the split's train records, with the teacher's targets when
         distill.mode is sequence), data/split/val.jsonl, data/distill/model (the teacher)
 Writes: models/adapter/ (adapter safetensors, adapter_config.json, tokenizer, training.json),
@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="retrieval: prompts hold each sample's retrieved context (stage train_rag)")
     parser.add_argument("--retrieved", type=Path, default=Path("data/retrieved"), help="the retrieve stage's output")
     parser.add_argument("--no-live", action="store_true", help="write no dvclive curves")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="model tokens per prompt + completion instead of train.max_length (train_rag: retrieval.max_length)")
     args = parser.parse_args(argv)
     contexts = {name: args.retrieved / args.context / f"{name}.jsonl" for name in ("train", "val")}
     if args.context != "none" and not any(io.iter_jsonl(contexts["train"])):
@@ -66,31 +68,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     p = params.load(args.params)
+    # train_rag's prompts hold context: dvc.yaml passes retrieval.max_length (train never reads it).
+    train = p.train if args.max_length is None else p.train.model_copy(update={"max_length": args.max_length})
     distill = p.distill
     logits = distill.enabled and distill.mode == "logits"
-    if logits and p.train.launcher != "none":
+    if logits and train.launcher != "none":
         raise errors.RepotuneError(
             "distill.mode: logits trains in one process (the teacher runs beside the student); set train.launcher: none"
         )
     # A quantization bitsandbytes cannot run here stops the stage before anything is loaded.
-    modeling.check_quantize(p.train.quantize, modeling.resolve_device(p.train.device))
+    modeling.check_quantize(train.quantize, modeling.resolve_device(train.device))
     accelerate_config = None
-    if p.train.launcher == "accelerate":
-        accelerate_config = launch.check_config(p.train.accelerate_config, p.train.device)
+    if train.launcher == "accelerate":
+        accelerate_config = launch.check_config(train.accelerate_config, train.device)
         if not launch.is_worker():
             launch.relaunch(accelerate_config, Path(__file__).resolve(), sys.argv[1:] if argv is None else list(argv))
             return
     main_process = launch.is_main_process()  # writes the shared outputs; the others only train
-    train_records = load_split(args.train, p.train.max_samples)
-    val_records = load_split(args.val, p.train.max_val_samples)
+    train_records = load_split(args.train, train.max_samples)
+    val_records = load_split(args.val, train.max_val_samples)
     if args.context != "none":  # the same rendering as at test time (repotune.prompts)
         train_records = with_context(train_records, contexts["train"], args.context)
         val_records = with_context(val_records, contexts["val"], args.context)
     if main_process:
         print(f"train: {len(train_records)} samples, val: {len(val_records)} samples")
     teacher_identity = model_identity(args.teacher) if logits else None
+    # model.base alone is read (its label is recorded): dvc.yaml declares that key, not `model`.
+    base_label = p.model.label if p.model is not None else None
     run_folder = None
-    if p.train.save_steps > 0:
+    if train.save_steps > 0:
         # The process count decides the RNG states and data shards a checkpoint holds.
         inputs = {"base": model_identity(args.base), "train": sha256_file(args.train), "val": sha256_file(args.val),
                   **({"accelerate_config": sha256_file(accelerate_config)} if accelerate_config else {}),
@@ -100,17 +106,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                   **({"teacher": teacher_identity, "distill": f"{distill.temperature}/{distill.kl_weight}"} if logits else {})}
         run_folder = checkpoints.run_folder(
             args.checkpoints,
-            {"lora": p.lora.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
+            {"lora": p.lora.model_dump(mode="json"), "train": train.model_dump(mode="json"),
              "prompt": p.prompt.model_dump(mode="json"), "task": p.task.name,
-             "model": p.model.label if p.model is not None else None},
+             "model": base_label},
             inputs, main_process,
         )
 
     results = train_adapter(
         args.base, train_records, val_records, args.out,
-        lora=p.lora, train=p.train, prompt=p.prompt, task_name=p.task.name,
+        lora=p.lora, train=train, prompt=p.prompt, task_name=p.task.name,
         live_dir=None if args.no_live else args.live, checkpoint_dir=run_folder,
-        base_name=p.model.label if p.model is not None else str(args.base),
+        base_name=base_label or str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),
             **({"context": args.context} if args.context != "none" else {}),

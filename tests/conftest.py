@@ -311,6 +311,25 @@ ALL_STAGES = ["base", "clone", "extract", "filter", "judge", "split", "distill",
               "generate@base_prefix", "generate@base_rag", "generate@finetuned_rag", "evaluate"]
 
 
+# Settings that cannot change any stage's output bytes (speed and bookkeeping). No stage
+# declares them in dvc.yaml, so changing one re-runs nothing: test_dvc_deps.py keeps them out
+# of every stage's params, test_pipeline_dvc.py changes each and finds `dvc status` clean.
+# Each entry says why the bytes cannot change.
+SPEED_KEYS = {
+    "extract.workers": "files are parsed in parallel and their records come back in file order "
+                       "(test_stages_data.py: the same bytes with 1 and 2 workers)",
+    "train.threads": "torch CPU threads: the default base's fp32 loss, every gradient and 24 greedy "
+                     "tokens are bit-identical with 1 and 2 threads (bench/threads_determinism.py, "
+                     "AMD EPYC AVX2); on a GPU they are not used",
+    "train.save_steps": "checkpoints are only read by a resumed run, which ends in the bytes of an "
+                        "uninterrupted one; curves are logged every min(10, eval_steps) steps, not "
+                        "at checkpoints (checkpoints round up to that interval)",
+    "judge.threads": "torch CPU threads, as train.threads",
+    "distill.threads": "torch CPU threads, as train.threads",
+    "benchmark.threads": "torch CPU threads, as train.threads",
+}
+
+
 def dvc_env() -> dict[str, str]:
     """The environment a `dvc` subprocess runs stages in: this venv's python first on PATH."""
     import sys
@@ -441,3 +460,56 @@ def kill_at_checkpoint(
         if proc.poll() is None:
             proc.kill()
     raise AssertionError(f"the run ended before a checkpoint at step {step}: {proc.stderr.read()}")
+
+
+# --- PNG checks (plots rendered offline) --------------------------------------------------------
+
+def png_rows(path: Path) -> list[bytes]:
+    """The pixel rows of an 8-bit RGB/RGBA PNG, unfiltered (stdlib only)."""
+    import zlib
+
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            assert body[8] == 8 and body[9] in (2, 6), "8-bit RGB or RGBA expected"
+            channels = 3 if body[9] == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw, stride, rows, previous = zlib.decompress(idat), width * channels, [], bytes(width * channels)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        rows.append(bytes(line))
+        previous = line
+    return rows
+
+
+def assert_not_blank(path: Path) -> None:
+    """Wider than 200 px, and more than 2% of its pixels differ from the background colour."""
+    rows = png_rows(path)
+    width = len(rows[0]) // 4 if len(rows[0]) % 4 == 0 else len(rows[0]) // 3
+    assert width > 200 and len(rows) > 150, (width, len(rows))
+    size = len(rows[0]) // width
+    pixels = [row[i : i + size] for row in rows[::4] for i in range(0, len(row), size * 4)]
+    background = max(set(pixels), key=pixels.count)
+    drawn = sum(p != background for p in pixels) / len(pixels)
+    assert drawn > 0.02, f"{path}: {drawn:.1%} of pixels drawn, looks blank"
+    assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"

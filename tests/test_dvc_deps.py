@@ -9,10 +9,17 @@ but never reads re-runs it for nothing. Both directions are checked.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import typing
 
 import pytest
 import yaml
+from conftest import SPEED_KEYS
+from pydantic import BaseModel
+
+from repotune.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "repotune"
@@ -142,14 +149,63 @@ def params_reads(script: Path) -> set[str]:
             continue  # only whole chains; `p.a.b` is read once, as a.b
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             continue
+        if isinstance(parent, ast.Compare) and all(isinstance(op, ast.Is | ast.IsNot) for op in parent.ops):
+            continue  # `p.model is not None` asks whether the section is there: any declared key of it says
         key = chain(node)
         if key and id(node) not in alias_values:
-            reads.add(key)
+            head, _, last = key.rpartition(".")
+            key = head if last in WHOLE_READS and head else key  # p.train.model_dump() reads all of train
+            reads.add(PROPERTIES.get(key, key))
     return reads
+
+
+# Pydantic methods that read the whole of the params they are called on.
+WHOLE_READS = {"model_dump", "model_dump_json", "model_copy"}
+
+
+# Computed properties of params, as the keys they are computed from.
+PROPERTIES = {"model.label": "model.base"}
+
+
+def fields(key: str) -> list[str] | None:
+    """The keys one level under dotted `key` of params.yaml (its pydantic model's fields), or
+    None when it is a value, not a section."""
+    model: typing.Any = Params
+    for part in key.split("."):
+        annotation = model.model_fields[part].annotation
+        # `ModelParams | None` and the like: the section's model
+        model = next((a for a in (annotation, *typing.get_args(annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return [f"{key}.{name}" for name in model.model_fields]
+
+
+def without_speed_keys(reads: set[str]) -> set[str]:
+    """`reads` with every speed or bookkeeping key (SPEED_KEYS) left out: a read of a whole
+    section that holds one becomes a read of each of its other keys, which the stage declares
+    one by one (DVC cannot declare a section minus a key)."""
+    out: set[str] = set()
+    todo = list(reads)
+    while todo:
+        key = todo.pop()
+        if key in SPEED_KEYS:
+            continue
+        if any(speed.startswith(key + ".") for speed in SPEED_KEYS) and (sub := fields(key)) is not None:
+            todo.extend(sub)
+        else:
+            out.add(key)
+    return out
 
 
 def script_of(stage: dict) -> Path:
     return ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
+
+
+def cmd_reads(stage: dict) -> set[str]:
+    """Params the stage's command passes to its script (``--max-length ${retrieval.max_length}``):
+    read by the stage although its script never loads them."""
+    return {key for key in re.findall(r"\$\{([a-z_.]+)\}", stage["cmd"]) if key != "key" and not key.startswith("item.")}
 
 
 def declared_deps(stage: dict) -> list[str]:
@@ -189,7 +245,7 @@ def test_stage_declares_every_module_it_imports(name: str) -> None:
 def test_stage_declares_exactly_the_params_sections_it_reads(name: str) -> None:
     stage = STAGES[name]
     declared = {p.split(".")[0] for p in stage.get("params", [])}
-    assert declared == params_sections(script_of(stage)), f"stage {name!r}"
+    assert declared == params_sections(script_of(stage)) | {k.split('.')[0] for k in cmd_reads(stage)}, f"stage {name!r}"
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -200,7 +256,7 @@ def test_stage_declares_every_key_it_reads_and_reads_every_key_it_declares(name:
     stage = STAGES[name]
     # generate@<system> declares its own entry of benchmark.systems: benchmark.systems.${key}.
     declared = {key.replace("${key}", "*") for key in stage.get("params", [])}
-    reads = params_reads(script_of(stage))
+    reads = without_speed_keys(params_reads(script_of(stage)) | cmd_reads(stage))
 
     def under(key: str, prefix: str) -> bool:
         return key == prefix or key.startswith(prefix + ".")
@@ -209,6 +265,32 @@ def test_stage_declares_every_key_it_reads_and_reads_every_key_it_declares(name:
     assert not unseen, f"stage {name!r} reads params it does not declare: {unseen}"
     unread = sorted(d for d in declared if not any(under(r, d) or under(d, r) for r in reads))
     assert not unread, f"stage {name!r} declares params it never reads: {unread}"
+    # No speed or bookkeeping key is declared, alone or inside a section (it would re-run the
+    # stage for output bytes that cannot change).
+    speed = sorted(k for k in SPEED_KEYS for d in declared if under(k, d))
+    assert not speed, f"stage {name!r} declares speed/bookkeeping keys {speed} (see conftest.SPEED_KEYS)"
+
+
+def test_speed_keys_exist_in_params() -> None:
+    """Every SPEED_KEYS entry is a real key of the schema (a typo would exempt nothing)."""
+    for key in SPEED_KEYS:
+        section, _, name = key.rpartition(".")
+        assert key in (fields(section) or []), key
+
+
+def test_a_whole_section_read_is_each_key_but_the_speed_ones(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "def main():\n"
+        "    p = params.load('x')\n"
+        "    run(p.extract, p.extract.workers, p.train.threads, p.train.lr)\n"
+        "    if p.model is not None:\n"
+        "        print(p.model.label)\n"
+    )
+    reads = without_speed_keys(params_reads(script))
+    assert "extract.workers" not in reads and "train.threads" not in reads
+    assert {"extract.languages", "extract.window", "extract.mask", "train.lr", "model.base"} <= reads
+    assert "extract" not in reads and "model" not in reads
 
 
 def test_params_reads_follows_aliases_and_whole_reads(tmp_path: Path) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
-from conftest import load_stage, make_source_repo, write_params
+from conftest import assert_not_blank, load_stage, make_source_repo, png_rows, write_params
 
 from repotune import io
 
@@ -28,55 +27,6 @@ def records(n: int, prefix: str = "s") -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def png_rows(path: Path) -> list[bytes]:
-    """The pixel rows of an 8-bit RGB/RGBA PNG, unfiltered (stdlib only)."""
-    data = path.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    pos, idat, width, height, channels = 8, b"", 0, 0, 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
-            assert body[8] == 8 and body[9] in (2, 6), "8-bit RGB or RGBA expected"
-            channels = 3 if body[9] == 2 else 4
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw, stride, rows, previous = zlib.decompress(idat), width * channels, [], bytes(width * channels)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up, corner = previous[i], previous[i - channels] if i >= channels else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 255
-            elif kind == 2:
-                line[i] = (line[i] + up) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (left + up) // 2) & 255
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
-        rows.append(bytes(line))
-        previous = line
-    return rows
-
-
-def assert_not_blank(path: Path) -> None:
-    """Wider than 200 px, and more than 2% of its pixels differ from the background colour."""
-    rows = png_rows(path)
-    width = len(rows[0]) // 4 if len(rows[0]) % 4 == 0 else len(rows[0]) // 3
-    assert width > 200 and len(rows) > 150, (width, len(rows))
-    size = len(rows[0]) // width
-    pixels = [row[i : i + size] for row in rows[::4] for i in range(0, len(row), size * 4)]
-    background = max(set(pixels), key=pixels.count)
-    drawn = sum(p != background for p in pixels) / len(pixels)
-    assert drawn > 0.02, f"{path}: {drawn:.1%} of pixels drawn, looks blank"
-    assert len(set(pixels)) > 8, f"{path}: {len(set(pixels))} colours"
 
 
 # base_chat as params.yaml lists it: the base model, asked through its chat template.
@@ -130,6 +80,9 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     out = run_evaluate(tmp_path, params)
     head = json.loads((out / "evaluate.json").read_text())
     assert head["samples"] == 5 and head["ood_samples"] == 3 and head["template"] == "plain"
+    # The primary metric and its difference lead the file (dvc exp show's first columns).
+    assert list(head)[:5] == ["metric", "delta", "low", "high", "p"]
+    assert (head["metric"], head["delta"], head["low"], head["high"], head["p"]) == ("rouge_l", 0, 0, 0, 1.0)
     for metric in ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match"):
         assert head[f"delta_{metric}"] == 0 and head[f"ood_delta_{metric}"] == 0
         assert head[f"delta_{metric}_low"] == 0 == head[f"delta_{metric}_high"]
@@ -147,9 +100,19 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     assert (f"- ood, python: `{source.working_dir}` @ `{python['sha'][:12]}`, {python['samples']} of "
             f"{python['samples_extracted']} samples kept\n") in report
     assert "finetuned against base, not significant at 95%: chrf, rouge_l" in report
-    assert "## Degenerate outputs" in report and "![scores with intervals](plots/scores.png)" in report
-    for name in ("scores.png", "sample_deltas.png"):
-        assert_not_blank(out / "plots" / name)
+    assert "## Degenerate outputs" in report and "![differences with paired intervals](plots/scores.png)" in report
+    # The first lines: what was compared, then one verdict per evaluation on the primary metric.
+    lines = report.splitlines()
+    assert lines[2] == ("Base model `models/base`; adapter LoRA r 16, alpha 32 on q_proj, k_proj, v_proj, o_proj, "
+                        "lr 0.001; training summary not found. Primary metric: rouge_l.")
+    assert lines[4] == ("- **test · plain, 5 samples:** finetuned cannot be told apart from base: +0.00 rouge_l "
+                        "(95% CI [+0.00, +0.00], p = 1.000), not significant at 95%.")
+    assert sum(line.startswith("- **") for line in lines[4:9]) == 4
+    assert "per-sample rouge_l" in report
+    # The same model twice: scores.png draws zero differences (axes and a line at 0, nearly
+    # blank; the next test draws real ones), the histogram one bar at 0.
+    assert len(png_rows(out / "plots/scores.png")) > 150
+    assert_not_blank(out / "plots/sample_deltas.png")
 
     # evaluate alone is deterministic to the byte.
     again = run_evaluate(tmp_path, params, "metrics2")
@@ -248,8 +211,11 @@ def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(
     assert head["delta_exact_match"] == round(100 * 2 / 6, 4)
     assert head["delta_base_exact_match"] == -50.0  # the other base: 0 of 6 against 3 of 6
     report = (tmp_path / "metrics/report.md").read_text()
-    assert ("The reference is the base model at its best prompt: base_chat scored higher on chrf on the headline "
-            "evaluation (base ") in report
+    # By the primary metric (docstring: rouge_l): base 0, base_chat 3 of 6 targets word for word.
+    assert ("The reference is the base model at its best prompt: base_chat scored higher on rouge_l on the headline "
+            "evaluation (base 0.00, base_chat 50.00)") in report
+    # scores.png: the paired differences from base_chat (finetuned +33, base -50) with their intervals.
+    assert_not_blank(tmp_path / "metrics/plots/scores.png")
     assert ("`base` is prompted with the trained template, `base_chat` is prompted with the task's request "
             "through the model's chat template.") in report
     assert "the same prompts but for base_chat (the task's request through the model's chat template)" in report
@@ -330,3 +296,40 @@ def test_chat_answers_are_unwrapped_by_the_task():
     assert method_name.chat_answer("The original name is `getFoo`.") == "getFoo"
     assert method_name.chat_answer("**readAll**") == "readAll"
     assert method_name.chat_answer("readAll") == "readAll"
+
+
+def test_a_p_value_at_the_permutation_floor_prints_as_at_most_and_the_verdict_says_which_way():
+    from repotune import report
+
+    # 1000 permutations: no permutation as extreme gives two-sided p = 2 / 1001, printed 0.002.
+    result = {"samples": 121, "p_min": round(2 / 1001, 4), "differences": {"finetuned": {
+        "rouge_l": {"delta": 9.3754, "low": 7.7018, "high": 11.1703, "p": 0.002, "significant": True},
+        "bleu": {"delta": -0.75, "low": -1.42, "high": -0.06, "p": 0.04, "significant": True},
+        "chrf": {"delta": 0.2538, "low": -1.9, "high": 2.4, "p": 0.8012, "significant": False},
+    }}}
+    assert report.p_text(0.002, result) == "≤ 0.002" and report.p_text(0.012, result) == "0.012"
+    ev = {"set": "test", "template": "plain", "result": result}
+    assert report.verdict(ev, "rouge_l", "base", "finetuned", 0.95) == (
+        "**test · plain, 121 samples:** finetuned is better than base: +9.38 rouge_l "
+        "(95% CI [+7.70, +11.17], p ≤ 0.002).")
+    assert report.verdict(ev, "bleu", "base", "finetuned", 0.95) == (
+        "**test · plain, 121 samples:** finetuned is worse than base: -0.75 bleu "
+        "(95% CI [-1.42, -0.06], p = 0.040).")
+    assert report.verdict(ev, "chrf", "base", "finetuned", 0.95) == (
+        "**test · plain, 121 samples:** finetuned cannot be told apart from base: +0.25 chrf "
+        "(95% CI [-1.90, +2.40], p = 0.801), not significant at 95%.")
+
+
+def test_scores_png_draws_the_paired_differences_with_their_intervals():
+    from repotune import report
+
+    ev = {"set": "ood", "template": "plain", "result": {"differences": {"finetuned": {
+        "bleu": {"delta": 0.98, "low": 0.37, "high": 1.64}, "chrf": {"delta": 3.23, "low": 1.23, "high": 5.34}}}}}
+    spec = report.differences_spec([ev], ["chrf", "bleu"], "base", 0.95)
+    assert spec["title"] == "difference from base, with 95% paired bootstrap intervals"
+    assert spec["data"]["values"] == [
+        {"evaluation": "ood · plain", "metric": "bleu", "comparison": "finetuned − base", "delta": 0.98, "low": 0.37, "high": 1.64},
+        {"evaluation": "ood · plain", "metric": "chrf", "comparison": "finetuned − base", "delta": 3.23, "low": 1.23, "high": 5.34},
+    ]
+    assert [layer["mark"] if isinstance(layer["mark"], str) else layer["mark"]["type"] for layer in spec["spec"]["layer"]] == [
+        "bar", "rule", "rule"]

@@ -146,10 +146,10 @@ def test_windows_with_long_literals_are_dropped():
 
 
 def test_completion_postprocess_keeps_indentation_and_cuts_lines():
-    line = ExtractParams()
+    line = ExtractParams().window
     assert completion.postprocess("  x + 1)\nmore", ["\n"], line) == "  x + 1)"
     assert completion.postprocess("\nnext line", ["\n"], line) == ""
-    two = ExtractParams(window=WindowParams(target="lines", lines=2))
+    two = WindowParams(target="lines", lines=2)
     assert completion.postprocess(" a\n    b\n    c", [], two) == " a\n    b"
 
 
@@ -215,10 +215,10 @@ def test_method_name_drop_reasons(sample, reason):
 
 
 def test_method_name_postprocess_takes_the_first_identifier():
-    extract = ExtractParams()
-    assert method_name.postprocess("  `getName`()\nmore", ["\n"], extract) == "getName"
-    assert method_name.postprocess("\n\n  compute_total\n", ["\n"], extract) == "compute_total"
-    assert method_name.postprocess("   ", ["\n"], extract) == ""
+    window = ExtractParams().window
+    assert method_name.postprocess("  `getName`()\nmore", ["\n"], window) == "getName"
+    assert method_name.postprocess("\n\n  compute_total\n", ["\n"], window) == "compute_total"
+    assert method_name.postprocess("   ", ["\n"], window) == ""
 
 
 def test_method_name_metrics_match_hand_computed_values():
@@ -412,7 +412,7 @@ def test_docstring_wrong_kind_is_code_where_prose_is_asked(output, wrong):
     ("The name is getFoo", True), ("fun getFoo() {", True), ("", True), ("get foo", True),
 ])
 def test_method_name_wrong_kind_is_judged_on_what_the_model_wrote(raw, wrong):
-    assert method_name.wrong_kind(method_name.postprocess(raw, ["\n"], ExtractParams()), raw) is wrong
+    assert method_name.wrong_kind(method_name.postprocess(raw, ["\n"], ExtractParams().window), raw) is wrong
 
 
 @pytest.mark.parametrize(("raw", "wrong"), [

@@ -536,10 +536,23 @@ def test_checkpoint_picks_highest_complete_and_keys_by_params_and_inputs(tmp_pat
     params = {"train": {"lr": 0.1, "save_steps": 10}, "lora": {"r": 8}}
     key = checkpoints.run_key(params, {"base": "a", "train": "b"})
     assert key == checkpoints.run_key({"train": {"lr": 0.1, "save_steps": 99}, "lora": {"r": 8}}, {"base": "a", "train": "b"})
+    assert key == checkpoints.run_key({"train": {"lr": 0.1, "threads": 1}, "lora": {"r": 8}}, {"base": "a", "train": "b"})
     assert key != checkpoints.run_key({"train": {"lr": 0.2, "save_steps": 10}, "lora": {"r": 8}}, {"base": "a", "train": "b"})
     assert key != checkpoints.run_key(params, {"base": "a", "train": "c"})
     checkpoints.finish(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+def test_checkpoints_end_a_logging_window_and_the_curves_do_not_depend_on_save_steps():
+    from repotune.params import TrainParams
+    from repotune.training import checkpoint_interval, logging_interval
+
+    # logging every min(10, eval_steps) updates, whatever save_steps is
+    assert [logging_interval(TrainParams(eval_steps=60, save_steps=s)) for s in (30, 25, 7, 0)] == [10] * 4
+    assert logging_interval(TrainParams(eval_steps=4, save_steps=30)) == 4
+    # checkpoints: save_steps rounded up to a multiple of it
+    assert [checkpoint_interval(TrainParams(eval_steps=60, save_steps=s)) for s in (30, 25, 7, 10, 11)] == [30, 30, 10, 10, 20]
+    assert checkpoint_interval(TrainParams(eval_steps=4, save_steps=5)) == 8
 
 
 def test_sigkilled_training_resumes_from_its_last_checkpoint_to_the_same_bytes(tiny_model, tmp_path):

@@ -29,7 +29,7 @@ COMPLETE = "repotune.json"
 README = "README.md"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 # Params that do not change what is trained: a new value still resumes the same run.
-NOT_IN_KEY = ("save_steps",)
+NOT_IN_KEY = ("save_steps", "threads")
 
 _README_TEXT = """\
 # Training checkpoints

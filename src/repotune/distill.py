@@ -304,7 +304,7 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
 
     device = resolve_device(s.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.extract)
+    stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.extract.window)
     cache = read_cache(cache_file)
     rows, generated = generate_cached(
         teacher, {"train": prompts}, cache, identity, s.decoding, stop=stop,
@@ -317,7 +317,7 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
                   "template_text": template_text(s.prompt, s.task_name), "chat_template": s.prompt.chat_template}
 
     def postprocess(raw: str) -> str:
-        return module.postprocess(raw, stop, s.extract)
+        return module.postprocess(raw, stop, s.extract.window)
 
     targets, kept = teacher_records(
         inputs, prompts, rows["train"], postprocess,

@@ -75,6 +75,9 @@ def evaluate(
             }
     return {
         "samples": len(references),
+        # The smallest two-sided p-value `resamples` permutations can give (none as extreme as
+        # the observed difference): a p-value there means "at most this".
+        "p_min": round(2 / (params.resamples + 1), 4),
         "scores": scores,
         "differences": differences,
         "degenerate": {
@@ -152,11 +155,12 @@ def read_outputs(
 
 def headline(
     task_name: str, evaluations: Sequence[Mapping[str, Any]], reference: str,
-    primary: str | None = None, teacher: str | None = None,
+    primary: str | None = None, teacher: str | None = None, primary_metric: str | None = None,
 ) -> dict[str, Any]:
     """The flat headline of metrics/evaluate.json.
 
-    The test set with the first template: ``samples``, ``<system>_<metric>``, and per other
+    First (see :func:`lead`), with a `primary_metric`: ``metric``, ``delta``,
+    ``low``, ``high``, ``p``. Then, in key order, the test set with the first template: ``samples``, ``<system>_<metric>``, and per other
     system ``delta_<metric>`` with ``_low``, ``_high``, ``_p`` (the `primary` system's, or the
     only other one's; any other system's is ``delta_<system>_<metric>``...),
     ``<system>_degenerate_pct`` and ``<system>_markup_pct`` (with ``reference_markup_pct``);
@@ -201,7 +205,26 @@ def headline(
             for metric, d in by_metric.items():
                 flat[f"ood_{prefix(other)}_{metric}"] = d["delta"]
                 flat[f"ood_{prefix(other)}_{metric}_p"] = d["p"]
-    return flat
+    if primary_metric is None:
+        return flat
+    return {**lead(evaluations, primary_metric, reference, primary), **dict(sorted(flat.items()))}
+
+
+def lead(
+    evaluations: Sequence[Mapping[str, Any]], metric: str, reference: str, primary: str | None = None,
+) -> dict[str, Any]:
+    """The first keys of metrics/evaluate.json, short so that `dvc exp show` (whose first screen
+    in an 80-column terminal holds the experiment's name and the first metrics) shows them:
+    ``metric`` (its name), and the `primary` system's (or the only other one's) difference from
+    `reference` on the headline evaluation, ``delta`` with its interval ``low``..``high`` and
+    ``p``, rounded to 2 decimals (the full values are ``delta_<metric>``, ``_low``, ...)."""
+    differences = evaluations[0]["result"]["differences"]
+    if not differences:
+        return {"metric": metric}
+    d = differences[primary] if primary in differences else next(iter(differences.values()))
+    d = d[metric]
+    return {"metric": metric, "delta": round(d["delta"], 2), "low": round(d["low"], 2),
+            "high": round(d["high"], 2), "p": d["p"]}
 
 
 def evaluate_generations(
@@ -227,7 +250,7 @@ def evaluate_generations(
             wrong_kind[system] = [module.wrong_kind(r["output"], r.get("raw", r["output"])) for r in rows]
         result = evaluate(
             [r["target"] for r in records], [r["input"] for r in records], outputs,
-            module.METRICS, module.SAMPLE_METRIC, params, wrong_kind,
+            module.METRICS, params.primary or module.PRIMARY_METRIC, params, wrong_kind,
         )
         evaluations.append({"set": set_name, "template": template, "records": records,
                             "outputs": outputs, "result": result})

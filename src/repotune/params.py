@@ -168,6 +168,9 @@ class RetrievalParams(Section):
     top_k: int = Field(default=2, gt=0)  # chunks per sample at most
     context_tokens: int = Field(default=300, gt=0)  # code tokens of context per sample, best chunk first
     query_lines: int = Field(default=20, gt=0)  # tail queries: the last N lines of the input
+    # Model tokens per prompt + completion where a prompt holds context (stage train_rag, systems
+    # with context retrieval or prefix): train.max_length's room for the code plus the context's.
+    max_length: int = Field(default=768, gt=0)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_RETRIEVAL_EXCLUDE))
 
     @model_validator(mode="after")
@@ -535,9 +538,12 @@ class BenchmarkParams(Section):
 
 class EvaluateParams(Section):
     # Deltas are taken against this system (a name of benchmark.systems); best_base: of the
-    # systems that run the base model with no context, the one that scores higher on the task's
-    # first metric on the headline evaluation (the base at its best prompt).
+    # systems that run the base model with no context, the one that scores higher on the
+    # primary metric on the headline evaluation (the base at its best prompt).
     reference: str = Field(default=BEST_BASE, min_length=1)
+    # The metric of the verdict, the headline, the examples and the histogram: a name of the
+    # task's metrics; None = the task's PRIMARY_METRIC (the evaluate stage checks the name).
+    primary: str | None = Field(default=None, min_length=1)
     resamples: int = Field(default=1000, ge=100)  # bootstrap resamples and randomization permutations
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     seed: int = 42

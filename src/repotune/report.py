@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,57 @@ def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence
                         "x": x, "xOffset": offset,
                         "y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"},
                     },
+                },
+            ],
+        },
+    )
+
+
+def differences_spec(
+    evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], reference: str, confidence: float,
+) -> dict:
+    """Each other system's paired difference from `reference` per metric, with its paired
+    bootstrap interval (what a significance claim rests on; the systems' own intervals may
+    overlap while the paired one excludes 0) and a line at 0; one row of panels per evaluation."""
+    values = [
+        {
+            "evaluation": evaluation_title(ev["set"], ev["template"]), "metric": metric,
+            "comparison": f"{system} − {reference}", "delta": d["delta"], "low": d["low"], "high": d["high"],
+        }
+        for ev in evaluations
+        for system, by_metric in ev["result"]["differences"].items()
+        for metric, d in by_metric.items()
+        if metric in metric_names
+    ]
+    comparisons = list(dict.fromkeys(v["comparison"] for v in values))
+    x = {"field": "metric", "type": "nominal", "sort": list(metric_names), "title": None, "axis": {"labelAngle": -30}}
+    offset = {"field": "comparison", "sort": comparisons}
+    return _by_evaluation(
+        evaluations, f"difference from {reference}, with {round(confidence * 100)}% paired bootstrap intervals",
+        values,
+        {
+            "width": 80 * len(metric_names) + 40,
+            "height": 220,
+            "layer": [
+                {
+                    "mark": "bar",
+                    "encoding": {
+                        "x": x, "xOffset": offset,
+                        "y": {"field": "delta", "type": "quantitative", "title": f"difference from {reference} (points)"},
+                        "color": {"field": "comparison", "type": "nominal", "sort": comparisons, "title": None,
+                                  "scale": {"range": PALETTE[1:]}},
+                    },
+                },
+                {
+                    "mark": {"type": "rule", "color": "black"},
+                    "encoding": {
+                        "x": x, "xOffset": offset,
+                        "y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"},
+                    },
+                },
+                {
+                    "mark": {"type": "rule", "color": "gray", "strokeDash": [4, 4]},
+                    "encoding": {"y": {"datum": 0, "type": "quantitative"}},
                 },
             ],
         },
@@ -241,7 +293,7 @@ def _score_table(ev: Mapping[str, Any], metric_names: Sequence[str], reference: 
             d = result["differences"][other][metric]
             mark = "" if d["significant"] else " (n.s.)"
             cells += [f"**{_signed(d['delta'])}**{mark}" if d["significant"] else f"{_signed(d['delta'])}{mark}",
-                      f"[{_signed(d['low'])}, {_signed(d['high'])}]", f"{d['p']:.3f}"]
+                      f"[{_signed(d['low'])}, {_signed(d['high'])}]", p_text(d["p"], result)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -258,7 +310,7 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
         def listed(names: list[str]) -> str:
             return ", ".join(
                 f"{n} ({_signed(diffs[n]['delta'])}, {level} CI [{_signed(diffs[n]['low'])}, "
-                f"{_signed(diffs[n]['high'])}], p = {diffs[n]['p']:.3f})" for n in names
+                f"{_signed(diffs[n]['high'])}], p {_p_words(diffs[n]['p'], ev['result'])})" for n in names
             )
 
         parts = []
@@ -368,6 +420,66 @@ def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What the report's first lines name: the base model (``model.base``), the adapter's LoRA
+    settings and learning rate as applied, and the fine-tuned system (None: there is none)."""
+
+    base: str
+    lora_r: int
+    lora_alpha: int
+    lora_targets: Sequence[str] | str
+    lr: float
+    finetuned: str | None
+
+
+def p_text(p: float, result: Mapping[str, Any]) -> str:
+    """A p-value as printed: "≤ 0.002" at the smallest value the permutations can give
+    (``p_min`` of the evaluation's result), where the true one may be lower; else 3 decimals."""
+    floor = result.get("p_min")
+    return f"≤ {floor:.3f}" if floor is not None and p <= floor else f"{p:.3f}"
+
+
+def _p_words(p: float, result: Mapping[str, Any]) -> str:
+    """``= 0.012`` or ``≤ 0.002``, to follow a "p"."""
+    text = p_text(p, result)
+    return text if text.startswith("≤") else f"= {text}"
+
+
+def verdict(ev: Mapping[str, Any], metric: str, reference: str, system: str, confidence: float) -> str:
+    """One sentence: how `system` compares with `reference` on `metric` in evaluation `ev`."""
+    result = ev["result"]
+    d = result["differences"][system][metric]
+    level = f"{round(confidence * 100)}%"
+    numbers = (f"{_signed(d['delta'])} {metric} ({level} CI [{_signed(d['low'])}, {_signed(d['high'])}], "
+               f"p {_p_words(d['p'], result)})")
+    where = f"{ev['set']} · {ev['template']}, {result['samples']} samples"
+    if not d["significant"]:
+        return f"**{where}:** {system} cannot be told apart from {reference}: {numbers}, not significant at {level}."
+    word = "better" if d["delta"] > 0 else "worse"
+    return f"**{where}:** {system} is {word} than {reference}: {numbers}."
+
+
+def _setup_lines(
+    evaluations: Sequence[Mapping[str, Any]], metric: str, reference: str, confidence: float,
+    setup: Setup, train: Mapping[str, Any] | None,
+) -> list[str]:
+    """The report's first lines: what was compared (base, adapter, training budget) and one
+    verdict per evaluation on the primary `metric`."""
+    targets = setup.lora_targets if isinstance(setup.lora_targets, str) else ", ".join(setup.lora_targets)
+    trained = (f"{train['train_samples']} train samples, {train['steps']} steps in "
+               f"{train['train_seconds'] / 60:.1f} min" if train else "training summary not found")
+    lines = [f"Base model `{setup.base}`; adapter LoRA r {setup.lora_r}, alpha {setup.lora_alpha} on "
+             f"{targets}, lr {setup.lr:g}; {trained}. Primary metric: {metric}."]
+    system = setup.finetuned
+    others = list(evaluations[0]["result"]["differences"])
+    if system not in others:
+        system = others[0] if len(others) == 1 else None
+    if system is not None:
+        lines += [""] + [f"- {verdict(ev, metric, reference, system, confidence)}" for ev in evaluations]
+    return lines
+
+
 def render_report(
     task_name: str,
     evaluations: Sequence[Mapping[str, Any]],
@@ -389,6 +501,7 @@ def render_report(
     teacher: str | None = None,
     systems: Mapping[str, Mapping[str, str]] | None = None,
     not_run: Mapping[str, str] | None = None,
+    setup: Setup | None = None,
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
@@ -407,6 +520,8 @@ def render_report(
     lines = [
         f"# Evaluation, task `{task_name}`: " + " vs ".join(systems_listed),
         "",
+        *(_setup_lines(evaluations, sample_metric, reference, confidence, setup, stage_metrics.get("train"))
+          + [""] if setup is not None else []),
         *[f"> **Warning:** {warning}\n" for warning in warnings],
         "Every system gets the same decoding, and the same prompts"
         + (f" but for {', '.join(chat)} ({PROMPT_WORDS['chat']}). " if chat else ". ")
@@ -425,7 +540,7 @@ def render_report(
     if base_scores and len(base_scores) > 1:
         compared = ", ".join(f"{s} {score:.2f}" for s, score in base_scores.items())
         lines += ["", f"The reference is the base model at its best prompt: {reference} scored higher on "
-                      f"{metric_names[0]} on the headline evaluation ({compared}); "
+                      f"{sample_metric} on the headline evaluation ({compared}); "
                       + ", ".join(f"`{s}` is prompted with {PROMPT_WORDS[prompt_of.get(s, 'trained')]}"
                                   for s in base_scores) + "."]
     for ev in evaluations:
@@ -449,7 +564,7 @@ def render_report(
     summary = _data_summary(stage_metrics)
     if summary:
         lines += ["", "## Data and training", ""] + summary
-    lines += ["", "## Plots", "", "![scores with intervals](plots/scores.png)", "",
+    lines += ["", "## Plots", "", "![differences with paired intervals](plots/scores.png)", "",
               "![per-sample differences](plots/sample_deltas.png)"]
     lines += ["", f"## Examples: {evaluation_title(head['set'], head['template'])}, per-sample {sample_metric}", ""]
     lines += _examples(head, sample_metric, reference, examples) or ["(none)"]

@@ -258,6 +258,21 @@ _PACKAGE_COMMIT_ENV = {
 # for credentials on a terminal, never read the user's or the system's git config.
 _GIT_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=always"]
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+# Opt-in, never by default: the git credential helper to clone a private HTTPS repository with
+# (e.g. `store`, `cache`, `osxkeychain`, `!gh auth git-credential`). An environment variable,
+# not a param: credentials belong to the machine and change no output. The user's own git
+# config stays ignored otherwise (no hooks, aliases or url rewrites from it).
+CREDENTIAL_HELPER_ENV = "REPOTUNE_GIT_CREDENTIAL_HELPER"
+
+
+def _credential_options() -> list[str]:
+    """``--config=credential.helper=...`` for git clone when the user opted in, else nothing."""
+    import os
+    import shlex
+
+    helper = os.environ.get(CREDENTIAL_HELPER_ENV, "").strip()
+    # GitPython splits multi_options with shlex: quote the helper, which may hold spaces.
+    return [shlex.quote(f"--config=credential.helper={helper}")] if helper else []
 
 
 def _first_line(exc: Exception) -> str:
@@ -344,9 +359,11 @@ def clone(url: str, rev: str, dest: Path, submodules: bool = False) -> tuple[str
             url = str(path.resolve())
         try:
             repo = git.Repo.clone_from(
-                url, dest, multi_options=[*(f"--config={c}" for c in _GIT_SAFE[1::2]), "--no-checkout"],
+                url, dest,
+                multi_options=[*(f"--config={c}" for c in _GIT_SAFE[1::2]), *_credential_options(), "--no-checkout"],
                 env=_GIT_ENV,
-                allow_unsafe_options=True,  # only our own --config values above, never user input
+                # only our own --config values above, and the helper the user named in their environment
+                allow_unsafe_options=True,
             )
         except git.GitCommandError as exc:
             raise RepotuneError(f"cannot clone source.url {url!r}: {_first_line(exc)}") from None

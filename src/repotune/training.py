@@ -231,6 +231,20 @@ def resolve_gradient_checkpointing(setting: bool | str, device: str) -> bool:
     return bool(setting)
 
 
+def logging_interval(train: TrainParams) -> int:
+    """Optimizer updates per point of the train-loss curve: min(10, ``train.eval_steps``),
+    whatever ``train.save_steps`` is (the curves do not depend on checkpointing)."""
+    return min(10, train.eval_steps)
+
+
+def checkpoint_interval(train: TrainParams) -> int:
+    """Updates between checkpoints: ``train.save_steps`` rounded up to a multiple of
+    :func:`logging_interval`, so that a checkpoint ends a logging window and a resumed run's
+    curves are those of an uninterrupted one (save_steps 25 with eval_steps 60: every 30)."""
+    logging = logging_interval(train)
+    return -(-train.save_steps // logging) * logging
+
+
 def sft_config(
     train: TrainParams,
     output_dir: str,
@@ -254,7 +268,7 @@ def sft_config(
     return SFTConfig(
         output_dir=output_dir,
         save_strategy="steps" if checkpoints else "no",
-        save_steps=train.save_steps if checkpoints else 500,
+        save_steps=checkpoint_interval(train) if checkpoints else 500,
         save_total_limit=2,
         report_to="none",  # curves go through our own dvclive callback
         num_train_epochs=train.epochs,
@@ -268,9 +282,9 @@ def sft_config(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=train.eval_steps,
         prediction_loss_only=True,
-        # Train loss is averaged over each logging window; at most 10 steps per point. With
-        # checkpoints, windows end at every checkpoint, so a resumed run logs the same windows.
-        logging_steps=math.gcd(min(10, train.eval_steps), train.save_steps if checkpoints else 0),
+        # Train loss is averaged over each logging window; at most 10 steps per point. Every
+        # checkpoint ends a window (see checkpoint_interval), so a resumed run logs the same windows.
+        logging_steps=logging_interval(train),
         logging_first_step=True,
         seed=train.seed,
         data_seed=train.seed,

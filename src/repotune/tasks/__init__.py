@@ -10,8 +10,9 @@ A task module provides:
   (``head`` or ``tail``) says which end of a too-long input to keep;
 - ``PROMPTS`` (named default templates, ``{code}`` = :func:`prompt_input`),
   ``prompt_input(record)``, ``completion(record)`` (the text trained to follow the prompt),
-  ``default_stop(extract)`` (stop strings when ``decoding.stop`` is null),
-  ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model output ->
+  ``default_stop(window)`` (stop strings when ``decoding.stop`` is null; `window`: the
+  ``extract.window`` params, all of ``extract`` a completion's shape depends on),
+  ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, window)`` (model output ->
   prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
   :func:`resolved_decoding`), and ``TRAINING`` for the ``train`` keys left null (see
   :func:`resolved_training`);
@@ -21,7 +22,8 @@ A task module provides:
 - ``wrong_kind(output, raw)`` and ``WRONG_KIND`` (its rule, in words): whether an output is
   not the kind the task asks for (a degenerate check, see ``repotune.degenerate``);
 - ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and
-  ``SAMPLE_METRIC``: the one scored per sample in reports and plots;
+  ``PRIMARY_METRIC``: the one the verdict, the headline of metrics/evaluate.json, the
+  report's examples and the per-sample histogram use (``evaluate.primary`` overrides it);
 - ``RETRIEVAL_QUERY`` (``tail``: the last ``retrieval.query_lines`` lines of the input;
   ``whole``: all of it) and ``CONTEXT_LEAK``: what of the target a retrieved chunk must not hold
   (``identifier``: the target as a whole identifier; ``text``: its text, verbatim or as a

@@ -58,7 +58,8 @@ TRAINING = {"lr": 2.0e-4}
 STOP_AFTER_LEADING_WHITESPACE = False
 # Names in repotune.metrics.METRICS, in report order (CodeXGLUE's line completion: EM, edit sim).
 METRICS = ("exact_match", "edit_similarity", "bleu")
-SAMPLE_METRIC = "edit_similarity"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram).
+PRIMARY_METRIC = "edit_similarity"
 # Retrieval (repotune.retrieval): the query is the code just before the cursor (the last
 # retrieval.query_lines lines). No chunk is refused for holding the target: another file with
 # the same line is what an editor's retrieval would find too; each record says instead whether
@@ -230,9 +231,9 @@ def chat_answer(raw: str) -> str:
     return raw
 
 
-def default_stop(extract: ExtractParams) -> list[str]:
+def default_stop(window: WindowParams) -> list[str]:
     """A line target ends at the newline; multi-line and token targets run to their length."""
-    return ["\n"] if extract.window.target == "line" else []
+    return ["\n"] if window.target == "line" else []
 
 
 def prompt_input(record: Mapping[str, Any]) -> str:
@@ -251,13 +252,13 @@ def completion(record: Mapping[str, Any]) -> str:
     return record["target"] + ("\n" if record.get("ends_line") else "")
 
 
-def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:
+def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:
     """Model output -> prediction: cut at the first stop (leading whitespace kept), at most as
     many lines as the target has (``lines``: ``window.lines``; ``line``: one)."""
     from repotune.stops import cut_at_stop
 
     text = cut_at_stop(raw, stop, skip_leading_whitespace=False)
-    if extract.window.target != "tokens":
-        keep = extract.window.lines if extract.window.target == "lines" else 1
+    if window.target != "tokens":
+        keep = window.lines if window.target == "lines" else 1
         text = "\n".join(text.split("\n")[:keep])
     return text.rstrip()

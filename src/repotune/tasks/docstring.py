@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
-    from repotune.params import ExtractParams, FilterParams
+    from repotune.params import ExtractParams, FilterParams, WindowParams
 
 # The same docstring on a definition of the same name is a copy (overloads, re-exports).
 DUPLICATE_TARGETS = True
@@ -53,7 +53,9 @@ STOP_AFTER_LEADING_WHITESPACE = True
 # Names in repotune.metrics.METRICS, in report order.
 METRICS = ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match")
 # The per-sample score shown in the report and plotted.
-SAMPLE_METRIC = "chrf"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): ROUGE-L, the
+# word-overlap measure that moves with what a docstring says; chrF also rewards copied identifiers.
+PRIMARY_METRIC = "rouge_l"
 # Retrieval (repotune.retrieval): the query is the whole input; no context chunk may hold the
 # target's text, verbatim or as a near-duplicate (a copied docstring would be the answer).
 RETRIEVAL_QUERY = "whole"
@@ -353,7 +355,7 @@ def chat_answer(raw: str) -> str:
     return raw
 
 
-def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
+def default_stop(window: WindowParams) -> list[str]:  # noqa: ARG001 - same for every window
     return ["\n\n"]
 
 
@@ -372,7 +374,7 @@ def completion(record: Mapping[str, Any]) -> str:
     return " " + record["target"].strip() + "\n"
 
 
-def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  # noqa: ARG001
+def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
     """Model output -> prediction: cut at the first stop after leading whitespace, stripped."""
     from repotune.stops import truncate_at_stop
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from repotune.languages import Definition
 
 if TYPE_CHECKING:
-    from repotune.params import ExtractParams, FilterParams
+    from repotune.params import ExtractParams, FilterParams, WindowParams
 
 # Many functions share a name (toString, run): only identical inputs are duplicates.
 DUPLICATE_TARGETS = False
@@ -55,7 +55,8 @@ STOP_AFTER_LEADING_WHITESPACE = True
 METRICS = (
     "exact_match", "exact_match_ci", "subtoken_precision", "subtoken_recall", "subtoken_f1", "edit_similarity",
 )
-SAMPLE_METRIC = "subtoken_f1"
+# The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): the name, exactly.
+PRIMARY_METRIC = "exact_match"
 # Retrieval (repotune.retrieval): the query is the whole (masked) input; no context chunk may
 # hold the target name as an identifier (a call of the function would give its name away).
 RETRIEVAL_QUERY = "whole"
@@ -158,7 +159,7 @@ def chat_answer(raw: str) -> str:
     return next(group for group in match.groups() if group) if match else raw
 
 
-def default_stop(extract: ExtractParams) -> list[str]:  # noqa: ARG001 - same for every extract
+def default_stop(window: WindowParams) -> list[str]:  # noqa: ARG001 - same for every window
     return ["\n"]
 
 
@@ -170,7 +171,7 @@ def completion(record: Mapping[str, Any]) -> str:
     return " " + record["target"] + "\n"
 
 
-def postprocess(raw: str, stop: Sequence[str], extract: ExtractParams) -> str:  # noqa: ARG001
+def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
     """Model output -> the first identifier of its first non-blank line ('' if none)."""
     from repotune.stops import truncate_at_stop
 
