@@ -333,3 +333,34 @@ def test_scores_png_draws_the_paired_differences_with_their_intervals():
     ]
     assert [layer["mark"] if isinstance(layer["mark"], str) else layer["mark"]["type"] for layer in spec["spec"]["layer"]] == [
         "bar", "rule", "rule"]
+
+
+def test_pairs_of_evaluate_comparisons_are_compared_with_each_other_and_pairs_that_did_not_run_are_left_out(tmp_path):
+    """evaluate.comparisons: [system, against] gets the paired difference system − against
+    (not against the reference) in evaluate.json and the report; a pair naming a system that
+    is not there is skipped, not an error."""
+    recs = records(40)
+    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    targets = [r["target"] for r in recs]
+    write_generations(tmp_path, "base", ["No."] * 40, recs)  # exact match 0
+    write_generations(tmp_path, "base_rag", targets[:10] + ["No."] * 30, recs)  # 25
+    write_generations(tmp_path, "finetuned_rag", targets[:30] + ["No."] * 10, recs)  # 75
+    systems = {"base": {"model": "models/base"}, "base_rag": {"model": "models/base"},
+               "finetuned_rag": {"model": "models/merged"}}
+    params = write_params(tmp_path, benchmark={"systems": systems}, evaluate={
+        "reference": "base", "comparisons": [["finetuned_rag", "base_rag"], ["base_rag", "base"], ["finetuned_rag", "finetuned"]]})
+    head = json.loads((run_evaluate(tmp_path, params) / "evaluate.json").read_text())
+    assert head["finetuned_rag_vs_base_rag_exact_match"] == 50.0  # 75 − 25, not 75 − 0
+    assert head["base_rag_vs_base_exact_match"] == 25.0
+    assert head["finetuned_rag_vs_base_rag_exact_match_low"] > 0 and head["finetuned_rag_vs_base_rag_exact_match_p"] <= 0.01
+    assert not any(key.startswith("finetuned_rag_vs_finetuned_") for key in head)  # finetuned did not run
+    report = (tmp_path / "metrics/report.md").read_text()
+    assert "| finetuned_rag − base_rag | " in report and "| base_rag − base | " in report
+    assert "finetuned_rag − finetuned" not in report
+
+    # Not a pair of two different systems: a params error before anything is read.
+    import pytest
+    from repotune.params import ParamsError, parse
+
+    with pytest.raises(ParamsError, match="two different systems"):
+        parse({"source": {"url": "."}, "evaluate": {"comparisons": [["base", "base"]]}})

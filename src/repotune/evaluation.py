@@ -31,6 +31,7 @@ def evaluate(
     sample_metric: str,
     params: EvaluateParams,
     wrong_kind: Mapping[str, Sequence[bool]] | None = None,
+    pairs: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """Score every system of `outputs` against `references`.
 
@@ -43,12 +44,14 @@ def evaluate(
         params: the ``evaluate`` params (reference system, resamples, confidence, seed).
         wrong_kind: system -> per output, whether the task's rule calls it the wrong kind of
             output (see ``repotune.degenerate.summarise``); None = no rule.
+        pairs: ``[system, against]`` pairs (both in `outputs`) also compared with each other.
 
     Returns:
         ``samples``; ``scores``: system -> metric -> ``{score, low, high}``; ``differences``:
         other system -> metric -> ``{delta, low, high, p, significant}``; ``degenerate``:
         system -> the shares of ``repotune.degenerate.summarise``; ``sample_scores``: system ->
-        per-sample `sample_metric`.
+        per-sample `sample_metric`; ``comparisons``: ``"<system> - <against>"`` (see
+        :func:`comparison_name`) -> metric -> as in ``differences``, for each of `pairs`.
     """
     if params.reference not in outputs:
         raise ValueError(
@@ -59,6 +62,10 @@ def evaluate(
     differences: dict[str, dict[str, dict[str, Any]]] = {
         name: {} for name in outputs if name != params.reference
     }
+    missing = sorted({name for pair in pairs for name in pair} - set(outputs))
+    if missing:
+        raise ValueError(f"comparisons name systems without outputs: {', '.join(missing)}")
+    comparisons: dict[str, dict[str, dict[str, Any]]] = {}
     for metric_name in metric_names:
         metric = METRICS[metric_name]
         rows = {name: metric.stats(texts, references) for name, texts in outputs.items()}
@@ -68,11 +75,10 @@ def evaluate(
                 "score": round(float(metric.aggregate(system_rows)), 4), "low": low, "high": high,
             }
         for name in differences:
-            diff = stats.paired_difference(rows[params.reference], rows[name], metric.aggregate, **draws)
-            differences[name][metric_name] = {
-                "delta": diff.delta, "low": diff.low, "high": diff.high, "p": diff.p_value,
-                "significant": diff.significant(params.confidence),
-            }
+            differences[name][metric_name] = _difference(rows[params.reference], rows[name], metric, params)
+        for system, against in pairs:
+            comparisons.setdefault(comparison_name(system, against), {})[metric_name] = _difference(
+                rows[against], rows[system], metric, params)
     return {
         "samples": len(references),
         # The smallest two-sided p-value `resamples` permutations can give (none as extreme as
@@ -80,6 +86,7 @@ def evaluate(
         "p_min": round(2 / (params.resamples + 1), 4),
         "scores": scores,
         "differences": differences,
+        "comparisons": comparisons,
         "degenerate": {
             name: degenerate.summarise(texts, references, inputs, (wrong_kind or {}).get(name))
             for name, texts in outputs.items()
@@ -88,6 +95,20 @@ def evaluate(
             name: METRICS[sample_metric].sample_scores(texts, references) for name, texts in outputs.items()
         },
     }
+
+
+def comparison_name(system: str, against: str) -> str:
+    """The key of a comparison in a result's ``comparisons`` (and in the report)."""
+    return f"{system} - {against}"
+
+
+def _difference(against: Any, system: Any, metric: Any, params: EvaluateParams) -> dict[str, Any]:
+    """``system − against`` on `metric` (per-sample statistics of each): delta, paired
+    bootstrap interval, randomization p-value, significance at ``params.confidence``."""
+    diff = stats.paired_difference(against, system, metric.aggregate, resamples=params.resamples,
+                                   confidence=params.confidence, seed=params.seed)
+    return {"delta": diff.delta, "low": diff.low, "high": diff.high, "p": diff.p_value,
+            "significant": diff.significant(params.confidence)}
 
 
 def gain_kept(
@@ -198,8 +219,18 @@ def headline(
         flat[f"{system}_markup_pct"] = shares["markup_pct"]
     # The references are the same for every system: their share once.
     flat["reference_markup_pct"] = shares["reference_markup_pct"]
+    # Each pair of evaluate.comparisons: <system>_vs_<against>_<metric> (+ _low, _high, _p).
+    for name, by_metric in head["result"].get("comparisons", {}).items():
+        key = name.replace(" - ", "_vs_")
+        for metric, d in by_metric.items():
+            flat.update({f"{key}_{metric}": d["delta"], f"{key}_{metric}_low": d["low"],
+                         f"{key}_{metric}_high": d["high"], f"{key}_{metric}_p": d["p"]})
     ood = next((ev for ev in evaluations if ev["set"] == "ood" and ev["template"] == head["template"]), None)
     if ood is not None:
+        for name, by_metric in ood["result"].get("comparisons", {}).items():
+            for metric, d in by_metric.items():
+                flat[f"ood_{name.replace(' - ', '_vs_')}_{metric}"] = d["delta"]
+                flat[f"ood_{name.replace(' - ', '_vs_')}_{metric}_p"] = d["p"]
         flat["ood_samples"] = ood["result"]["samples"]
         for other, by_metric in ood["result"]["differences"].items():
             for metric, d in by_metric.items():
@@ -227,6 +258,11 @@ def lead(
             "high": round(d["high"], 2), "p": d["p"]}
 
 
+def compared_pairs(comparisons: Sequence[Sequence[str]], systems: Sequence[str]) -> list[list[str]]:
+    """The pairs of ``evaluate.comparisons`` whose two systems both ran (are in `systems`)."""
+    return [list(pair) for pair in comparisons if all(name in systems for name in pair)]
+
+
 def evaluate_generations(
     generations: Path, systems: Sequence[str], sets: Mapping[str, Sequence[Mapping[str, Any]]],
     templates: Sequence[str], module: Any, params: EvaluateParams,
@@ -251,6 +287,7 @@ def evaluate_generations(
         result = evaluate(
             [r["target"] for r in records], [r["input"] for r in records], outputs,
             module.METRICS, params.primary or module.PRIMARY_METRIC, params, wrong_kind,
+            pairs=compared_pairs(params.comparisons, systems),
         )
         evaluations.append({"set": set_name, "template": template, "records": records,
                             "outputs": outputs, "result": result})

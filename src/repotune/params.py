@@ -548,6 +548,20 @@ class EvaluateParams(Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     seed: int = 42
     examples: int = Field(default=1, ge=0)  # examples per kind (best, median, worst delta) in the report
+    # Pairs [system, against] compared besides the reference (paired intervals and p-values, as
+    # against the reference): what context adds to a model, and fine-tuning to context. A pair
+    # with a system that did not run is left out (the report says which).
+    comparisons: list[list[str]] = Field(default_factory=lambda: [
+        ["base_rag", "base"], ["base_rag", "base_prefix"], ["finetuned_rag", "finetuned"], ["finetuned_rag", "base_rag"],
+    ])
+
+    @field_validator("comparisons")
+    @classmethod
+    def _pairs(cls, pairs: list[list[str]]) -> list[list[str]]:
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"each comparison is [system, against], two different systems; got {pair}")
+        return pairs
 
 
 SECTIONS: dict[str, type[Section]] = {

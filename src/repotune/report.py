@@ -298,6 +298,25 @@ def _score_table(ev: Mapping[str, Any], metric_names: Sequence[str], reference: 
     return lines
 
 
+def _comparison_table(ev: Mapping[str, Any], metric_names: Sequence[str], confidence: float) -> list[str]:
+    """The pairs of ``evaluate.comparisons`` on one evaluation: per pair and metric the paired
+    difference, its interval and p (bold = significant); [] when there are none."""
+    result = ev["result"]
+    if not result.get("comparisons"):
+        return []
+    level = f"{round(confidence * 100)}%"
+    lines = [f"Pairs compared with each other ({level} paired intervals, as above):", "",
+             "| comparison | " + " | ".join(metric_names) + " |", "|---" + "|---:" * len(metric_names) + "|"]
+    for name, by_metric in result["comparisons"].items():
+        cells = []
+        for metric in metric_names:
+            d = by_metric[metric]
+            delta = f"**{_signed(d['delta'])}**" if d["significant"] else _signed(d["delta"])
+            cells.append(f"{delta} [{_signed(d['low'])}, {_signed(d['high'])}], p {_p_words(d['p'], result)}")
+        lines.append(f"| {name.replace(' - ', ' − ')} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str, confidence: float) -> list[str]:
     """One sentence per compared system: what changed significantly, what did not."""
     level = f"{round(confidence * 100)}%"
@@ -548,6 +567,8 @@ def render_report(
         lines += ["", f"## {ev['set']}, template `{ev['template']}`: {ev['result']['samples']} samples ({where})", ""]
         lines += _score_table(ev, metric_names, reference, confidence)
         lines += [""] + _in_words(ev, metric_names, reference, confidence)
+        comparisons = _comparison_table(ev, metric_names, confidence)
+        lines += [""] + comparisons if comparisons else []
     head = evaluations[0]
     if teacher in head["result"]["scores"] and reference != teacher:
         lines += ["", f"## Teacher and student: {evaluation_title(head['set'], head['template'])}", "",
