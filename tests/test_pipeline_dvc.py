@@ -162,7 +162,13 @@ def test_one_switch_adds_the_retrieval_systems_and_reruns_only_what_sees_context
     assert rows and all("context_cut" in r for r in rows)
     assert "context_cut" not in io.read_jsonl(project / "data/generations/base/test.plain.jsonl")[0]
     report = (project / "metrics/report.md").read_text()
-    assert "| base_rag | `models/base` | retrieval: chunks of other files" in report and "Not run" not in report
+    assert "| base_rag | `models/base` | retrieval: chunks of other files" in report
+    # Only base_chat is left out now (the tiny model has no chat template).
+    not_run = next(line for line in report.splitlines() if line.startswith("Not run: "))
+    assert not_run.startswith("Not run: base_chat (") and "base_rag" not in not_run and "base_prefix" not in not_run
+    # The pairs of evaluate.comparisons that ran, against each other.
+    assert {"base_rag_vs_base_chrf", "base_rag_vs_base_prefix_chrf_low", "finetuned_rag_vs_finetuned_chrf_p"} <= set(
+        io.read_json(project / "metrics/evaluate.json"))
 
     # A retrieval knob re-runs what sees the context, never the context-free systems.
     set_params(project, retrieval={"context_tokens": 5})
@@ -231,7 +237,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     # No chat baseline for completion (nor a chat template in the tiny model): base and fine-tuned.
     assert bench["reference"] == "base" and bench["trained_template_evaluated"] is True
     assert set(bench) == {"task", "template", "samples", "reference_markup_pct", "reference", "trained_template",
-                          "trained_template_evaluated"} | {
+                          "trained_template_evaluated", "metric", "delta", "low", "high", "p"} | {
         f"{s}_{share}" for s in ("base", "finetuned") for share in ("degenerate_pct", "markup_pct", "wrong_kind_pct")
     } | {
         f"{s}_{m}" for s in ("base", "finetuned") for m in completion_metrics
