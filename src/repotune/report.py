@@ -70,49 +70,6 @@ def _by_evaluation(
     }
 
 
-def scores_spec(evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], confidence: float) -> dict:
-    """Bars of every system's score per metric, with bootstrap-interval whiskers; one row of
-    panels per evaluation."""
-    values = [
-        {
-            "evaluation": evaluation_title(ev["set"], ev["template"]), "metric": metric,
-            "system": system, "score": s["score"], "low": s["low"], "high": s["high"],
-        }
-        for ev in evaluations
-        for system, by_metric in ev["result"]["scores"].items()
-        for metric, s in by_metric.items()
-        if metric in metric_names
-    ]
-    systems = list(dict.fromkeys(v["system"] for v in values))
-    x = {"field": "metric", "type": "nominal", "sort": list(metric_names), "title": None, "axis": {"labelAngle": -30}}
-    offset = {"field": "system", "sort": systems}
-    return _by_evaluation(
-        evaluations, f"scores with {round(confidence * 100)}% bootstrap intervals", values,
-        {
-            "width": 80 * len(metric_names) + 40,
-            "height": 220,
-            "layer": [
-                {
-                    "mark": "bar",
-                    "encoding": {
-                        "x": x, "xOffset": offset,
-                        "y": {"field": "score", "type": "quantitative", "title": "score (0-100)"},
-                        "color": {"field": "system", "type": "nominal", "sort": systems, "title": None,
-                                  "scale": {"range": PALETTE}},
-                    },
-                },
-                {
-                    "mark": {"type": "rule", "color": "black"},
-                    "encoding": {
-                        "x": x, "xOffset": offset,
-                        "y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"},
-                    },
-                },
-            ],
-        },
-    )
-
-
 def differences_spec(
     evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], reference: str, confidence: float,
 ) -> dict:
