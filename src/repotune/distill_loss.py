@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repotune import modeling
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
 def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_weight: float) -> type:
     """The KL trainer class with the teacher folder loaded beside the student (same device and
     precision as `loaded`, a ``training.Loaded``); refuses a teacher with another vocabulary."""
-    from repotune import modeling
-
     vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
     model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
     return kl_trainer_class(model, vocab, temperature, kl_weight)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from repotune import degenerate, stats
+from repotune import degenerate, evalsets, io, stats
 from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
 from repotune.params import BEST_BASE, EvaluateParams, SystemParams
@@ -163,8 +163,6 @@ def read_outputs(
     Raises:
         RepotuneError: the system has no outputs for it, or outputs of other samples.
     """
-    from repotune import evalsets, io
-
     path = evalsets.generation_file(generations / system, set_name, template)
     if not path.is_file():
         raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
@@ -274,8 +272,6 @@ def evaluate_generations(
     Raises:
         RepotuneError: a system has no outputs for an evaluation, or outputs of other samples.
     """
-    from repotune import evalsets
-
     evaluations = []
     for set_name, template in evalsets.evaluations(templates, "ood" in sets):
         records = sets[set_name]

@@ -10,6 +10,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repotune.compat import onednn_linear_ops
+from repotune.errors import RepotuneError
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,8 +21,6 @@ if TYPE_CHECKING:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; explicit 'cuda' without one fails."""
     import torch
-
-    from repotune.errors import RepotuneError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -188,8 +189,6 @@ def check_quantize(quantize: str, device: str) -> None:
 
     from packaging.version import Version
 
-    from repotune.errors import RepotuneError
-
     if quantize == "none":
         return
     way_out = "install bitsandbytes (pyproject.toml pins 0.50.2), or set train.quantize: none"
@@ -271,8 +270,6 @@ def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
         How many linears were packed.
     """
     import torch
-
-    from repotune.compat import onednn_linear_ops
 
     ops = onednn_linear_ops()
     if ops is None:

@@ -22,7 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import checkpoints, compat, io
+from repotune import checkpoints, compat, io, modeling
+from repotune.compat import quiet_live
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
 from repotune.tasks import resolved_training
@@ -195,8 +196,6 @@ def live_callback(folder: str | Path) -> TrainerCallback:
     """
     from transformers import TrainerCallback
 
-    from repotune.compat import quiet_live
-
     class _LiveCallback(TrainerCallback):
         def __init__(self) -> None:
             self.live = quiet_live(str(folder))
@@ -321,8 +320,6 @@ def load_for_training(base: Path, train: TrainParams) -> Loaded:
     """Load the base for training: device (this process's GPU under a multi-process launcher),
     precision, threads, quantization (frozen k-bit weights, fp32 norms) resolved from params."""
     from peft import prepare_model_for_kbit_training
-
-    from repotune import modeling
 
     if not (base / "config.json").is_file():
         raise RepotuneError(f"{base}: not a Hugging Face model folder (no config.json)")
