@@ -141,3 +141,14 @@ def test_function_level_imports_of_the_package_say_why() -> None:
                 if is_own and "#" not in lines[node.lineno - 1] and not lines[node.lineno - 2].strip().startswith("#"):
                     unexplained.append(f"{name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not unexplained, "function-level imports without a comment saying why:\n" + "\n".join(unexplained)
+
+
+def test_tests_change_the_working_directory_only_through_monkeypatch() -> None:
+    """A bare os.chdir in a test leaks its directory into every later test (DESIGN: Tests)."""
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "os.chdir(" in line and path.name != "test_imports.py"
+    ]
+    assert not offenders, f"use monkeypatch.chdir: {offenders}"
