@@ -407,12 +407,12 @@ def test_a_stage_that_produces_nothing_fails_there_with_counts(
     write_params(tmp_path, source_repo.working_dir, **sections)
     for name in ("clone", "extract", "filter", "judge", "split"):
         if name == failing:
-            assert run(stage(name).main, []) == 1
+            assert run(load_stage(name).main, []) == 1
             # One line, after the progress bars on stderr.
             errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
             assert len(errs) == 1 and re.search(message, errs[0].removeprefix("error: ")), errs
             break
-        stage(name).main([])
+        load_stage(name).main([])
 
 
 def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridden(
@@ -421,7 +421,7 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30}, filter={"min_target_tokens": 10})
     for name in ("clone", "extract", "filter", "judge"):
-        stage(name).main([])
+        load_stage(name).main([])
     assert run(load_stage("split").main, []) == 1
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errs) == 1
