@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_stage
 
 from repotune.base_model import materialize_base, sha256_file
 from repotune.errors import ParamsError, RepotuneError
@@ -29,16 +30,6 @@ SMOLLM2 = {
 }
 
 
-def _stage_main():
-    """stages/base.py's main (stages are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stage_base", STAGES / "base.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _params(tmp_path: Path, model: dict | None) -> Path:
     raw: dict = {"source": {"url": str(tmp_path / "repo")}}
     if model is not None:
@@ -49,7 +40,7 @@ def _params(tmp_path: Path, model: dict | None) -> Path:
 
 
 def _run(tmp_path: Path, model: dict | None, out: Path) -> dict:
-    _stage_main()(["--params", str(_params(tmp_path, model)), "--out", str(out)])
+    load_stage("base").main(["--params", str(_params(tmp_path, model)), "--out", str(out)])
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
 
 
@@ -491,7 +482,7 @@ def test_errors_run_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     from repotune.errors import run
 
     params = _params(tmp_path, {"base": "org/name"})
-    assert run(_stage_main(), ["--params", str(params), "--out", str(tmp_path / "o")]) == 1
+    assert run(load_stage("base").main, ["--params", str(params), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: model.revision is required for the Hub id 'org/name'")
 

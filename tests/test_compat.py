@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -38,10 +40,11 @@ def _shims():
         "trl": lambda: compat.completion_positions_only().__enter__(),
         "torch": compat.onednn_linear_ops if torch.backends.mkldnn.is_available() else None,
         "dvclive": lambda: compat.quiet_live("unused"),
+        "bitsandbytes": compat.int8_cast_warning_once,
     }
 
 
-@pytest.mark.parametrize("package", ["transformers", "trl", "torch", "dvclive"])
+@pytest.mark.parametrize("package", ["transformers", "trl", "torch", "dvclive", "bitsandbytes"])
 def test_every_shim_refuses_a_version_it_was_not_checked_with(package, monkeypatch):
     shim = _shims()[package]
     if shim is None:
@@ -118,3 +121,57 @@ def test_kv_cache_classes_are_the_transformers_ones():
     from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
     assert compat.kv_cache_classes() == (Cache, DynamicCache, DynamicLayer)
+
+
+def test_the_other_trl_transformers_and_bitsandbytes_shims_check_their_version(monkeypatch):
+    real = compat.version
+    model = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="sdpa"))
+    shims = {
+        "trl": [compat.check_trainer_internals, lambda: compat.lora_weights_in_fp32(None)],
+        "transformers": [lambda: compat.attention_implementation(model)],
+        "bitsandbytes": [lambda: compat.avx512bf16_kernel_only_where_it_fits(None)],
+    }
+    for package, calls in shims.items():
+        monkeypatch.setattr(compat, "version", lambda name, package=package: "99.0.0" if name == package else real(name))
+        for call in calls:
+            with pytest.raises(RepotuneError, match=f"{package} 99.0.0 is installed, but repotune uses its private"):
+                call()
+
+
+def test_attention_implementation_is_the_one_the_model_was_built_with():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    for attention in ("eager", "sdpa"):
+        model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation=attention))
+        assert compat.attention_implementation(model) == attention
+
+
+def test_count_trained_tokens_adds_to_trls_counter_and_its_logged_values():
+    from collections import defaultdict
+
+    trainer = types.SimpleNamespace(_total_train_tokens=10, _metrics={"train": defaultdict(list)})
+    metrics = compat.count_trained_tokens(trainer, 7)
+    assert compat.trained_tokens(trainer) == 17
+    assert metrics is trainer._metrics["train"] and metrics["num_tokens"] == [17]
+    with pytest.raises(RepotuneError, match=r"has no SFTTrainer._total_train_tokens/_metrics"):
+        compat.count_trained_tokens(types.SimpleNamespace(_total_train_tokens=0), 1)
+
+
+def test_lora_weights_in_fp32_casts_only_the_trainable_weights():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)).to(torch.bfloat16)
+    model[0].requires_grad_(False)
+    compat.lora_weights_in_fp32(types.SimpleNamespace(model=model))
+    assert {p.dtype for p in model[1].parameters()} == {torch.float32}
+    assert {p.dtype for p in model[0].parameters()} == {torch.bfloat16}
+
+
+def test_the_avx512bf16_switch_is_turned_off_for_layers_it_cannot_take():
+    layer = types.SimpleNamespace(support_avx512bf16_for_cpu=True, out_features=32, in_features=48,
+                                  weight=types.SimpleNamespace(quant_state=types.SimpleNamespace(blocksize=64)))
+    fits = types.SimpleNamespace(support_avx512bf16_for_cpu=True, out_features=64, in_features=128,
+                                 weight=types.SimpleNamespace(quant_state=types.SimpleNamespace(blocksize=64)))
+    compat.avx512bf16_kernel_only_where_it_fits(types.SimpleNamespace(modules=lambda: [layer, fits]))
+    assert (layer.support_avx512bf16_for_cpu, fits.support_avx512bf16_for_cpu) == (False, True)

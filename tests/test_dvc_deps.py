@@ -9,10 +9,10 @@ but never reads re-runs it for nothing. Both directions are checked.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
-from pathlib import Path
-
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,52 +22,15 @@ from pydantic import BaseModel
 from repotune.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "repotune"
+# The closure of a stage's imports is computed by the script that writes dvc.yaml's module deps.
+_spec = importlib.util.spec_from_file_location("dvc_deps", ROOT / ".ci" / "dvc_deps.py")
+dvc_deps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dvc_deps)
+closure = dvc_deps.closure
 # A `foreach` stage (generate@base, generate@finetuned) declares once, in its `do` body.
 STAGES = {
     name: stage.get("do", stage) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()
 }
-
-
-def module_file(name: str) -> Path | None:
-    """The file of module `repotune.x.y` (a module or a package's __init__), if it exists."""
-    path = PACKAGE.joinpath(*name.split(".")[1:])
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def direct_imports(path: Path) -> set[Path]:
-    """Project modules `path` imports anywhere (top level or inside functions)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "repotune":
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(a.name for a in node.names if a.name.split(".")[0] == "repotune")
-    # Importing repotune.a.b runs repotune/a/__init__.py first.
-    for name in list(names):
-        parts = name.split(".")
-        names.update(".".join(parts[:i]) for i in range(2, len(parts)))
-    # An empty package __init__ runs no code: nothing to declare.
-    return {
-        f for name in names
-        if (f := module_file(name)) is not None and f.read_text(encoding="utf-8").strip()
-    }
-
-
-def closure(script: Path) -> set[Path]:
-    """Every project module `script` imports, transitively."""
-    seen: set[Path] = set()
-    todo = list(direct_imports(script))
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo.extend(direct_imports(path))
-    return seen
 
 
 def params_sections(script: Path) -> set[str]:
@@ -239,6 +202,33 @@ def test_stage_declares_every_module_it_imports(name: str) -> None:
                     f"stage {name!r} declares data file {rel} but does not import repotune.languages"
                 )
     assert script_of(stage).relative_to(ROOT).as_posix() in deps, f"{name}: its own script is not a dep"
+
+
+def test_dvc_yaml_module_deps_are_what_the_script_writes() -> None:
+    """`python .ci/dvc_deps.py` would leave dvc.yaml as it is (run it after changing imports)."""
+    text = (ROOT / "dvc.yaml").read_text(encoding="utf-8")
+    assert dvc_deps.rewrite(text) == text, "dvc.yaml module deps are out of date: run python .ci/dvc_deps.py"
+
+
+def test_the_deps_script_drops_stale_modules_and_adds_missing_ones(monkeypatch) -> None:
+    text = (
+        "stages:\n"
+        "  filter:\n"
+        "    cmd: python stages/filter.py\n"
+        "    deps:\n"
+        "      - stages/filter.py\n"
+        "      - src/repotune/tasks\n"
+        "      - src/repotune/report.py\n"
+        "      - data/extracted.jsonl\n"
+        "    params:\n"
+        "      - filter\n"
+    )
+    out = dvc_deps.rewrite(text)
+    deps = yaml.safe_load(out)["stages"]["filter"]["deps"]
+    assert deps[:2] == ["stages/filter.py", "src/repotune/tasks"]  # kept in place
+    assert "src/repotune/report.py" not in deps  # filter never imports it
+    assert {"src/repotune/filters.py", "src/repotune/languages", "src/repotune/queries"} <= set(deps)
+    assert deps[-1] == "data/extracted.jsonl" and out.endswith("    params:\n      - filter\n")
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,53 @@ def test_task_and_language_params_are_checked():
         params.parse({"source": {"url": "."}, "prompt": {"templates": {"completion": {"bare": "x"}}}})
     p = params.parse({"source": {"url": "."}, "task": {"name": "method_name"}, "extract": {"languages": ["kotlin", "java"]}})
     assert p.task.name == "method_name" and p.extract.languages == ["kotlin", "java"]
+
+
+def test_names_the_task_owns_are_checked_when_params_load(tmp_path):
+    """A template or metric the task does not have stops params.load, before any stage works
+    (it used to pass loading and fail at generate or evaluate, after training)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["benchmark"]["templates"] = ["plain", "nonexistent"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as info:
+        params.load(path)
+    assert str(info.value) == (
+        "params.yaml: benchmark.templates lists 'nonexistent', not a template of task docstring "
+        "(task docstring has: plain, verbose; add one under prompt.templates.docstring)"
+    )
+    base = {"source": {"url": "."}, "task": {"name": "method_name"}}
+    with pytest.raises(ParamsError, match=r"^params.yaml: prompt.template is 'nonexistent', not a template of task "
+                                          r"method_name \(task method_name has: instruct, plain; add one under "
+                                          r"prompt.templates.method_name\)$"):
+        params.parse({**base, "prompt": {"template": "nonexistent"}})
+    # A template of another task is not one of this task's.
+    with pytest.raises(ParamsError, match="prompt.template is 'verbose', not a template of task method_name"):
+        params.parse({**base, "prompt": {"template": "verbose"}})
+    with pytest.raises(ParamsError, match=r"evaluate.primary must be one of the method_name task's metrics "
+                                          r"\(exact_match, exact_match_ci, .*\) or null, got 'rouge_l'"):
+        params.parse({**base, "evaluate": {"primary": "rouge_l"}})
+    with pytest.raises(ParamsError, match=r"prompt.templates.docstrng: 'docstrng' is not a task \(tasks: docstring, "
+                                          r"completion, method_name\)"):
+        params.parse({"source": {"url": "."}, "prompt": {"templates": {"docstrng": {"short": "{code}"}}}})
+    # Every problem at once, in one message.
+    with pytest.raises(ParamsError, match=r"prompt.template is 'x'.*; benchmark.templates lists 'y', 'z'.*; "
+                                          r"evaluate.primary .* got 'w'"):
+        params.parse({**base, "prompt": {"template": "x"}, "benchmark": {"templates": ["y", "z"]},
+                      "evaluate": {"primary": "w"}})
+    # Templates defined under prompt.templates for the task count, and so do the task's own.
+    p = params.parse({**base, "prompt": {"template": "short", "templates": {"method_name": {"short": "{code}\nName:"}}},
+                      "benchmark": {"templates": ["short", "instruct"]}, "evaluate": {"primary": "subtoken_f1"}})
+    assert (p.prompt.template, p.benchmark.templates, p.evaluate.primary) == ("short", ["short", "instruct"], "subtoken_f1")
+
+
+def test_task_and_language_names_come_from_the_registries():
+    from repotune.languages import LANGUAGES
+    from repotune.tasks import TASKS
+
+    assert params.TaskParams.model_fields["name"].annotation.__args__ == tuple(TASKS)
+    assert typing.get_args(typing.get_args(params.ExtractParams.model_fields["languages"].annotation)[0]) == tuple(
+        LANGUAGES)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

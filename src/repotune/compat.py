@@ -15,9 +15,17 @@ upstream change breaks a test rather than a number).
   layer internals (``DynamicLayer``'s ``keys``/``values``/``is_initialized``/
   ``lazy_initialization``/``update``, ``DynamicCache(config=...).layers``) that
   ``repotune.slot_cache`` subclasses for continuous batching.
+- transformers: ``PretrainedConfig._attn_implementation`` (the attention a model runs, which
+  decides whether packed samples stay apart; see :func:`attention_implementation`).
 - trl: ``trl.trainer.utils._use_triton`` (whether the fused loss projects only the labelled
-  positions; see :func:`completion_positions_only`) and ``SFTTrainer._total_train_tokens``
-  (the prompt + completion tokens it trained on).
+  positions; see :func:`completion_positions_only`), ``SFTTrainer._total_train_tokens``
+  (the prompt + completion tokens it trained on) and ``SFTTrainer._metrics`` (the values it
+  logs, which a trainer with its own loss adds to: :func:`count_trained_tokens`); and TRL
+  1.16's cast of the LoRA weights of a quantized model to bf16, undone by
+  :func:`lora_weights_in_fp32` (a behaviour, not a name, but as tied to the version).
+- bitsandbytes: the logger of its private ``bitsandbytes.autograd._functions`` module (see
+  :func:`int8_cast_warning_once`) and its 4-bit layers' ``support_avx512bf16_for_cpu`` switch
+  and ``weight.quant_state.blocksize`` (see :func:`avx512bf16_kernel_only_where_it_fits`).
 - torch: the oneDNN ops ``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``
   (a linear layer with its weight pre-packed once for the decoding batch size).
 - dvclive: ``Live._init_dvc`` (switched off: see :func:`quiet_live`).
@@ -29,6 +37,7 @@ measured speed-up into an unexplained slowdown.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
@@ -42,6 +51,7 @@ TRANSFORMERS = "5.23."
 TRL = "1.16."
 TORCH = "2.13."
 DVCLIVE = "3.49."
+BITSANDBYTES = "0.50."
 
 
 def _require(package: str, prefix: str, what: str) -> None:
@@ -144,6 +154,94 @@ def set_trained_tokens(trainer: Any, tokens: int) -> None:
     """Restore TRL's token counter (a run resumed from a checkpoint, which does not hold it)."""
     trained_tokens(trainer)  # the same version and name checks
     trainer._total_train_tokens = tokens
+
+
+def check_trainer_internals() -> None:
+    """Check, once per run, the TRL version :func:`count_trained_tokens` was written for (it runs
+    at every training step, where reading package metadata would cost milliseconds)."""
+    _require("trl", TRL, "SFTTrainer._total_train_tokens/_metrics")
+
+
+def count_trained_tokens(trainer: Any, tokens: int) -> dict[str, list[float]]:
+    """Add `tokens` to TRL's token counter as ``SFTTrainer.compute_loss`` does (for a trainer
+    that computes its own loss), and return the dict of values it logs for training
+    (``_metrics["train"]``: name -> values since the last log), for the caller's own.
+
+    Call :func:`check_trainer_internals` once first.
+    """
+    if not hasattr(trainer, "_total_train_tokens") or not hasattr(trainer, "_metrics"):
+        raise _missing("trl", "SFTTrainer._total_train_tokens/_metrics")
+    trainer._total_train_tokens += tokens
+    metrics = trainer._metrics["train"]
+    metrics["num_tokens"] = [trainer._total_train_tokens]
+    return metrics
+
+
+def lora_weights_in_fp32(trainer: Any) -> None:
+    """Undo TRL 1.16's cast of the trainable (LoRA) weights of a quantized model to bf16.
+
+    TRL 1.16 casts the LoRA weights of any quantized model to bf16 (the QLoRA paper's GPU
+    recipe): in fp32 training that rounds every update, and bf16 matmuls crawl on CPUs without
+    native bf16. Call it before the optimizer exists, so that it sees fp32 weights.
+    """
+    _require("trl", TRL, "SFTTrainer's bf16 cast of a quantized model's LoRA weights")
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
+def attention_implementation(model: Any) -> str | None:
+    """The attention implementation `model` runs (``eager``, ``sdpa``, ``flash_attention_2``,
+    ...): transformers' ``config._attn_implementation``; None for a config without one."""
+    _require("transformers", TRANSFORMERS, "PretrainedConfig._attn_implementation")
+    return getattr(model.config, "_attn_implementation", None)
+
+
+class _FirstOnly(logging.Filter):
+    """Passes the first record whose message starts with `prefix`, drops the later ones."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+def int8_cast_warning_once() -> None:
+    """Let bitsandbytes say once per process, not at every matmul, that LLM.int8 casts to fp16.
+
+    Its MatMul8bitLt logs "inputs will be cast from torch.float32 to float16" at every call
+    whose input is not fp16: with fp32 compute (every CPU run) that is one line per quantized
+    linear per forward and backward pass, thousands in a training log. The logger is that of
+    its private module ``bitsandbytes.autograd._functions``.
+    """
+    _require("bitsandbytes", BITSANDBYTES, "logger bitsandbytes.autograd._functions")
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _FirstOnly) for f in logger.filters):
+        logger.addFilter(_FirstOnly("MatMul8bitLt: inputs will be cast"))
+
+
+def avx512bf16_kernel_only_where_it_fits(model: Any) -> None:
+    """Keep bitsandbytes' plain 4-bit CPU kernel for layers its AVX512-bf16 path cannot take.
+
+    On CPUs with AVX512-bf16, bitsandbytes 0.50 repacks a 4-bit weight at its first no-grad
+    forward (an eval pass) into blocks of 32 output rows and one absmax per `blocksize` inputs;
+    for other shapes it crashes ("shape '[32, 0]' is invalid", seen on a 32-wide test model).
+    Real models' widths are multiples of both; the rest keep the kernel that works everywhere.
+    The switch is the layer's ``support_avx512bf16_for_cpu``.
+    """
+    _require("bitsandbytes", BITSANDBYTES, "Linear4bit.support_avx512bf16_for_cpu")
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        blocksize = getattr(state, "blocksize", 64)
+        if module.out_features % 32 or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
 
 
 def onednn_linear_ops() -> tuple[Any, Any] | None:

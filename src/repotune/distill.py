@@ -28,8 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from repotune import io
+from repotune.base_model import model_identity
+from repotune.distill_loss import check_same_vocab
 from repotune.errors import RepotuneError
+from repotune.files import candidate_paths, read_source
+from repotune.filters import truncate_tokens
+from repotune.generation import generate_from_folder
+from repotune.judge import judge_model_folder
+from repotune.languages import definitions, parser
+from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
 from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams
+from repotune.prompts import Prompter, fitted_prompts, template_text
+from repotune.tasks import sample_id, skipped_tests, task
 
 
 def generation_key(identity: str, prompt: str, decoding: DecodingParams, stop: Sequence[str]) -> str:
@@ -83,8 +93,6 @@ def generate_cached(
         todo = list(dict.fromkeys(p for p, k in zip(texts, keys[name], strict=True) if k not in cache))
         if not todo:
             continue
-        from repotune.generation import generate_from_folder
-
         run = generate_from_folder(
             folder, {name: todo}, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
             device=device, precision=precision,
@@ -127,11 +135,6 @@ def undocumented_records(
             sample, every file a completion source: nothing is undocumented there).
     """
     import pathspec
-
-    from repotune.files import candidate_paths, read_source
-    from repotune.filters import truncate_tokens
-    from repotune.languages import definitions, parser
-    from repotune.tasks import sample_id, skipped_tests, task
 
     if task_name != "docstring":
         raise RepotuneError(
@@ -271,12 +274,6 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
 
     Generations are cached in ``out/cache/generations.jsonl`` (saved after each list of prompts).
     """
-    from repotune.base_model import model_identity
-    from repotune.judge import judge_model_folder
-    from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
-    from repotune.prompts import Prompter, fitted_prompts, template_text
-    from repotune.tasks import task
-
     cache_file = out / "cache" / "generations.jsonl"
     set_threads(s.threads)
     module = task(s.task_name)
@@ -284,8 +281,6 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
     identity = model_identity(teacher)
     tokenizer = load_tokenizer(teacher, trust_remote_code=s.teacher.trust_remote_code)
     if s.mode == "logits":
-        from repotune.distill_loss import check_same_vocab
-
         check_same_vocab(tokenizer, load_tokenizer(base), s.teacher.label, str(base))
     budget = max(1, s.max_length - s.decoding.max_new_tokens)
     gold = sorted(io.read_jsonl(split / "train.jsonl"), key=lambda r: r["id"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repotune import compat, modeling
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
     import torch.nn.functional as F
     from trl import SFTTrainer
 
+    compat.check_trainer_internals()
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -102,11 +104,9 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
                 loss = loss * self.accelerator.num_processes
             # What SFTTrainer.compute_loss records and compat.trained_tokens reads.
             mask_or_positions = inputs.get("attention_mask")
-            self._total_train_tokens += (
-                int(mask_or_positions.sum()) if mask_or_positions is not None else inputs["position_ids"].size(1)
+            metrics = compat.count_trained_tokens(
+                self, int(mask_or_positions.sum()) if mask_or_positions is not None else inputs["position_ids"].size(1)
             )
-            metrics = self._metrics["train"]
-            metrics["num_tokens"] = [self._total_train_tokens]
             count = max(int(n), 1)
             metrics["distill_kl"].append(float(kl.detach()) / count)
             metrics["distill_ce"].append(float(ce.detach()) / count)
@@ -118,8 +118,6 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
 def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_weight: float) -> type:
     """The KL trainer class with the teacher folder loaded beside the student (same device and
     precision as `loaded`, a ``training.Loaded``); refuses a teacher with another vocabulary."""
-    from repotune import modeling
-
     vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
     model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
     return kl_trainer_class(model, vocab, temperature, kl_weight)

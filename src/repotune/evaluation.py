@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from repotune import degenerate, stats
+from repotune import degenerate, evalsets, io, stats
 from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
 from repotune.params import BEST_BASE, EvaluateParams, SystemParams
+
+if TYPE_CHECKING:
+    from repotune.tasks import Task
 
 
 
@@ -163,8 +166,6 @@ def read_outputs(
     Raises:
         RepotuneError: the system has no outputs for it, or outputs of other samples.
     """
-    from repotune import evalsets, io
-
     path = evalsets.generation_file(generations / system, set_name, template)
     if not path.is_file():
         raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
@@ -265,7 +266,7 @@ def compared_pairs(comparisons: Sequence[Sequence[str]], systems: Sequence[str])
 
 def evaluate_generations(
     generations: Path, systems: Sequence[str], sets: Mapping[str, Sequence[Mapping[str, Any]]],
-    templates: Sequence[str], module: Any, params: EvaluateParams,
+    templates: Sequence[str], module: Task, params: EvaluateParams,
 ) -> list[dict[str, Any]]:
     """Every evaluation (set x template) of the outputs of `systems` under `generations`:
     ``{set, template, records, outputs, result}`` (see :func:`evaluate`), in the order of
@@ -274,8 +275,6 @@ def evaluate_generations(
     Raises:
         RepotuneError: a system has no outputs for an evaluation, or outputs of other samples.
     """
-    from repotune import evalsets
-
     evaluations = []
     for set_name, template in evalsets.evaluations(templates, "ood" in sets):
         records = sets[set_name]

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from repotune.codetokens import TOKEN as _TOKEN
 from repotune.codetokens import count_tokens
 from repotune.params import FilterParams
+from repotune.tasks import task
 
 __all__ = ["count_tokens", "filter_samples", "truncate_tokens"]
 
@@ -56,8 +57,6 @@ def filter_samples(
         The kept records and the counts for metrics/filter.json: ``seen``, ``kept``,
         ``dropped_<reason>`` and ``truncated_input``.
     """
-    from repotune.tasks import task
-
     module = task(task_name)
     counts: Counter = Counter()
     kept: list[dict] = []

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from repotune import compat
+from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
 from repotune.stops import cut_at_stop, is_stopped, truncate_at_stop
 
 if TYPE_CHECKING:
@@ -145,8 +147,6 @@ def _processors(
     warpers when sampling); empty for plain greedy decoding."""
     from transformers import GenerationConfig
 
-    from repotune import compat
-
     config = GenerationConfig(
         do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
         top_k=None, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -192,7 +192,7 @@ def _generate_continuous(
     import torch
     from transformers import DynamicCache
 
-    from repotune.slot_cache import SlotCache
+    from repotune.slot_cache import SlotCache  # imports torch at its top: only when generating
 
     device = model.device
     stops = [s for s in stop if s] if stop_early else []
@@ -416,7 +416,7 @@ def generate(
     import torch
     from tqdm.auto import tqdm
 
-    from repotune.slot_cache import supports
+    from repotune.slot_cache import supports  # imports torch at its top: only when generating
 
     model.eval()
     eos_ids = _eos_ids(model, tokenizer)
@@ -491,8 +491,6 @@ def generate_from_folder(
         name -> the :class:`Generation` of that list.
     """
     import gc
-
-    from repotune.modeling import load_causal_lm, load_tokenizer, prepack_linears
 
     unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size") if getattr(decoding, key) is None]
     if unresolved:  # a caller forgot tasks.resolved_decoding: never guess a default here

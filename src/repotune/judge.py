@@ -23,6 +23,7 @@ from tqdm import tqdm
 from repotune.base_model import MANIFEST, materialize_base, model_identity
 from repotune.errors import RepotuneError
 from repotune.io import read_json, read_jsonl
+from repotune.modeling import load_causal_lm, load_tokenizer
 from repotune.prompts import chat
 from repotune.tasks import task
 
@@ -161,8 +162,6 @@ def judge_samples(
         One row per record, sorted by id (id, score, digit_mass, model, prompt_sha256), and
         counts for metrics/judge.json (samples, scored, cached, mean_score, mean_digit_mass, model, prompt_sha256).
     """
-    from repotune.modeling import load_causal_lm, load_tokenizer
-
     identity = model_identity(folder)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     prompts = [render(r, template, task_name, tokenizer, max_code_tokens, chat_template) for r in records]

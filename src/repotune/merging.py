@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import io
+from repotune import io, modeling
 from repotune.errors import RepotuneError
+from repotune.params import PromptParams
+from repotune.prompts import template_text
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +80,6 @@ def _quantized_adapter_logits(
     """
     from peft import PeftModel
 
-    from repotune import modeling
-
     model = modeling.load_causal_lm(base, device="cpu", precision=precision, quantize=quantize)
     peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     return _logits(peft_model, tokenizer, probes, max_tokens)
@@ -133,8 +133,6 @@ def merge_adapter(
         RepotuneError: a folder is missing, no probe was given, or the gap exceeds `tolerance`.
     """
     from peft import PeftModel
-
-    from repotune import modeling
 
     base, adapter = Path(base), Path(adapter)
     if not (base / "config.json").is_file():
@@ -220,9 +218,6 @@ def model_card(
     sha = (clone or {}).get("sha", "unknown")
     targets = lora.get("target_modules")
     targets = ", ".join(targets) if isinstance(targets, list) else targets
-    from repotune.params import PromptParams
-    from repotune.prompts import template_text
-
     template = "`" + template_text(PromptParams(**prompt), task).replace("\n", "\\n") + "`"
     if prompt.get("chat_template"):
         template += " in the tokenizer's chat template"

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from repotune import codexglue, compat
 from repotune.codetokens import subtokens
 
 DIGITS = 4
@@ -90,8 +91,6 @@ class Metric:
 
 
 def _sacrebleu_metric(kind: str) -> Metric:
-    from repotune import compat
-
     scorer = compat.sacrebleu_scorer(kind)
     labels = {"chrf": "chrF (sacrebleu, corpus)", "bleu": "BLEU (sacrebleu 13a, corpus)"}
     return Metric(
@@ -170,8 +169,6 @@ def _edit_similarity(pred: str, ref: str) -> float:
 
 
 def _bleu_cxg(pred: str, ref: str) -> float:
-    from repotune import codexglue
-
     return codexglue.sentence_bleu(pred, ref)
 
 

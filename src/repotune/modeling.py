@@ -6,9 +6,11 @@ collection stay fast.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from repotune import compat
+from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; explicit 'cuda' without one fails."""
     import torch
-
-    from repotune.errors import RepotuneError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,37 +137,10 @@ def load_causal_lm(
     if quantize == "none":
         model.to(device)
     elif quantize == "8bit":
-        _int8_cast_warning_once()
+        compat.int8_cast_warning_once()
     elif device == "cpu":
-        _avx512bf16_kernel_only_where_it_fits(model)
+        compat.avx512bf16_kernel_only_where_it_fits(model)
     return model
-
-
-class _FirstOnly(logging.Filter):
-    """Passes the first record whose message starts with `prefix`, drops the later ones."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix, self.seen = prefix, False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
-            return True
-        first, self.seen = not self.seen, True
-        return first
-
-
-def _int8_cast_warning_once() -> None:
-    """Let bitsandbytes say once per process, not at every matmul, that LLM.int8 casts to fp16.
-
-    Its MatMul8bitLt logs "inputs will be cast from torch.float32 to float16" at every call
-    whose input is not fp16: with fp32 compute (every CPU run) that is one line per quantized
-    linear per forward and backward pass, thousands in a training log. If bitsandbytes renames
-    its logger, the lines simply come back.
-    """
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _FirstOnly) for f in logger.filters):
-        logger.addFilter(_FirstOnly("MatMul8bitLt: inputs will be cast"))
 
 
 # transformers 5.23 refuses bitsandbytes below this version (its BITSANDBYTES_MIN_VERSION).
@@ -187,8 +160,6 @@ def check_quantize(quantize: str, device: str) -> None:
     from importlib import metadata
 
     from packaging.version import Version
-
-    from repotune.errors import RepotuneError
 
     if quantize == "none":
         return
@@ -232,23 +203,6 @@ def quantization_config(quantize: str, precision: str) -> Any:
     )
 
 
-def _avx512bf16_kernel_only_where_it_fits(model: PreTrainedModel) -> None:
-    """Keep bitsandbytes' plain 4-bit CPU kernel for layers its AVX512-bf16 path cannot take.
-
-    On CPUs with AVX512-bf16, bitsandbytes 0.50 repacks a 4-bit weight at its first no-grad
-    forward (an eval pass) into blocks of 32 output rows and one absmax per `blocksize` inputs;
-    for other shapes it crashes ("shape '[32, 0]' is invalid", seen on a 32-wide test model).
-    Real models' widths are multiples of both; the rest keep the kernel that works everywhere.
-    """
-    for module in model.modules():
-        if not getattr(module, "support_avx512bf16_for_cpu", False):
-            continue
-        state = getattr(module.weight, "quant_state", None)
-        blocksize = getattr(state, "blocksize", 64)
-        if module.out_features % 32 or module.in_features % blocksize:
-            module.support_avx512bf16_for_cpu = False
-
-
 def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
     """Pre-pack every plain ``nn.Linear`` of a CPU fp32 model for oneDNN; for inference only.
 
@@ -272,9 +226,7 @@ def prepack_linears(model: PreTrainedModel, batch_size: int) -> int:
     """
     import torch
 
-    from repotune.compat import onednn_linear_ops
-
-    ops = onednn_linear_ops()
+    ops = compat.onednn_linear_ops()
     if ops is None:
         return 0
     pack, linear_op = ops

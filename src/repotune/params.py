@@ -28,6 +28,12 @@ from pydantic import (
 )
 
 from repotune.errors import ParamsError
+from repotune.languages import LANGUAGES
+from repotune.tasks import TASKS
+
+# The names params.yaml accepts come from the registries (one list each, in registry order).
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+LanguageName = Literal[tuple(LANGUAGES)]  # type: ignore[valid-type]
 
 # Docs, examples, benchmarks, vendored code: not the repository's own code to learn from.
 # Tests are not listed here: each language's own test layouts are (its TEST_PATHS, see
@@ -60,7 +66,7 @@ class SourceParams(Section):
 
 
 class TaskParams(Section):
-    name: Literal["docstring", "completion", "method_name"] = "docstring"
+    name: TaskName = "docstring"
 
 
 class WindowParams(Section):
@@ -76,7 +82,7 @@ class WindowParams(Section):
 
 
 class ExtractParams(Section):
-    languages: list[Literal["python", "kotlin", "java"]] = Field(
+    languages: list[LanguageName] = Field(
         default_factory=lambda: ["python"], min_length=1
     )
     target: Literal["summary", "full"] = "summary"
@@ -542,7 +548,7 @@ class EvaluateParams(Section):
     # primary metric on the headline evaluation (the base at its best prompt).
     reference: str = Field(default=BEST_BASE, min_length=1)
     # The metric of the verdict, the headline, the examples and the histogram: a name of the
-    # task's metrics; None = the task's PRIMARY_METRIC (the evaluate stage checks the name).
+    # task's metrics; None = the task's PRIMARY_METRIC (checked against the task when params load).
     primary: str | None = Field(default=None, min_length=1)
     resamples: int = Field(default=1000, ge=100)  # bootstrap resamples and randomization permutations
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
@@ -627,6 +633,32 @@ class Params(BaseModel):
             if system.model == TEACHER_MODEL and not self.distill.enabled:
                 problems.append(f"benchmark.systems.{name}.model is {TEACHER_MODEL}, the distill teacher: it needs "
                                 "distill.enabled: true (or leave the system out)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> Params:
+        """Checks against the task (repotune.tasks): the prompt templates named are the task's
+        or defined under prompt.templates, evaluate.primary is one of its metrics, and
+        prompt.templates is keyed by task names. Here, not where they are used, so that a typo
+        stops the first stage that runs, not generate or evaluate after training."""
+        name = self.task.name
+        module = TASKS[name]
+        problems = [
+            f"prompt.templates.{key}: {key!r} is not a task (tasks: {', '.join(TASKS)})"
+            for key in self.prompt.templates if key not in TASKS
+        ]
+        defined = sorted({*module.PROMPTS, *self.prompt.templates.get(name, {})})
+        where = f"(task {name} has: {', '.join(defined)}; add one under prompt.templates.{name})"
+        if self.prompt.template not in defined:
+            problems.append(f"prompt.template is {self.prompt.template!r}, not a template of task {name} {where}")
+        unknown = [t for t in self.benchmark.templates or () if t not in defined]
+        if unknown:
+            problems.append(f"benchmark.templates lists {', '.join(map(repr, unknown))}, not a template of task {name} {where}")
+        if self.evaluate.primary is not None and self.evaluate.primary not in module.METRICS:
+            problems.append(f"evaluate.primary must be one of the {name} task's metrics "
+                            f"({', '.join(module.METRICS)}) or null, got {self.evaluate.primary!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

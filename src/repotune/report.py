@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from repotune.degenerate import CHECKS
 from repotune.evaluation import gain_kept
+from repotune.io import atomic_path, read_json
 from repotune.metrics import METRICS
 
 # The reference system grey, the others in Tableau colours.
@@ -166,8 +168,6 @@ def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> 
     """Render a Vega-Lite spec to PNG offline with vl-convert (no CDN, no browser); atomic."""
     import vl_convert
 
-    from repotune.io import atomic_path
-
     png = vl_convert.vegalite_to_png(dict(spec), scale=scale)
     with atomic_path(path) as tmp:
         tmp.write_bytes(png)
@@ -180,8 +180,6 @@ def system_costs(systems: Sequence[str], generate_metrics: Path, head: Mapping[s
     """Parameters and generation tokens/s of each system on the headline evaluation, where
     known: ``metrics/generate/<system>.json`` (under `generate_metrics`), which generate@<system>
     writes. Timings are measured, so not deterministic; only the report shows them."""
-    from repotune.io import read_json
-
     key = f"{head['set']}.{head['template']}"
     costs: dict[str, dict[str, Any]] = {s: {"parameters": None, "tokens_per_s": None} for s in systems}
     for system in systems:
@@ -546,7 +544,6 @@ def render_report(
               "![per-sample differences](plots/sample_deltas.png)"]
     lines += ["", f"## Examples: {evaluation_title(head['set'], head['template'])}, per-sample {sample_metric}", ""]
     lines += _examples(head, sample_metric, reference, examples) or ["(none)"]
-    from repotune.degenerate import CHECKS
 
     lines += ["", "## Definitions", ""]
     lines += [f"- `{name}`: {METRICS[name].definition}" for name in metric_names]

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from repotune import io
 from repotune.errors import RepotuneError
+from repotune.files import EXTENSIONS
 
 PYPI_PREFIX = "pypi:"
 NPM_PREFIX = "npm:"
@@ -314,8 +316,6 @@ def unpack_package(url: str, dest: Path) -> dict[str, int]:
     Returns:
         The counts of :func:`unpack_archive` (files written, members skipped by reason).
     """
-    from repotune import io
-
     with io.scratch_dir(dest) as tmp:
         download = tmp / "download"
         download.mkdir()
@@ -401,8 +401,6 @@ def export_tree(checkout: Path, dest: Path) -> dict[str, int]:
         by extension; ``files_other`` for the rest).
     """
     import shutil
-
-    from repotune.files import EXTENSIONS
 
     by_suffix = {suffix: lang for lang, suffixes in EXTENSIONS.items() for suffix in suffixes}
     counts: dict[str, int] = {"files": 0, "bytes": 0, "symlinks_skipped": 0, "files_other": 0}

@@ -22,7 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import checkpoints, compat, io
+from repotune import checkpoints, compat, io, modeling
+from repotune.compat import quiet_live
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
 from repotune.tasks import resolved_training
@@ -155,7 +156,7 @@ PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "fl
 
 def packs_apart(model: Any) -> bool:
     """Whether the model's attention keeps packed samples from attending to each other."""
-    return getattr(model.config, "_attn_implementation", None) in PACKING_ATTENTION
+    return compat.attention_implementation(model) in PACKING_ATTENTION
 
 
 def divergence_watch() -> TrainerCallback:
@@ -194,8 +195,6 @@ def live_callback(folder: str | Path) -> TrainerCallback:
     no experiment is written. Call ``callback.live.end()`` after the last evaluation.
     """
     from transformers import TrainerCallback
-
-    from repotune.compat import quiet_live
 
     class _LiveCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -322,8 +321,6 @@ def load_for_training(base: Path, train: TrainParams) -> Loaded:
     precision, threads, quantization (frozen k-bit weights, fp32 norms) resolved from params."""
     from peft import prepare_model_for_kbit_training
 
-    from repotune import modeling
-
     if not (base / "config.json").is_file():
         raise RepotuneError(f"{base}: not a Hugging Face model folder (no config.json)")
     device = modeling.resolve_device(train.device)
@@ -394,7 +391,7 @@ def build_trainer(
     packing = train.packing and packs_apart(loaded.model)
     if train.packing and not packing:
         print(
-            f"train.packing: attention {loaded.model.config._attn_implementation!r} would let packed "
+            f"train.packing: attention {compat.attention_implementation(loaded.model)!r} would let packed "
             "samples see each other; training with length-grouped batches instead"
         )
     peft_config = LoraConfig(
@@ -420,12 +417,8 @@ def build_trainer(
         callbacks=callbacks,
     )
     if train.quantize != "none" and loaded.precision == "fp32":
-        # TRL 1.16 casts the LoRA weights of any quantized model to bf16 (the QLoRA paper's GPU
-        # recipe): in fp32 training that rounds every update, and bf16 matmuls crawl on CPUs
-        # without native bf16. The optimizer does not exist yet, so it will see fp32 weights.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        # TRL casts a quantized model's LoRA weights to bf16; the optimizer does not exist yet.
+        compat.lora_weights_in_fp32(trainer)
     return trainer
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 
 from tree_sitter import Node
 
-from repotune.languages import Definition, captures, line_start, node_text
+from repotune.languages.syntax import Definition, captures, line_start, node_text
 
 _KINDS = {
     "class_declaration": "class",
@@ -220,6 +220,7 @@ def walk_definitions(
     root: Node,
     src: bytes,
     *,
+    grammar: Callable[[], object],
     name: Callable[[Node], str | None],
     scope_name: Callable[[Node], str | None],
     kind: Callable[[Node], str],
@@ -230,13 +231,14 @@ def walk_definitions(
 ) -> Iterator[Definition]:
     """The definitions of a Java-family file (Java, Kotlin), in source order.
 
-    The grammar-specific parts come as functions of a declaration node; naming, tests, doc
-    comments, code and text are worked out the same way for both languages.
+    The grammar-specific parts come as functions of a declaration node (and `grammar`: the
+    language module's own, for its query files); naming, tests, doc comments, code and text are
+    worked out the same way for both languages.
     """
     # node id -> (qualified name, is_test) of the definitions yielded so far; an enclosing
     # definition always comes first in source order.
     seen: dict[int, tuple[str, bool]] = {}
-    for node in captures(lang, "definitions", root, "definition"):
+    for node in captures(grammar, lang, "definitions", root, "definition"):
         simple = name(node)
         if simple is None:
             continue
@@ -281,7 +283,7 @@ def walk_definitions(
 def definitions(root: Node, src: bytes) -> Iterator[Definition]:
     """Every class-like and method-like definition of a parsed file, in source order."""
     return walk_definitions(
-        "java", root, src, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
+        "java", root, src, grammar=grammar, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
         annotation_names=_annotation_names, body=lambda node: node.child_by_field_name("body"),
         class_kinds=_CLASS_KINDS,
     )

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 from tree_sitter import Node
 
-from repotune.languages import Definition, node_text
+from repotune.languages.syntax import Definition, node_text
 from repotune.languages.java import GRADLE_TEST_FOLDERS, walk_definitions
 
 _CLASS_KINDS = ("class", "interface", "enum", "object")
@@ -153,6 +153,6 @@ def _body(node: Node) -> Node | None:
 def definitions(root: Node, src: bytes) -> Iterator[Definition]:
     """Every class-like and function-like definition of a parsed file, in source order."""
     return walk_definitions(
-        "kotlin", root, src, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
+        "kotlin", root, src, grammar=grammar, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
         annotation_names=_annotation_names, body=_body, class_kinds=_CLASS_KINDS,
     )

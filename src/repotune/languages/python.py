@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from tree_sitter import Node
 
-from repotune.languages import Definition, captures, line_start, node_text
+from repotune.languages.syntax import Definition, captures, line_start, node_text
 
 _DEFINITIONS = ("function_definition", "class_definition")
 # Test files (gitignore-style, see extract.exclude_tests): pytest's and unittest's layouts and
@@ -118,7 +118,7 @@ def is_test(qualname: str) -> bool:
 
 def definitions(root: Node, src: bytes) -> Iterator[Definition]:
     """Every class and function of a parsed module, in source order."""
-    for node in captures("python", "definitions", root, "definition"):
+    for node in captures(grammar, "python", "definitions", root, "definition"):
         outer = _outer(node)
         start = line_start(src, outer.start_byte)
         text = src[start:node.end_byte].decode("utf-8")

@@ -1,33 +1,38 @@
 """Tasks: each is a module that owns everything task-specific, looked up in :data:`TASKS`.
 
-A task module provides:
+A task module is a :class:`Task`: the Protocol names every attribute callers use, and
+tests/test_tasks.py checks that every registered task provides each, with the right kind
+(function or constant). The contract, by the stage that reads it:
 
-- ``samples(definitions, text, extract, counts, **context)``: partial records cut from one
-  parsed file (``kind``, ``name``, ``start_line``, ``end_line``, ``input``, ``target`` and any
-  fields its filters need); ``NEEDS_TOKENIZER`` says whether it needs the base model's
+- extract: ``samples(definitions, text, extract, counts, **context)``: partial records cut from
+  one parsed file (``kind``, ``name``, ``start_line``, ``end_line``, ``input``, ``target`` and
+  any fields its filters need); ``NEEDS_TOKENIZER`` says whether it needs the base model's
   tokenizer (``context``: ``path`` and ``tokenizer``);
-- ``drop_reason(record, filter_params)``: its own reasons to drop a sample; ``KEEP_INPUT``
-  (``head`` or ``tail``) says which end of a too-long input to keep;
-- ``PROMPTS`` (named default templates, ``{code}`` = :func:`prompt_input`),
-  ``prompt_input(record)``, ``completion(record)`` (the text trained to follow the prompt),
-  ``default_stop(window)`` (stop strings when ``decoding.stop`` is null; `window`: the
-  ``extract.window`` params, all of ``extract`` a completion's shape depends on),
-  ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, window)`` (model output ->
-  prediction); ``DECODING``: its values for the ``decoding`` keys left null (see
-  :func:`resolved_decoding`), and ``TRAINING`` for the ``train`` keys left null (see
-  :func:`resolved_training`);
+- filter: ``drop_reason(record, filter_params)``: its own reasons to drop a sample;
+  ``DUPLICATE_TARGETS``: whether samples with the same target (and name) are duplicates too;
+  ``KEEP_INPUT`` (``head`` or ``tail``) says which end of a too-long input to keep;
+- prompts, train, generate: ``PROMPTS`` (named default templates, ``{code}`` =
+  :func:`prompt_input`; params.yaml's ``prompt.template`` and ``benchmark.templates`` are
+  checked against them when params load), ``prompt_input(record)``, ``completion(record)`` (the
+  text trained to follow the prompt), ``default_stop(window)`` (stop strings when
+  ``decoding.stop`` is null; `window`: the ``extract.window`` params, all of ``extract`` a
+  completion's shape depends on), ``STOP_AFTER_LEADING_WHITESPACE`` and
+  ``postprocess(raw, stop, window)`` (model output -> prediction); ``DECODING``: its values for
+  the ``decoding`` keys left null (see :func:`resolved_decoding`), and ``TRAINING`` for the
+  ``train`` keys left null (see :func:`resolved_training`);
 - ``CHAT_PROMPT``: the request put to an instruct model through its chat template, for the
   ``base_chat`` system (the base at the prompt that suits it; None: the task has none), and
   ``chat_answer(raw)``: the answer inside such a reply (unwrapped from quotes, fences);
-- ``wrong_kind(output, raw)`` and ``WRONG_KIND`` (its rule, in words): whether an output is
-  not the kind the task asks for (a degenerate check, see ``repotune.degenerate``);
-- ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and
+- evaluate: ``wrong_kind(output, raw)`` and ``WRONG_KIND`` (its rule, in words): whether an
+  output is not the kind the task asks for (a degenerate check, see ``repotune.degenerate``);
+  ``METRICS``: names of its metrics in ``repotune.metrics.METRICS`` (report order), and
   ``PRIMARY_METRIC``: the one the verdict, the headline of metrics/evaluate.json, the
-  report's examples and the per-sample histogram use (``evaluate.primary`` overrides it);
-- ``RETRIEVAL_QUERY`` (``tail``: the last ``retrieval.query_lines`` lines of the input;
-  ``whole``: all of it) and ``CONTEXT_LEAK``: what of the target a retrieved chunk must not hold
-  (``identifier``: the target as a whole identifier; ``text``: its text, verbatim or as a
-  near-duplicate; None: nothing refused), see ``repotune.retrieval``.
+  report's examples and the per-sample histogram use (``evaluate.primary`` overrides it, checked
+  against ``METRICS`` when params load);
+- retrieve: ``RETRIEVAL_QUERY`` (``tail``: the last ``retrieval.query_lines`` lines of the
+  input; ``whole``: all of it) and ``CONTEXT_LEAK``: what of the target a retrieved chunk must
+  not hold (``identifier``: the target as a whole identifier; ``text``: its text, verbatim or as
+  a near-duplicate; None: nothing refused), see ``repotune.retrieval``.
 """
 
 from __future__ import annotations
@@ -36,10 +41,9 @@ import hashlib
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pathspec
 from tqdm import tqdm
@@ -51,16 +55,67 @@ from repotune.tasks import completion, docstring, method_name
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from repotune.params import DecodingParams, ExtractParams, TrainParams
+    from repotune.languages import Definition
+    from repotune.params import DecodingParams, ExtractParams, FilterParams, TrainParams, WindowParams
 
-TASKS: dict[str, ModuleType] = {
+
+class Task(Protocol):
+    """What a task module provides (see the module docstring for what each one means).
+
+    Constants are annotated; functions are written as methods (a module's functions take no
+    ``self``). tests/test_tasks.py checks every task of :data:`TASKS` against this list.
+    """
+
+    # extract
+    NEEDS_TOKENIZER: bool
+
+    def samples(
+        self, definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter, **context: Any,
+    ) -> Iterator[dict[str, Any]]: ...
+
+    # filter
+    DUPLICATE_TARGETS: bool
+    KEEP_INPUT: Literal["head", "tail"]
+
+    def drop_reason(self, record: Mapping[str, Any], params: FilterParams) -> str | None: ...
+
+    # prompts, train, generate
+    PROMPTS: Mapping[str, str]
+    CHAT_PROMPT: str | None
+    DECODING: Mapping[str, Any]
+    TRAINING: Mapping[str, Any]
+    STOP_AFTER_LEADING_WHITESPACE: bool
+
+    def prompt_input(self, record: Mapping[str, Any]) -> str: ...
+
+    def completion(self, record: Mapping[str, Any]) -> str: ...
+
+    def default_stop(self, window: WindowParams) -> list[str]: ...
+
+    def postprocess(self, raw: str, stop: Sequence[str], window: WindowParams) -> str: ...
+
+    def chat_answer(self, raw: str) -> str: ...
+
+    # evaluate
+    METRICS: tuple[str, ...]
+    PRIMARY_METRIC: str
+    WRONG_KIND: str
+
+    def wrong_kind(self, output: str, raw: str) -> bool: ...
+
+    # retrieve
+    RETRIEVAL_QUERY: Literal["tail", "whole"]
+    CONTEXT_LEAK: Literal["identifier", "text"] | None
+
+
+TASKS: dict[str, Task] = {
     "docstring": docstring,
     "completion": completion,
     "method_name": method_name,
 }
 
 
-def task(name: str) -> ModuleType:
+def task(name: str) -> Task:
     """The module of task `name`."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")

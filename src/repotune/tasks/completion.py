@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from repotune.languages import Definition
+from repotune.stops import cut_at_stop
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -255,8 +256,6 @@ def completion(record: Mapping[str, Any]) -> str:
 def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:
     """Model output -> prediction: cut at the first stop (leading whitespace kept), at most as
     many lines as the target has (``lines``: ``window.lines``; ``line``: one)."""
-    from repotune.stops import cut_at_stop
-
     text = cut_at_stop(raw, stop, skip_leading_whitespace=False)
     if window.target != "tokens":
         keep = window.lines if window.target == "lines" else 1

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from repotune.codetokens import count_tokens, subtokens
 from repotune.languages import Definition
+from repotune.stops import truncate_at_stop
 
 if TYPE_CHECKING:
     from repotune.params import ExtractParams, FilterParams, WindowParams
@@ -226,8 +228,6 @@ def url_code_share(target: str) -> float:
 def is_name_only(target: str, name: str) -> bool:
     """The target's words (fillers aside) are all parts of the definition's qualified name."""
     words = {_stem(w.lower()) for w in _WORD.findall(target)} - _FILLER
-    from repotune.codetokens import subtokens
-
     # ``Deferred.addCallback`` -> deferred, add, callback
     return words <= {_stem(w) for w in subtokens(name)}
 
@@ -275,8 +275,6 @@ def is_deprecated(target: str, code: str) -> bool:
 
 def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
     """The docstring task's reasons to drop a sample, or None (first reason wins, in this order)."""
-    from repotune.filters import count_tokens
-
     name = _short_name(record)
     target = record["target"]
     if count_tokens(target) < params.min_target_tokens:
@@ -376,6 +374,4 @@ def completion(record: Mapping[str, Any]) -> str:
 
 def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
     """Model output -> prediction: cut at the first stop after leading whitespace, stripped."""
-    from repotune.stops import truncate_at_stop
-
     return truncate_at_stop(raw, stop)

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from repotune.languages import Definition
+from repotune.stops import truncate_at_stop
 
 if TYPE_CHECKING:
     from repotune.params import ExtractParams, FilterParams, WindowParams
@@ -173,7 +174,5 @@ def completion(record: Mapping[str, Any]) -> str:
 
 def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
     """Model output -> the first identifier of its first non-blank line ('' if none)."""
-    from repotune.stops import truncate_at_stop
-
     match = _IDENTIFIER.search(truncate_at_stop(raw, stop).strip("`'\" "))
     return match.group(0) if match else ""
