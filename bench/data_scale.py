@@ -37,7 +37,7 @@ import git
 import yaml
 from flops import write_result  # bench/flops.py
 
-from repotune import io
+from repotune import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("clone", "extract", "filter", "judge", "split")  # judge: disabled by default, writes no score
@@ -96,11 +96,11 @@ def run_stage(name: str, workdir: Path, base: Path | None) -> tuple[float, float
 def stage_samples(name: str, workdir: Path) -> int:
     """Samples the stage handled: written by extract, read by filter and split."""
     if name == "extract":
-        return io.read_json(workdir / "metrics/extract.json")["samples"]
+        return atomic.read_json(workdir / "metrics/extract.json")["samples"]
     if name == "filter":
-        return io.read_json(workdir / "metrics/filter.json")["seen"]
+        return atomic.read_json(workdir / "metrics/filter.json")["seen"]
     if name == "split":
-        return io.read_json(workdir / "metrics/split.json")["samples"]
+        return atomic.read_json(workdir / "metrics/split.json")["samples"]
     return 0
 
 
@@ -114,7 +114,7 @@ def run_data_half(repo: Path, workers: int, params_path: Path, base: Path | None
     result: dict = {"workers": workers, "load_before": [round(x, 2) for x in os.getloadavg()], "stages": {}}
     for name in STAGES:
         seconds, peak = run_stage(name, workdir, base)
-        files = io.read_json(workdir / "metrics/clone.json")["files"]
+        files = atomic.read_json(workdir / "metrics/clone.json")["files"]
         samples = stage_samples(name, workdir)
         result["stages"][name] = {
             "seconds": round(seconds, 2),
@@ -126,7 +126,7 @@ def run_data_half(repo: Path, workers: int, params_path: Path, base: Path | None
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(sum(s["seconds"] for s in result["stages"].values()), 2)
     result["peak_rss_mib"] = max(s["peak_rss_mib"] for s in result["stages"].values())
-    extract = io.read_json(workdir / "metrics/extract.json")
+    extract = atomic.read_json(workdir / "metrics/extract.json")
     result["files_parsed"] = extract["files_parsed"]
     result["extracted_sha256"] = _sha256(workdir / "data/extracted.jsonl")
     return result

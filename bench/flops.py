@@ -77,12 +77,12 @@ def peak_rss(every: float = 0.02) -> Iterator[dict[str, float]]:
 
 def write_result(result: dict, out: str | Path | None) -> None:
     """Print the result as JSON and, if `out` is given, write it there too."""
-    from repotune import io
+    from repotune import atomic
 
     text = json.dumps(result, indent=2)
     print(text)
     if out:
-        io.write_text(out, text + "\n")
+        atomic.write_text(out, text + "\n")
 
 
 def model_shape(model) -> dict[str, int]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from flops import generation_flops, machine_rate, model_shape, peak_rss, write_result  # bench/flops.py
 
-from repotune import io
+from repotune import atomic
 from repotune.params import DecodingParams, ExtractParams, PromptParams
 from repotune.prompts import template_text
 from repotune.tasks import extract_samples
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     if args.prompts:
-        records = sorted(io.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples or None]
+        records = sorted(atomic.read_jsonl(args.prompts), key=lambda r: r["id"])[: args.samples or None]
     else:
         records = stdlib_records(args.samples)
     prompts = [Prompter("docstring", args.template).prompt(r) for r in records]

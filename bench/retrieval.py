@@ -48,7 +48,7 @@ import yaml
 from data_scale import evenly, python_files  # bench/data_scale.py
 from flops import write_result  # bench/flops.py
 
-from repotune import io, retrieval
+from repotune import atomic, retrieval
 from repotune.filters import filter_samples
 from repotune.params import ExtractParams, FilterParams, NearDuplicateParams, RetrievalParams, SplitParams
 from repotune.split import split_samples
@@ -218,19 +218,19 @@ def cost(source: Path, sizes: Sequence[int], chunkings: Sequence[str], every: in
         for rel in chosen:
             (work / "data/repo" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, work / "data/repo" / rel)
-        io.write_json(work / "metrics/clone.json", {"url": str(source), "sha": "0" * 40})
+        atomic.write_json(work / "metrics/clone.json", {"url": str(source), "sha": "0" * 40})
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         raw["source"].update(url=str(source))
         raw["task"]["name"] = "completion"
         for name, records in completion_queries(work / "data/repo", chosen, every, 20).items():
-            io.write_jsonl(work / "data/split" / f"{name}.jsonl", records)
-        io.write_jsonl(work / "data/ood.jsonl", [])
+            atomic.write_jsonl(work / "data/split" / f"{name}.jsonl", records)
+        atomic.write_jsonl(work / "data/ood.jsonl", [])
         for chunking in chunkings:
             raw["retrieval"].update(enabled=True, chunking=chunking)
             (work / "params.yaml").write_text(yaml.safe_dump(raw))
             load_before = [round(x, 2) for x in os.getloadavg()]
             timed = run_timed([sys.executable, str(ROOT / "stages/retrieve.py")], work)
-            metrics = io.read_json(work / "metrics/retrieve.json")
+            metrics = atomic.read_json(work / "metrics/retrieve.json")
             result["runs"].append({
                 "files": len(chosen), "chunking": chunking, **timed,
                 **{k: metrics[k] for k in ("files_indexed", "chunks_indexed", "seconds_index", "cpu_seconds_index",

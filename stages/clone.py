@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params, sources
+from repotune import atomic, errors, params, sources
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,15 +26,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     source = params.load(args.params).source
 
-    with io.scratch_dir(args.out) as tmp:
+    with atomic.scratch_dir(args.out) as tmp:
         checkout = tmp / "checkout"
         sha, unpacked = sources.clone(source.url, source.rev, checkout, submodules=source.submodules)
-        with io.atomic_path(args.out) as out:
+        with atomic.atomic_path(args.out) as out:
             out.mkdir()
             counts = sources.export_tree(checkout, out)
 
     metrics = {"url": source.url, "rev": source.rev, "sha": sha, **unpacked, **counts}
-    io.write_json(args.metrics, metrics)
+    atomic.write_json(args.metrics, metrics)
     print(f"clone: {source.url} @ {source.rev} -> {sha}, {counts['files']} files")
     if not sources.is_package(source.url) and not sha.startswith(source.rev.lower()):
         # DVC sees params and files, not a remote branch: new commits on it re-run nothing.

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import atomic, errors, params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,14 +42,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     (out / "cache").mkdir(parents=True, exist_ok=True)
     cache_file = out / "cache" / "generations.jsonl"
     if not cache_file.exists():
-        io.write_jsonl(cache_file, [])
+        atomic.write_jsonl(cache_file, [])
     if not d.enabled:
-        with io.atomic_path(out / "train.jsonl") as tmp:
+        with atomic.atomic_path(out / "train.jsonl") as tmp:
             tmp.write_bytes((args.split / "train.jsonl").read_bytes())
-        io.write_jsonl(out / "targets.jsonl", [])
+        atomic.write_jsonl(out / "targets.jsonl", [])
         if not (out / "model").exists():  # a persisted output: keep a teacher of an earlier run
-            io.write_text(out / "model" / "README.md", "The teacher model, once distill.enabled is true.\n")
-        io.write_json(args.metrics, {"enabled": False})
+            atomic.write_text(out / "model" / "README.md", "The teacher model, once distill.enabled is true.\n")
+        atomic.write_json(args.metrics, {"enabled": False})
         print("distill: disabled (distill.enabled: false), train on the split's train records")
         return
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     metrics = teach(settings, split=args.split, base=args.base, repo=args.repo,
                     clone_metrics=args.clone_metrics, out=out)
-    io.write_json(args.metrics, metrics)
+    atomic.write_json(args.metrics, metrics)
     print(f"distill ({d.mode}): {metrics['teacher_kept']} teacher targets of {metrics['train_inputs']} inputs "
           f"({metrics['generated_now']} generated now); train rows: {metrics['rows_gold']} gold + "
           f"{metrics['rows_teacher']} teacher")

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, evalsets, io, params
+from repotune import atomic, errors, evalsets, params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     out = args.out
     stage_metrics = {
-        name: io.read_json(args.stage_metrics / f"{name}.json")
+        name: atomic.read_json(args.stage_metrics / f"{name}.json")
         for name in ("clone", "extract", "filter", "split", "train", "ood")
         if (args.stage_metrics / f"{name}.json").is_file()
     }
@@ -95,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary.update(trained_template=p.prompt.template, trained_template_evaluated=p.prompt.template in templates)
     # Key order kept (not sorted): the primary metric's delta and interval first, then the rest
     # sorted (see evaluation.headline); the same bytes for the same numbers.
-    io.write_text(out / "evaluate.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-    io.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
-    io.write_jsonl(out / "predictions.jsonl", [
+    atomic.write_text(out / "evaluate.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    atomic.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
+    atomic.write_jsonl(out / "predictions.jsonl", [
         row for ev in evaluations for row in report.prediction_rows(ev, metric)
     ])
     report.write_png(
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "languages": p.extract.languages, "trained with template": p.prompt.template,
         "chat_template": p.prompt.chat_template, "decoding": resolved_decoding(p.decoding, p.task.name).model_dump(mode="json"),
     }
-    io.write_text(out / "report.md", report.render_report(
+    atomic.write_text(out / "report.md", report.render_report(
         p.task.name, evaluations, module.METRICS, metric,
         reference=reference, confidence=p.evaluate.confidence,
         resamples=p.evaluate.resamples, examples=p.evaluate.examples,
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             finetuned=primary,
         ),
     ))
-    print(io.dumps(summary))
+    print(atomic.dumps(summary))
 
 
 if __name__ == "__main__":

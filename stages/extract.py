@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import atomic, errors, params
 from repotune.tasks import iter_samples, task, worker_count
 
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
     if not args.repo.is_dir():
         raise errors.RepotuneError(f"{args.repo} is not a folder: run the clone stage first")
-    clone = io.read_json(args.clone_metrics)
+    clone = atomic.read_json(args.clone_metrics)
 
     tokenizer = None
     if task(p.task.name).NEEDS_TOKENIZER:
@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name, extract=p.extract,
         counts=counts, tokenizer=tokenizer, workers=worker_count(p.extract.workers),
     )
-    io.write_jsonl(args.out, _none_is_an_error(records, counts, p, args.repo))
+    atomic.write_jsonl(args.out, _none_is_an_error(records, counts, p, args.repo))
     # clone copies no symbolic link (one could point outside the repository): say so here too.
     counts["symlinks_skipped_at_clone"] = clone.get("symlinks_skipped", 0)
-    io.write_json(args.metrics, dict(counts))
+    atomic.write_json(args.metrics, dict(counts))
     print(f"extract: {counts['samples']} samples from {counts['files_parsed']} files")
 
 

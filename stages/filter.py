@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import atomic, errors, params
 from repotune.filters import filter_samples
 
 
@@ -25,15 +25,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = params.load(args.params)
 
-    kept, counts = filter_samples(io.iter_jsonl(args.inp), p.filter, p.task.name)
+    kept, counts = filter_samples(atomic.iter_jsonl(args.inp), p.filter, p.task.name)
     if not kept:
         dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(counts.items()) if k.startswith("dropped_"))
         raise errors.RepotuneError(
             f"filter: none of {counts['seen']} samples kept (dropped: {dropped or 'none'}); "
             "loosen the filter params behind the largest reason (e.g. filter.min_target_tokens)"
         )
-    io.write_jsonl(args.out, kept)
-    io.write_json(args.metrics, dict(counts))
+    atomic.write_jsonl(args.out, kept)
+    atomic.write_json(args.metrics, dict(counts))
     print(f"filter: kept {counts['kept']} of {counts['seen']} samples")
 
 

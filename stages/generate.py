@@ -36,13 +36,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, evalsets, io, params
+from repotune import atomic, errors, evalsets, params
 
 
 def not_run(system: str, out: Path, metrics_path: Path, reason: str) -> None:
     """The outputs of a system that does not run: a disabled marker, and metrics saying why."""
     evalsets.write_disabled_system(out, reason)
-    io.write_json(metrics_path, {"system": system, "enabled": False, "reason": reason})
+    atomic.write_json(metrics_path, {"system": system, "enabled": False, "reason": reason})
     print(f"generate {system}: not run ({reason})")
 
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if system.enabled is False:
         reason = f"benchmark.systems.{args.system}.enabled is false"
     elif system.enabled == params.WITH_RETRIEVAL and (
-        io.disabled_reason(model) is not None or (system.context != "none" and not any(io.iter_jsonl(contexts["test"])))
+        atomic.disabled_reason(model) is not None or (system.context != "none" and not any(atomic.iter_jsonl(contexts["test"])))
     ):
         reason = f"enabled: {params.WITH_RETRIEVAL}, and retrieval.enabled is false"
     if reason is not None:
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "prompt": system.prompt, "parameters": parameter_count(model),
                      "device": device, "precision": precision, "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
-    with io.atomic_path(out) as folder:
+    with atomic.atomic_path(out) as folder:
         folder.mkdir(parents=True)
         for key, run in runs.items():
             set_name, template = key.split(".", 1)
@@ -148,14 +148,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key], context_cut[key]
                 )
             ]
-            io.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
+            atomic.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
             summary[key] = {
                 "samples": len(rows), "prompts_code_cut": sum(cut[key]),
                 **({"prompts_context_cut": sum(context_cut[key])} if with_context_cut else {}),
                 "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
                 "tokens_per_s": round(run.tokens_per_second, 2),
             }
-    io.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
+    atomic.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
     print(f"generate {args.system}: " + ", ".join(
         f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if key in runs
     ))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import atomic, errors, params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -38,9 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache_file = cache_folder / "scores.jsonl"
     if not enabled:
         if not cache_file.exists():
-            io.write_jsonl(cache_file, [])
-        io.write_jsonl(args.out / "scores.jsonl", [])
-        io.write_json(args.metrics, {"enabled": False})
+            atomic.write_jsonl(cache_file, [])
+        atomic.write_jsonl(args.out / "scores.jsonl", [])
+        atomic.write_json(args.metrics, {"enabled": False})
         print("judge: disabled (judge.enabled: false), nothing scored")
         return
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     judge = p.judge
     set_threads(judge.threads)
-    records = sorted(io.read_jsonl(args.inp), key=lambda r: r["id"])
+    records = sorted(atomic.read_jsonl(args.inp), key=lambda r: r["id"])
     records = records[: args.max_samples] if args.max_samples else records
     folder = judge_model_folder(judge.model, args.base, cache_folder)
     cache = read_cache(cache_file)
@@ -61,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         trust_remote_code=judge.model.trust_remote_code if judge.model else False,
     )
     seconds = time.perf_counter() - started
-    io.write_jsonl(cache_file, [{"key": k, **v} for k, v in sorted(cache.items())])
-    io.write_jsonl(args.out / "scores.jsonl", rows)
-    io.write_json(args.metrics, {"enabled": True, **counts, "peak_memory_mib": peak_memory_mib()})
+    atomic.write_jsonl(cache_file, [{"key": k, **v} for k, v in sorted(cache.items())])
+    atomic.write_jsonl(args.out / "scores.jsonl", rows)
+    atomic.write_json(args.metrics, {"enabled": True, **counts, "peak_memory_mib": peak_memory_mib()})
     per = f", {seconds / counts['scored']:.2f} s per scored sample" if counts["scored"] else ""
     print(f"judge: {counts['samples']} samples, {counts['scored']} scored, {counts['cached']} cached{per}; "
           f"mean score {counts['mean_score']}")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io
+from repotune import atomic, errors
 from repotune.errors import RepotuneError
 from repotune.merging import TOLERANCE, merge_adapter, model_card
 from repotune.params import PromptParams
@@ -41,17 +41,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
 
-    disabled = io.disabled_reason(args.adapter)
+    disabled = atomic.disabled_reason(args.adapter)
     if disabled is not None:
-        io.write_disabled(args.out, f"{args.adapter}: {disabled}")
-        io.write_json(args.metrics, {"enabled": False, "reason": f"{args.adapter}: {disabled}"})
+        atomic.write_disabled(args.out, f"{args.adapter}: {disabled}")
+        atomic.write_json(args.metrics, {"enabled": False, "reason": f"{args.adapter}: {disabled}"})
         print(f"merge: not run ({args.adapter} holds no adapter: {disabled})")
         return
     training_file = args.adapter / "training.json"
     if not training_file.is_file():
         raise RepotuneError(f"{training_file}: file not found (run the train stage first)")
-    training = io.read_json(training_file)
-    clone = io.read_json(args.clone) if args.clone.is_file() else None
+    training = atomic.read_json(training_file)
+    clone = atomic.read_json(args.clone) if args.clone.is_file() else None
     source_file = args.base / "SOURCE.md"  # written by the base stage
     base_source = source_file.read_text(encoding="utf-8") if source_file.is_file() else None
 
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         quantize=train.get("quantize", "none"),
         precision=training.get("resolved", {}).get("precision", "fp32"),
     )
-    io.write_json(args.metrics, {**result, "peak_memory_mib": peak_memory_mib()})
+    atomic.write_json(args.metrics, {**result, "peak_memory_mib": peak_memory_mib()})
     print(f"merged into {args.out}: max |logit diff| {result['max_abs_diff']:.2e} "
           f"(adapter effect {result['adapter_effect']:.2e}) on {result['probes']} probes")
     if "quantize" in result:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, ood, params
+from repotune import atomic, errors, ood, params
 from repotune.tasks import task, worker_count
 
 
@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = params.load(args.params)
     if p.benchmark.ood is None:
-        io.write_jsonl(args.out, [])
-        io.write_json(args.metrics, {"enabled": False, "skipped": "benchmark.ood is null"})
+        atomic.write_jsonl(args.out, [])
+        atomic.write_json(args.metrics, {"enabled": False, "skipped": "benchmark.ood is null"})
         print("ood: benchmark.ood is null, no out-of-domain check")
         return
 
@@ -42,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         from repotune.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(args.base)
-    with io.scratch_dir(args.out) as tmp:
+    with atomic.scratch_dir(args.out) as tmp:
         kept, metrics = ood.mine(
             sources, task_name=p.task.name, extract=p.extract, filter_params=p.filter, scratch=tmp,
             tokenizer=tokenizer, workers=worker_count(p.extract.workers),
         )
-    io.write_jsonl(args.out, kept)
-    io.write_json(args.metrics, metrics)
+    atomic.write_jsonl(args.out, kept)
+    atomic.write_json(args.metrics, metrics)
     for language, m in metrics["languages"].items():
         if "sha" in m:
             print(f"ood: {language}: {m['samples']} of {m['samples_extracted']} samples kept from {m['url']} @ {m['sha'][:12]}")

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params, retrieval
+from repotune import atomic, errors, params, retrieval
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -45,18 +45,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     inputs = {name: args.split / f"{name}.jsonl" for name in ("train", "val", "test")} | {"ood": args.ood}
 
     if not settings.enabled:
-        with io.atomic_path(args.out) as out:
+        with atomic.atomic_path(args.out) as out:
             for context in retrieval.CONTEXTS:
                 (out / context).mkdir(parents=True)
                 for name in retrieval.SPLITS:
-                    io.write_jsonl(out / context / f"{name}.jsonl", [])
-        io.write_json(args.metrics, {"enabled": False})
+                    atomic.write_jsonl(out / context / f"{name}.jsonl", [])
+        atomic.write_json(args.metrics, {"enabled": False})
         print("retrieve: retrieval.enabled is false, empty context files")
         return
 
     if not args.repo.is_dir():
         raise errors.RepotuneError(f"{args.repo} is not a folder: run the clone stage first")
-    clone = io.read_json(args.clone_metrics)
+    clone = atomic.read_json(args.clone_metrics)
     index_counts: Counter = Counter()
     started, cpu = time.perf_counter(), time.process_time()
     index = retrieval.build_index(
@@ -64,25 +64,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         generated=p.extract.generated, counts=index_counts,
     )
     index_seconds, index_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-    train_paths = retrieval.train_files({name: io.iter_jsonl(inputs[name]) for name in ("train", "val", "test")})
+    train_paths = retrieval.train_files({name: atomic.iter_jsonl(inputs[name]) for name in ("train", "val", "test")})
     retriever = retrieval.Retriever(
         index, args.repo, task_name=p.task.name, retrieval=settings, near=p.split.near_duplicates,
         train_paths=train_paths, repo=clone["url"], sha=clone["sha"],
     )
     split_counts = {name: Counter() for name in retrieval.SPLITS}
     prefix_counts = {name: Counter() for name in retrieval.SPLITS}
-    with io.atomic_path(args.out) as out:
+    with atomic.atomic_path(args.out) as out:
         for context in retrieval.CONTEXTS:
             (out / context).mkdir(parents=True)
         for name in retrieval.SPLITS:
-            records = retrieval.retrieve_split(retriever, io.iter_jsonl(inputs[name]), name, split_counts[name])
-            io.write_jsonl(out / "retrieval" / f"{name}.jsonl", records)
-            io.write_jsonl(out / "prefix" / f"{name}.jsonl", (
-                retriever.prefix(record, name, prefix_counts[name]) for record in io.iter_jsonl(inputs[name])
+            records = retrieval.retrieve_split(retriever, atomic.iter_jsonl(inputs[name]), name, split_counts[name])
+            atomic.write_jsonl(out / "retrieval" / f"{name}.jsonl", records)
+            atomic.write_jsonl(out / "prefix" / f"{name}.jsonl", (
+                retriever.prefix(record, name, prefix_counts[name]) for record in atomic.iter_jsonl(inputs[name])
             ))
-            io.write_jsonl(out / "none" / f"{name}.jsonl", [])
+            atomic.write_jsonl(out / "none" / f"{name}.jsonl", [])
     metrics = retrieval.summary(index_counts, split_counts, index_seconds, index_cpu_seconds, prefix_counts)
-    io.write_json(args.metrics, metrics)
+    atomic.write_json(args.metrics, metrics)
     print(
         f"retrieve: {metrics['chunks_indexed']} chunks of {metrics['files_indexed']} files in "
         f"{metrics['seconds_index']:.1f} s ({metrics['cpu_seconds_index']:.1f} s CPU); {metrics['samples']} samples "

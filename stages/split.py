@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import errors, io, params
+from repotune import atomic, errors, params
 from repotune.dedup import remove_near_duplicates
 from repotune.split import judge_low, split_counts, split_samples
 
@@ -34,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
     split_params = p.split
 
-    records = io.read_jsonl(args.inp)
-    low = judge_low(records, io.read_jsonl(args.scores), p.judge.threshold)
+    records = atomic.read_jsonl(args.inp)
+    low = judge_low(records, atomic.read_jsonl(args.scores), p.judge.threshold)
     splits, counts = split_samples([r for r in records if r["id"] not in low], split_params)
     near = split_params.near_duplicates
     if near.enabled:
@@ -65,11 +65,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "split.test, keep more samples (filter.min_target_tokens, extract.target: full), or "
             "point source.url at more of the repository; benchmark.min_samples: 0 goes on anyway"
         )
-    with io.atomic_path(args.out) as out:
+    with atomic.atomic_path(args.out) as out:
         out.mkdir()
         for name, records in splits.items():
-            io.write_jsonl(out / f"{name}.jsonl", records)
-    io.write_json(args.metrics, counts)
+            atomic.write_jsonl(out / f"{name}.jsonl", records)
+    atomic.write_json(args.metrics, counts)
     print("split: " + ", ".join(f"{name} {len(records)}" for name, records in splits.items()))
 
 

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from repotune import checkpoints, errors, io, launch, modeling, params
+from repotune import atomic, checkpoints, errors, launch, modeling, params
 from repotune.base_model import model_identity, sha256_file
 from repotune.distill_loss import teacher_trainer
 from repotune.modeling import peak_memory_mib
@@ -59,11 +59,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="model tokens per prompt + completion instead of train.max_length (train_rag: retrieval.max_length)")
     args = parser.parse_args(argv)
     contexts = {name: args.retrieved / args.context / f"{name}.jsonl" for name in ("train", "val")}
-    if args.context != "none" and not any(io.iter_jsonl(contexts["train"])):
+    if args.context != "none" and not any(atomic.iter_jsonl(contexts["train"])):
         reason = f"{contexts['train']} is empty: retrieval.enabled is false"
-        io.write_disabled(args.out, reason)
+        atomic.write_disabled(args.out, reason)
         checkpoints.finish(args.checkpoints)
-        io.write_json(args.metrics, {"enabled": False, "reason": reason})
+        atomic.write_json(args.metrics, {"enabled": False, "reason": reason})
         print(f"train ({args.context} context): not run ({reason})")
         return
 
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     context_keys = {"context": args.context, "samples_context_cut": results["samples_context_cut"]} \
         if args.context != "none" else {}
-    io.write_json(args.metrics, {**{key: results[key] for key in METRIC_KEYS}, **context_keys,
+    atomic.write_json(args.metrics, {**{key: results[key] for key in METRIC_KEYS}, **context_keys,
                                  "peak_memory_mib": peak_memory_mib()})
     checkpoints.finish(args.checkpoints)  # the adapter is saved: nothing left to resume
     print(

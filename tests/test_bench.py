@@ -90,7 +90,7 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     import generation_throughput
     import train_throughput
 
-    from repotune import io
+    from repotune import atomic
 
     records = [
         {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."}
@@ -99,7 +99,7 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
     # Longer than max_length (64): the stage cuts its code to fit, and the bench must count that.
     records.append({"id": "s9", "input": "def long(x):\n" + "    x = x + 1\n" * 40 + "    return x\n", "target": "Add 40 to x."})
     split = tmp_path / "train.jsonl"
-    io.write_jsonl(split, records)
+    atomic.write_jsonl(split, records)
     raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
     raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
     params = tmp_path / "params.yaml"

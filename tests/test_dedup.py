@@ -224,7 +224,7 @@ def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
     import yaml
 
     from conftest import load_stage
-    from repotune import io
+    from repotune import atomic
     from repotune.params import SplitParams
     from repotune.split import split_samples
 
@@ -243,7 +243,7 @@ def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
             copy = code.replace(" + ", " +\n        ")  # reformatted: the same tokens
             records.append({"id": f"{i:02d}b", "path": f"copy{i:02d}.py", "input": copy, "target": f"Copy {i}."})
     records.sort(key=lambda r: r["path"])
-    io.write_jsonl(tmp_path / "filtered.jsonl", records)
+    atomic.write_jsonl(tmp_path / "filtered.jsonl", records)
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     raw["benchmark"]["min_samples"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -257,19 +257,19 @@ def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
     # With seed 42 the 10 pairs fall: 7 both in train, 2 test + 1 val copies of train ones.
     assert (leaked, in_train) == ({"val": 1, "test": 2}, 7)
 
-    io.write_jsonl(tmp_path / "scores.jsonl", [])  # what the judge stage writes when disabled
+    atomic.write_jsonl(tmp_path / "scores.jsonl", [])  # what the judge stage writes when disabled
     args = ["--params", str(tmp_path / "params.yaml"), "--in", str(tmp_path / "filtered.jsonl"),
             "--scores", str(tmp_path / "scores.jsonl"),
             "--out", str(tmp_path / "split"), "--metrics", str(tmp_path / "split.json")]
     load_stage("split").main(args)
-    metrics = io.read_json(tmp_path / "split.json")
+    metrics = atomic.read_json(tmp_path / "split.json")
     assert metrics["near_duplicate_pairs_input"] == 10
     assert metrics["near_duplicate_pairs_target"] == 0  # targets under min_tokens
     assert metrics["near_duplicates_test_of_train"] == metrics["near_duplicates_test_dropped"] == leaked["test"]
     assert metrics["near_duplicates_val_of_train"] == metrics["near_duplicates_val_dropped"] == leaked["val"]
     assert metrics["near_duplicates_train_dropped"] == metrics["near_duplicate_clusters_train"] == in_train
     assert metrics["samples"] == 50 - leaked["test"] - leaked["val"] - in_train
-    test_ids = {r["id"] for r in io.read_jsonl(tmp_path / "split/test.jsonl")}
+    test_ids = {r["id"] for r in atomic.read_jsonl(tmp_path / "split/test.jsonl")}
     assert test_ids == {k for k, name in where.items() if name == "test"} - {
         f"{i:02d}{s}" for i in range(10) for s in "ab" if where[f"{i:02d}{'b' if s == 'a' else 'a'}"] == "train"}
     first = {p.name: p.read_bytes() for p in sorted((tmp_path / "split").iterdir())}

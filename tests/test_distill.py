@@ -14,7 +14,7 @@ import yaml
 
 from conftest import build_tiny_model, load_stage, set_params
 
-from repotune import io
+from repotune import atomic
 
 CODE = [
     "def add(a, b):\n    return a + b",
@@ -60,10 +60,10 @@ def other_tokenizer_model(tmp_path_factory) -> Path:
 
 def project_files(root: Path, student: Path, **sections) -> Path:
     """A params.yaml and the split files a distill stage reads, under `root`."""
-    io.write_jsonl(root / "data/split/train.jsonl", docstring_records(12, "t"))
-    io.write_jsonl(root / "data/split/val.jsonl", docstring_records(2, "v"))
-    io.write_jsonl(root / "data/split/test.jsonl", docstring_records(3, "x"))
-    io.write_jsonl(root / "data/ood.jsonl", [])
+    atomic.write_jsonl(root / "data/split/train.jsonl", docstring_records(12, "t"))
+    atomic.write_jsonl(root / "data/split/val.jsonl", docstring_records(2, "v"))
+    atomic.write_jsonl(root / "data/split/test.jsonl", docstring_records(3, "x"))
+    atomic.write_jsonl(root / "data/ood.jsonl", [])
     raw = {"source": {"url": "https://example.com/r.git"}, "model": {"base": str(student)}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     set_params(root, benchmark={"device": "cpu", "threads": 1},
@@ -96,7 +96,7 @@ def test_disabled_stage_copies_the_train_split_byte_for_byte_and_loads_no_model(
     train.write_bytes(b'{"target": "b", "id": "z", "input": "x"}\n{"id": "a", "input": "y", "target": "c"}\n\n')
     assert run_distill(tmp_path, tiny_model) == {"enabled": False}
     assert (tmp_path / "data/distill/train.jsonl").read_bytes() == train.read_bytes()
-    assert io.read_jsonl(tmp_path / "data/distill/targets.jsonl") == []
+    assert atomic.read_jsonl(tmp_path / "data/distill/targets.jsonl") == []
     assert not (tmp_path / "data/generations").exists()  # the teacher's benchmark is generate@teacher's
 
 
@@ -128,7 +128,7 @@ def test_sequence_distillation_writes_teacher_targets_with_provenance(
     project_files(tmp_path, tiny_model, distill={"enabled": True, "teacher": {"base": str(teacher_model)},
                                                   "teacher_share": 0.5, "max_samples": 8})
     counts = run_distill(tmp_path, tiny_model)
-    targets = io.read_jsonl(tmp_path / "data/distill/targets.jsonl")
+    targets = atomic.read_jsonl(tmp_path / "data/distill/targets.jsonl")
     dropped = sum(v for k, v in counts.items() if k.startswith("teacher_dropped_"))
     assert counts["train_inputs"] == 8 and len(targets) + dropped == 8 and len(targets) >= 4
     gold = {r["id"]: r for r in docstring_records(12, "t")}
@@ -145,7 +145,7 @@ def test_sequence_distillation_writes_teacher_targets_with_provenance(
         prompt = template.replace("{code}", source["input"])
         assert provenance["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
         assert provenance["raw"].strip().startswith(target["target"][:5])
-    train = io.read_jsonl(tmp_path / "data/distill/train.jsonl")
+    train = atomic.read_jsonl(tmp_path / "data/distill/train.jsonl")
     teacher_rows = [r for r in train if r["id"].endswith(".teacher")]
     # share 0.5 with 12 gold and k <= 8 teacher targets: N = min(24, 2k) = 2k, k of each.
     assert len(teacher_rows) == len(targets) == counts["rows_teacher"] == counts["rows_gold"]
@@ -157,7 +157,7 @@ def test_sequence_distillation_writes_teacher_targets_with_provenance(
                evaluate={"reference": "teacher"})
     monkeypatch.chdir(tmp_path)
     load_stage("generate").main(["--system", "teacher"])
-    assert [r["id"] for r in io.read_jsonl(tmp_path / "data/generations/teacher/test.plain.jsonl")] == ["x00", "x01", "x02"]
+    assert [r["id"] for r in atomic.read_jsonl(tmp_path / "data/generations/teacher/test.plain.jsonl")] == ["x00", "x01", "x02"]
     speed = json.loads((tmp_path / "metrics/generate/teacher.json").read_text())
     # The teacher: 3 layers of hidden 64 (attention 2 x 64x64 + 2 x 64x32 = 12288, MLP 3 x 64x128
     # = 24576, norms 128) and the tied 300 x 64 embedding, the final norm 64.
@@ -261,7 +261,7 @@ def test_logit_distillation_trains_the_student_towards_the_teacher(tmp_path, liv
 def write_outputs(root: Path, system: str, outputs: list[str], recs: list[dict]) -> None:
     rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
             for r, o in zip(recs, outputs, strict=True)]
-    io.write_jsonl(root / f"data/generations/{system}/test.plain.jsonl", rows)
+    atomic.write_jsonl(root / f"data/generations/{system}/test.plain.jsonl", rows)
 
 
 def run_evaluate(root: Path) -> dict:
@@ -280,14 +280,14 @@ def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost
                   distill={"enabled": True, "teacher": {"base": "teacher-folder"}})
     set_params(tmp_path, benchmark={"systems": systems})
     recs = docstring_records(40, "x")
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     # Exact matches: base 0 of 40, student 20, teacher 40, so the student kept 50% of the gain.
     write_outputs(tmp_path, "base", ["Something else entirely."] * 40, recs)
     write_outputs(tmp_path, "finetuned", [r["target"] if i % 2 else "No." for i, r in enumerate(recs)], recs)
     write_outputs(tmp_path, "teacher", [r["target"] for r in recs], recs)
-    io.write_json(tmp_path / "metrics/generate/teacher.json", {"parameters": 630_167_424, "test.plain": {"tokens_per_s": 12.5}})
-    io.write_json(tmp_path / "metrics/generate/base.json", {"parameters": 134_515_008, "test.plain": {"tokens_per_s": 65.0}})
-    io.write_json(tmp_path / "metrics/generate/finetuned.json", {"parameters": 134_515_008})
+    atomic.write_json(tmp_path / "metrics/generate/teacher.json", {"parameters": 630_167_424, "test.plain": {"tokens_per_s": 12.5}})
+    atomic.write_json(tmp_path / "metrics/generate/base.json", {"parameters": 134_515_008, "test.plain": {"tokens_per_s": 65.0}})
+    atomic.write_json(tmp_path / "metrics/generate/finetuned.json", {"parameters": 134_515_008})
     head = run_evaluate(tmp_path)
     assert (head["base_exact_match"], head["finetuned_exact_match"], head["teacher_exact_match"]) == (0, 50.0, 100.0)
     assert head["delta_teacher_exact_match"] == 100.0 and head["delta_exact_match"] == 50.0

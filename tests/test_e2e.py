@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import ALL_STAGES, ROOT, dvc, project_copy, ran, set_params
 
-from repotune import io
+from repotune import atomic
 
 
 @pytest.mark.slow
@@ -16,11 +16,11 @@ def test_default_data_stages_on_the_embedded_corpus(tmp_path):
     repo.git.add("--all")
     repo.index.commit("project")
     dvc(project, "repro", "split")
-    clone = io.read_json(project / "metrics/clone.json")
+    clone = atomic.read_json(project / "metrics/clone.json")
     assert len(clone["sha"]) == 40
-    filtered = io.read_json(project / "metrics/filter.json")
+    filtered = atomic.read_json(project / "metrics/filter.json")
     assert filtered["kept"] >= 400
-    split = io.read_json(project / "metrics/split.json")
+    split = atomic.read_json(project / "metrics/split.json")
     assert split["files_in_several_splits"] == 0
     assert split["test_samples"] > 0 and split["val_samples"] > 0
     # The same default gives the same bytes as the metrics committed in the project.
@@ -45,14 +45,14 @@ def test_default_pipeline_with_a_tiny_step_budget_and_an_experiment(tmp_path):
     repo.index.commit("project")
     out = dvc(project, "repro")
     assert ran(out) == ALL_STAGES
-    manifest = io.read_json(project / "models/base/manifest.json")
+    manifest = atomic.read_json(project / "models/base/manifest.json")
     assert manifest["parameters"] == 134_515_008
-    bench = io.read_json(project / "metrics/evaluate.json")
+    bench = atomic.read_json(project / "metrics/evaluate.json")
     for key in ("base_chrf", "finetuned_chrf", "delta_chrf", "delta_chrf_low", "delta_chrf_high", "delta_chrf_p",
                 "base_rouge_l_code", "delta_bleu_cxg", "ood_samples", "ood_delta_chrf"):
         assert key in bench, key
     assert bench["samples"] == 4 and bench["ood_samples"] == 4
-    assert io.read_json(project / "metrics/merge.json")["max_abs_diff"] < 1e-3
+    assert atomic.read_json(project / "metrics/merge.json")["max_abs_diff"] < 1e-3
     assert (project / "metrics/report.md").read_text().strip()
 
     repo.git.add("--all")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import assert_not_blank, load_stage, make_source_repo, png_rows, write_params
 
-from repotune import io
+from repotune import atomic
 
 CODE = [
     "def add(a, b):\n    return a + b",
@@ -59,7 +59,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
                    "ood": {"sources": {"python": {"url": source.working_dir, "rev": "main"}}, "max_samples": 3}},
         filter={"min_target_tokens": 5},
     )
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
     load_stage("ood").main([
         "--params", str(params), "--base", str(lively_model),
         "--out", str(tmp_path / "data/ood.jsonl"), "--metrics", str(tmp_path / "metrics/ood.json"),
@@ -92,7 +92,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
         ("test", "plain"), ("test", "verbose"), ("ood", "plain"), ("ood", "verbose"),
     ]
     assert details["signatures"]["chrf"].startswith("nrefs:1|case:mixed")
-    rows = io.read_jsonl(out / "predictions.jsonl")
+    rows = atomic.read_jsonl(out / "predictions.jsonl")
     assert len(rows) == 2 * 5 + 2 * 3
     report = (out / "report.md").read_text()
     assert report.count("## test, template") == 2 and report.count("## ood, template") == 2
@@ -124,12 +124,12 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
 def write_generations(root: Path, system: str, outputs: list[str], recs: list[dict], template: str = "plain") -> None:
     rows = [{"id": r["id"], "output": o, "raw": o, "prompt_tokens": 1, "new_tokens": 1, "code_cut": False}
             for r, o in zip(recs, outputs)]
-    io.write_jsonl(root / f"data/generations/{system}/test.{template}.jsonl", rows)
+    atomic.write_jsonl(root / f"data/generations/{system}/test.{template}.jsonl", rows)
 
 
 def test_a_real_difference_is_significant_and_said_in_words(tmp_path):
     recs = records(40)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     params = write_params(tmp_path, evaluate={"resamples": 1000})
     # The fine-tuned system gets 30 of 40 exactly right; the base none (and loops on 8).
     write_generations(tmp_path, "base", ["Item item item item item." if i < 8 else "Something else." for i in range(40)], recs)
@@ -154,7 +154,7 @@ def test_evaluate_refuses_generations_of_other_samples(tmp_path):
     from repotune.errors import RepotuneError
 
     recs = records(4)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     params = write_params(tmp_path)
     write_generations(tmp_path, "base", ["a"] * 4, recs)
     write_generations(tmp_path, "finetuned", ["a"] * 3, recs[:3])
@@ -168,7 +168,7 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
     from repotune.errors import RepotuneError
 
     recs = records(6)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     # The base writes code twice ("return a + b", an assignment) where a docstring is asked.
     base = ["return a + b", "x = read(path)"] + [r["target"] for r in recs[2:]]
     for system, outputs in (("base", base), ("finetuned", [r["target"] for r in recs])):
@@ -199,7 +199,7 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
 
 def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(tmp_path):
     recs = records(6)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     targets = [r["target"] for r in recs]
     write_generations(tmp_path, "base", ["No."] * 6, recs)  # the plain prompt: useless
     write_generations(tmp_path, "base_chat", targets[:3] + ["No."] * 3, recs)  # the chat prompt: half right
@@ -232,7 +232,7 @@ def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path)
     """Any names: two systems on the base model (the better one is the reference, ties go to
     the first listed), the fine-tuned model's system owns the unprefixed delta_ keys."""
     recs = records(4)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     targets = [r["target"] for r in recs]
     write_generations(tmp_path, "plain", ["No."] * 4, recs)  # exact match 0
     write_generations(tmp_path, "plain_again", ["No."] * 4, recs)  # 0: a tie with plain
@@ -249,7 +249,7 @@ def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path)
     assert "Every system gets the same decoding, and the same prompts. Differences are taken against plain:" in report
 
     # A system listed but disabled (its folder says so) is left out; the reference must be one left.
-    io.write_json(tmp_path / "data/generations/plain/system.json", {"enabled": False, "reason": "test"})
+    atomic.write_json(tmp_path / "data/generations/plain/system.json", {"enabled": False, "reason": "test"})
     head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": systems})) /
                        "evaluate.json").read_text())
     assert head["reference"] == "plain_again" and "plain_exact_match" not in head
@@ -259,7 +259,7 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
     import shutil
 
     recs = records(3)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2}, benchmark={"systems": WITH_CHAT})
     # The tiny model has no chat template: base_chat is disabled with the reason, nothing generated.
     run_generate(tmp_path, params, "base_chat", lively_model)
@@ -274,14 +274,14 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     run_generate(tmp_path, params, "base_chat", chatty)
-    rows = io.read_jsonl(tmp_path / "data/generations/base_chat/test.plain.jsonl")
+    rows = atomic.read_jsonl(tmp_path / "data/generations/base_chat/test.plain.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in recs]
     speed = json.loads((tmp_path / "metrics/generate/base_chat.json").read_text())
     assert speed["prompt"] == "chat" and speed["test.plain"]["samples"] == 3
     assert (speed["model"], speed["context"]) == ("models/base", "none")
     # The chat request is longer than the plain template around the same code.
     run_generate(tmp_path, params, "base", chatty)
-    base_rows = io.read_jsonl(tmp_path / "data/generations/base/test.plain.jsonl")
+    base_rows = atomic.read_jsonl(tmp_path / "data/generations/base/test.plain.jsonl")
     assert all(c["prompt_tokens"] > b["prompt_tokens"] + 20 for c, b in zip(rows, base_rows))
 
 
@@ -340,7 +340,7 @@ def test_pairs_of_evaluate_comparisons_are_compared_with_each_other_and_pairs_th
     (not against the reference) in evaluate.json and the report; a pair naming a system that
     is not there is skipped, not an error."""
     recs = records(40)
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     targets = [r["target"] for r in recs]
     write_generations(tmp_path, "base", ["No."] * 40, recs)  # exact match 0
     write_generations(tmp_path, "base_rag", targets[:10] + ["No."] * 30, recs)  # 25

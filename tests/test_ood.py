@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import git_repo, load_stage, write_params
 
-from repotune import io
+from repotune import atomic
 
 SHAPES_PY = '''\
 def area(width, height):
@@ -66,7 +66,7 @@ def run_ood(root: Path, params: Path, base: Path | None = None) -> tuple[list[di
         "--params", str(params), "--base", str(base or root / "no-model"),
         "--out", str(root / "data/ood.jsonl"), "--metrics", str(root / "metrics/ood.json"),
     ])
-    return io.read_jsonl(root / "data/ood.jsonl"), json.loads((root / "metrics/ood.json").read_text())
+    return atomic.read_jsonl(root / "data/ood.jsonl"), json.loads((root / "metrics/ood.json").read_text())
 
 
 def test_two_languages_each_from_its_own_source(tmp_path):
@@ -129,7 +129,7 @@ def test_no_samples_at_all_skips_the_check_through_generate_and_evaluate(tmp_pat
          "name": f"f{i}", "start_line": 1, "end_line": 2}
         for i in range(3)
     ]
-    io.write_jsonl(tmp_path / "data/split/test.jsonl", test)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", test)
     for system in ("base", "finetuned"):
         load_stage("generate").main([
             "--system", system, "--model", str(lively_model), "--params", str(params),

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ALL_STAGES, SPEED_KEYS, TINY_BUDGET, dvc, ran, set_params
 
-from repotune import io
+from repotune import atomic
 
 DATA_STAGES = ["clone", "extract", "filter", "judge", "split"]
 MODEL_STAGES = ALL_STAGES[ALL_STAGES.index("train"):]
@@ -57,8 +57,8 @@ def test_judge_scores_once_and_its_threshold_reruns_split_only(project: Path):
     kept = json.loads((project / "metrics/filter.json").read_text())["kept"]
     metrics = json.loads((project / "metrics/judge.json").read_text())
     assert (metrics["samples"], metrics["scored"], metrics["cached"]) == (kept, kept, 0)
-    scores = io.read_jsonl(project / "data/judge/scores.jsonl")
-    assert [r["id"] for r in scores] == sorted(r["id"] for r in io.read_jsonl(project / "data/filtered.jsonl"))
+    scores = atomic.read_jsonl(project / "data/judge/scores.jsonl")
+    assert [r["id"] for r in scores] == sorted(r["id"] for r in atomic.read_jsonl(project / "data/filtered.jsonl"))
     assert all(1.0 <= r["score"] <= 5.0 and 0.0 < r["digit_mass"] <= 1.0 for r in scores)
     # Every score is >= 1: threshold 1.0 drops nothing.
     assert json.loads((project / "metrics/split.json").read_text())["dropped_judge_low"] == 0
@@ -140,27 +140,27 @@ def test_one_switch_adds_the_retrieval_systems_and_reruns_only_what_sees_context
     assert ran(dvc(project, "repro")) == ALL_STAGES
     # Retrieval off (the default): train_rag and merge_rag write markers, no model loaded; the
     # with_retrieval systems are not run and the report says so.
-    assert io.read_json(project / "metrics/train_rag.json")["enabled"] is False
-    assert io.disabled_reason(project / "models/merged_rag") is not None
+    assert atomic.read_json(project / "metrics/train_rag.json")["enabled"] is False
+    assert atomic.disabled_reason(project / "models/merged_rag") is not None
     report = (project / "metrics/report.md").read_text()
     # (base_chat is not run either: the tiny model has no chat template.)
     assert "; base_prefix (enabled: with_retrieval, and retrieval.enabled is false); base_rag (" in report
-    assert not {"base_rag_chrf", "finetuned_rag_chrf"} & set(io.read_json(project / "metrics/evaluate.json"))
+    assert not {"base_rag_chrf", "finetuned_rag_chrf"} & set(atomic.read_json(project / "metrics/evaluate.json"))
 
     # One switch: the context, the adapter trained with it, the three systems; base and finetuned
     # (and their model stages) stay.
     set_params(project, retrieval={"enabled": True})
     assert ran(dvc(project, "repro")) == ["retrieve", "train_rag", "merge_rag", "generate@base_prefix",
                                           "generate@base_rag", "generate@finetuned_rag", "evaluate"]
-    bench = io.read_json(project / "metrics/evaluate.json")
+    bench = atomic.read_json(project / "metrics/evaluate.json")
     assert {"base_rag_chrf", "finetuned_rag_chrf", "base_prefix_chrf", "delta_base_rag_chrf_low",
             "delta_finetuned_rag_chrf_p", "delta_chrf"} <= set(bench)
-    training = io.read_json(project / "models/adapter_rag/training.json")
+    training = atomic.read_json(project / "models/adapter_rag/training.json")
     assert training["context"] == "retrieval" and "samples_context_cut" in training["results"]
     assert (project / "models/merged_rag/config.json").is_file()
-    rows = io.read_jsonl(project / "data/generations/base_rag/test.plain.jsonl")
+    rows = atomic.read_jsonl(project / "data/generations/base_rag/test.plain.jsonl")
     assert rows and all("context_cut" in r for r in rows)
-    assert "context_cut" not in io.read_jsonl(project / "data/generations/base/test.plain.jsonl")[0]
+    assert "context_cut" not in atomic.read_jsonl(project / "data/generations/base/test.plain.jsonl")[0]
     report = (project / "metrics/report.md").read_text()
     assert "| base_rag | `models/base` | retrieval: chunks of other files" in report
     # Only base_chat is left out now (the tiny model has no chat template).
@@ -168,7 +168,7 @@ def test_one_switch_adds_the_retrieval_systems_and_reruns_only_what_sees_context
     assert not_run.startswith("Not run: base_chat (") and "base_rag" not in not_run and "base_prefix" not in not_run
     # The pairs of evaluate.comparisons that ran, against each other.
     assert {"base_rag_vs_base_chrf", "base_rag_vs_base_prefix_chrf_low", "finetuned_rag_vs_finetuned_chrf_p"} <= set(
-        io.read_json(project / "metrics/evaluate.json"))
+        atomic.read_json(project / "metrics/evaluate.json"))
 
     # A retrieval knob re-runs what sees the context, never the context-free systems.
     set_params(project, retrieval={"context_tokens": 5})
@@ -220,9 +220,9 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
         filter={"min_body_lines": 1},
     )
     assert ran(dvc(project, "repro")) == ALL_STAGES
-    extracted = io.read_json(project / "metrics/extract.json")
+    extracted = atomic.read_json(project / "metrics/extract.json")
     assert extracted["files_parsed_kotlin"] == 1 and extracted["files_parsed_java"] == 1
-    bench = io.read_json(project / "metrics/evaluate.json")
+    bench = atomic.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "method_name"
     assert {"base_subtoken_f1", "finetuned_exact_match_ci", "delta_edit_similarity"} <= set(bench)
     assert "chrf" not in " ".join(bench)
@@ -231,7 +231,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     # and clone do not.
     set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
     assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "distill", "ood", "retrieve", *MODEL_STAGES]
-    bench = io.read_json(project / "metrics/evaluate.json")
+    bench = atomic.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
     completion_metrics = ("exact_match", "edit_similarity", "bleu")
     # No chat baseline for completion (nor a chat template in the tiny model): base and fine-tuned.
@@ -242,7 +242,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
     } | {
         f"{s}_{m}" for s in ("base", "finetuned") for m in completion_metrics
     } | {f"delta_{m}{end}" for m in completion_metrics for end in ("", "_low", "_high", "_p")}
-    for row in io.read_jsonl(project / "metrics/predictions.jsonl"):
+    for row in atomic.read_jsonl(project / "metrics/predictions.jsonl"):
         assert all("\n" not in text for text in row["outputs"].values())  # one line each
 
 
@@ -252,7 +252,7 @@ def test_comparing_runs_across_branches(project: Path):
     set_params(project, **TINY_BUDGET)
     repo = git.Repo(project)
     dvc(project, "repro")
-    on_main = io.read_json(project / "metrics/evaluate.json")
+    on_main = atomic.read_json(project / "metrics/evaluate.json")
     repo.git.add("--all")
     repo.index.commit("run: default lora")
     repo.git.checkout("-b", "rank8")
@@ -268,7 +268,7 @@ def test_comparing_runs_across_branches(project: Path):
                                   "--targets", "metrics/evaluate.json"))["metrics/evaluate.json"]
     # The base model's outputs are the same on both branches: its scores do not move.
     assert metrics_diff["base_chrf"]["diff"] == 0
-    on_branch = io.read_json(project / "metrics/evaluate.json")
+    on_branch = atomic.read_json(project / "metrics/evaluate.json")
     for key in ("finetuned_chrf", "delta_chrf", "delta_chrf_low"):
         assert (metrics_diff[key]["old"], metrics_diff[key]["new"]) == (on_main[key], on_branch[key]), key
     assert {"delta_chrf", "delta_chrf_low", "delta_chrf_high", "delta_chrf_p", "samples"} <= set(metrics_diff)
@@ -340,28 +340,28 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     set_params(project, benchmark={**budget["benchmark"], "systems": {
         **systems, "teacher": {"model": "data/distill/model", "context": "none", "prompt": "trained"}}})
     assert ran(dvc(project, "repro")) == [*ALL_STAGES[:-1], "generate@teacher", "evaluate"]
-    counts = io.read_json(project / "metrics/distill.json")
-    train = io.read_jsonl(project / "data/distill/train.jsonl")
-    gold = io.read_jsonl(project / "data/split/train.jsonl")
+    counts = atomic.read_json(project / "metrics/distill.json")
+    train = atomic.read_jsonl(project / "data/distill/train.jsonl")
+    gold = atomic.read_jsonl(project / "data/split/train.jsonl")
     teacher_rows = [r for r in train if r["id"].endswith(".teacher")]
     # scale, Counter, Counter.bump; geometry.py's no_docstring is left out (its file holds val/test samples).
     assert counts["undocumented_found"] == 3 and counts["undocumented_files_held_out"] >= 1
     assert counts["rows_teacher"] == len(teacher_rows) > 0
     assert len(train) - len(teacher_rows) == counts["rows_gold"] <= len(gold)
-    assert any(r.get("undocumented") for r in io.read_jsonl(project / "data/distill/targets.jsonl"))
-    assert io.read_json(project / "metrics/train.json")["train_samples"] == len(train)
-    bench = io.read_json(project / "metrics/evaluate.json")
+    assert any(r.get("undocumented") for r in atomic.read_jsonl(project / "data/distill/targets.jsonl"))
+    assert atomic.read_json(project / "metrics/train.json")["train_samples"] == len(train)
+    bench = atomic.read_json(project / "metrics/evaluate.json")
     assert {"teacher_chrf", "delta_teacher_chrf", "delta_chrf", "gain_kept_chrf"} <= set(bench)
     assert "## Teacher and student" in (project / "metrics/report.md").read_text()
-    assert io.read_json(project / "metrics/generate/teacher.json")["parameters"] > \
-        io.read_json(project / "metrics/generate/finetuned.json")["parameters"]
+    assert atomic.read_json(project / "metrics/generate/teacher.json")["parameters"] > \
+        atomic.read_json(project / "metrics/generate/finetuned.json")["parameters"]
 
     set_params(project, distill={"teacher_share": 1.0})
     assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "train_rag", "generate@finetuned", "evaluate"]
-    assert io.read_json(project / "metrics/distill.json")["generated_now"] == 0
+    assert atomic.read_json(project / "metrics/distill.json")["generated_now"] == 0
 
     set_params(project, distill={"mode": "logits", "kl_weight": 0.5})
     assert ran(dvc(project, "repro")) == ["distill", "train", "merge", "train_rag", "generate@finetuned", "evaluate"]
-    info = io.read_json(project / "models/adapter/training.json")
+    info = atomic.read_json(project / "models/adapter/training.json")
     assert info["distill"]["mode"] == "logits" and info["distill"]["kl_weight"] == 0.5
     assert (project / "data/distill/train.jsonl").read_bytes() == (project / "data/split/train.jsonl").read_bytes()

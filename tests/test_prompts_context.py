@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from repotune import io
+from repotune import atomic
 from repotune.errors import RepotuneError
 from repotune.params import PromptParams
 from repotune.prompts import Prompter, context_lines, evaluation_prompts, with_context
@@ -96,7 +96,7 @@ def test_training_rows_and_benchmark_prompts_are_the_same_rendering(tokenizer):
 
 def test_context_is_joined_by_id_and_a_missing_one_is_an_error(tmp_path: Path):
     path = tmp_path / "test.jsonl"
-    io.write_jsonl(path, [{"id": "a", "chunks": CHUNKS}])
+    atomic.write_jsonl(path, [{"id": "a", "chunks": CHUNKS}])
     assert with_context([RECORD], path, "retrieval") == [RAG]
     assert with_context([RECORD], tmp_path / "absent.jsonl", "none") == [RECORD]  # none reads nothing
     with pytest.raises(RepotuneError, match=r"test.jsonl: no retrieval context for 1 of 2 samples \(first: b\); run the "

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import git_repo, load_stage, write_params
 
-from repotune import io, params, retrieval
+from repotune import atomic, params, retrieval
 from repotune.dedup import containment
 from repotune.errors import ParamsError
 from repotune.params import NearDuplicateParams, RetrievalParams
@@ -61,15 +61,15 @@ def run_retrieve(
                  retrieval={"enabled": True, **retrieval_settings})
     load_stage("clone").main([])
     for name in ("train", "val", "test"):
-        io.write_jsonl(work / "data/split" / f"{name}.jsonl", splits.get(name, []))
-    io.write_jsonl(work / "data/ood.jsonl", splits.get("ood", []))
+        atomic.write_jsonl(work / "data/split" / f"{name}.jsonl", splits.get(name, []))
+    atomic.write_jsonl(work / "data/ood.jsonl", splits.get("ood", []))
     load_stage("retrieve").main([])
-    out = {name: io.read_jsonl(work / "data/retrieved/retrieval" / f"{name}.jsonl") for name in retrieval.SPLITS}
-    return out, io.read_json(work / "metrics/retrieve.json")
+    out = {name: atomic.read_jsonl(work / "data/retrieved/retrieval" / f"{name}.jsonl") for name in retrieval.SPLITS}
+    return out, atomic.read_json(work / "metrics/retrieve.json")
 
 
 def read_context(work: Path, context: str) -> dict[str, list[dict]]:
-    return {name: io.read_jsonl(work / "data/retrieved" / context / f"{name}.jsonl") for name in retrieval.SPLITS}
+    return {name: atomic.read_jsonl(work / "data/retrieved" / context / f"{name}.jsonl") for name in retrieval.SPLITS}
 
 
 def spans(record: dict) -> list[tuple[str, int, int, float]]:
@@ -301,7 +301,7 @@ def test_disabled_writes_empty_files_without_reading_the_repository(tmp_path, mo
             for p in (tmp_path / "data/retrieved").rglob("*.jsonl")} == {
         f"{context}/{name}.jsonl": b"" for context in ("none", "retrieval", "prefix") for name in retrieval.SPLITS
     }
-    assert io.read_json(tmp_path / "metrics/retrieve.json") == {"enabled": False}
+    assert atomic.read_json(tmp_path / "metrics/retrieve.json") == {"enabled": False}
 
 
 @pytest.mark.parametrize("chunking", ["lines", "definitions"])
@@ -349,7 +349,7 @@ def test_the_prefix_control_is_the_own_file_before_the_input_cut_to_the_budget(t
     run_retrieve(tmp_path, FILES, {"test": [test]}, "completion", context_tokens=4)
     chunk = read_context(tmp_path, "prefix")["test"][0]["chunks"][0]
     assert (chunk["start_line"], chunk["end_line"], chunk["text"], chunk["cut"]) == (2, 3, "    total = seed\n    ", True)
-    prefix_metrics = io.read_json(tmp_path / "metrics/retrieve.json")["prefix"]
+    prefix_metrics = atomic.read_json(tmp_path / "metrics/retrieve.json")["prefix"]
     assert prefix_metrics["splits"]["test"] == {"prefix_samples": 1, "prefix_target_in_context": 0,
                                                 "prefix_without_context": 0}
 
@@ -365,4 +365,4 @@ def test_the_prefix_control_loses_the_lines_that_would_leak_the_target(tmp_path,
     chunks = read_context(tmp_path, "prefix")["test"][0]["chunks"]
     assert chunks == [{"path": "pkg/calls.py", "start_line": 1, "end_line": 2, "text": "import os\nx = 1\n",
                        "cut": False}]
-    assert io.read_json(tmp_path / "metrics/retrieve.json")["prefix"]["prefix_trimmed_target_identifier"] == 1
+    assert atomic.read_json(tmp_path / "metrics/retrieve.json")["prefix"]["prefix_trimmed_target_identifier"] == 1

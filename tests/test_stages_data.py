@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io as stdio
+import io
 import json
 import shutil
 import tarfile
@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import load_stage
 
-from repotune import io, sources
+from repotune import atomic, sources
 from repotune.errors import RepotuneError, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,22 +54,22 @@ def test_data_stages_end_to_end(tmp_path, source_repo, monkeypatch):
     write_params(work, source_repo.working_dir, filter={"min_target_tokens": 10})
     run_data_stages(work, monkeypatch)
 
-    clone = io.read_json(work / "metrics/clone.json")
+    clone = atomic.read_json(work / "metrics/clone.json")
     assert clone["sha"] == source_repo.head.commit.hexsha and len(clone["sha"]) == 40
     assert clone["symlinks_skipped"] == 1 and not (work / "data/repo/pkg/outside.py").exists()
     assert not (work / "data/repo/.git").exists()
     assert clone["files_python"] == 8
 
-    extracted = io.read_jsonl(work / "data/extracted.jsonl")
+    extracted = atomic.read_jsonl(work / "data/extracted.jsonl")
     assert {r["sha"] for r in extracted} == {clone["sha"]}
-    assert io.read_json(work / "metrics/extract.json")["files_skipped_syntax_error"] == 1
+    assert atomic.read_json(work / "metrics/extract.json")["files_skipped_syntax_error"] == 1
 
-    filtered = io.read_json(work / "metrics/filter.json")
+    filtered = atomic.read_json(work / "metrics/filter.json")
     assert filtered["dropped_duplicate_input"] == 1  # copy_of_area.area
     assert filtered["dropped_test"] == 1 and filtered["dropped_dunder"] == 1
-    split = io.read_json(work / "metrics/split.json")
+    split = atomic.read_json(work / "metrics/split.json")
     assert split["samples"] == filtered["kept"]
-    total = sum(len(io.read_jsonl(work / f"data/split/{s}.jsonl")) for s in ("train", "val", "test"))
+    total = sum(len(atomic.read_jsonl(work / f"data/split/{s}.jsonl")) for s in ("train", "val", "test"))
     assert total == filtered["kept"]
 
 
@@ -91,12 +91,12 @@ def test_clone_resolves_tags_branches_and_shas(tmp_path, source_repo, monkeypatc
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, source_repo.working_dir, rev=rev)
     load_stage("clone").main([])
-    sha = io.read_json(tmp_path / "metrics/clone.json")["sha"]
+    sha = atomic.read_json(tmp_path / "metrics/clone.json")["sha"]
     assert sha == source_repo.commit(rev).hexsha
     assert (tmp_path / "data/repo/pkg/geometry.py").exists() == (rev in ("main", "HEAD"))
     write_params(tmp_path, source_repo.working_dir, rev=sha[:12])
     load_stage("clone").main([])
-    assert io.read_json(tmp_path / "metrics/clone.json")["sha"] == sha
+    assert atomic.read_json(tmp_path / "metrics/clone.json")["sha"] == sha
 
 
 def test_unknown_rev_and_unreachable_url_are_one_line_errors(tmp_path, source_repo, monkeypatch, capsys):
@@ -167,7 +167,7 @@ def make_sdist(folder: Path, name: str = "tinylib", version: str = "1.0") -> Pat
             data = text.encode()
             info = tarfile.TarInfo(f"{name}-{version}/{rel}")
             info.size = len(data)
-            tar.addfile(info, stdio.BytesIO(data))
+            tar.addfile(info, io.BytesIO(data))
     return archive
 
 
@@ -183,7 +183,7 @@ def test_pypi_sdist_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch):
         monkeypatch.chdir(work)
         write_params(work, "pypi:tinylib==1.0", rev="HEAD")
         load_stage("clone").main([])
-        shas.append(io.read_json(work / "metrics/clone.json")["sha"])
+        shas.append(atomic.read_json(work / "metrics/clone.json")["sha"])
         assert (work / "data/repo/tinylib/__init__.py").exists()
     assert shas[0] == shas[1]
     write_params(tmp_path / "a", "pypi:tinylib>=1.0")
@@ -214,13 +214,13 @@ def tar_member(tar: tarfile.TarFile, name: str, data: bytes = b"", mode: int = 0
     for key, value in kind.items():
         setattr(info, key, value)
     info.size = len(data) if info.isfile() else 0
-    tar.addfile(info, stdio.BytesIO(data) if info.isfile() else None)
+    tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
 
 
 def npm_tarball(files: dict[str, bytes], extra=None) -> bytes:
     """An npm package tarball: every file under package/, as npm pack writes it; `extra(tar)`
     may add hostile members."""
-    buffer = stdio.BytesIO()
+    buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for rel, data in files.items():
             tar_member(tar, f"package/{rel}", data, mode=0o755 if rel.startswith("bin/") else 0o644)
@@ -304,7 +304,7 @@ def test_npm_package_becomes_a_git_repo_with_a_stable_sha(tmp_path, monkeypatch,
         monkeypatch.chdir(work)
         write_params(work, url, rev="HEAD")
         load_stage("clone").main([])
-        metrics = io.read_json(work / "metrics/clone.json")
+        metrics = atomic.read_json(work / "metrics/clone.json")
         shas.append(metrics["sha"])
         assert (work / "data/repo/android/src/main/java/com/acme/Widget.kt").read_bytes() == WIDGETS[
             "android/src/main/java/com/acme/Widget.kt"]
@@ -377,7 +377,7 @@ def test_npm_tarball_cannot_write_outside_or_plant_links(tmp_path, monkeypatch, 
     write_params(work, "npm:evil@1.0.0", rev="HEAD")
     load_stage("clone").main([])
 
-    metrics = io.read_json(work / "metrics/clone.json")
+    metrics = atomic.read_json(work / "metrics/clone.json")
     assert metrics["archive_files"] == 2
     assert metrics["archive_skipped_unsafe_path"] == 4  # two '..', one absolute, one .git
     assert metrics["archive_skipped_link"] == 2  # symbolic and hard
@@ -465,10 +465,10 @@ def test_extract_writes_the_same_bytes_with_1_and_2_workers_sorted_by_path_strin
         load_stage("extract").main([])
         outputs[workers] = ((tmp_path / "data/extracted.jsonl").read_bytes(), (tmp_path / "metrics/extract.json").read_bytes())
     assert outputs[1] == outputs[2]
-    records = io.read_jsonl(tmp_path / "data/extracted.jsonl")
+    records = atomic.read_jsonl(tmp_path / "data/extracted.jsonl")
     assert [(r["path"], r["name"]) for r in records[:5]] == [
         ("a-b.py", "dashed"), ("a.kt", "kotlin"), ("a/b.py", "in_folder"), ("many/m00.py", "f00"), ("many/m01.py", "f01"),
     ]
     assert [(r["path"], r["name"]) for r in records[-2:]] == [("z.py", "zeta"), ("z.py", "alpha")]
-    metrics = io.read_json(tmp_path / "metrics/extract.json")
+    metrics = atomic.read_json(tmp_path / "metrics/extract.json")
     assert (metrics["samples"], metrics["files_parsed_python"], metrics["files_parsed_kotlin"]) == (45, 43, 1)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from repotune.errors import RepotuneError
-from repotune.io import atomic_path, dumps, read_json, scratch_dir, write_json
+from repotune.atomic import atomic_path, dumps, read_json, scratch_dir, write_json
 from repotune.modeling import drop_load_options
 from repotune.sources import PYPI_PREFIX, parse_pypi_spec, pip_download
 

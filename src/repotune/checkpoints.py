@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import compat, io
+from repotune import atomic, compat
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -46,7 +46,7 @@ def run_key(params: dict[str, Any], inputs: dict[str, str]) -> str:
     params = json.loads(json.dumps(params))  # a deep copy of plain JSON
     for name in NOT_IN_KEY:
         params.get("train", {}).pop(name, None)
-    return hashlib.sha256(io.dumps({"params": params, "inputs": inputs}).encode()).hexdigest()[:16]
+    return hashlib.sha256(atomic.dumps({"params": params, "inputs": inputs}).encode()).hexdigest()[:16]
 
 
 def prepare(root: str | Path, key: str) -> Path:
@@ -57,7 +57,7 @@ def prepare(root: str | Path, key: str) -> Path:
         if other.is_dir() and other.name != key:
             shutil.rmtree(other)
     if not (root / README).is_file():
-        io.write_text(root / README, _README_TEXT)
+        atomic.write_text(root / README, _README_TEXT)
     folder = root / key
     folder.mkdir(exist_ok=True)
     return folder
@@ -89,7 +89,7 @@ def finish(root: str | Path) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / README).is_file():
-        io.write_text(root / README, _README_TEXT)
+        atomic.write_text(root / README, _README_TEXT)
     for path in root.iterdir():
         if path.is_dir():
             shutil.rmtree(path)
@@ -97,7 +97,7 @@ def finish(root: str | Path) -> None:
 
 def read_extra(checkpoint: str | Path) -> dict[str, Any]:
     """What :func:`marker` recorded beside the Trainer's own state (e.g. trained tokens)."""
-    return io.read_json(Path(checkpoint) / COMPLETE)
+    return atomic.read_json(Path(checkpoint) / COMPLETE)
 
 
 def marker(trainer_ref: dict[str, Any]) -> TrainerCallback:
@@ -120,7 +120,7 @@ def marker(trainer_ref: dict[str, Any]) -> TrainerCallback:
                 return
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                io.write_json(checkpoint / COMPLETE, {
+                atomic.write_json(checkpoint / COMPLETE, {
                     "step": state.global_step,
                     "train_tokens": compat.trained_tokens(trainer_ref["trainer"]),
                 })

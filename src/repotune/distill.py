@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repotune import io
+from repotune import atomic
 from repotune.base_model import model_identity
 from repotune.distill_loss import check_same_vocab
 from repotune.errors import RepotuneError
@@ -47,7 +47,7 @@ def generation_key(identity: str, prompt: str, decoding: DecodingParams, stop: S
 
     ``decoding.batch_size`` is left out: texts do not depend on it (see repotune.generation).
     """
-    settings = io.dumps({**decoding.model_dump(mode="json", exclude={"batch_size"}), "stop": list(stop)})
+    settings = atomic.dumps({**decoding.model_dump(mode="json", exclude={"batch_size"}), "stop": list(stop)})
     return hashlib.sha256("\0".join((identity, prompt, settings)).encode()).hexdigest()
 
 
@@ -55,11 +55,11 @@ def read_cache(path: Path) -> dict[str, dict[str, Any]]:
     """key -> {raw, new_tokens, prompt_tokens, seconds} of earlier generations (empty if none)."""
     if not path.is_file():
         return {}
-    return {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in io.read_jsonl(path)}
+    return {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in atomic.read_jsonl(path)}
 
 
 def write_cache(path: Path, cache: Mapping[str, Mapping[str, Any]]) -> None:
-    io.write_jsonl(path, [{"key": key, **value} for key, value in sorted(cache.items())])
+    atomic.write_jsonl(path, [{"key": key, **value} for key, value in sorted(cache.items())])
 
 
 def generate_cached(
@@ -283,13 +283,13 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
     if s.mode == "logits":
         check_same_vocab(tokenizer, load_tokenizer(base), s.teacher.label, str(base))
     budget = max(1, s.max_length - s.decoding.max_new_tokens)
-    gold = sorted(io.read_jsonl(split / "train.jsonl"), key=lambda r: r["id"])
+    gold = sorted(atomic.read_jsonl(split / "train.jsonl"), key=lambda r: r["id"])
     # A new list: undocumented inputs are added to it, never to the gold records.
     inputs = list(gold[: s.max_samples or None]) if s.mode == "sequence" and s.teacher_share > 0 else []
     counts: Counter = Counter()
     if s.undocumented and s.mode == "sequence":
-        clone = io.read_json(clone_metrics)
-        held_out = {r["path"] for name in ("val", "test") for r in io.read_jsonl(split / f"{name}.jsonl")}
+        clone = atomic.read_json(clone_metrics)
+        held_out = {r["path"] for name in ("val", "test") for r in atomic.read_jsonl(split / f"{name}.jsonl")}
         found = undocumented_records(
             repo, repo=clone["url"], sha=clone["sha"], task_name=s.task_name, extract=s.extract,
             skip_paths=held_out, max_input_tokens=s.filter.max_input_tokens, counts=counts,
@@ -321,12 +321,12 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
     counts.update(kept)
     if s.mode == "sequence":
         mixed, mix_counts = mix(gold, targets, s.teacher_share)
-        io.write_jsonl(out / "train.jsonl", mixed)
+        atomic.write_jsonl(out / "train.jsonl", mixed)
     else:
-        with io.atomic_path(out / "train.jsonl") as tmp:
+        with atomic.atomic_path(out / "train.jsonl") as tmp:
             tmp.write_bytes((split / "train.jsonl").read_bytes())
         mix_counts = {"rows_gold": len(gold), "rows_teacher": 0}
-    io.write_jsonl(out / "targets.jsonl", targets)
+    atomic.write_jsonl(out / "targets.jsonl", targets)
 
     return {"enabled": True, "mode": s.mode, "teacher": s.teacher.label, "identity": identity,
             "train_inputs": len(inputs), "train_prompts_code_cut": sum(cut),

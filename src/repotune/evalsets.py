@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from repotune import io
+from repotune import atomic
 from repotune.errors import RepotuneError
 
 
@@ -34,11 +34,11 @@ def load_sets(
     There is no ``ood`` set either when the ood file is empty: the ood stage writes it empty
     when no language of the run has out-of-domain samples, and says why in metrics/ood.json.
     """
-    sets = {"test": _first(io.read_jsonl(test), max_samples)}
+    sets = {"test": _first(atomic.read_jsonl(test), max_samples)}
     if not sets["test"]:
         raise RepotuneError(f"{test}: no test samples to evaluate")
     if ood_max_samples is not None:
-        records = _first(io.read_jsonl(ood), ood_max_samples)
+        records = _first(atomic.read_jsonl(ood), ood_max_samples)
         if records:
             sets["ood"] = records
     return sets
@@ -75,7 +75,7 @@ def write_disabled_system(folder: str | Path, reason: str | None = None) -> None
     """Replace `folder` with a generations folder that holds only ``system.json`` saying
     ``enabled: false`` (and why, when `reason` is given): the system exists in dvc.yaml but
     produced no outputs, and evaluate leaves it out (:func:`system_enabled`)."""
-    io.write_disabled(folder, reason, SYSTEM_MARKER)
+    atomic.write_disabled(folder, reason, SYSTEM_MARKER)
 
 
 def system_enabled(folder: str | Path) -> bool:
@@ -88,4 +88,4 @@ def system_enabled(folder: str | Path) -> bool:
 
 def disabled_system(folder: str | Path) -> str | None:
     """Why a system's generations folder holds no outputs (see :func:`system_enabled`), or None."""
-    return io.disabled_reason(folder, SYSTEM_MARKER)
+    return atomic.disabled_reason(folder, SYSTEM_MARKER)

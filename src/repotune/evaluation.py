@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import degenerate, evalsets, io, stats
+from repotune import atomic, degenerate, evalsets, stats
 from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
 from repotune.params import BEST_BASE, EvaluateParams, SystemParams
@@ -169,7 +169,7 @@ def read_outputs(
     path = evalsets.generation_file(generations / system, set_name, template)
     if not path.is_file():
         raise RepotuneError(f"{path}: no outputs of {system!r} (run its generate stage)")
-    rows = io.read_jsonl(path)
+    rows = atomic.read_jsonl(path)
     if [r["id"] for r in rows] != [r["id"] for r in records]:
         raise RepotuneError(f"{path}: its samples are not those of {set_name} (re-run generate)")
     return rows

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from repotune.base_model import MANIFEST, materialize_base, model_identity
 from repotune.errors import RepotuneError
-from repotune.io import read_json, read_jsonl
+from repotune.atomic import read_json, read_jsonl
 from repotune.modeling import load_causal_lm, load_tokenizer
 from repotune.prompts import chat
 from repotune.tasks import task

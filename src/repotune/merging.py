@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import io, modeling
+from repotune import atomic, modeling
 from repotune.errors import RepotuneError
 from repotune.params import PromptParams
 from repotune.prompts import template_text
@@ -185,7 +185,7 @@ def merge_adapter(
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         merged.generation_config.eos_token_id = [*eos_ids, tokenizer.eos_token_id]
 
-    with io.atomic_path(out) as tmp:
+    with atomic.atomic_path(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if card is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from repotune import io
+from repotune import atomic
 from repotune.errors import RepotuneError
 from repotune.languages import line_comment
 from repotune.tasks import task
@@ -93,7 +93,7 @@ def with_context(
         return [dict(r) for r in records]
     if kind not in CONTEXT_KEEP:
         raise ValueError(f"unknown context kind {kind!r}; known: none, {', '.join(CONTEXT_KEEP)}")
-    found = {row["id"]: row["chunks"] for row in io.iter_jsonl(path)}
+    found = {row["id"]: row["chunks"] for row in atomic.iter_jsonl(path)}
     missing = [r["id"] for r in records if r["id"] not in found]
     if missing:
         raise RepotuneError(

@@ -15,7 +15,7 @@ from typing import Any
 
 from repotune.degenerate import CHECKS
 from repotune.evaluation import gain_kept
-from repotune.io import atomic_path, read_json
+from repotune.atomic import atomic_path, read_json
 from repotune.metrics import METRICS
 
 # The reference system grey, the others in Tableau colours.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from repotune import io
+from repotune import atomic
 from repotune.errors import RepotuneError
 from repotune.files import EXTENSIONS
 
@@ -316,7 +316,7 @@ def unpack_package(url: str, dest: Path) -> dict[str, int]:
     Returns:
         The counts of :func:`unpack_archive` (files written, members skipped by reason).
     """
-    with io.scratch_dir(dest) as tmp:
+    with atomic.scratch_dir(dest) as tmp:
         download = tmp / "download"
         download.mkdir()
         if url.startswith(PYPI_PREFIX):

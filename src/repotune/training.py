@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import checkpoints, compat, io, modeling
+from repotune import atomic, checkpoints, compat, modeling
 from repotune.compat import quiet_live
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
@@ -566,10 +566,10 @@ def save_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]) 
     saved_config.base_model_name_or_path = info["base_model"]
     if isinstance(saved_config.target_modules, set):
         saved_config.target_modules = sorted(saved_config.target_modules)
-    with io.atomic_path(out) as tmp:
+    with atomic.atomic_path(out) as tmp:
         peft_model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        io.write_json(tmp / "training.json", info)
+        atomic.write_json(tmp / "training.json", info)
 
 
 def train_adapter(
@@ -643,7 +643,7 @@ def train_adapter(
 
     # Trainer scratch and the curves go to a folder beside `out`: the curves replace `live_dir`
     # (git-tracked) together with the adapter, so a killed run leaves the previous ones whole.
-    with io.scratch_dir(out) as scratch:
+    with atomic.scratch_dir(out) as scratch:
         watch = divergence_watch()
         trainer_ref: dict[str, Any] = {}
         callbacks = [watch, checkpoints.marker(trainer_ref)]
@@ -694,5 +694,5 @@ def train_adapter(
         }
         save_adapter(trainer, loaded.tokenizer, Path(out), info)
         if live_dir is not None and trainer.is_world_process_zero():
-            io.replace_folder(scratch / "live", live_dir)
+            atomic.replace_folder(scratch / "live", live_dir)
     return {**results, **timing, "lr": train.lr}

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import load_stage
 
-from repotune import errors, io
+from repotune import atomic, errors
 
 
 def pickled_copy(tiny_model: Path, dest: Path) -> Path:
@@ -58,7 +58,7 @@ def test_a_pickle_only_folder_is_refused_unless_allowed(tiny_model: Path, tmp_pa
 
     code, err = run_base(tmp_path, {"base": str(folder), "allow_pickle": True}, capsys)
     assert code == 0, err
-    manifest = io.read_json(tmp_path / "base/manifest.json")
+    manifest = atomic.read_json(tmp_path / "base/manifest.json")
     assert manifest["converted_from_pickle"] is True
     assert "converted to safetensors" in (tmp_path / "base/SOURCE.md").read_text()
     assert (tmp_path / "base/model.safetensors").is_file()
@@ -68,7 +68,7 @@ def test_a_pickle_only_folder_is_refused_unless_allowed(tiny_model: Path, tmp_pa
 def test_the_same_weights_as_safetensors_say_nothing_of_pickles(tiny_model: Path, tmp_path: Path, capsys):
     code, err = run_base(tmp_path, {"base": str(tiny_model)}, capsys)
     assert code == 0, err
-    assert io.read_json(tmp_path / "base/manifest.json")["converted_from_pickle"] is False
+    assert atomic.read_json(tmp_path / "base/manifest.json")["converted_from_pickle"] is False
     assert "pickled" not in (tmp_path / "base/SOURCE.md").read_text()
 
 
@@ -107,4 +107,4 @@ def test_code_shipped_with_a_model_does_not_run_with_trust_remote_code_off(tiny_
     # the shipped module; an unknown model_type would stop with "trust_remote_code".
     assert code == 0, err
     assert not marker.exists()
-    assert "auto_map" not in io.read_json(tmp_path / "base/config.json")
+    assert "auto_map" not in atomic.read_json(tmp_path / "base/config.json")

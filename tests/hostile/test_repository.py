@@ -15,7 +15,7 @@ import yaml
 
 from conftest import ROOT, load_stage
 
-from repotune import io
+from repotune import atomic
 from repotune.errors import run
 
 GOOD = 'def area(width, height):\n    """Return the area of a rectangle of the given width and height, in square units."""\n    return width * height\n'
@@ -95,13 +95,13 @@ def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_every_odd_file_is_counted_under_its_own_reason(hostile: Path):
     assert run(load_stage("clone").main, []) == 0
-    clone = io.read_json(hostile / "metrics/clone.json")
+    clone = atomic.read_json(hostile / "metrics/clone.json")
     assert clone["symlinks_skipped"] == 3
     assert not any(p.is_symlink() for p in (hostile / "data/repo").rglob("*"))
     assert not (hostile / "data/repo/vendor/sub").exists() or not any((hostile / "data/repo/vendor/sub").iterdir())
 
     assert run(load_stage("extract").main, []) == 0
-    counts = io.read_json(hostile / "metrics/extract.json")
+    counts = atomic.read_json(hostile / "metrics/extract.json")
     expected = {
         "symlinks_skipped_at_clone": 3,
         "files_skipped_too_large": 1,     # too_big.py (11 MB > extract.max_file_bytes)
@@ -115,7 +115,7 @@ def test_every_odd_file_is_counted_under_its_own_reason(hostile: Path):
     assert {k: counts.get(k, 0) for k in expected} == expected
     assert counts["files_seen"] == sum(v for k, v in expected.items() if k != "symlinks_skipped_at_clone")
 
-    records = io.read_jsonl(hostile / "data/extracted.jsonl")
+    records = atomic.read_jsonl(hostile / "data/extracted.jsonl")
     names = {r["name"] for r in records}
     assert "secret" not in names  # nothing read through a link
     assert {"area", "windows", "odd_name", "dash_name", "hidden", "after_long_line", "level_0"} <= names
