@@ -7,6 +7,7 @@ Reads:  data/generations/<system>/ of every system of params.yaml `benchmark.sys
         template), metrics/generate/<system>.json (speed and parameters, for the
         teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
+        data/retrieved/retrieval/test.jsonl (whether each target stands in its context),
         params.yaml `task`, `benchmark` (systems: their names, models, contexts, prompts; sets,
         templates), `evaluate` (reference system, primary metric, resamples, confidence, seed,
         examples), `prompt` and `decoding` (stated in the report), `model.base`,
@@ -18,7 +19,9 @@ Writes: metrics/evaluate.json: the headline: first the primary metric (`metric`)
         the share of degenerate outputs, and the out-of-domain differences (``delta_<metric>``
         is the first system on models/merged's, or the only other system's);
         metrics/evaluate_details.json: every evaluation (set x template) in full, metric
-        definitions and sacrebleu signatures;
+        definitions and sacrebleu signatures; with a system that sees retrieved context,
+        ``by_target_in_context``: the test scores split by whether the target stands verbatim
+        in the retrieved context (data/retrieved/retrieval/test.jsonl), every difference again;
         metrics/predictions.jsonl: per sample and evaluation, every system's output and score;
         metrics/report.md and metrics/plots/{scores,sample_deltas}.png (rendered offline).
 Run:    python stages/evaluate.py [--out metrics]
@@ -41,13 +44,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generations", type=Path, default=Path("data/generations"))
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
     parser.add_argument("--ood", type=Path, default=Path("data/ood.jsonl"))
+    parser.add_argument("--retrieved", type=Path, default=Path("data/retrieved/retrieval/test.jsonl"),
+                        help="the test samples' retrieved context (its target_in_context flags)")
     parser.add_argument("--stage-metrics", type=Path, default=Path("metrics"), help="where clone.json... are")
     parser.add_argument("--out", type=Path, default=Path("metrics"), help="folder for the outputs listed above")
     args = parser.parse_args(argv)
     p = params.load(args.params)
 
     from repotune import metrics, report
-    from repotune.evaluation import details, evaluate_generations, headline, resolve_reference, systems_on
+    from repotune.evaluation import (
+        by_target_in_context, compared_pairs, details, evaluate_generations, headline, resolve_reference, systems_on,
+    )
     from repotune.tasks import resolved_decoding, task
 
     module = task(p.task.name)
@@ -83,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "it never saw in training"
         )
 
+    # With a system that sees retrieved context: the headline's scores split by whether the
+    # target stands verbatim in the retrieved context (a gain from copying, or the rest).
+    in_context = {row["id"]: row["target_in_context"] for row in atomic.iter_jsonl(args.retrieved)} if (
+        any(s.context != "none" for s in enabled.values()) and args.retrieved.is_file()
+    ) else {}
+    split = by_target_in_context(
+        evaluations[0], in_context, metric, reference, compared_pairs(p.evaluate.comparisons, systems), evaluate_params,
+    ) if in_context else None
+
     out = args.out
     stage_metrics = {
         name: atomic.read_json(args.stage_metrics / f"{name}.json")
@@ -96,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Key order kept (not sorted): the primary metric's delta and interval first, then the rest
     # sorted (see evaluation.headline); the same bytes for the same numbers.
     atomic.write_text(out / "evaluate.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-    atomic.write_json(out / "evaluate_details.json", details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures))
+    atomic.write_json(out / "evaluate_details.json", {
+        **details(p.task.name, evaluations, module.METRICS, evaluate_params, signatures),
+        **({"by_target_in_context": split} if split else {}),
+    })
     atomic.write_jsonl(out / "predictions.jsonl", [
         row for ev in evaluations for row in report.prediction_rows(ev, metric)
     ])
@@ -120,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         wrong_kind_rule=module.WRONG_KIND, base_scores=base_scores,
         prompts={name: s.prompt for name, s in enabled.items()}, teacher=teacher,
         systems={name: {"model": s.model, "context": s.context} for name, s in enabled.items()},
+        by_context=split,
         not_run={name: evalsets.disabled_system(args.generations / name) for name in listed if name not in enabled},
         setup=report.Setup(
             base=p.model.label if p.model is not None else "models/base", lora_r=p.lora.r,

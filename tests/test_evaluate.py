@@ -47,6 +47,7 @@ def run_evaluate(root: Path, params: Path, out: str = "metrics") -> Path:
         "--params", str(params), "--generations", str(root / "data/generations"),
         "--test", str(root / "data/split/test.jsonl"), "--ood", str(root / "data/ood.jsonl"),
         "--stage-metrics", str(root / "metrics"), "--out", str(root / out),
+        "--retrieved", str(root / "data/retrieved/retrieval/test.jsonl"),
     ])
     return root / out
 
@@ -364,3 +365,45 @@ def test_pairs_of_evaluate_comparisons_are_compared_with_each_other_and_pairs_th
 
     with pytest.raises(ParamsError, match="two different systems"):
         parse({"source": {"url": "."}, "evaluate": {"comparisons": [["base", "base"]]}})
+
+
+def test_scores_are_split_by_whether_the_target_stands_in_the_retrieved_context(tmp_path):
+    """A system that gains only where the retrieved context holds the answer is seen copying:
+    the split in evaluate_details.json and the report puts the whole gain on those samples."""
+    recs = records(40)
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
+    targets = [r["target"] for r in recs]
+    # The first 12 targets stand in their context; base_rag copies them and nothing else.
+    atomic.write_jsonl(tmp_path / "data/retrieved/retrieval/test.jsonl", [
+        {"id": r["id"], "chunks": [], "target_in_context": i < 12} for i, r in enumerate(recs)])
+    write_generations(tmp_path, "base", ["No."] * 40, recs)
+    write_generations(tmp_path, "base_rag", targets[:12] + ["No."] * 28, recs)
+    write_generations(tmp_path, "base_prefix", ["No."] * 40, recs)
+    systems = {"base": {"model": "models/base"}, "base_rag": {"model": "models/base", "context": "retrieval"},
+               "base_prefix": {"model": "models/base", "context": "prefix"}}
+    params = write_params(tmp_path, task={"name": "method_name"}, benchmark={"systems": systems}, retrieval={"enabled": True},
+                          evaluate={"reference": "base", "comparisons": [["base_rag", "base_prefix"]]})
+    out = run_evaluate(tmp_path, params)
+    split = json.loads((out / "evaluate_details.json").read_text())["by_target_in_context"]
+    assert split["metric"] == "exact_match"
+    inside, outside = split["in_context"], split["not_in_context"]
+    assert (inside["samples"], outside["samples"]) == (12, 28)
+    assert inside["scores"] == {"base": 0.0, "base_rag": 100.0, "base_prefix": 0.0}
+    assert inside["differences"]["base_rag - base"]["delta"] == 100.0
+    assert inside["differences"]["base_rag - base"]["significant"]
+    assert inside["differences"]["base_rag - base_prefix"]["delta"] == 100.0  # the extra pair, once
+    assert outside["differences"]["base_rag - base"]["delta"] == 0.0
+    assert not outside["differences"]["base_rag - base"]["significant"]
+    report = (out / "report.md").read_text()
+    section = report.split("## Copied or not")[1].split("\n## ")[0]
+    assert "target in the retrieved context (n=12) | target not in it (n=28)" in section
+    assert "| base_rag | 100.00 | 0.00 |" in section
+    assert "| base_rag - base | **+100.00" in section and "+0.00 [+0.00, +0.00], p 1.000 n.s. |" in section
+
+    # No system with context: no split, no section.
+    params = write_params(tmp_path, task={"name": "method_name"},
+                          benchmark={"systems": {"base": {"model": "models/base"}, "base_rag": {"model": "models/base"}}},
+                          evaluate={"reference": "base", "comparisons": []})
+    out = run_evaluate(tmp_path, params, out="plain")
+    assert "by_target_in_context" not in json.loads((out / "evaluate_details.json").read_text())
+    assert "## Copied or not" not in (out / "report.md").read_text()

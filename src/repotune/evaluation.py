@@ -114,6 +114,43 @@ def _difference(against: Any, system: Any, metric: Any, params: EvaluateParams) 
             "significant": diff.significant(params.confidence)}
 
 
+def by_target_in_context(
+    evaluation: Mapping[str, Any], in_context: Mapping[str, bool], metric_name: str,
+    reference: str, pairs: Sequence[Sequence[str]], params: EvaluateParams,
+) -> dict[str, Any]:
+    """`evaluation`'s scores on `metric_name` split by whether each sample's target stands
+    verbatim in its retrieved context (`in_context`: sample id -> flag, from the retrieve
+    stage), so a gain from copying is told apart from the rest. Per part (``in_context``,
+    ``not_in_context``): ``samples``, ``scores`` (system -> score) and ``differences``
+    (``"<system> - <against>"`` -> delta, interval, p) for every system against `reference`
+    and for `pairs`; a part with no sample has ``samples`` 0 and nothing else."""
+    metric = METRICS[metric_name]
+    references = [r["target"] for r in evaluation["records"]]
+    flags = [bool(in_context.get(r["id"], False)) for r in evaluation["records"]]
+    systems = list(evaluation["outputs"])
+    compared = [[name, reference] for name in systems if name != reference]
+    compared += [list(pair) for pair in pairs if list(pair) not in compared]
+    parts: dict[str, Any] = {}
+    for part, wanted in (("in_context", True), ("not_in_context", False)):
+        keep = [i for i, flag in enumerate(flags) if flag == wanted]
+        if not keep:
+            parts[part] = {"samples": 0}
+            continue
+        rows = {
+            name: metric.stats([texts[i] for i in keep], [references[i] for i in keep])
+            for name, texts in evaluation["outputs"].items()
+        }
+        parts[part] = {
+            "samples": len(keep),
+            "scores": {name: round(float(metric.aggregate(r)), 4) for name, r in rows.items()},
+            "differences": {
+                comparison_name(system, against): _difference(rows[against], rows[system], metric, params)
+                for system, against in compared
+            },
+        }
+    return {"metric": metric_name, **parts}
+
+
 def gain_kept(
     scores: Mapping[str, Mapping[str, Mapping[str, float]]], system: str, reference: str, metric: str,
     teacher: str | None,

@@ -302,6 +302,35 @@ def _in_words(ev: Mapping[str, Any], metric_names: Sequence[str], reference: str
     return sentences
 
 
+def _context_split_table(split: Mapping[str, Any], confidence: float, result: Mapping[str, Any]) -> list[str]:
+    """The headline metric on the samples whose target stands verbatim in the retrieved context
+    and on the rest, every difference on each part: a gain only where the answer was in the
+    context is a gain from copying. `result`: the whole evaluation's (its smallest p-value)."""
+    parts = [("in_context", "target in the retrieved context"), ("not_in_context", "target not in it")]
+    level = f"{round(confidence * 100)}%"
+    lines = [f"{split['metric']} per part, each difference with its {level} paired interval and p-value.", "",
+             "| | " + " | ".join(f"{words} (n={split[part]['samples']})" for part, words in parts) + " |",
+             "|---|" + "---:|" * len(parts)]
+    present = [part for part, _ in parts if split[part]["samples"]]
+    if not present:
+        return lines
+    first = split[present[0]]
+    for system in first["scores"]:
+        lines.append(f"| {system} | " + " | ".join(
+            f"{split[part]['scores'][system]:.2f}" if split[part]["samples"] else "–" for part, _ in parts) + " |")
+    for name in first["differences"]:
+        cells = []
+        for part, _ in parts:
+            d = split[part].get("differences", {}).get(name)
+            if d is None:
+                cells.append("–")
+                continue
+            text = f"{_signed(d['delta'])} [{_signed(d['low'])}, {_signed(d['high'])}], p {p_text(d['p'], result)}"
+            cells.append(f"**{text}**" if d["significant"] else f"{text} n.s.")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     shares = ["repeats_line_pct", "ngram_loop_pct", "repeats_phrase_pct", "empty_pct", "echoes_input_pct",
               "wrong_kind_pct", "degenerate_pct"]
@@ -476,6 +505,7 @@ def render_report(
     systems: Mapping[str, Mapping[str, str]] | None = None,
     not_run: Mapping[str, str] | None = None,
     setup: Setup | None = None,
+    by_context: Mapping[str, Any] | None = None,
 ) -> str:
     """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
 
@@ -486,7 +516,8 @@ def render_report(
     reference was chosen when it is the base at its best prompt. `prompts`: system -> its
     prompt kind (``benchmark.systems.<name>.prompt``; trained when left out). `systems`: system
     -> its ``model`` and ``context`` (a table says what each is); `not_run`: listed systems that
-    did not run -> why (one line)."""
+    did not run -> why (one line). `by_context`: the headline split by whether the target
+    stands in the retrieved context (see :func:`repotune.evaluation.by_target_in_context`)."""
     systems_listed = list(evaluations[0]["result"]["scores"])
     prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems_listed}
     chat = [s for s in systems_listed if prompt_of[s] == "chat"]
@@ -525,6 +556,9 @@ def render_report(
         comparisons = _comparison_table(ev, metric_names, confidence)
         lines += [""] + comparisons if comparisons else []
     head = evaluations[0]
+    if by_context:
+        lines += ["", f"## Copied or not: {evaluation_title(head['set'], head['template'])}, by whether the target "
+                      "stands in the retrieved context", ""] + _context_split_table(by_context, confidence, head["result"])
     if teacher in head["result"]["scores"] and reference != teacher:
         lines += ["", f"## Teacher and student: {evaluation_title(head['set'], head['template'])}", "",
                   f"The gain over {reference} of each system, and the share of the teacher's ({teacher}) gain it "
