@@ -78,7 +78,7 @@ def repro(project: Path, target: str | None = None, kill: float | None = None) -
     def killer(delay: float) -> None:
         # The stage's processes (shell, python, its git/pip children), not DVC itself: DVC
         # writes its own .dvc/tmp/rwlock in place, and a SIGKILL there corrupts it (DVC's
-        # problem, see README "What it guarantees").
+        # problem, see docs/guarantees.md).
         time.sleep(delay)
         try:
             stage_processes = psutil.Process(proc.pid).children(recursive=True)
