@@ -377,6 +377,18 @@ def check_resolved(decoding: DecodingParams) -> None:
         raise ValueError(f"decoding.{', decoding.'.join(unresolved)} unresolved: pass tasks.resolved_decoding(...)")
 
 
+def _ending(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decoding: DecodingParams,
+    stop: Sequence[str] | None, stop_early: bool, skip_leading_whitespace: bool,
+) -> Ending:
+    """How rows end under :func:`generate`'s arguments, once `decoding` is checked resolved."""
+    check_resolved(decoding)
+    stop = decoding.stop if stop is None else stop
+    if stop is None:
+        raise ValueError("decoding.stop unresolved: pass stop= (the task's default_stop) or set decoding.stop")
+    return Ending(_eos_ids(model, tokenizer), stop, stop_early, skip_leading_whitespace)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -426,12 +438,8 @@ def generate(
 
     from repotune.slot_cache import supports  # imports torch at its top: only when generating
 
-    check_resolved(decoding)
-    stop = decoding.stop if stop is None else stop
-    if stop is None:
-        raise ValueError("decoding.stop unresolved: pass stop= (the task's default_stop) or set decoding.stop")
+    ending = _ending(model, tokenizer, decoding, stop, stop_early, skip_leading_whitespace)
     model.eval()
-    ending = Ending(_eos_ids(model, tokenizer), stop, stop_early, skip_leading_whitespace)
     start = time.perf_counter()
     # Token ids with the tokenizer's special tokens, exactly as the model will see them.
     prompt_ids = tokenizer(list(prompts))["input_ids"] if prompts else []
@@ -454,17 +462,12 @@ def generate(
                 )
     raw = [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
     if skip_leading_whitespace:
-        texts = [truncate_at_stop(text, stop) for text in raw]
+        texts = [truncate_at_stop(text, ending.stop) for text in raw]
     else:
-        texts = [cut_at_stop(text, stop, skip_leading_whitespace=False) for text in raw]
+        texts = [cut_at_stop(text, ending.stop, skip_leading_whitespace=False) for text in raw]
     return Generation(
-        texts=texts,
-        raw_texts=raw,
-        new_tokens=[len(row) for row in tokens],
-        prompt_tokens=lengths,
-        seconds=time.perf_counter() - start,
-        prefill_seconds=prefill_seconds,
-        decode_steps=steps,
+        texts=texts, raw_texts=raw, new_tokens=[len(row) for row in tokens], prompt_tokens=lengths,
+        seconds=time.perf_counter() - start, prefill_seconds=prefill_seconds, decode_steps=steps,
     )
 
 
