@@ -118,13 +118,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = load_causal_lm(args.model)
         prepack_linears(model, batch_size)
         # Warm-up (not timed): the first calls pay for thread-pool start and allocations.
-        generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, stop=[], progress=False)
+        # No repetition penalty, no n-gram blocking: the neutral values, as before DecodingParams.
+        plain = DecodingParams(repetition_penalty=1.0, no_repeat_ngram_size=0)
+        generate(model, tokenizer, prompts[:2], plain.model_copy(update={"max_new_tokens": 4, "batch_size": 2}),
+                 stop=[], progress=False)
         for early in stop_early:
             with machine_rate(args.threads, args.matmul_seconds) as machine, peak_rss() as memory:
                 cpu = time.process_time()
                 run = generate(
-                    model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                    batch_size=batch_size, stop=args.stop, stop_early=early,
+                    model, tokenizer, prompts,
+                    plain.model_copy(update={"max_new_tokens": args.max_new_tokens, "batch_size": batch_size}),
+                    stop=args.stop, stop_early=early,
                     desc=f"batch {batch_size}" + ("" if early else " (no early stop)"),
                 )
                 cpu = time.process_time() - cpu

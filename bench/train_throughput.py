@@ -56,7 +56,7 @@ from flops import (  # bench/flops.py
 
 from repotune import params
 from repotune.prompts import Prompter
-from repotune.training import load_split, token_lengths
+from repotune.training_data import load_split, token_lengths
 
 
 def trained_lengths(
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from repotune import modeling
     from repotune.tasks import resolved_training
-    from repotune.training import train_adapter
+    from repotune.training import Outputs, train_adapter
 
     p = params.load(args.params)
     train = resolved_training(p.train, p.task.name).model_copy(  # the task's lr where params leave it null
@@ -205,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def stage(packing: bool):
         with tempfile.TemporaryDirectory(prefix="repotune-bench-") as scratch:
             run = train_adapter(
-                args.model, records, [], Path(scratch) / "adapter",
-                lora=p.lora, train=train.model_copy(update={"packing": packing}), prompt=p.prompt,
-                task_name=p.task.name, live_dir=None,
+                args.model, records, [], Outputs(Path(scratch) / "adapter"),
+                lora=p.lora, train=train.model_copy(update={"packing": packing}), prompt=p.prompt, task=p.task,
             )
         seconds = run["train_seconds"]
         return seconds, lora_training_flops(shape, lengths, lora_fpt, completions), {

@@ -34,15 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # The folder, manifest included, is written to a temporary path and moved into place
     # only once complete, so an interrupted run leaves the previous models/base/ intact.
-    manifest = materialize_base(
-        model.base,
-        args.out,
-        revision=model.revision,
-        file=model.file,
-        sha256=model.sha256,
-        trust_remote_code=model.trust_remote_code,
-        allow_pickle=model.allow_pickle,
-    )
+    manifest = materialize_base(model, args.out)
     print(
         f"base: {manifest['architecture']} from {model.label}, "
         f"{manifest['parameters']:,} parameters in {manifest['dtype']} -> {args.out}"

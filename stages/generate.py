@@ -46,6 +46,8 @@ def not_run(system: str, out: Path, metrics_path: Path, reason: str) -> None:
     print(f"generate {system}: not run ({reason})")
 
 
+# long: the stage's recipe in order: which system, the reasons not to run, prompts, generate,
+# rows and metrics; the work is in the library. To be shortened with the systems' own module.
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, help="a name of benchmark.systems (base, finetuned, ...)")

@@ -25,7 +25,7 @@ from repotune.errors import RepotuneError
 from repotune.merging import TOLERANCE, merge_adapter, model_card
 from repotune.params import PromptParams
 from repotune.prompts import Prompter
-from repotune.training import load_split
+from repotune.training_data import load_split
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -33,13 +33,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import atomic, checkpoints, errors, launch, modeling, params
-from repotune.base_model import model_identity, sha256_file
+from repotune.artifacts import sha256_file
 from repotune.distill_loss import teacher_trainer
 from repotune.modeling import peak_memory_mib
 from repotune.prompts import with_context
-from repotune.training import METRIC_KEYS, load_split, train_adapter
+from repotune.provenance import model_identity
+from repotune.training import METRIC_KEYS, Outputs, train_adapter
+from repotune.training_data import load_split
 
 
+# long: the stage's recipe in order: a disabled train_rag, params, launcher, records, checkpoint
+# key, train, metrics; the work is in repotune.training. To be shortened (checkpoint key helper).
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -113,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     results = train_adapter(
-        args.base, train_records, val_records, args.out,
-        lora=p.lora, train=train, prompt=p.prompt, task_name=p.task.name,
-        live_dir=None if args.no_live else args.live, checkpoint_dir=run_folder,
+        args.base, train_records, val_records,
+        Outputs(args.out, live=None if args.no_live else args.live, checkpoints=run_folder),
+        lora=p.lora, train=train, prompt=p.prompt, task=p.task,
         base_name=base_label or str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),

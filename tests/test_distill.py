@@ -228,9 +228,9 @@ def test_logit_distillation_trains_the_student_towards_the_teacher(tmp_path, liv
 
     from repotune.distill_loss import check_same_vocab, kl_trainer_class
     from repotune.modeling import load_causal_lm, load_tokenizer
-    from repotune.params import LoraParams, PromptParams, TrainParams
+    from repotune.params import LoraParams, PromptParams, TaskParams, TrainParams
     from repotune.prompts import Prompter
-    from repotune.training import train_adapter
+    from repotune.training import Outputs, train_adapter
 
     records = docstring_records(16, "t")
     train = TrainParams(max_steps=12, batch_size=4, lr=2.0e-2, eval_steps=100, save_steps=0, max_length=96,
@@ -244,8 +244,8 @@ def test_logit_distillation_trains_the_student_towards_the_teacher(tmp_path, liv
         "kl": lambda loaded: kl_trainer_class(teacher, vocab, temperature=1.0, kl_weight=1.0),
     }.items():
         out = tmp_path / name
-        results[name] = train_adapter(tiny_model, records, [], out, lora, train, PromptParams(), "docstring",
-                                      trainer_class=factory)
+        results[name] = train_adapter(tiny_model, records, [], Outputs(out), lora, train, PromptParams(),
+                                      TaskParams(name="docstring"), trainer_class=factory)
         assert results[name]["train_loss"] == results[name]["train_loss"] < float("inf")  # finite
     tokenizer = load_tokenizer(tiny_model)
     rows = Prompter.from_params(PromptParams(), "docstring").rows(records[:8])

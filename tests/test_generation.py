@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from repotune.generation import _count_new_tokens, generate
+from repotune.generation import Ending, _count_new_tokens, generate
+from repotune.params import DecodingParams
 from repotune.stops import cut_at_stop, truncate_at_stop
 
 PROMPTS = [
@@ -14,6 +15,12 @@ PROMPTS = [
     "def f():\nDocstring:",
     "def read(path):\n    return os.path\nDocstring:",
 ]
+
+
+def decoding(**settings) -> DecodingParams:
+    """Decoding params resolved as a task resolves them (no repetition penalty, no n-gram
+    blocking), greedy and without stops unless `settings` say otherwise."""
+    return DecodingParams(**{"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "stop": [], **settings})
 
 
 # --- stop sequences and token counting ---------------------------------------------------
@@ -59,9 +66,8 @@ def tiny(lively_model):
 
 def test_batched_equals_unbatched_greedy_in_original_order(tiny):
     model, tokenizer = tiny
-    options = {"max_new_tokens": 12, "stop": [], "progress": False}
-    one_by_one = [generate(model, tokenizer, [p], **options).texts[0] for p in PROMPTS]
-    batched = generate(model, tokenizer, PROMPTS, batch_size=3, **options)
+    one_by_one = [generate(model, tokenizer, [p], decoding(max_new_tokens=12), progress=False).texts[0] for p in PROMPTS]
+    batched = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=12, batch_size=3), progress=False)
     assert len(set(one_by_one)) > 1  # outputs depend on the prompt, so order is really tested
     assert batched.texts == one_by_one
     assert batched.prompt_tokens == [len(tokenizer(p)["input_ids"]) for p in PROMPTS]
@@ -71,22 +77,22 @@ def test_batched_equals_unbatched_greedy_in_original_order(tiny):
 
 def test_stop_early_gives_same_texts_with_fewer_tokens(tiny):
     model, tokenizer = tiny
-    full = generate(model, tokenizer, PROMPTS, max_new_tokens=16, stop=[], progress=False)
+    full = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=16), progress=False)
     # A stop string taken from inside a real output, so that the criterion really fires.
     text = full.texts[0]
     stop = [text[len(text) // 2 : len(text) // 2 + 2]]
-    options = {"max_new_tokens": 16, "stop": stop, "batch_size": 2, "progress": False}
-    late = generate(model, tokenizer, PROMPTS, stop_early=False, **options)
-    early = generate(model, tokenizer, PROMPTS, stop_early=True, **options)
+    settings = decoding(max_new_tokens=16, stop=stop, batch_size=2)
+    late = generate(model, tokenizer, PROMPTS, settings, stop_early=False, progress=False)
+    early = generate(model, tokenizer, PROMPTS, settings, stop_early=True, progress=False)
     assert early.texts == late.texts == [truncate_at_stop(t, stop) for t in full.texts]
     assert sum(early.new_tokens) < sum(late.new_tokens)
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny):
     model, tokenizer = tiny
-    options = {"max_new_tokens": 8, "do_sample": True, "stop": [], "progress": False}
-    first = generate(model, tokenizer, PROMPTS, seed=1, **options)
-    assert generate(model, tokenizer, PROMPTS, seed=1, **options).texts == first.texts
+    settings = decoding(max_new_tokens=8, do_sample=True, seed=1)
+    first = generate(model, tokenizer, PROMPTS, settings, progress=False)
+    assert generate(model, tokenizer, PROMPTS, settings, progress=False).texts == first.texts
 
 
 def test_continuous_batching_equals_model_generate(tiny):
@@ -95,23 +101,21 @@ def test_continuous_batching_equals_model_generate(tiny):
     from repotune.generation import _generate_padded
 
     model, tokenizer = tiny
-    full = generate(model, tokenizer, PROMPTS, max_new_tokens=16, stop=[], progress=False)
+    full = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=16), progress=False)
     text = full.texts[1]
     stop = [text[len(text) // 2 : len(text) // 2 + 2]]  # ends some rows early, not all
-    options = {"max_new_tokens": 16, "stop": stop, "progress": False}
-    continuous = generate(model, tokenizer, PROMPTS, batch_size=2, **options)
+    continuous = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=16, stop=stop, batch_size=2), progress=False)
     assert continuous.decode_steps > 0 and continuous.prefill_seconds > 0
     reference = _generate_padded(
-        model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=16, do_sample=False,
-        temperature=1.0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, batch_size=1,
-        stop=stop, seed=0,
-        stop_early=True, skip_leading_whitespace=True, eos_ids={tokenizer.eos_token_id}, on_done=lambda: None,
+        model, tokenizer, PROMPTS, list(range(len(PROMPTS))),
+        decoding(max_new_tokens=16, temperature=1.0, top_p=1.0, batch_size=1, seed=0),
+        Ending({tokenizer.eos_token_id}, stop, early=True, skip_leading_whitespace=True), on_done=lambda: None,
     )
     assert continuous.new_tokens == [len(row) for row in reference]
     assert continuous.texts == [truncate_at_stop(tokenizer.decode(r), stop) for r in reference]
     assert len(set(continuous.new_tokens)) > 1  # rows really ended at different steps
     # Fewer steps than one prompt at a time: rows shared the decoding steps.
-    one_slot = generate(model, tokenizer, PROMPTS, batch_size=1, **options)
+    one_slot = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=16, stop=stop, batch_size=1), progress=False)
     assert one_slot.texts == continuous.texts
     assert continuous.decode_steps < one_slot.decode_steps == sum(continuous.new_tokens) - len(PROMPTS)
 
@@ -120,11 +124,10 @@ def _padded(model, tokenizer, **options):
     """transformers' own ``model.generate``, one prompt at a time, greedy, no stops."""
     from repotune.generation import _generate_padded
 
-    settings = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "num_beams": 1, **options}
     return _generate_padded(
-        model, tokenizer, PROMPTS, list(range(len(PROMPTS))), max_new_tokens=12, do_sample=False,
-        temperature=1.0, top_p=1.0, batch_size=1, stop=[], seed=0, stop_early=False,
-        skip_leading_whitespace=True, eos_ids=set(), on_done=lambda: None, **settings,
+        model, tokenizer, PROMPTS, list(range(len(PROMPTS))),
+        decoding(max_new_tokens=12, temperature=1.0, top_p=1.0, batch_size=1, seed=0, **options),
+        Ending(set(), [], early=False, skip_leading_whitespace=True), on_done=lambda: None,
     )
 
 
@@ -133,9 +136,9 @@ def test_repetition_options_take_effect_as_in_transformers_generate(tiny):
     the continuous loop: the same tokens as model.generate with the same options, and not the
     tokens of plain greedy decoding."""
     model, tokenizer = tiny
-    plain = generate(model, tokenizer, PROMPTS, max_new_tokens=12, stop=[], batch_size=2, progress=False)
+    plain = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=12, batch_size=2), progress=False)
     for options in ({"repetition_penalty": 3.0}, {"no_repeat_ngram_size": 1}):
-        ours = generate(model, tokenizer, PROMPTS, max_new_tokens=12, stop=[], batch_size=2, progress=False, **options)
+        ours = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=12, batch_size=2, **options), progress=False)
         theirs = _padded(model, tokenizer, **options)
         assert [tokenizer.decode(r) for r in theirs] == ours.raw_texts, options
         assert ours.raw_texts != plain.raw_texts, options
@@ -163,7 +166,7 @@ def test_a_row_ending_at_eos_counts_it_and_frees_its_slot(tiny):
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = eos
     try:
-        ended = generate(model, tokenizer, PROMPTS, max_new_tokens=6, stop=[], batch_size=2, progress=False)
+        ended = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=6, batch_size=2), progress=False)
     finally:
         model.generation_config.eos_token_id = saved
     assert ended.new_tokens[0] == row.tolist().index(eos) + 1 <= 3
@@ -172,13 +175,13 @@ def test_a_row_ending_at_eos_counts_it_and_frees_its_slot(tiny):
 
 def test_sampling_does_not_depend_on_batch_size(tiny):
     model, tokenizer = tiny
-    options = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.0, "top_p": 0.95, "stop": [], "progress": False}
-    one = generate(model, tokenizer, PROMPTS, batch_size=1, seed=3, **options)
-    three = generate(model, tokenizer, PROMPTS, batch_size=3, seed=3, **options)
+    options = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.0, "top_p": 0.95}
+    one = generate(model, tokenizer, PROMPTS, decoding(batch_size=1, seed=3, **options), progress=False)
+    three = generate(model, tokenizer, PROMPTS, decoding(batch_size=3, seed=3, **options), progress=False)
     assert one.texts == three.texts
-    greedy = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False)
+    greedy = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=8), progress=False)
     assert one.texts != greedy.texts  # it really sampled
-    assert generate(model, tokenizer, PROMPTS, batch_size=3, seed=4, **options).texts != three.texts
+    assert generate(model, tokenizer, PROMPTS, decoding(batch_size=3, seed=4, **options), progress=False).texts != three.texts
 
 
 def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path):
@@ -189,7 +192,7 @@ def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path
 
     model, tokenizer = tiny
     assert supports(model)
-    beams = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=5, num_beams=2, stop=[], progress=False)
+    beams = generate(model, tokenizer, PROMPTS[:2], decoding(max_new_tokens=5, num_beams=2), progress=False)
     assert beams.decode_steps == 0 and all(0 < n <= 5 for n in beams.new_tokens)
 
     torch.manual_seed(0)
@@ -200,7 +203,7 @@ def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path
     )
     sliding = MistralForCausalLM(config)
     assert not supports(sliding)
-    out = generate(sliding, tokenizer, PROMPTS[:2], max_new_tokens=5, stop=[], progress=False)
+    out = generate(sliding, tokenizer, PROMPTS[:2], decoding(max_new_tokens=5), progress=False)
     assert out.decode_steps == 0 and all(0 < n <= 5 for n in out.new_tokens)
 
 
@@ -218,6 +221,6 @@ def test_prepacked_linears_keep_the_logits(lively_model):
         assert not any(type(m) is torch.nn.Linear for m in model.modules())
         after = model(**ids).logits
     assert torch.allclose(before, after, atol=1e-4)
-    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
+    texts = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=8), progress=False).texts
     reference = load_causal_lm(lively_model)
-    assert texts == generate(reference, tokenizer, PROMPTS, max_new_tokens=8, stop=[], progress=False).texts
+    assert texts == generate(reference, tokenizer, PROMPTS, decoding(max_new_tokens=8), progress=False).texts

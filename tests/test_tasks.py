@@ -374,12 +374,12 @@ def _has_type(value: object, annotation: object) -> bool:
 
 
 def test_the_task_contract_lists_every_attribute_callers_use():
-    """The Protocol names the 21 attributes read of a task module across src/ and stages/."""
+    """The Protocol names the 22 attributes read of a task module across src/ and stages/."""
     constants, functions = _contract()
     assert set(constants) == {
         "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "CHAT_PROMPT", "DECODING", "TRAINING",
         "STOP_AFTER_LEADING_WHITESPACE", "METRICS", "PRIMARY_METRIC", "WRONG_KIND", "RETRIEVAL_QUERY",
-        "CONTEXT_LEAK",
+        "CONTEXT_LEAK", "DOC_TARGETS",
     }
     assert set(functions) == {
         "samples", "drop_reason", "prompt_input", "completion", "default_stop", "postprocess", "chat_answer",

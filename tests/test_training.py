@@ -20,7 +20,7 @@ from conftest import kill_at_checkpoint, load_stage
 from repotune import checkpoints, errors
 from repotune.errors import RepotuneError
 from repotune.prompts import Prompter
-from repotune.training import count_lengths, load_split
+from repotune.training_data import count_lengths, load_split
 
 DOCSTRING = Prompter("docstring", "{code}\nDocstring:")
 
@@ -235,7 +235,8 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     import trl.trainer.utils as trl_utils
 
     from repotune import modeling, params
-    from repotune.training import train_adapter
+    from repotune.params import TaskParams
+    from repotune.training import Outputs, train_adapter
 
     original_switch = trl_utils._use_triton
     scored: list[int] = []
@@ -252,7 +253,7 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
     p = params.parse(yaml.safe_load(PARAMS))
     train = p.train.model_copy(update={"max_steps": 1})
     results = train_adapter(
-        tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train, prompt=p.prompt, task_name="docstring"
+        tiny_model, records, [], Outputs(tmp_path / "a"), lora=p.lora, train=train, prompt=p.prompt, task=p.task
     )
 
     tokenizer = modeling.load_tokenizer(tiny_model)
@@ -272,20 +273,22 @@ def test_the_learning_rate_left_null_is_the_tasks_and_is_recorded(tiny_model, tm
     """train.lr: null trains at the task's TRAINING lr (completion 2e-4, docstring 1e-3: not
     the same number, so a mix-up shows) and train_adapter returns the value applied."""
     from repotune import params
-    from repotune.training import train_adapter
+    from repotune.params import TaskParams
+    from repotune.training import Outputs, train_adapter
 
     p = params.parse(yaml.safe_load(PARAMS))
     unset = p.train.model_copy(update={"lr": None, "max_steps": 1, "eval_steps": 100, "save_steps": 0})
     records = [record(i, "train") for i in range(2)]
     for task_name, lr in (("docstring", 1.0e-3), ("completion", 2.0e-4)):
-        results = train_adapter(tiny_model, records, [], tmp_path / task_name, lora=p.lora, train=unset,
-                                prompt=p.prompt, task_name=task_name)
+        results = train_adapter(tiny_model, records, [], Outputs(tmp_path / task_name), lora=p.lora, train=unset,
+                                prompt=p.prompt, task=TaskParams(name=task_name))
         assert results["lr"] == lr
         # training.json beside the adapter records the resolved params, not the null.
         card = json.loads((tmp_path / task_name / "training.json").read_text())
         assert card["params"]["train"]["lr"] == lr
-    explicit = train_adapter(tiny_model, records, [], tmp_path / "explicit", lora=p.lora,
-                             train=unset.model_copy(update={"lr": 5.0e-2}), prompt=p.prompt, task_name="completion")
+    explicit = train_adapter(tiny_model, records, [], Outputs(tmp_path / "explicit"), lora=p.lora,
+                             train=unset.model_copy(update={"lr": 5.0e-2}), prompt=p.prompt,
+                             task=TaskParams(name="completion"))
     assert explicit["lr"] == 5.0e-2
 
 
@@ -468,29 +471,31 @@ def test_model_card_quotes_where_the_base_weights_come_from(trained):
 
 def test_unknown_lora_target_module_is_one_line_naming_the_real_ones(tiny_model, tmp_path):
     from repotune import params
-    from repotune.training import train_adapter
+    from repotune.params import TaskParams
+    from repotune.training import Outputs, train_adapter
 
     p = params.parse(yaml.safe_load(PARAMS))
     lora = p.lora.model_copy(update={"target_modules": ["q_proj", "nonexistent_proj"]})
     with pytest.raises(RepotuneError, match=r"lora.target_modules \['nonexistent_proj'\] not in the base model "
                        r"\(its linear and embedding modules: down_proj, embed_tokens, gate_proj, k_proj, "
                        r"lm_head, o_proj, q_proj, up_proj, v_proj; or all-linear\)$"):
-        train_adapter(tiny_model, [record(0, "t")], [], tmp_path / "a", lora=lora, train=p.train,
-                      prompt=p.prompt, task_name="docstring")
+        train_adapter(tiny_model, [record(0, "t")], [], Outputs(tmp_path / "a"), lora=lora, train=p.train,
+                      prompt=p.prompt, task=p.task)
     assert not (tmp_path / "a").exists()
 
 
 def test_a_diverging_run_saves_nothing_and_says_where(tiny_model, tmp_path):
     from repotune import params
-    from repotune.training import train_adapter
+    from repotune.params import TaskParams
+    from repotune.training import Outputs, train_adapter
 
     p = params.parse(yaml.safe_load(PARAMS))
     train = p.train.model_copy(update={"lr": 1.0e30, "max_steps": 4, "eval_steps": 100})
     records = [record(i, "t") for i in range(8)]
     with pytest.raises(RepotuneError, match=r"training diverged: the LoRA weights went non-finite at step \d+ \(16 tensors hold NaN/inf; final train loss [\d.]+, eval loss None\); "
                        r"lower train.lr \(now 1e\+30\); nothing was saved$"):
-        train_adapter(tiny_model, records, [], tmp_path / "a", lora=p.lora, train=train,
-                      prompt=p.prompt, task_name="docstring")
+        train_adapter(tiny_model, records, [], Outputs(tmp_path / "a"), lora=p.lora, train=train,
+                      prompt=p.prompt, task=p.task)
     assert not (tmp_path / "a").exists()
 
 
@@ -536,7 +541,7 @@ def test_checkpoint_picks_highest_complete_and_keys_by_params_and_inputs(tmp_pat
 
 def test_checkpoints_end_a_logging_window_and_the_curves_do_not_depend_on_save_steps():
     from repotune.params import TrainParams
-    from repotune.training import checkpoint_interval, logging_interval
+    from repotune.trainer_setup import checkpoint_interval, logging_interval
 
     # logging every min(10, eval_steps) updates, whatever save_steps is
     assert [logging_interval(TrainParams(eval_steps=60, save_steps=s)) for s in (30, 25, 7, 0)] == [10] * 4
@@ -588,7 +593,8 @@ def test_packed_batches_keep_samples_apart_and_train(tiny_model, tmp_path):
     import torch
 
     from repotune import params
-    from repotune.training import build_trainer, load_for_training, training_rows
+    from repotune.trainer_setup import build_trainer, load_for_training
+    from repotune.training_data import training_rows
 
     root = write_data(tmp_path, PARAMS.replace("  max_length: 64\n", "  max_length: 64\n  packing: true\n"))
     p = params.load(root / "params.yaml")

@@ -7,9 +7,10 @@ answers become training records next to the gold ones, in a ratio set by
 ``distill.teacher_share``. Only text crosses from teacher to student, so the two may have
 different tokenizers.
 
-Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops), so a
-new mixing ratio or sample cap re-generates nothing; the model is loaded only for prompts not
-in the cache.
+Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops)
+(``repotune.generation_cache``), so a new mixing ratio or sample cap re-generates nothing.
+Definitions without a doc comment are mined by the extract stage's own engine
+(``tasks.iter_file_samples``) with a sampler of their own.
 
 Only training targets are made here. The teacher's benchmark outputs come from the generate
 stage like every system's (a ``benchmark.systems`` entry on ``data/distill/model``, the folder
@@ -22,99 +23,47 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repotune import atomic
-from repotune.base_model import model_identity
 from repotune.distill_loss import check_same_vocab
 from repotune.errors import RepotuneError
-from repotune.files import candidate_paths, read_source
 from repotune.filters import truncate_tokens
-from repotune.generation import generate_from_folder
+from repotune.generation_cache import generate_cached, read_cache, speed, write_cache
 from repotune.judge import judge_model_folder
-from repotune.languages import definitions, parser
 from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
 from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams
 from repotune.prompts import Prompter, fitted_prompts, template_text
-from repotune.tasks import sample_id, skipped_tests, task
+from repotune.provenance import model_identity
+from repotune.tasks import TASKS, candidate_files, iter_file_samples, task
+
+if TYPE_CHECKING:
+    from repotune.languages import Definition
 
 
-def generation_key(identity: str, prompt: str, decoding: DecodingParams, stop: Sequence[str]) -> str:
-    """What decides a teacher's raw output: its weights, the prompt, decoding and stops.
-
-    ``decoding.batch_size`` is left out: texts do not depend on it (see repotune.generation).
-    """
-    settings = atomic.dumps({**decoding.model_dump(mode="json", exclude={"batch_size"}), "stop": list(stop)})
-    return hashlib.sha256("\0".join((identity, prompt, settings)).encode()).hexdigest()
-
-
-def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """key -> {raw, new_tokens, prompt_tokens, seconds} of earlier generations (empty if none)."""
-    if not path.is_file():
-        return {}
-    return {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in atomic.read_jsonl(path)}
-
-
-def write_cache(path: Path, cache: Mapping[str, Mapping[str, Any]]) -> None:
-    atomic.write_jsonl(path, [{"key": key, **value} for key, value in sorted(cache.items())])
-
-
-def generate_cached(
-    folder: Path,
-    prompts: Mapping[str, Sequence[str]],
-    cache: dict[str, dict[str, Any]],
-    identity: str,
-    decoding: DecodingParams,
-    *,
-    stop: Sequence[str],
-    skip_leading_whitespace: bool,
-    device: str,
-    precision: str,
-    save: Callable[[], None] | None = None,
-) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The teacher's generation for every prompt of every named list, from `cache` or generated;
-    `cache` is filled in place and `save` called after each list that needed the model (so a
-    run killed half-way keeps what it generated: a teacher is slow on a CPU). The model is
-    loaded for each such list; none at all when everything is cached.
-
-    A generated row keeps its share of its run's wall time (``seconds``, in proportion to its
-    new tokens), so the tokens/s of a list read back from the cache is the measured one.
-
-    Returns:
-        name -> one cached row per prompt (raw, new_tokens, prompt_tokens, seconds), and the
-        number of prompts generated now.
-    """
-    keys = {name: [generation_key(identity, p, decoding, stop) for p in texts] for name, texts in prompts.items()}
-    generated = 0
-    for name, texts in prompts.items():
-        todo = list(dict.fromkeys(p for p, k in zip(texts, keys[name], strict=True) if k not in cache))
-        if not todo:
+def undocumented_samples(
+    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter, *,
+    max_input_tokens: int, keep: str, **context: Any,
+) -> Iterator[dict[str, Any]]:
+    """The extract engine's sampler for teacher inputs (see ``tasks.iter_file_samples``): each
+    definition of one file that has no doc comment, as a partial record with an empty target
+    and its code cut to `max_input_tokens` code tokens from the `keep` end (as the filter stage
+    cuts gold inputs); test definitions are counted (``undocumented_tests``) and left out."""
+    for d in definitions:
+        if d.doc is not None:
             continue
-        run = generate_from_folder(
-            folder, {name: todo}, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
-            device=device, precision=precision,
-        )[name]
-        total = max(sum(run.new_tokens), 1)
-        for text, raw, n_new, n_prompt in zip(todo, run.raw_texts, run.new_tokens, run.prompt_tokens, strict=True):
-            cache[generation_key(identity, text, decoding, stop)] = {
-                "raw": raw, "new_tokens": n_new, "prompt_tokens": n_prompt,
-                "seconds": round(run.seconds * n_new / total, 6),
-            }
-        generated += len(todo)
-        if save is not None:
-            save()
-    return {name: [cache[k] for k in ks] for name, ks in keys.items()}, generated
-
-
-def speed(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Generated tokens, seconds and tokens/s of a list of generated rows."""
-    tokens = sum(r["new_tokens"] for r in rows)
-    seconds = sum(r["seconds"] for r in rows)
-    return {"generated_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else 0.0}
+        if d.is_test:
+            counts["undocumented_tests"] += 1
+            continue
+        code, cut = truncate_tokens(d.code, max_input_tokens, keep)
+        yield {
+            "kind": d.kind, "name": d.qualified_name, "start_line": d.start_line, "end_line": d.end_line,
+            "input": code, "target": "", "input_truncated": cut, "is_test": False, "undocumented": True,
+        }
 
 
 def undocumented_records(
@@ -122,56 +71,36 @@ def undocumented_records(
     skip_paths: set[str], max_input_tokens: int, counts: Counter,
 ) -> list[dict[str, Any]]:
     """Definitions of `root` that have no doc comment, as records with an empty target, sorted
-    by id: inputs for the teacher, mined with the extract stage's own file selection and
-    language modules (its output is untouched).
+    by id: inputs for the teacher, mined by the extract stage's own engine (file selection,
+    parsing, language modules, provenance; its output is untouched).
 
-    Only for tasks with doc comments as targets (``docstring``). Files in `skip_paths` (those
-    that hold validation or test samples) are left out, so that no held-out file's code reaches
-    training; test files (``extract.exclude_tests``) and tests by the language's conventions
-    too. Inputs are cut to `max_input_tokens` code tokens, as the filter stage cuts gold inputs.
+    Only for tasks whose targets are doc comments (``DOC_TARGETS``). Files in `skip_paths`
+    (those that hold validation or test samples) are left out, so that no held-out file's code
+    reaches training; test files (``extract.exclude_tests``) and tests by the language's
+    conventions too.
 
     Raises:
-        RepotuneError: the task is not docstring (every function already is a method_name
-            sample, every file a completion source: nothing is undocumented there).
+        RepotuneError: the task's targets are not doc comments (every function already is a
+            method_name sample, every file a completion source: nothing is undocumented there).
     """
-    import pathspec
-
-    if task_name != "docstring":
+    module = task(task_name)
+    if not module.DOC_TARGETS:
+        with_docs = ", ".join(name for name, t in TASKS.items() if t.DOC_TARGETS)
         raise RepotuneError(
-            f"distill.undocumented applies to task docstring only (task.name is {task_name!r}); set it to false"
+            f"distill.undocumented applies to tasks whose targets are doc comments ({with_docs}); "
+            f"task.name is {task_name!r}: set it to false"
         )
-    keep = task(task_name).KEEP_INPUT
-    generated = pathspec.PathSpec.from_lines("gitignore", extract.generated)
-    records = []
-    for lang in extract.languages:
-        files = candidate_paths(
-            root, lang, extract.include, extract.exclude, extract.max_file_bytes, Counter(),
-            skipped_tests(extract, lang),
-        )
-        parse = parser(lang)
-        for rel in files:
-            if rel in skip_paths:
-                counts["undocumented_files_held_out"] += 1
-                continue
-            source = read_source(root, rel, generated, Counter())
-            if source is None:
-                continue
-            tree = parse.parse(source.data)
-            if tree.root_node.has_error:
-                continue
-            for d in definitions(lang, tree.root_node, source.data):
-                if d.doc is not None:
-                    continue
-                if d.is_test:
-                    counts["undocumented_tests"] += 1
-                    continue
-                code, cut = truncate_tokens(d.code, max_input_tokens, keep)
-                records.append({
-                    "id": sample_id(source.path, d.qualified_name, d.start_line), "repo": repo, "sha": sha,
-                    "path": source.path, "language": lang, "task": task_name, "kind": d.kind,
-                    "name": d.qualified_name, "start_line": d.start_line, "end_line": d.end_line,
-                    "input": code, "target": "", "input_truncated": cut, "is_test": False, "undocumented": True,
-                })
+    engine: Counter = Counter()  # the extract stage's own counts: not this stage's metrics
+    files = candidate_files(root, extract, engine)
+    held_out = [f for f in files if f[0] in skip_paths]
+    if held_out:  # a key of metrics/distill.json only when some file was held out
+        counts["undocumented_files_held_out"] += len(held_out)
+    records = list(iter_file_samples(
+        root, [f for f in files if f[0] not in skip_paths], repo=repo, sha=sha, task_name=task_name,
+        extract=extract, counts=engine,
+        sampler=partial(undocumented_samples, max_input_tokens=max_input_tokens, keep=module.KEEP_INPUT),
+    ))
+    counts.update({key: n for key, n in engine.items() if key.startswith("undocumented_")})
     counts["undocumented_found"] += len(records)
     return sorted(records, key=lambda r: r["id"])
 

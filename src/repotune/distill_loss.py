@@ -117,7 +117,7 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
 
 def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_weight: float) -> type:
     """The KL trainer class with the teacher folder loaded beside the student (same device and
-    precision as `loaded`, a ``training.Loaded``); refuses a teacher with another vocabulary."""
+    precision as `loaded`, a ``trainer_setup.Loaded``); refuses a teacher with another vocabulary."""
     vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
     model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
     return kl_trainer_class(model, vocab, temperature, kl_weight)

@@ -138,20 +138,134 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     return ids
 
 
-def _processors(
-    model: PreTrainedModel, *, do_sample: bool, temperature: float, top_p: float,
-    repetition_penalty: float, no_repeat_ngram_size: int,
-):
+def _processors(model: PreTrainedModel, decoding: DecodingParams):
     """transformers' own logits processors for these options, as ``generate`` builds them from
     a ``GenerationConfig`` (repetition penalty, n-gram blocking; temperature and nucleus
     warpers when sampling); empty for plain greedy decoding."""
     from transformers import GenerationConfig
 
+    sample = decoding.do_sample
     config = GenerationConfig(
-        do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-        top_k=None, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        do_sample=sample, temperature=decoding.temperature if sample else None,
+        top_p=decoding.top_p if sample else None, top_k=None, repetition_penalty=decoding.repetition_penalty,
+        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
     )
     return compat.logits_processors(model, config)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """When a row ends, besides ``decoding.max_new_tokens``: one of `eos_ids`, or (with `early`)
+    a stop sequence of `stop`, looked for after leading whitespace when
+    `skip_leading_whitespace` (see :func:`generate`)."""
+
+    eos_ids: set[int]
+    stop: Sequence[str]
+    early: bool
+    skip_leading_whitespace: bool
+
+
+class _Slots:
+    """One run of continuous batching over a :class:`~repotune.slot_cache.SlotCache` (see the
+    module doc and :func:`_generate_continuous`): the cache, which prompt each slot holds, the
+    tokens generated so far, the per-prompt generators and the timings."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]],
+        order: list[int], decoding: DecodingParams, ending: Ending, on_done,
+    ) -> None:
+        from repotune.slot_cache import SlotCache  # imports torch at its top: only when generating
+
+        self.model, self.tokenizer, self.prompt_ids = model, tokenizer, prompt_ids
+        self.decoding, self.ending, self.on_done = decoding, ending, on_done
+        self.device = model.device
+        self.stops = [s for s in ending.stop if s] if ending.early else []
+        self.processors = _processors(model, decoding)
+        self.generators: dict[int, torch.Generator] = {}
+        self.tokens: list[list[int]] = [[] for _ in prompt_ids]
+        capacity = max(len(prompt_ids[i]) for i in order) + decoding.max_new_tokens
+        self.cache = SlotCache(
+            model.config.get_text_config().num_hidden_layers, decoding.batch_size, capacity, self.device
+        )
+        self.slot_prompt: list[int] = []  # prompt index held by slot s, for s < cache.active
+        self.queue = iter(order)
+        self.prefill_seconds, self.steps = 0.0, 0
+
+    def pick(self, scores: torch.Tensor, index: int) -> int:
+        """The next token of prompt `index` from its [vocab] scores (float32)."""
+        import torch
+
+        if self.processors:
+            ids = torch.tensor([self.prompt_ids[index] + self.tokens[index]], device=self.device)
+            scores = self.processors(ids, scores[None])[0]
+        if not self.decoding.do_sample:
+            return int(scores.argmax())
+        if index not in self.generators:
+            self.generators[index] = torch.Generator(device=self.device).manual_seed(self.decoding.seed + index)
+        return int(torch.multinomial(scores.softmax(-1)[None], 1, generator=self.generators[index]))
+
+    def finished(self, index: int) -> bool:
+        row = self.tokens[index]
+        if row[-1] in self.ending.eos_ids or len(row) >= self.decoding.max_new_tokens:
+            return True
+        return bool(self.stops) and is_stopped(
+            self.tokenizer.decode(row, skip_special_tokens=True), self.stops, self.ending.skip_leading_whitespace
+        )
+
+    def fill(self, slot: int) -> bool:
+        """Prefill prompts into `slot` until one needs decoding; False when none is left."""
+        import torch
+        from transformers import DynamicCache
+
+        for index in self.queue:
+            start = time.perf_counter()
+            prefill = DynamicCache(config=self.model.config)
+            ids = torch.tensor([self.prompt_ids[index]], device=self.device)
+            logits = self.model(input_ids=ids, past_key_values=prefill, use_cache=True, logits_to_keep=1).logits
+            self.tokens[index].append(self.pick(logits[0, -1].float(), index))
+            self.prefill_seconds += time.perf_counter() - start
+            if self.finished(index):  # ended on its first token (EOS, or max_new_tokens 1)
+                self.on_done()
+                continue
+            self.cache.load(slot, prefill)
+            if slot == len(self.slot_prompt):
+                self.slot_prompt.append(index)
+            else:
+                self.slot_prompt[slot] = index
+            return True
+        return False
+
+    def step(self) -> None:
+        """One decoding step over the active slots; ended rows hand their slot on."""
+        import torch
+
+        n = self.cache.active
+        positions, mask = self.cache.step_inputs(self.model.dtype)
+        last = torch.tensor([self.tokens[i][-1] for i in self.slot_prompt[:n]], device=self.device)
+        logits = self.model(
+            input_ids=last[:, None], position_ids=positions, attention_mask=mask,
+            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1].float()
+        self.cache.advance()
+        self.steps += 1
+        # Plain greedy decoding needs no per-row processing: one argmax for all rows.
+        greedy = logits.argmax(-1).tolist() if not self.processors and not self.decoding.do_sample else None
+        ended = []
+        for slot, index in enumerate(self.slot_prompt[:n]):
+            self.tokens[index].append(greedy[slot] if greedy is not None else self.pick(logits[slot], index))
+            if self.finished(index):
+                ended.append(slot)
+        # Highest slot first, so that the last slot is always a live row: a slot left without
+        # a prompt takes the last row, and steps keep computing rows [0, active) only.
+        for slot in reversed(ended):
+            self.on_done()
+            if not self.fill(slot):
+                last_slot = len(self.slot_prompt) - 1
+                if slot != last_slot:
+                    self.cache.move(last_slot, slot)
+                    self.slot_prompt[slot] = self.slot_prompt[last_slot]
+                self.slot_prompt.pop()
+        self.cache.active = len(self.slot_prompt)
 
 
 def _generate_continuous(
@@ -159,19 +273,8 @@ def _generate_continuous(
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: list[list[int]],
     order: list[int],
-    *,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_p: float,
-    repetition_penalty: float,
-    no_repeat_ngram_size: int,
-    batch_size: int,
-    stop: Sequence[str],
-    seed: int,
-    stop_early: bool,
-    skip_leading_whitespace: bool,
-    eos_ids: set[int],
+    decoding: DecodingParams,
+    ending: Ending,
     on_done,
 ) -> tuple[list[list[int]], float, int]:
     """Continuous batching over a :class:`~repotune.slot_cache.SlotCache` (see module doc).
@@ -181,105 +284,21 @@ def _generate_continuous(
     feeds the last token of each active slot. A row that ends frees its slot for the next
     prompt of `order`; once no prompt is left, the last active slot moves into the freed one,
     so that steps only ever compute active rows. Sampling draws each prompt's tokens from its
-    own generator seeded with ``seed + prompt index``, so samples do not depend on batch size.
-    transformers' logits processors (:func:`_processors`) see each row's prompt and output
-    tokens, as in ``model.generate``.
+    own generator seeded with ``decoding.seed + prompt index``, so samples do not depend on
+    batch size. transformers' logits processors (:func:`_processors`) see each row's prompt
+    and output tokens, as in ``model.generate``.
 
     Returns:
         Generated token ids per prompt (EOS included; nothing after it), seconds of prefill,
         number of decoding steps.
     """
-    import torch
-    from transformers import DynamicCache
-
-    from repotune.slot_cache import SlotCache  # imports torch at its top: only when generating
-
-    device = model.device
-    stops = [s for s in stop if s] if stop_early else []
-    processors = _processors(
-        model, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-    )
-    generators: dict[int, torch.Generator] = {}
-    tokens: list[list[int]] = [[] for _ in prompt_ids]
-    capacity = max(len(prompt_ids[i]) for i in order) + max_new_tokens
-    cache = SlotCache(model.config.get_text_config().num_hidden_layers, batch_size, capacity, device)
-    slot_prompt: list[int] = []  # prompt index held by slot s, for s < cache.active
-    queue = iter(order)
-    prefill_seconds, steps = 0.0, 0
-
-    def pick(scores: torch.Tensor, index: int) -> int:
-        """The next token of prompt `index` from its [vocab] scores (float32)."""
-        if processors:
-            ids = torch.tensor([prompt_ids[index] + tokens[index]], device=device)
-            scores = processors(ids, scores[None])[0]
-        if not do_sample:
-            return int(scores.argmax())
-        if index not in generators:
-            generators[index] = torch.Generator(device=device).manual_seed(seed + index)
-        return int(torch.multinomial(scores.softmax(-1)[None], 1, generator=generators[index]))
-
-    def finished(index: int) -> bool:
-        row = tokens[index]
-        if row[-1] in eos_ids or len(row) >= max_new_tokens:
-            return True
-        return bool(stops) and is_stopped(
-            tokenizer.decode(row, skip_special_tokens=True), stops, skip_leading_whitespace
-        )
-
-    def fill(slot: int) -> bool:
-        """Prefill prompts into `slot` until one needs decoding; False when none is left."""
-        nonlocal prefill_seconds
-        for index in queue:
-            start = time.perf_counter()
-            prefill = DynamicCache(config=model.config)
-            ids = torch.tensor([prompt_ids[index]], device=device)
-            logits = model(input_ids=ids, past_key_values=prefill, use_cache=True, logits_to_keep=1).logits
-            tokens[index].append(pick(logits[0, -1].float(), index))
-            prefill_seconds += time.perf_counter() - start
-            if finished(index):  # ended on its first token (EOS, or max_new_tokens 1)
-                on_done()
-                continue
-            cache.load(slot, prefill)
-            if slot == len(slot_prompt):
-                slot_prompt.append(index)
-            else:
-                slot_prompt[slot] = index
-            return True
-        return False
-
-    while len(slot_prompt) < batch_size and fill(len(slot_prompt)):
+    run = _Slots(model, tokenizer, prompt_ids, order, decoding, ending, on_done)
+    while len(run.slot_prompt) < decoding.batch_size and run.fill(len(run.slot_prompt)):
         pass
-    cache.active = len(slot_prompt)
-    while cache.active:
-        n = cache.active
-        positions, mask = cache.step_inputs(model.dtype)
-        last = torch.tensor([tokens[i][-1] for i in slot_prompt[:n]], device=device)
-        logits = model(
-            input_ids=last[:, None], position_ids=positions, attention_mask=mask,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1].float()
-        cache.advance()
-        steps += 1
-        # Plain greedy decoding needs no per-row processing: one argmax for all rows.
-        greedy = logits.argmax(-1).tolist() if not processors and not do_sample else None
-        ended = []
-        for slot, index in enumerate(slot_prompt[:n]):
-            tokens[index].append(greedy[slot] if greedy is not None else pick(logits[slot], index))
-            if finished(index):
-                ended.append(slot)
-        # Highest slot first, so that the last slot is always a live row: a slot left without
-        # a prompt takes the last row, and steps keep computing rows [0, active) only.
-        for slot in reversed(ended):
-            on_done()
-            if not fill(slot):
-                last = len(slot_prompt) - 1
-                if slot != last:
-                    cache.move(last, slot)
-                    slot_prompt[slot] = slot_prompt[last]
-                slot_prompt.pop()
-        cache.active = len(slot_prompt)
-    return tokens, prefill_seconds, steps
+    run.cache.active = len(run.slot_prompt)
+    while run.cache.active:
+        run.step()
+    return run.tokens, run.prefill_seconds, run.steps
 
 
 def _generate_padded(
@@ -287,25 +306,13 @@ def _generate_padded(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     order: list[int],
-    *,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_p: float,
-    repetition_penalty: float,
-    no_repeat_ngram_size: int,
-    num_beams: int,
-    batch_size: int,
-    stop: Sequence[str],
-    seed: int,
-    stop_early: bool,
-    skip_leading_whitespace: bool,
-    eos_ids: set[int],
+    decoding: DecodingParams,
+    ending: Ending,
     on_done,
 ) -> list[list[int]]:
     """``model.generate`` on left-padded batches of `order` (beam search, other caches).
 
-    Sampling reseeds torch with ``seed + batch index`` before each batch.
+    Sampling reseeds torch with ``decoding.seed + batch index`` before each batch.
 
     Returns:
         Generated token ids per prompt, cut after EOS or the token that completed a stop.
@@ -314,16 +321,16 @@ def _generate_padded(
     from transformers import StoppingCriteriaList
 
     options: dict = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": do_sample,
-        "num_beams": num_beams,
-        "repetition_penalty": repetition_penalty,
-        "no_repeat_ngram_size": no_repeat_ngram_size,
+        "max_new_tokens": decoding.max_new_tokens,
+        "do_sample": decoding.do_sample,
+        "num_beams": decoding.num_beams,
+        "repetition_penalty": decoding.repetition_penalty,
+        "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": sorted(eos_ids) or None,
+        "eos_token_id": sorted(ending.eos_ids) or None,
     }
-    if do_sample:
-        options.update(temperature=temperature, top_p=top_p)
+    if decoding.do_sample:
+        options.update(temperature=decoding.temperature, top_p=decoding.top_p)
     else:
         # The model's own generation_config may carry sampling defaults (SmolLM2's does);
         # neutral values keep greedy decoding greedy and silence transformers' warnings.
@@ -332,94 +339,107 @@ def _generate_padded(
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generated tokens must follow the prompt directly
     try:
-        for b, first in enumerate(range(0, len(order), batch_size)):
-            batch = order[first : first + batch_size]
+        for b, first in enumerate(range(0, len(order), decoding.batch_size)):
+            batch = order[first : first + decoding.batch_size]
             enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
             enc = enc.to(model.device)
             prompt_len = enc["input_ids"].shape[1]
             criteria = StoppingCriteriaList()
             criterion = None
-            if stop_early and any(stop):
-                criterion = _stop_criterion(tokenizer, stop, prompt_len, skip_leading_whitespace)
+            if ending.early and any(ending.stop):
+                criterion = _stop_criterion(tokenizer, ending.stop, prompt_len, ending.skip_leading_whitespace)
                 criteria.append(criterion)
-            if do_sample:
-                torch.manual_seed(seed + b)
+            if decoding.do_sample:
+                torch.manual_seed(decoding.seed + b)
             out = model.generate(**enc, stopping_criteria=criteria, **options)
             new = out[:, prompt_len:].tolist()
             for row, index in enumerate(batch):
                 # Beam search reorders rows inside generate, so the criterion's row numbers
                 # only match the outputs without beams.
                 stopped = (
-                    criterion.stopped_at.get(row) if criterion is not None and num_beams == 1 else None
+                    criterion.stopped_at.get(row) if criterion is not None and decoding.num_beams == 1 else None
                 )
-                tokens[index] = new[row][: _count_new_tokens(new[row], eos_ids, stopped)]
+                tokens[index] = new[row][: _count_new_tokens(new[row], ending.eos_ids, stopped)]
                 on_done()
     finally:
         tokenizer.padding_side = padding_side
     return tokens
 
 
+def check_resolved(decoding: DecodingParams) -> None:
+    """Refuse ``decoding`` keys left null for the task to decide (``tasks.resolved_decoding``).
+
+    Raises:
+        ValueError: naming the unresolved keys; never guess a default here.
+    """
+    unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size") if getattr(decoding, key) is None]
+    if unresolved:
+        raise ValueError(f"decoding.{', decoding.'.join(unresolved)} unresolved: pass tasks.resolved_decoding(...)")
+
+
+def _ending(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decoding: DecodingParams,
+    stop: Sequence[str] | None, stop_early: bool, skip_leading_whitespace: bool,
+) -> Ending:
+    """How rows end under :func:`generate`'s arguments, once `decoding` is checked resolved."""
+    check_resolved(decoding)
+    stop = decoding.stop if stop is None else stop
+    if stop is None:
+        raise ValueError("decoding.stop unresolved: pass stop= (the task's default_stop) or set decoding.stop")
+    return Ending(_eos_ids(model, tokenizer), stop, stop_early, skip_leading_whitespace)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
+    decoding: DecodingParams,
     *,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    num_beams: int = 1,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-    batch_size: int = 16,
-    stop: Sequence[str] = ("\n\n",),
-    seed: int = 42,
+    stop: Sequence[str] | None = None,
     stop_early: bool = True,
     skip_leading_whitespace: bool = True,
     progress: bool = True,
     desc: str = "generate",
 ) -> Generation:
-    """Generate one completion per prompt, `batch_size` rows at a time.
+    """Generate one completion per prompt, ``decoding.batch_size`` rows at a time.
 
-    Greedy decoding (the default) gives the same texts whatever the batch size (up to float
-    rounding: rows never see each other, padding is masked). Sampling is reproducible for a
-    given seed: with continuous batching each prompt has its own generator seeded with
-    ``seed + prompt index``, so samples do not depend on batch size either; on the
-    ``model.generate`` path each batch reseeds torch with ``seed + batch index``.
+    Greedy decoding gives the same texts whatever the batch size (up to float rounding: rows
+    never see each other, padding is masked). Sampling is reproducible for a given seed: with
+    continuous batching each prompt has its own generator seeded with ``decoding.seed + prompt
+    index``, so samples do not depend on batch size either; on the ``model.generate`` path each
+    batch reseeds torch with ``decoding.seed + batch index``.
 
     Args:
         model: a causal LM (eval mode is set here).
         tokenizer: its tokenizer; needs a pad token (see ``modeling.load_tokenizer``).
         prompts: the prompt texts.
-        max_new_tokens: the most tokens generated per prompt.
-        do_sample: sample instead of greedy/beam search.
-        temperature: sampling temperature (used only when sampling).
-        top_p: nucleus sampling mass (used only when sampling).
-        num_beams: beam search width (1 = no beam search; beams use ``model.generate``).
-        repetition_penalty: transformers' repetition penalty over prompt and output tokens
-            (1.0 = none).
-        no_repeat_ngram_size: no n-gram of this size occurs twice in prompt + output (0 = off).
-        batch_size: rows decoded together (continuous batching slots, or prompts per
-            ``model.generate`` call).
-        stop: stop sequences; the text is cut at the first one after leading whitespace.
-        seed: seed for sampling.
-        skip_leading_whitespace: look for stops only after the first non-blank character
-            (docstrings); False for code completion, where a leading newline ends the line.
+        decoding: the resolved ``decoding`` params (see ``tasks.resolved_decoding``):
+            max_new_tokens, do_sample, temperature and top_p (sampling only), num_beams (1 = no
+            beam search; beams use ``model.generate``), repetition_penalty (1.0 = none),
+            no_repeat_ngram_size (0 = off), batch_size (continuous batching slots, or prompts
+            per ``model.generate`` call), seed (sampling).
+        stop: the stop sequences (the text is cut at the first one); None: ``decoding.stop``.
         stop_early: also end generation of a row once it holds a stop sequence (saves time;
             the texts are the same either way).
+        skip_leading_whitespace: look for stops only after the first non-blank character
+            (docstrings); False for code completion, where a leading newline ends the line.
         progress: show a tqdm progress bar (per prompt).
         desc: label of the progress bar.
 
     Returns:
         A :class:`Generation` with texts, token counts and the time taken.
+
+    Raises:
+        ValueError: a ``decoding`` key the task should have resolved is null, or no stops
+            are given (`stop` and ``decoding.stop`` both None).
     """
     import torch
     from tqdm.auto import tqdm
 
     from repotune.slot_cache import supports  # imports torch at its top: only when generating
 
+    ending = _ending(model, tokenizer, decoding, stop, stop_early, skip_leading_whitespace)
     model.eval()
-    eos_ids = _eos_ids(model, tokenizer)
     start = time.perf_counter()
     # Token ids with the tokenizer's special tokens, exactly as the model will see them.
     prompt_ids = tokenizer(list(prompts))["input_ids"] if prompts else []
@@ -427,39 +447,27 @@ def generate(
     # Longest first: the first prefill shows the worst-case memory and time at once; ties keep
     # the original order, so the schedule (and the padded path's sampling) is deterministic.
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    options = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        batch_size=batch_size, stop=stop, seed=seed, stop_early=stop_early, eos_ids=eos_ids,
-        skip_leading_whitespace=skip_leading_whitespace,
-    )
     prefill_seconds, steps = 0.0, 0
     with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
         with torch.inference_mode():
             if not prompts:
                 tokens = []
-            elif num_beams == 1 and supports(model):
+            elif decoding.num_beams == 1 and supports(model):
                 tokens, prefill_seconds, steps = _generate_continuous(
-                    model, tokenizer, prompt_ids, order, on_done=lambda: bar.update(1), **options
+                    model, tokenizer, prompt_ids, order, decoding, ending, on_done=lambda: bar.update(1)
                 )
             else:
                 tokens = _generate_padded(
-                    model, tokenizer, prompts, order, num_beams=num_beams,
-                    on_done=lambda: bar.update(1), **options,
+                    model, tokenizer, prompts, order, decoding, ending, on_done=lambda: bar.update(1)
                 )
     raw = [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
     if skip_leading_whitespace:
-        texts = [truncate_at_stop(text, stop) for text in raw]
+        texts = [truncate_at_stop(text, ending.stop) for text in raw]
     else:
-        texts = [cut_at_stop(text, stop, skip_leading_whitespace=False) for text in raw]
+        texts = [cut_at_stop(text, ending.stop, skip_leading_whitespace=False) for text in raw]
     return Generation(
-        texts=texts,
-        raw_texts=raw,
-        new_tokens=[len(row) for row in tokens],
-        prompt_tokens=lengths,
-        seconds=time.perf_counter() - start,
-        prefill_seconds=prefill_seconds,
-        decode_steps=steps,
+        texts=texts, raw_texts=raw, new_tokens=[len(row) for row in tokens], prompt_tokens=lengths,
+        seconds=time.perf_counter() - start, prefill_seconds=prefill_seconds, decode_steps=steps,
     )
 
 
@@ -492,9 +500,7 @@ def generate_from_folder(
     """
     import gc
 
-    unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size") if getattr(decoding, key) is None]
-    if unresolved:  # a caller forgot tasks.resolved_decoding: never guess a default here
-        raise ValueError(f"decoding.{', decoding.'.join(unresolved)} unresolved: pass tasks.resolved_decoding(...)")
+    check_resolved(decoding)  # before the model is loaded
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder, device=device, precision=precision)
     # This model only generates: its linears can take oneDNN's packed layout (CPU fp32 only).
@@ -502,11 +508,8 @@ def generate_from_folder(
     try:
         return {
             name: generate(
-                model, tokenizer, texts, max_new_tokens=decoding.max_new_tokens,
-                do_sample=decoding.do_sample, temperature=decoding.temperature, top_p=decoding.top_p,
-                num_beams=decoding.num_beams, repetition_penalty=decoding.repetition_penalty,
-                no_repeat_ngram_size=decoding.no_repeat_ngram_size, batch_size=decoding.batch_size, stop=stop,
-                seed=decoding.seed, skip_leading_whitespace=skip_leading_whitespace, desc=name,
+                model, tokenizer, texts, decoding, stop=stop, skip_leading_whitespace=skip_leading_whitespace,
+                desc=name,
             )
             for name, texts in prompts.items()
         }

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from repotune.base_model import MANIFEST, materialize_base, model_identity
+from repotune.base_model import materialize_base
 from repotune.errors import RepotuneError
 from repotune.atomic import read_json, read_jsonl
 from repotune.modeling import load_causal_lm, load_tokenizer
 from repotune.prompts import chat
+from repotune.provenance import MANIFEST, model_identity
 from repotune.tasks import task
 
 if TYPE_CHECKING:
@@ -54,10 +55,7 @@ def judge_model_folder(model: ModelParams | None, base_folder: Path, cache_folde
         same = all(have.get(k) == v for k, v in wanted.items())
         if same and (model.sha256 is None or have.get("gguf_sha256") == model.sha256):
             return folder
-    materialize_base(
-        model.base, folder, revision=model.revision, file=model.file, sha256=model.sha256,
-        trust_remote_code=model.trust_remote_code, allow_pickle=model.allow_pickle,
-    )
+    materialize_base(model, folder)
     return folder
 
 

@@ -90,6 +90,8 @@ def _quantized_adapter_logits(
 TOLERANCE = 1e-3
 
 
+# long: 40 of its lines are the docstring (what the merge check measures, what the card records);
+# the body is one sequence over the same loaded models: load, compare logits, merge, save.
 def merge_adapter(
     base: str | Path,
     adapter: str | Path,

@@ -483,6 +483,8 @@ def _setup_lines(
     return lines
 
 
+# long: the report's sections in the order they are printed, each a few lines over helpers
+# that do the work; read top to bottom it is the report's outline.
 def render_report(
     task_name: str,
     evaluations: Sequence[Mapping[str, Any]],

@@ -29,6 +29,8 @@ tests/test_tasks.py checks that every registered task provides each, with the ri
   ``PRIMARY_METRIC``: the one the verdict, the headline of metrics/evaluate.json, the
   report's examples and the per-sample histogram use (``evaluate.primary`` overrides it, checked
   against ``METRICS`` when params load);
+- distill: ``DOC_TARGETS``: whether targets are the definitions' doc comments, so that a
+  definition without one is an input a teacher can label (``distill.undocumented``);
 - retrieve: ``RETRIEVAL_QUERY`` (``tail``: the last ``retrieval.query_lines`` lines of the
   input; ``whole``: all of it) and ``CONTEXT_LEAK``: what of the target a retrieved chunk must
   not hold (``identifier``: the target as a whole identifier; ``text``: its text, verbatim or as
@@ -41,7 +43,7 @@ import hashlib
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -102,6 +104,9 @@ class Task(Protocol):
     WRONG_KIND: str
 
     def wrong_kind(self, output: str, raw: str) -> bool: ...
+
+    # distill
+    DOC_TARGETS: bool
 
     # retrieve
     RETRIEVAL_QUERY: Literal["tail", "whole"]
@@ -211,10 +216,23 @@ def iter_samples(
     """
     if task(task_name).NEEDS_TOKENIZER and tokenizer is None:
         raise ValueError(f"task {task_name!r} needs the base model's tokenizer")
-    # Files in order of their path string (not Path order, which sorts by parts, nor language
-    # by language), and each file's records sorted by (start_line, name): the concatenation is
-    # sorted by (path, start_line, name) with no sort over all the records.
-    files = sorted(
+    files = candidate_files(root, extract, counts)
+    counts["samples"] += 0  # present in the metrics even when nothing is found
+    yield from iter_file_samples(
+        root, files, repo=repo, sha=sha, task_name=task_name, extract=extract, counts=counts,
+        tokenizer=tokenizer, workers=workers,
+    )
+
+
+def candidate_files(root: Path, extract: ExtractParams, counts: Counter) -> list[tuple[str, str]]:
+    """(path, language) of every file of `extract.languages` that extraction reads under `root`,
+    the skipped ones counted in `counts` per reason.
+
+    Files in order of their path string (not Path order, which sorts by parts, nor language
+    by language), so that records of files in this order, each file's sorted by (start_line,
+    name), are sorted by (path, start_line, name) with no sort over all the records.
+    """
+    return sorted(
         (rel, lang)
         for lang in extract.languages
         for rel in candidate_paths(
@@ -222,8 +240,34 @@ def iter_samples(
             tests=skipped_tests(extract, lang),
         )
     )
-    counts["samples"] += 0  # present in the metrics even when nothing is found
-    init = (root, repo, sha, task_name, extract, tokenizer)
+
+
+# Cuts partial records from one parsed file: (definitions, text, extract, counts, **context),
+# as a task's ``samples`` does.
+Sampler = Callable[..., Iterator[dict[str, Any]]]
+
+
+def iter_file_samples(
+    root: Path,
+    files: Sequence[tuple[str, str]],
+    *,
+    repo: str,
+    sha: str,
+    task_name: str,
+    extract: ExtractParams,
+    counts: Counter,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    workers: int = 1,
+    sampler: Sampler | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The records of `files` ((path, language) under `root`, see :func:`candidate_files`), in
+    their order, each file's sorted by (start_line, name); see :func:`iter_samples`.
+
+    `sampler` cuts the partial records from each parsed file instead of the task's ``samples``
+    (a module-level function or a ``functools.partial`` of one: workers receive it pickled);
+    the engine adds the provenance (id, repo, sha, path, language, task) as for any sample.
+    """
+    init = (root, repo, sha, task_name, extract, tokenizer, sampler)
     progress = {"desc": "extract", "unit": " files", "total": len(files), "mininterval": 1.0}
     if workers <= 1 or len(files) < 2:
         _init_worker(*init)
@@ -256,10 +300,11 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(
     root: Path, repo: str, sha: str, task_name: str, extract: ExtractParams,
-    tokenizer: PreTrainedTokenizerBase | None,
+    tokenizer: PreTrainedTokenizerBase | None, sampler: Sampler | None = None,
 ) -> None:
     _WORKER.update(
         root=root, repo=repo, sha=sha, task_name=task_name, extract=extract, tokenizer=tokenizer,
+        sampler=sampler or task(task_name).samples,
         generated=pathspec.PathSpec.from_lines("gitignore", extract.generated),
         parsers={lang: parser(lang) for lang in extract.languages},
     )
@@ -283,7 +328,7 @@ def _extract_file(item: tuple[str, str]) -> tuple[list[dict[str, Any]], Counter]
     context = {"tokenizer": w["tokenizer"], "path": source.path} if module.NEEDS_TOKENIZER else {}
     found = list(definitions(lang, tree.root_node, source.data))
     records = []
-    for sample in module.samples(found, source.data.decode("utf-8"), w["extract"], counts, **context):
+    for sample in w["sampler"](found, source.data.decode("utf-8"), w["extract"], counts, **context):
         counts[f"samples_{sample['kind']}"] += 1
         counts[f"samples_{lang}"] += 1
         records.append({

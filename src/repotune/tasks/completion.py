@@ -61,6 +61,8 @@ STOP_AFTER_LEADING_WHITESPACE = False
 METRICS = ("exact_match", "edit_similarity", "bleu")
 # The primary metric (verdict, `dvc exp show`, examples, per-sample histogram).
 PRIMARY_METRIC = "edit_similarity"
+# Targets are not doc comments: no definition lacks a target (distill.undocumented refuses).
+DOC_TARGETS = False
 # Retrieval (repotune.retrieval): the query is the code just before the cursor (the last
 # retrieval.query_lines lines). No chunk is refused for holding the target: another file with
 # the same line is what an editor's retrieval would find too; each record says instead whether

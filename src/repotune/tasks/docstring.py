@@ -58,6 +58,9 @@ METRICS = ("chrf", "rouge_l", "rouge_l_code", "bleu", "bleu_cxg", "exact_match")
 # The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): ROUGE-L, the
 # word-overlap measure that moves with what a docstring says; chrF also rewards copied identifiers.
 PRIMARY_METRIC = "rouge_l"
+# Targets are doc comments: a definition without one is an input a teacher can label
+# (distill.undocumented).
+DOC_TARGETS = True
 # Retrieval (repotune.retrieval): the query is the whole input; no context chunk may hold the
 # target's text, verbatim or as a near-duplicate (a copied docstring would be the answer).
 RETRIEVAL_QUERY = "whole"

@@ -58,6 +58,8 @@ METRICS = (
 )
 # The primary metric (verdict, `dvc exp show`, examples, per-sample histogram): the name, exactly.
 PRIMARY_METRIC = "exact_match"
+# Targets are not doc comments: no definition lacks a target (distill.undocumented refuses).
+DOC_TARGETS = False
 # Retrieval (repotune.retrieval): the query is the whole (masked) input; no context chunk may
 # hold the target name as an identifier (a call of the function would give its name away).
 RETRIEVAL_QUERY = "whole"
