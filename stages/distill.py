@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Teaching(
         teacher=d.teacher, mode=d.mode, teacher_share=d.teacher_share, max_samples=d.max_samples,
         undocumented=d.undocumented, max_undocumented=d.max_undocumented, threads=d.threads,
-        task_name=p.task.name, extract=p.extract, filter=p.filter, prompt=p.prompt,
+        task_name=p.task.name, extract=p.extract, filter=p.filter, own_extract=p.task.extract,
+        own_filter=p.task.filter, prompt=p.prompt,
         decoding=resolved_decoding(p.decoding, p.task.name),
         max_length=p.train.max_length, device=p.benchmark.device,
     )

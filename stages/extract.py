@@ -2,8 +2,8 @@
 
 Reads:  data/repo/, metrics/clone.json (url and sha for provenance), models/base/ (its
         tokenizer, for tasks that cut on model tokens: completion),
-        params.yaml `task` (name) and `extract` (languages, include/exclude/exclude_tests,
-        task knobs)
+        params.yaml `task` (name, and the task's own `task.<name>.extract`) and `extract`
+        (languages, include/exclude/exclude_tests, generated, max_file_bytes)
 Writes: data/extracted.jsonl (one sample per line, sorted by path and line)
         metrics/extract.json (files seen/parsed/skipped per reason: test, excluded, ...;
         definitions, samples per kind)
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     counts: Counter = Counter()
     records = iter_samples(
         args.repo, repo=clone["url"], sha=clone["sha"], task_name=p.task.name, extract=p.extract,
-        counts=counts, tokenizer=tokenizer, workers=worker_count(p.extract.workers),
+        own=p.task.extract, counts=counts, tokenizer=tokenizer, workers=worker_count(p.extract.workers),
     )
     atomic.write_jsonl(args.out, _none_is_an_error(records, counts, p, args.repo))
     # clone copies no symbolic link (one could point outside the repository): say so here too.

@@ -1,6 +1,7 @@
 """Stage `filter`: drop short, excluded and duplicate samples; truncate long inputs.
 
-Reads:  data/extracted.jsonl, params.yaml `filter` and `task` (the task's own drop reasons)
+Reads:  data/extracted.jsonl, params.yaml `filter` and `task` (name, and the knobs of the task's own drop
+        reasons, `task.<name>.filter`)
 Writes: data/filtered.jsonl, metrics/filter.json (seen, kept, dropped per reason, truncated)
 Run:    python stages/filter.py [--params params.yaml] [--in data/extracted.jsonl] [--out data/filtered.jsonl]
 """
@@ -25,12 +26,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = params.load(args.params)
 
-    kept, counts = filter_samples(atomic.iter_jsonl(args.inp), p.filter, p.task.name)
+    kept, counts = filter_samples(atomic.iter_jsonl(args.inp), p.filter, p.task.name, p.task.filter)
     if not kept:
         dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(counts.items()) if k.startswith("dropped_"))
         raise errors.RepotuneError(
             f"filter: none of {counts['seen']} samples kept (dropped: {dropped or 'none'}); "
-            "loosen the filter params behind the largest reason (e.g. filter.min_target_tokens)"
+            "loosen the filter params behind the largest reason (filter.*, task.<name>.filter.*)"
         )
     atomic.write_jsonl(args.out, kept)
     atomic.write_json(args.metrics, dict(counts))

@@ -8,8 +8,8 @@ Reads:  the system's model folder (models/base, models/merged, models/merged_rag
         data/retrieved/<context>/{test,ood}.jsonl (the system's context, retrieval or prefix,
         put in every prompt as training puts it, see repotune.prompts), params.yaml
         `benchmark.systems.<system>`, `benchmark` (sets, templates, sample caps, device,
-        threads), `decoding`, `prompt`, `task`, `extract.window` (a completion target's shape
-        decides its stops) and `train.max_length` (long code is cut to fit it with room for
+        threads), `decoding`, `prompt`, `task` (name, and `task.<name>.extract`: a completion
+        target's shape decides its stops) and `train.max_length` (long code is cut to fit it with room for
         max_new_tokens, as in training; no reference length leaks in), or for a system with
         context `retrieval.max_length` (the context is cut first, then the code).
 Writes: data/generations/<system>/<set>.<template>.jsonl: per sample, sorted by id: the
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
     # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.extract.window)
+    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.task.extract)
     # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
     runs = generate_from_folder(
         model, prompts, decoding, stop=[] if chat else stop,
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows = [
                 {
                     "id": record["id"], "raw": raw,
-                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.extract.window),
+                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.task.extract),
                     "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
                     **({"context_cut": context_was_cut} if with_context_cut else {}),
                 }

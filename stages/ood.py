@@ -1,8 +1,8 @@
 """Stage `ood`: samples of other repositories, for the out-of-domain (forgetting) check.
 
 Reads:  params.yaml `benchmark` (ood: sources, one pinned source per language, and
-        max_samples; null = no check), `task`, `extract` and `filter` (the same task, languages
-        and filters as the training data), models/base/ (its tokenizer, for tasks that cut on
+        max_samples; null = no check), `task` (name and the task's own knobs), `extract` and
+        `filter` (the same task, languages and filters as the training data), models/base/ (its tokenizer, for tasks that cut on
         model tokens)
 Writes: data/ood.jsonl (filtered samples: each language of extract.languages mined from its
         own source, languages in name order; empty when there is none), metrics/ood.json
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer = load_tokenizer(args.base)
     with atomic.scratch_dir(args.out) as tmp:
         kept, metrics = ood.mine(
-            sources, task_name=p.task.name, extract=p.extract, filter_params=p.filter, scratch=tmp,
+            sources, task_name=p.task.name, extract=p.extract, filter_params=p.filter,
+            own_extract=p.task.extract, own_filter=p.task.filter, scratch=tmp,
             tokenizer=tokenizer, workers=worker_count(p.extract.workers),
         )
     atomic.write_jsonl(args.out, kept)

@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(
             f"split: the test split has {len(splits['test'])} samples, fewer than "
             f"benchmark.min_samples={minimum} ({sizes}): scores on so few mean little. Raise "
-            "split.test, keep more samples (filter.min_target_tokens, extract.target: full), or "
+            "split.test, keep more samples (loosen filter and task.<name>.filter, e.g. "
+            "task.docstring.filter.min_target_tokens), or "
             "point source.url at more of the repository; benchmark.min_samples: 0 goes on anyway"
         )
     with atomic.atomic_path(args.out) as out:

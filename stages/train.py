@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = train_adapter(
         args.base, train_records, val_records,
         Outputs(args.out, live=None if args.no_live else args.live, checkpoints=run_folder),
-        lora=p.lora, train=train, prompt=p.prompt, task=p.task,
+        # Only task.name decides training (dvc.yaml declares it alone): the task's own knobs stay
+        # at their defaults here, so a change of them never re-runs this stage.
+        lora=p.lora, train=train, prompt=p.prompt, task=params.TaskParams(name=p.task.name),
         base_name=base_label or str(args.base),
         extra_info={
             "languages": sorted({r.get("language", "unknown") for r in train_records}),

@@ -205,10 +205,18 @@ def git_repo(path: Path, files: dict[str, str]):
     return repo
 
 
+def _section(raw: dict, name: str) -> dict:
+    """The mapping at dotted `name` of `raw` (``task.docstring.filter``), made where missing."""
+    for part in name.split("."):
+        raw = raw.setdefault(part, {})
+    return raw
+
+
 def write_params(root: Path, **sections: dict) -> Path:
     """params.yaml under `root` for in-process stage tests: a source, CPU with one thread, two
     systems (base and finetuned: no chat baseline), short decoding with no stops, few
-    resamples; each section given updates those keys."""
+    resamples; each section given updates those keys (a dotted name updates a nested section:
+    ``**{"task.docstring.filter": {...}}``)."""
     raw: dict = {
         "source": {"url": "https://example.com/r.git"},
         "benchmark": {"device": "cpu", "threads": 1,
@@ -217,7 +225,7 @@ def write_params(root: Path, **sections: dict) -> Path:
         "evaluate": {"resamples": 200},
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+        _section(raw, name).update(values)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")  # benchmark.systems keeps its order
     return path
@@ -369,13 +377,14 @@ def dvc(cwd: Path, *args: str) -> str:
 
 
 def set_params(project: Path, **sections: dict) -> None:
-    """Update sections of the project's params.yaml (key by key)."""
+    """Update sections of the project's params.yaml (key by key; a dotted name updates a nested
+    section: ``**{"task.docstring.filter": {"drop_private": True}}``)."""
     import yaml
 
     path = project / "params.yaml"
     raw = yaml.safe_load(path.read_text())
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        _section(raw, section).update(values)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -407,7 +416,7 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
     set_params(
         project,
         source={"url": source.working_dir, "rev": "main"},
-        filter={"min_target_tokens": 10},
+        **{"task.docstring.filter": {"min_target_tokens": 10}},
         model={"base": str(tiny_model), "file": None, "sha256": None},
         # A dozen samples: too few to mean anything, on purpose; no out-of-domain download.
         benchmark={"min_samples": 0, "ood": None},

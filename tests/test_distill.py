@@ -68,8 +68,9 @@ def project_files(root: Path, student: Path, **sections) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     set_params(root, benchmark={"device": "cpu", "threads": 1},
                decoding={"max_new_tokens": 12, "batch_size": 2, "stop": []},
-               filter={"min_target_tokens": 0, "drop_placeholder_docs": False, "drop_name_only_docs": False,
-                       "drop_non_english_docs": False, "max_url_code_share": 1.0}, **sections)
+               **{"task.docstring.filter": {"min_target_tokens": 0, "drop_placeholder_docs": False,
+                                            "drop_name_only_docs": False, "drop_non_english_docs": False,
+                                            "max_url_code_share": 1.0}}, **sections)
     return root / "params.yaml"
 
 

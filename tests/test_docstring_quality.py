@@ -10,13 +10,14 @@ from repotune.tasks import docstring
 from repotune.tasks.docstring import is_deprecated, is_name_only, is_non_english, is_placeholder, url_code_share
 
 # Only the quality reasons: no length floor.
-NO_FLOOR = FilterParams(min_target_tokens=0)
+SHARED = FilterParams()
+NO_FLOOR = docstring.Filter(min_target_tokens=0)
 CODE = "def fetch_user_name(user_id):\n    return db.lookup(user_id).name\n"
 
 
 def sample(target: str, name: str = "fetch_user_name", code: str = CODE) -> dict:
-    return {"id": name, "path": "a.py", "kind": "function", "name": name, "target": target, "input": code,
-            "is_test": False}
+    return {"id": name, "path": "a.py", "language": "python", "kind": "function", "name": name, "target": target,
+            "input": code, "is_test": False}
 
 
 @pytest.mark.parametrize("target", [
@@ -42,7 +43,7 @@ def sample(target: str, name: str = "fetch_user_name", code: str = CODE) -> dict
 ])
 def test_placeholder_docs_are_dropped(target):
     assert is_placeholder(target)
-    assert docstring.drop_reason(sample(target), NO_FLOOR) == "placeholder_doc"
+    assert docstring.drop_reason(sample(target), SHARED, NO_FLOOR) == "placeholder_doc"
 
 
 @pytest.mark.parametrize("target", [
@@ -54,7 +55,7 @@ def test_placeholder_docs_are_dropped(target):
 ])
 def test_real_docs_are_not_placeholders(target):
     assert not is_placeholder(target)
-    assert docstring.drop_reason(sample(target), NO_FLOOR) is None
+    assert docstring.drop_reason(sample(target), SHARED, NO_FLOOR) is None
 
 
 def test_url_and_code_share_by_hand():
@@ -84,13 +85,13 @@ def test_url_and_code_share_by_hand():
     ("Add two numbers together.\n>>> add(1, 2)\n3", True),  # 4 of 8
 ])
 def test_mostly_urls_or_code_are_dropped(target, dropped):
-    assert (docstring.drop_reason(sample(target), NO_FLOOR) == "url_or_code_doc") is dropped
+    assert (docstring.drop_reason(sample(target), SHARED, NO_FLOOR) == "url_or_code_doc") is dropped
 
 
 def test_the_url_code_share_is_a_param():
     target = "Add two numbers.\n>>> add(1, 2)\n3\n\nWorks on floats too."  # share 4/11
-    assert docstring.drop_reason(sample(target), NO_FLOOR.model_copy(update={"max_url_code_share": 0.3})) == "url_or_code_doc"
-    assert docstring.drop_reason(sample("fdmap[childFD] = parentFD"), NO_FLOOR.model_copy(update={"max_url_code_share": 1.0})) is None
+    assert docstring.drop_reason(sample(target), SHARED, NO_FLOOR.model_copy(update={"max_url_code_share": 0.3})) == "url_or_code_doc"
+    assert docstring.drop_reason(sample("fdmap[childFD] = parentFD"), SHARED, NO_FLOOR.model_copy(update={"max_url_code_share": 1.0})) is None
 
 
 @pytest.mark.parametrize(("target", "name", "dropped"), [
@@ -103,7 +104,7 @@ def test_the_url_code_share_is_a_param():
 ])
 def test_name_only_docs(target, name, dropped):
     assert is_name_only(target, name) is dropped
-    assert (docstring.drop_reason(sample(target, name), NO_FLOOR) == "name_only_doc") is dropped
+    assert (docstring.drop_reason(sample(target, name), SHARED, NO_FLOOR) == "name_only_doc") is dropped
 
 
 @pytest.mark.parametrize(("target", "dropped"), [
@@ -121,7 +122,7 @@ def test_name_only_docs(target, name, dropped):
 ])
 def test_non_english_docs(target, dropped):
     assert is_non_english(target) is dropped
-    assert (docstring.drop_reason(sample(target), NO_FLOOR) == "non_english_doc") is dropped
+    assert (docstring.drop_reason(sample(target), SHARED, NO_FLOOR) == "non_english_doc") is dropped
 
 
 STUB = '''    def isWinNT(self) -> bool:
@@ -161,8 +162,8 @@ WARNS_LATER = '''def deprecatedModuleAttribute(version, message, moduleName, nam
     ("Warn about the deprecated alias when it is used.", CODE, False),
 ])
 def test_deprecated_definitions(target, code, dropped):
-    assert is_deprecated(target, code) is dropped
-    assert (docstring.drop_reason(sample(target, code=code), NO_FLOOR) == "deprecated") is dropped
+    assert is_deprecated(target, code, "python") is dropped
+    assert (docstring.drop_reason(sample(target, code=code), SHARED, NO_FLOOR) == "deprecated") is dropped
 
 
 @pytest.mark.parametrize(("switch", "target", "code"), [
@@ -172,8 +173,8 @@ def test_deprecated_definitions(target, code, dropped):
     ("drop_deprecated", "Are we running in Windows NT?", STUB),
 ])
 def test_each_reason_has_its_own_switch(switch, target, code):
-    assert docstring.drop_reason(sample(target, code=code), NO_FLOOR) is not None
-    assert docstring.drop_reason(sample(target, code=code), NO_FLOOR.model_copy(update={switch: False})) is None
+    assert docstring.drop_reason(sample(target, code=code), SHARED, NO_FLOOR) is not None
+    assert docstring.drop_reason(sample(target, code=code), SHARED, NO_FLOOR.model_copy(update={switch: False})) is None
 
 
 def test_quality_reasons_are_counted_in_filter_metrics():
@@ -182,7 +183,7 @@ def test_quality_reasons_are_counted_in_filter_metrics():
         sample("Fetch the user name.", "fetch_user_name"),
         sample("Look up a user's display name in the accounts database.", "b_fn"),
     ]
-    kept, counts = filter_samples(records, NO_FLOOR, "docstring")
+    kept, counts = filter_samples(records, SHARED, "docstring", NO_FLOOR)
     assert [r["name"] for r in kept] == ["b_fn"]
     assert counts["dropped_placeholder_doc"] == 1
     assert counts["dropped_name_only_doc"] == 1

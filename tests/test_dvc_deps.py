@@ -20,6 +20,7 @@ from conftest import SPEED_KEYS
 from pydantic import BaseModel
 
 from repotune.params import Params
+from repotune.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The closure of a stage's imports is computed by the script that writes dvc.yaml's module deps.
@@ -118,7 +119,7 @@ def params_reads(script: Path) -> set[str]:
         if key and id(node) not in alias_values:
             head, _, last = key.rpartition(".")
             key = head if last in WHOLE_READS and head else key  # p.train.model_dump() reads all of train
-            reads.add(PROPERTIES.get(key, key))
+            reads.update(PROPERTIES.get(key, (key,)))
     return reads
 
 
@@ -126,8 +127,14 @@ def params_reads(script: Path) -> set[str]:
 WHOLE_READS = {"model_dump", "model_dump_json", "model_copy"}
 
 
-# Computed properties of params, as the keys they are computed from.
-PROPERTIES = {"model.label": "model.base"}
+# Computed properties of params, as the keys they are computed from: `p.task.extract` is the
+# ``task.<name>.extract`` of the task named by task.name, so a stage reading it declares
+# task.name and that part of every registered task (dvc.yaml cannot name the one task.name picks).
+PROPERTIES = {
+    "model.label": ("model.base",),
+    **{f"task.{part}": ("task.name", *(f"task.{name}.{part}" for name in TASKS)) for part in ("extract", "filter")},
+    "task.own": ("task.name", *(f"task.{name}" for name in TASKS)),
+}
 
 
 def fields(key: str) -> list[str] | None:
@@ -279,7 +286,7 @@ def test_a_whole_section_read_is_each_key_but_the_speed_ones(tmp_path: Path) -> 
     )
     reads = without_speed_keys(params_reads(script))
     assert "extract.workers" not in reads and "train.threads" not in reads
-    assert {"extract.languages", "extract.window", "extract.mask", "train.lr", "model.base"} <= reads
+    assert {"extract.languages", "extract.include", "train.lr", "model.base"} <= reads
     assert "extract" not in reads and "model" not in reads
 
 

@@ -58,7 +58,7 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
         tmp_path,
         benchmark={"templates": ["plain", "verbose"], "device": "cpu", "threads": 1,
                    "ood": {"sources": {"python": {"url": source.working_dir, "rev": "main"}}, "max_samples": 3}},
-        filter={"min_target_tokens": 5},
+        **{"task.docstring.filter": {"min_target_tokens": 5}},
     )
     atomic.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
     load_stage("ood").main([

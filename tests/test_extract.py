@@ -20,8 +20,8 @@ def samples_of(code: str, target: str = "summary", doc_tags: str = "keep") -> di
     src = code.encode()
     tree = parser("python").parse(src)
     found = list(definitions("python", tree.root_node, src))
-    extract = ExtractParams(target=target, doc_tags=doc_tags)
-    return {s["name"]: s for s in docstring.samples(found, code, extract, Counter())}
+    extract = docstring.Extract(target=target, doc_tags=doc_tags)
+    return {s["name"]: s for s in docstring.samples(found, code, extract, Counter(), language="python", path="m.py")}
 
 
 @pytest.fixture(scope="module")

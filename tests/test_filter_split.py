@@ -8,12 +8,14 @@ from repotune.filters import count_tokens, filter_samples, truncate_tokens
 from repotune.languages.python import is_test
 from repotune.params import FilterParams, SplitParams
 from repotune.split import split_samples
+from repotune.tasks import docstring
 
 LONG = "Return the thing that this function computes from its many and varied arguments, after checking each of them."
 
 
 def rec(name: str, target: str = LONG, code: str | None = None, path: str = "a.py") -> dict:
-    return {"id": f"{path}:{name}", "path": path, "name": name, "target": target, "is_test": is_test(name),
+    return {"id": f"{path}:{name}", "path": path, "language": "python", "name": name, "target": target,
+            "is_test": is_test(name),
             "input": code if code is not None else f"def {name.split('.')[-1]}(x):\n    return x\n"}
 
 
@@ -40,7 +42,7 @@ def test_every_drop_reason_is_counted():
         rec("copy", code="def kept(x):\n        return   x\n"),  # same input as `kept`, other spacing
         rec("other.kept", code="def kept(y):\n    return y\n"),  # same target and short name
     ]
-    kept, counts = filter_samples(records, FilterParams(drop_private=True), "docstring")
+    kept, counts = filter_samples(records, FilterParams(), "docstring", docstring.Filter(drop_private=True))
     assert [r["name"] for r in kept] == ["Cls.__init__", "kept"]
     assert counts == {
         "seen": 9, "kept": 2, "dropped_short_target": 1, "dropped_dunder": 1, "dropped_test": 2,

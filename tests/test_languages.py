@@ -445,3 +445,33 @@ def test_is_test_class_name(name: str, expected: bool) -> None:
 def test_each_language_names_its_test_files(lang: str, path: str, expected: bool) -> None:
     spec = pathspec.PathSpec.from_lines("gitignore", paths_of_tests(lang))
     assert spec.match_file(path) is expected
+
+
+def test_every_registered_language_provides_the_contract():
+    """Each language module has every attribute of languages.LanguageModule, and the registry is
+    the one list of names and file suffixes (no suffix belongs to two languages)."""
+    import re
+
+    from repotune.languages import LANGUAGES, LanguageModule
+
+    wanted = {*LanguageModule.__annotations__, *(n for n, v in vars(LanguageModule).items()
+                                                 if callable(v) and not n.startswith("_"))}
+    suffixes = [s for module in LANGUAGES.values() for s in module.EXTENSIONS]
+    assert len(suffixes) == len(set(suffixes)) and all(s.startswith(".") for s in suffixes)
+    for name, module in LANGUAGES.items():
+        assert wanted <= set(dir(module)), (name, sorted(wanted - set(dir(module))))
+        assert isinstance(module.SUPER_CALL, re.Pattern) and "name" in module.SUPER_CALL.groupindex
+        assert module.BLOCK_COMMENT is None or len(module.BLOCK_COMMENT) == 2
+
+
+def test_body_shapes_and_deprecation_markers_are_the_languages():
+    from repotune.languages import body_statements, marked_deprecated
+
+    assert body_statements("kotlin", "= a + b") == ["a + b"]
+    assert body_statements("java", "{\n    return a;\n}") == ["return a;"]
+    assert body_statements("python", "a = 1\n    return a") == ["a = 1", "return a"]
+    stub = 'def old():\n    warnings.warn("old is deprecated", DeprecationWarning)\n    return new()\n'
+    assert marked_deprecated("python", stub) and marked_deprecated("python", "@deprecated\ndef f():\n    pass\n")
+    assert not marked_deprecated("python", "def f():\n    return 1\n")
+    # Kotlin/Java code is not read for deprecation (their doc comment's @deprecated is).
+    assert not marked_deprecated("kotlin", stub) and not marked_deprecated("java", stub)

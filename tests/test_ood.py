@@ -51,7 +51,7 @@ def ood_params(root: Path, languages: list[str], sources: dict[str, str] | None,
     }
     defaults = {
         "extract": {"languages": languages, "workers": 1},
-        "filter": {"min_target_tokens": 5},
+        "task": {"docstring": {"filter": {"min_target_tokens": 5}}},
         "benchmark": {"ood": ood, "device": "cpu", "threads": 1},
         "decoding": {"max_new_tokens": 4, "batch_size": 2, "stop": []},
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,8 @@ def test_every_key_in_params_yaml_has_a_trailing_comment():
 def test_defaults_fill_missing_sections():
     p = params.parse({"source": {"url": "."}})
     assert (p.split.train, p.split.val, p.split.test) == (0.8, 0.1, 0.1)
-    assert p.filter.min_target_tokens == 8
+    assert p.task.docstring.filter.min_target_tokens == 8 and p.task.filter.min_target_tokens == 8
+    assert p.task.completion.extract.window.stride == 256 and p.task.method_name.extract.mask == "<MASK>"
     assert (p.train.max_samples, p.benchmark.max_samples) == (1000, 150)
 
 
@@ -41,16 +41,17 @@ def test_all_problems_are_reported_at_once_with_key_value_and_allowed():
     with pytest.raises(ParamsError) as info:
         params.parse({
             "source": {"url": "."},
-            "filter": {"min_target_tokens": -1, "max_input_tokens": "400"},
+            "task": {"docstring": {"filter": {"min_target_tokens": -1}}},
+            "filter": {"max_input_tokens": "400"},
             "split": {"trian": 0.8},
-            "extract": {"target": "everything"},
+            "extract": {"languages": ["python", "go"]},
             "surprise": {},
         })
     lines = str(info.value).splitlines()
-    assert "params.yaml: filter.min_target_tokens must be greater than or equal to 0, got -1" in lines
+    assert "params.yaml: task.docstring.filter.min_target_tokens must be greater than or equal to 0, got -1" in lines
     assert "params.yaml: filter.max_input_tokens must be a valid integer, got '400'" in lines
     assert "params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test, near_duplicates)" in lines
-    assert any(line.startswith("params.yaml: extract.target must be 'summary' or 'full'") for line in lines)
+    assert "params.yaml: extract.languages.1: must be one of the languages (python, kotlin, java), got 'go'" in lines
     assert any(line.startswith("params.yaml: surprise is not a known key (valid keys: source,") for line in lines)
     assert len(lines) == 5
 
@@ -66,9 +67,14 @@ def test_split_fractions_must_sum_to_one():
 
 
 def test_task_and_language_params_are_checked():
-    with pytest.raises(ParamsError, match=r"task.language is not a known key \(valid keys: name\)"):
+    with pytest.raises(ParamsError, match=r"task.language is not a known key \(valid keys: name, docstring, "
+                                          r"completion, method_name\)"):
         params.parse({"source": {"url": "."}, "task": {"language": "kotlin"}})
-    with pytest.raises(ParamsError, match=r"extract.languages.0 must be 'python', 'kotlin' or 'java', got 'go'"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: task.name: must be one of the tasks \(docstring, completion, "
+                                          r"method_name\), got 'docstrings'$"):
+        params.parse({"source": {"url": "."}, "task": {"name": "docstrings"}})
+    with pytest.raises(ParamsError, match=r"extract.languages.0: must be one of the languages \(python, kotlin, java\), "
+                                          r"got 'go'"):
         params.parse({"source": {"url": "."}, "extract": {"languages": ["go"]}})
     with pytest.raises(ParamsError, match=r"^params.yaml: extract.workers must be greater than or equal to 0, got -1$"):
         params.parse({"source": {"url": "."}, "extract": {"workers": -1}})
@@ -76,8 +82,10 @@ def test_task_and_language_params_are_checked():
         params.parse({"source": {"url": "."}, "extract": {"languages": ["java", "java"]}})
     with pytest.raises(ParamsError, match="extract.languages list should have at least 1 item"):
         params.parse({"source": {"url": "."}, "extract": {"languages": []}})
-    with pytest.raises(ParamsError, match="extract.window.target must be 'tokens', 'line' or 'lines'"):
-        params.parse({"source": {"url": "."}, "extract": {"window": {"target": "word"}}})
+    with pytest.raises(ParamsError, match="task.completion.extract.window.target must be 'tokens', 'line' or 'lines'"):
+        params.parse({"source": {"url": "."}, "task": {"completion": {"extract": {"window": {"target": "word"}}}}})
+    with pytest.raises(ParamsError, match=r"task.method_name.extract.mak is not a known key \(valid keys: mask, keep_doc\)"):
+        params.parse({"source": {"url": "."}, "task": {"method_name": {"extract": {"mak": "x"}}}})
     with pytest.raises(ParamsError, match=r"templates.completion.bare must contain the placeholder \{code\}"):
         params.parse({"source": {"url": "."}, "prompt": {"templates": {"completion": {"bare": "x"}}}})
     p = params.parse({"source": {"url": "."}, "task": {"name": "method_name"}, "extract": {"languages": ["kotlin", "java"]}})
@@ -122,13 +130,45 @@ def test_names_the_task_owns_are_checked_when_params_load(tmp_path):
     assert (p.prompt.template, p.benchmark.templates, p.evaluate.primary) == ("short", ["short", "instruct"], "subtoken_f1")
 
 
-def test_task_and_language_names_come_from_the_registries():
-    from repotune.languages import LANGUAGES
-    from repotune.tasks import TASKS
+def test_task_and_language_names_come_from_the_registries(monkeypatch):
+    from repotune import languages, tasks
 
-    assert params.TaskParams.model_fields["name"].annotation.__args__ == tuple(TASKS)
-    assert typing.get_args(typing.get_args(params.ExtractParams.model_fields["languages"].annotation)[0]) == tuple(
-        LANGUAGES)
+    # The task section: name, then one sub-section per registered task, the task's own Params.
+    assert list(params.TaskParams.model_fields) == ["name", *tasks.TASKS]
+    for name, module in tasks.TASKS.items():
+        assert params.TaskParams.model_fields[name].annotation is module.Params
+    # A name is checked against the registry as it is when params load, not a list copied at import.
+    monkeypatch.setitem(languages.LANGUAGES, "cobol", languages.python)
+    assert params.parse({"source": {"url": "."}, "extract": {"languages": ["cobol"]}}).extract.languages == ["cobol"]
+
+
+def test_a_key_that_moved_under_its_task_names_the_new_key():
+    """Task knobs used to sit in the shared extract and filter sections; a params.yaml that still
+    sets one is told where it went, one line per key."""
+    with pytest.raises(ParamsError) as info:
+        params.parse({"source": {"url": "."}, "extract": {"target": "full", "window": {"stride": 64}, "mask": "X"},
+                      "filter": {"min_body_lines": 1, "max_literal_chars": 80, "drop_deprecated": False}})
+    assert str(info.value).splitlines() == [
+        "params.yaml: extract.target has moved to task.docstring.extract.target: the docstring task's own knobs are "
+        "under task.docstring",
+        "params.yaml: extract.window has moved to task.completion.extract.window: the completion task's own knobs are "
+        "under task.completion",
+        "params.yaml: extract.mask has moved to task.method_name.extract.mask: the method_name task's own knobs are "
+        "under task.method_name",
+        "params.yaml: filter.min_body_lines has moved to task.method_name.filter.min_body_lines: the method_name "
+        "task's own knobs are under task.method_name",
+        "params.yaml: filter.max_literal_chars has moved to task.completion.filter.max_literal_chars: the completion "
+        "task's own knobs are under task.completion",
+        "params.yaml: filter.drop_deprecated has moved to task.docstring.filter.drop_deprecated: the docstring "
+        "task's own knobs are under task.docstring",
+    ]
+    # Every old key names a key the schema has.
+    for old, new in params.MOVED.items():
+        section, _, key = new.rpartition(".")
+        node = params.parse({"source": {"url": "."}})
+        for part in section.split("."):
+            node = getattr(node, part)
+        assert key in type(node).model_fields, (old, new)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

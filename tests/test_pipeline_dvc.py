@@ -34,7 +34,7 @@ def test_dvc_repro_data_stages_is_reproducible_and_granular(project: Path):
     assert ran(third) == ["split"]
 
     # A filter parameter that changes nothing in the output stops the cascade after filter.
-    set_params(project, filter={"drop_private": True})
+    set_params(project, **{"task.docstring.filter": {"drop_private": True}})
     fourth = dvc(project, "repro", *DATA_STAGES)
     assert "Running stage 'filter'" in fourth
     assert "Running stage 'split'" not in fourth
@@ -217,7 +217,7 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
         project, split=split, **TINY_BUDGET,
         task={"name": "method_name"},
         extract={"languages": ["kotlin", "java"]},
-        filter={"min_body_lines": 1},
+        **{"task.method_name.filter": {"min_body_lines": 1}},
     )
     assert ran(dvc(project, "repro")) == ALL_STAGES
     extracted = atomic.read_json(project / "metrics/extract.json")
@@ -229,7 +229,8 @@ def test_new_tasks_on_kotlin_and_java_and_switching_task_reruns_from_extract(pro
 
     # Another task: everything from extract on re-runs (ood too: it mines the same task); base
     # and clone do not.
-    set_params(project, task={"name": "completion"}, extract={"window": {"stride": 48, "prefix_tokens": 64}})
+    set_params(project, task={"name": "completion"},
+               **{"task.completion.extract": {"window": {"stride": 48, "prefix_tokens": 64}}})
     assert ran(dvc(project, "repro")) == ["extract", "filter", "judge", "split", "distill", "ood", "retrieve", *MODEL_STAGES]
     bench = atomic.read_json(project / "metrics/evaluate.json")
     assert bench["task"] == "completion"
@@ -330,8 +331,9 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
               "decoding": {"max_new_tokens": 16, "batch_size": 2, "stop": []}}
     set_params(
         project, **budget,
-        filter={"min_target_tokens": 1, "drop_placeholder_docs": False, "drop_name_only_docs": False,
-                "drop_non_english_docs": False, "max_url_code_share": 1.0},
+        **{"task.docstring.filter": {"min_target_tokens": 1, "drop_placeholder_docs": False,
+                                     "drop_name_only_docs": False, "drop_non_english_docs": False,
+                                     "max_url_code_share": 1.0}},
         distill={"enabled": True, "teacher": {"base": str(teacher)}, "teacher_share": 0.5, "undocumented": True},
     )
     # The teacher is benchmarked as a system like any other: generate@teacher on the folder

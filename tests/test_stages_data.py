@@ -34,7 +34,10 @@ def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path
     raw["benchmark"]["min_samples"] = 0  # the fixture repository has a dozen samples
     raw["split"].update(train=0.5, val=0.2, test=0.3)  # ... in a few files: room for each split
     for key, value in sections.items():
-        raw[key].update(value)
+        node = raw
+        for part in key.split("."):  # task.docstring.filter: a nested section
+            node = node[part]
+        node.update(value)
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -51,7 +54,7 @@ def test_data_stages_end_to_end(tmp_path, source_repo, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    write_params(work, source_repo.working_dir, filter={"min_target_tokens": 10})
+    write_params(work, source_repo.working_dir, **{"task.docstring.filter": {"min_target_tokens": 10}})
     run_data_stages(work, monkeypatch)
 
     clone = atomic.read_json(work / "metrics/clone.json")
@@ -394,7 +397,7 @@ def test_npm_tarball_cannot_write_outside_or_plant_links(tmp_path, monkeypatch, 
     [
         ({"extract": {"languages": ["kotlin"]}}, "extract",
          r"^extract: no docstring samples in data/repo for languages \['kotlin'\] \(0 files of them seen"),
-        ({"filter": {"min_target_tokens": 100000}}, "filter",
+        ({"task.docstring.filter": {"min_target_tokens": 100000}}, "filter",
          r"^filter: none of \d+ samples kept \(dropped: .*short_target \d+.*\); loosen"),
         ({"split": {"train": 1.0, "val": 0.0, "test": 0.0}}, "split",
          r"^split: the test split is empty \(train \d+, val 0, test 0 samples\); raise split.test \(now 0.0\)"),
@@ -419,7 +422,8 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
     tmp_path, source_repo, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30}, filter={"min_target_tokens": 10})
+    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30},
+                 **{"task.docstring.filter": {"min_target_tokens": 10}})
     for name in ("clone", "extract", "filter", "judge"):
         load_stage(name).main([])
     assert run(load_stage("split").main, []) == 1
@@ -428,7 +432,8 @@ def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridd
     assert re.search(r"the test split has \d+ samples, fewer than benchmark.min_samples=30 \(train \d+, val \d+, "
                      r"test \d+\).*Raise split.test.*benchmark.min_samples: 0 goes on anyway$", errs[0])
     assert not (tmp_path / "data/split").exists()
-    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 0}, filter={"min_target_tokens": 10})
+    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 0},
+                 **{"task.docstring.filter": {"min_target_tokens": 10}})
     load_stage("split").main([])  # the explicit override goes on
     assert (tmp_path / "data/split/test.jsonl").is_file()
 

@@ -13,8 +13,9 @@ import pytest
 
 from repotune import metrics
 from repotune.languages import definitions, parser
-from repotune.params import ExtractParams, FilterParams, WindowParams
+from repotune.params import ExtractParams, FilterParams
 from repotune.tasks import completion, extract_samples, method_name
+from repotune.tasks.completion import WindowParams
 
 MODULE = '''\
 # Copyright 2024 Example Corp.
@@ -59,10 +60,12 @@ def tokenizer(tiny_model: Path):
     return AutoTokenizer.from_pretrained(tiny_model)
 
 
-def window_samples(text: str, tokenizer, path: str = "m.py", **window) -> tuple[list[dict], Counter]:
+def window_samples(
+    text: str, tokenizer, path: str = "m.py", language: str = "python", **window
+) -> tuple[list[dict], Counter]:
     counts: Counter = Counter()
-    extract = ExtractParams(window=WindowParams(**{"min_file_tokens": 8, **window}))
-    found = list(completion.samples([], text, extract, counts, path=path, tokenizer=tokenizer))
+    own = completion.Extract(window=WindowParams(**{"min_file_tokens": 8, **window}))
+    found = list(completion.samples([], text, own, counts, language=language, path=path, tokenizer=tokenizer))
     return found, counts
 
 
@@ -70,19 +73,23 @@ def window_samples(text: str, tokenizer, path: str = "m.py", **window) -> tuple[
 
 
 def test_licence_header_is_stripped_and_other_headers_kept():
-    body, lines = completion.strip_licence_header(MODULE)
+    body, lines = completion.strip_licence_header(MODULE, "python")
     assert lines == 3 and body.startswith("import os\n")
     plain = "# A helper module.\n\nimport os\n"
-    assert completion.strip_licence_header(plain) == (plain, 0)
+    assert completion.strip_licence_header(plain, "python") == (plain, 0)
     java = "/*\n * Copyright (c) Meta.\n */\npackage x;\n"
-    assert completion.strip_licence_header(java) == ("package x;\n", 3)
+    assert completion.strip_licence_header(java, "java") == ("package x;\n", 3)
+    # Each language's own comments: // lines in Kotlin (a script's #! line too), never in Python.
+    kotlin = "#!/usr/bin/env kotlin\n// Copyright 2024 Example.\n// SPDX-License-Identifier: MIT\nval x = 1\n"
+    assert completion.strip_licence_header(kotlin, "kotlin") == ("val x = 1\n", 3)
+    assert completion.strip_licence_header(java.replace("/*", "//", 1), "python")[1] == 0
 
 
 @pytest.mark.parametrize("target", ["line", "lines", "tokens"])
 def test_windows_end_mid_line_on_a_token_boundary_inside_one_file(tokenizer, target):
     records, counts = window_samples(MODULE, tokenizer, prefix_tokens=40, stride=30, target=target, lines=2)
     assert len(records) >= 4 and counts["windows"] == len(records)
-    body, header = completion.strip_licence_header(MODULE)
+    body, header = completion.strip_licence_header(MODULE, "python")
     enc = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
     starts = [o[0] for o in enc["offset_mapping"]]
     for r in records:
@@ -124,9 +131,10 @@ def test_short_files_are_counted_not_windowed(tokenizer):
 def test_completion_extract_keeps_windows_inside_their_file(tokenizer, tmp_path: Path):
     (tmp_path / "a.py").write_text(MODULE)
     (tmp_path / "b.py").write_text(MODULE.replace("count_words", "count_lines"))
-    extract = ExtractParams(window=WindowParams(prefix_tokens=40, stride=30, min_file_tokens=8))
+    extract = ExtractParams()
+    own = completion.Extract(window=WindowParams(prefix_tokens=40, stride=30, min_file_tokens=8))
     records, counts = extract_samples(
-        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, tokenizer=tokenizer
+        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, own=own, tokenizer=tokenizer
     )
     texts = {"a.py": (tmp_path / "a.py").read_text(), "b.py": (tmp_path / "b.py").read_text()}
     assert {r["path"] for r in records} == {"a.py", "b.py"}
@@ -136,24 +144,27 @@ def test_completion_extract_keeps_windows_inside_their_file(tokenizer, tmp_path:
     assert counts["samples_window"] == len(records)
     # Two worker processes, each handed the tokenizer once: the same windows, in the same order.
     assert extract_samples(
-        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, tokenizer=tokenizer, workers=2
+        tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract, own=own, tokenizer=tokenizer,
+        workers=2,
     ) == (records, counts)
     with pytest.raises(ValueError, match="needs the base model's tokenizer"):
         extract_samples(tmp_path, repo="r", sha="0" * 40, task_name="completion", extract=extract)
 
 
 def test_windows_with_long_literals_are_dropped():
-    params = FilterParams(max_literal_chars=20)
+    shared, own = FilterParams(), completion.Filter(max_literal_chars=20)
     blob = {"input": 'const val S = "' + "\\uD83C" * 10 + '"\nval x = ', "target": "1"}
-    assert completion.drop_reason(blob, params) == "long_literal"
-    assert completion.drop_reason({"input": "val x = listOf(1, 2)\nval y = ", "target": "x"}, params) is None
+    assert completion.drop_reason(blob, shared, own) == "long_literal"
+    assert completion.drop_reason({"input": "val x = listOf(1, 2)\nval y = ", "target": "x"}, shared, own) is None
 
 
 def test_completion_postprocess_keeps_indentation_and_cuts_lines():
-    line = ExtractParams().window
+    line = completion.Extract()
+    assert completion.default_stop(line) == ["\n"]
     assert completion.postprocess("  x + 1)\nmore", ["\n"], line) == "  x + 1)"
     assert completion.postprocess("\nnext line", ["\n"], line) == ""
-    two = WindowParams(target="lines", lines=2)
+    two = completion.Extract(window=WindowParams(target="lines", lines=2))
+    assert completion.default_stop(two) == []
     assert completion.postprocess(" a\n    b\n    c", [], two) == " a\n    b"
 
 
@@ -175,7 +186,7 @@ def python_samples(code: str, **extract) -> dict[str, dict]:
     tree = parser("python").parse(code.encode())
     found = list(definitions("python", tree.root_node, code.encode()))
     counts: Counter = Counter()
-    return {s["name"]: s for s in method_name.samples(found, code, ExtractParams(**extract), counts)}
+    return {s["name"]: s for s in method_name.samples(found, code, method_name.Extract(**extract), counts)}
 
 
 def test_name_is_masked_everywhere_but_not_inside_other_words():
@@ -195,8 +206,9 @@ def test_method_name_samples_are_functions_with_masked_input():
     assert '"""Read every file."""' in python_samples(MODULE, keep_doc=True)["read_all"]["input"]
 
 
-def record(name: str, body: str | None, **extra) -> dict:
-    return {"name": name, "target": name.rsplit(".", 1)[-1], "body": body, "input": "x", **extra}
+def record(name: str, body: str | None, language: str = "kotlin", **extra) -> dict:
+    return {"name": name, "target": name.rsplit(".", 1)[-1], "body": body, "input": "x", "language": language,
+            **extra}
 
 
 @pytest.mark.parametrize(
@@ -206,20 +218,24 @@ def record(name: str, body: str | None, **extra) -> dict:
         (record("test_area", "{\n  a()\n  b()\n  c()\n}", is_test=True), "test"),
         (record("Shape.draw", "{\n    super.draw(canvas)\n}"), "super_call"),
         (record("Shape.draw", "= super.draw(canvas)"), "super_call"),
-        (record("Shape.getWidth", "{\n    return this.width;\n}"), "accessor"),
-        (record("Shape.setWidth", "{ this.width = width; }"), "accessor"),
-        (record("Shape.area", "{\n    return w * h;\n}"), "short_body"),
-        (record("Shape.__repr__", ":\n    a = 1\n    b = 2\n    return a"), "dunder"),
+        (record("Shape.draw", "= super<Base>.draw(canvas)"), "super_call"),
+        (record("Shape.draw", "{\n    super.draw(canvas);\n}", "java"), "super_call"),
+        (record("Shape.draw", "return super().draw(canvas)", "python"), "super_call"),
+        (record("Shape.getWidth", "{\n    return this.width;\n}", "java"), "accessor"),
+        (record("Shape.setWidth", "{ this.width = width; }", "java"), "accessor"),
+        (record("Shape.getWidth", "return self.width", "python"), "accessor"),
+        (record("Shape.area", "{\n    return w * h;\n}", "java"), "short_body"),
+        (record("Shape.__repr__", "a = 1\n    b = 2\n    return a", "python"), "dunder"),
         (record("Shape.render", "{\n    val a = 1\n    val b = 2\n    draw(a, b)\n}"), None),
         (record("Shape.getArea", "{\n    val a = w\n    val b = h\n    return a * b\n}"), None),
     ],
 )
 def test_method_name_drop_reasons(sample, reason):
-    assert method_name.drop_reason(sample, FilterParams()) == reason
+    assert method_name.drop_reason(sample, FilterParams(), method_name.Filter()) == reason
 
 
 def test_method_name_postprocess_takes_the_first_identifier():
-    window = ExtractParams().window
+    window = method_name.Extract()
     assert method_name.postprocess("  `getName`()\nmore", ["\n"], window) == "getName"
     assert method_name.postprocess("\n\n  compute_total\n", ["\n"], window) == "compute_total"
     assert method_name.postprocess("   ", ["\n"], window) == ""
@@ -250,7 +266,7 @@ def test_docstring_samples_from_kotlin_and_java_fixtures(tmp_path: Path):
     shutil.copytree(fixtures / "java", tmp_path / "java")
     records, counts = extract_samples(
         tmp_path, repo="r", sha="0" * 40, task_name="docstring",
-        extract=ExtractParams(languages=["kotlin", "java"], target="summary"),
+        extract=ExtractParams(languages=["kotlin", "java"]),
     )
     assert counts["files_parsed_kotlin"] == 1 and counts["files_parsed_java"] == 1
     assert {r["language"] for r in records} == {"kotlin", "java"}
@@ -365,6 +381,8 @@ def _has_type(value: object, annotation: object) -> bool:
         return value in args
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, a) for a in args)
+    if origin is type:  # type[Section]
+        return isinstance(value, type) and issubclass(value, args[0])
     if origin is tuple:  # tuple[str, ...]
         return isinstance(value, tuple) and all(_has_type(v, args[0]) for v in value)
     if origin is collections.abc.Mapping:
@@ -377,7 +395,7 @@ def test_the_task_contract_lists_every_attribute_callers_use():
     """The Protocol names the 22 attributes read of a task module across src/ and stages/."""
     constants, functions = _contract()
     assert set(constants) == {
-        "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "CHAT_PROMPT", "DECODING", "TRAINING",
+        "Params", "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "CHAT_PROMPT", "DECODING", "TRAINING",
         "STOP_AFTER_LEADING_WHITESPACE", "METRICS", "PRIMARY_METRIC", "WRONG_KIND", "RETRIEVAL_QUERY",
         "CONTEXT_LEAK", "DOC_TARGETS",
     }
@@ -395,7 +413,7 @@ def _contract_problems(module: object) -> list[str]:
     for attr, annotation in constants.items():
         if not hasattr(module, attr):
             problems.append(f"no {attr}")
-        elif callable(value := getattr(module, attr)):
+        elif callable(value := getattr(module, attr)) and not isinstance(value, type):
             problems.append(f"{attr} is a constant of the contract, got a function")
         elif not _has_type(value, annotation):
             problems.append(f"{attr} = {value!r} is not a {annotation}")
@@ -404,12 +422,13 @@ def _contract_problems(module: object) -> list[str]:
             problems.append(f"{attr} must be a function")
             continue
         got = inspect.signature(function).parameters
-        # The positional parameters, by name; ``samples``' **context (the tokenizer, the path) is
-        # only for tasks with NEEDS_TOKENIZER, which take them as keywords.
+        # The positional parameters, by name; ``samples``' **context (the language, the path and,
+        # for tasks with NEEDS_TOKENIZER, the tokenizer) may be taken as keywords.
         want = [p for p in signature.parameters if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
         if list(got)[: len(want)] != want:
             problems.append(f"{attr}{inspect.signature(function)}: its parameters must start with {want}")
-        context = {"path", "tokenizer"} if attr == "samples" and getattr(module, "NEEDS_TOKENIZER", False) else set()
+        context = {"language", "path"} if attr == "samples" else set()
+        context |= {"tokenizer"} if attr == "samples" and getattr(module, "NEEDS_TOKENIZER", False) else set()
         extra = [p for p in list(got)[len(want):] if got[p].default is inspect.Parameter.empty
                  and got[p].kind is not inspect.Parameter.VAR_KEYWORD and p not in context]
         if extra:
@@ -428,6 +447,9 @@ def test_every_registered_task_provides_the_contract(name):
     assert module.PRIMARY_METRIC in module.METRICS
     assert set(module.METRICS) <= set(metrics.METRICS)
     assert module.PROMPTS and all("{code}" in text for text in module.PROMPTS.values())
+    # Its own knobs: a section for the extract stage and one for the filter stage, all defaulted.
+    assert list(module.Params.model_fields) == ["extract", "filter"]
+    assert module.Params() == module.Params.model_validate({})
 
 
 def test_a_task_short_of_the_contract_is_told_what_it_lacks():
@@ -523,7 +545,7 @@ def test_docstring_wrong_kind_is_code_where_prose_is_asked(output, wrong):
     ("The name is getFoo", True), ("fun getFoo() {", True), ("", True), ("get foo", True),
 ])
 def test_method_name_wrong_kind_is_judged_on_what_the_model_wrote(raw, wrong):
-    assert method_name.wrong_kind(method_name.postprocess(raw, ["\n"], ExtractParams().window), raw) is wrong
+    assert method_name.wrong_kind(method_name.postprocess(raw, ["\n"], method_name.Extract()), raw) is wrong
 
 
 @pytest.mark.parametrize(("raw", "wrong"), [

@@ -36,7 +36,7 @@ from repotune.filters import truncate_tokens
 from repotune.generation_cache import generate_cached, read_cache, speed, write_cache
 from repotune.judge import judge_model_folder
 from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, resolve_precision, set_threads
-from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams
+from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams, Section
 from repotune.prompts import Prompter, fitted_prompts, template_text
 from repotune.provenance import model_identity
 from repotune.tasks import TASKS, candidate_files, iter_file_samples, task
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 def undocumented_samples(
-    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter, *,
+    definitions: Sequence[Definition], text: str, own: Any, counts: Counter, *,
     max_input_tokens: int, keep: str, **context: Any,
 ) -> Iterator[dict[str, Any]]:
     """The extract engine's sampler for teacher inputs (see ``tasks.iter_file_samples``): each
@@ -149,7 +149,7 @@ def teacher_records(
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Training records from the teacher's answers to `inputs`, held to the gold targets'
     standard: an empty answer, or one the task's own filter would drop (``drop_reason``, e.g. a
-    docstring under ``filter.min_target_tokens``), is dropped and counted
+    docstring under ``task.docstring.filter.min_target_tokens``), is dropped and counted
     (``teacher_dropped_<reason>``).
 
     Each record keeps the provenance (teacher, decoding, prompt template) plus the sha256 of
@@ -187,6 +187,8 @@ class Teaching:
     task_name: str
     extract: ExtractParams
     filter: FilterParams
+    own_extract: Section  # task.<name>.extract
+    own_filter: Section  # task.<name>.filter
     prompt: PromptParams
     decoding: DecodingParams
     max_length: int  # train.max_length: prompts are cut to it less decoding.max_new_tokens
@@ -228,7 +230,7 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
 
     device = resolve_device(s.device)
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.extract.window)
+    stop = s.decoding.stop if s.decoding.stop is not None else module.default_stop(s.own_extract)
     cache = read_cache(cache_file)
     rows, generated = generate_cached(
         teacher, {"train": prompts}, cache, identity, s.decoding, stop=stop,
@@ -241,11 +243,11 @@ def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Pa
                   "template_text": template_text(s.prompt, s.task_name), "chat_template": s.prompt.chat_template}
 
     def postprocess(raw: str) -> str:
-        return module.postprocess(raw, stop, s.extract.window)
+        return module.postprocess(raw, stop, s.own_extract)
 
     targets, kept = teacher_records(
         inputs, prompts, rows["train"], postprocess,
-        lambda record: module.drop_reason(record, s.filter), provenance,
+        lambda record: module.drop_reason(record, s.filter, s.own_filter), provenance,
     )
     counts.update(kept)
     if s.mode == "sequence":

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import pathspec
 
-# File suffixes per language (the language modules under repotune.languages parse them).
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "python": (".py",),
-    "kotlin": (".kt", ".kts"),
-    "java": (".java",),
-}
+from repotune.languages import extensions
 
 # How a git-LFS pointer file starts (https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md):
 # clone runs no LFS smudge, so a file stored in LFS is this small text, not code.
@@ -98,7 +93,7 @@ def candidate_paths(
     is_test = pathspec.PathSpec.from_lines("gitignore", tests)
     included = pathspec.PathSpec.from_lines("gitignore", include)
     excluded = pathspec.PathSpec.from_lines("gitignore", exclude)
-    suffixes = EXTENSIONS[lang]
+    suffixes = extensions(lang)
     for path in sorted(root.rglob("*")):
         if path.suffix not in suffixes or path.is_dir():
             continue

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from repotune.codetokens import TOKEN as _TOKEN
 from repotune.codetokens import count_tokens
 from repotune.params import FilterParams
+from repotune.sections import Section
 from repotune.tasks import task
 
 __all__ = ["count_tokens", "filter_samples", "truncate_tokens"]
@@ -45,11 +46,12 @@ def _short_name(record: dict) -> str:
 
 
 def filter_samples(
-    records: Iterable[dict], params: FilterParams, task_name: str
+    records: Iterable[dict], params: FilterParams, task_name: str, own: Section | None = None
 ) -> tuple[list[dict], Counter]:
     """Keep the samples that pass every filter, in the order given; truncate long inputs.
 
-    Kinds not in ``params.kinds`` (when given) go first, then the task's ``drop_reason``. Of exact duplicates (same whitespace-normalised
+    Kinds not in ``params.kinds`` (when given) go first, then the task's ``drop_reason`` (with
+    `own`, its ``task.<name>.filter``; None: its defaults). Of exact duplicates (same whitespace-normalised
     input; for tasks with ``DUPLICATE_TARGETS``, also the same target and name) the first is
     kept. Inputs longer than ``max_input_tokens`` are cut, marked ``input_truncated``.
 
@@ -58,6 +60,7 @@ def filter_samples(
         ``dropped_<reason>`` and ``truncated_input``.
     """
     module = task(task_name)
+    own = own if own is not None else module.Params().filter
     counts: Counter = Counter()
     kept: list[dict] = []
     inputs: set[str] = set()
@@ -67,7 +70,7 @@ def filter_samples(
         if params.kinds and record["kind"] not in params.kinds:
             reason = "kind"
         else:
-            reason = module.drop_reason(record, params)
+            reason = module.drop_reason(record, params, own)
         if reason is None and params.drop_duplicates:
             normalised = _WHITESPACE.sub(" ", record["input"]).strip()
             key = (record["target"], _short_name(record))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from repotune import sources as code_sources
 from repotune.filters import filter_samples
 from repotune.params import ExtractParams, FilterParams, SourceParams
+from repotune.sections import Section
 from repotune.tasks import extract_samples
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ def mine(
     extract: ExtractParams,
     filter_params: FilterParams,
     scratch: Path,
+    own_extract: Section | None = None,
+    own_filter: Section | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     workers: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -43,6 +46,7 @@ def mine(
     Args:
         sources: ``benchmark.ood.sources`` (language -> source).
         task_name, extract, filter_params: the run's ``task.name``, ``extract`` and ``filter``.
+        own_extract, own_filter: the task's ``task.<name>.extract`` and ``.filter`` (None: its defaults).
         scratch: an empty folder for the checkouts.
         tokenizer: the base model's tokenizer, for tasks that cut on model tokens.
         workers: processes parsing files.
@@ -66,9 +70,10 @@ def mine(
         files = code_sources.export_tree(checkout, tree)
         records, extracted = extract_samples(
             tree, repo=source.url, sha=sha, task_name=task_name,
-            extract=extract.model_copy(update={"languages": [language]}), tokenizer=tokenizer, workers=workers,
+            extract=extract.model_copy(update={"languages": [language]}), own=own_extract, tokenizer=tokenizer,
+            workers=workers,
         )
-        language_kept, filtered = filter_samples(records, filter_params, task_name)
+        language_kept, filtered = filter_samples(records, filter_params, task_name, own_filter)
         languages[language] = _language_metrics(source, sha, files, extracted, filtered, len(language_kept))
         if not language_kept:
             languages[language]["skipped"] = (

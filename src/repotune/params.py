@@ -23,17 +23,39 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from repotune.errors import ParamsError
 from repotune.languages import LANGUAGES
+from repotune.sections import Section
 from repotune.tasks import TASKS
 
-# The names params.yaml accepts come from the registries (one list each, in registry order).
-TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
-LanguageName = Literal[tuple(LANGUAGES)]  # type: ignore[valid-type]
+__all__ = ["Params", "Section", "load", "parse", "schema"]
+
+# The names params.yaml accepts come from the registries (repotune.tasks.TASKS,
+# repotune.languages.LANGUAGES), checked when params load, so that a task or a language
+# registered at run time is one too.
+
+# Keys that moved under the task that reads them (issue 20): old key -> new key. Loading a
+# params.yaml that still sets one says where it went instead of only "not a known key".
+MOVED = {
+    "extract.target": "task.docstring.extract.target",
+    "extract.doc_tags": "task.docstring.extract.doc_tags",
+    "extract.window": "task.completion.extract.window",
+    "extract.mask": "task.method_name.extract.mask",
+    "extract.keep_doc": "task.method_name.extract.keep_doc",
+    **{f"filter.{key}": f"task.docstring.filter.{key}" for key in (
+        "min_target_tokens", "drop_private", "drop_placeholder_docs", "max_url_code_share",
+        "drop_name_only_docs", "drop_non_english_docs", "drop_deprecated",
+    )},
+    **{f"filter.{key}": f"task.method_name.filter.{key}" for key in (
+        "min_body_lines", "drop_accessors", "drop_super_calls",
+    )},
+    "filter.max_literal_chars": "task.completion.filter.max_literal_chars",
+}
 
 # Docs, examples, benchmarks, vendored code: not the repository's own code to learn from.
 # Tests are not listed here: each language's own test layouts are (its TEST_PATHS, see
@@ -52,41 +74,65 @@ DEFAULT_EXCLUDE = (
 )
 
 
-class Section(BaseModel):
-    """Base for every params section: frozen, strict types, unknown keys rejected."""
-
-    # Infinite and NaN floats are never a valid setting (train.lr: .inf trained to NaN weights).
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
-
-
 class SourceParams(Section):
     url: str = Field(min_length=1)
     rev: str = Field(default="HEAD", min_length=1)
     submodules: bool = False
 
 
-class TaskParams(Section):
-    name: TaskName = "docstring"
+class _TaskSection(Section):
+    """``task``: the task the run does (``name``, a key of repotune.tasks.TASKS) and, under each
+    task's name, that task's own knobs (its ``Params``: ``task.<name>.extract`` read by the stages
+    that extract, ``task.<name>.filter`` by those that filter). :func:`task_section` adds one
+    field per registered task."""
+
+    name: str = "docstring"
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in TASKS:
+            raise ValueError(f"must be one of the tasks ({', '.join(TASKS)}), got {name!r}")
+        return name
+
+    @property
+    def own(self) -> Section:
+        """``task.<name>``: the knobs of the task the run does."""
+        return getattr(self, self.name)
+
+    @property
+    def extract(self) -> Section:
+        """``task.<name>.extract`` of the task the run does."""
+        return self.own.extract
+
+    @property
+    def filter(self) -> Section:
+        """``task.<name>.filter`` of the task the run does."""
+        return self.own.filter
 
 
-class WindowParams(Section):
-    """Sliding windows of the completion task, in tokens of the base model's tokenizer."""
+def task_section() -> type[_TaskSection]:
+    """The ``task`` section for the tasks registered now: ``name`` and one field per task."""
+    fields = {name: (module.Params, module.Params()) for name, module in TASKS.items()}
+    return create_model("TaskParams", __base__=_TaskSection, __module__=__name__, **fields)
 
-    prefix_tokens: int = Field(default=256, gt=0)
-    target: Literal["tokens", "line", "lines"] = "line"
-    target_tokens: int = Field(default=32, gt=0)
-    lines: int = Field(default=2, gt=0)
-    stride: int = Field(default=256, gt=0)
-    min_file_tokens: int = Field(default=64, gt=0)
-    seed: int = 42
+
+TaskParams = task_section()
+
+
+def _language(name: str) -> str:
+    if name not in LANGUAGES:
+        raise ValueError(f"must be one of the languages ({', '.join(LANGUAGES)}), got {name!r}")
+    return name
 
 
 class ExtractParams(Section):
-    languages: list[LanguageName] = Field(
+    """``extract``: which files are mined, for every task (a task's own knobs are under
+    ``task.<name>.extract``)."""
+
+    languages: list[Annotated[str, AfterValidator(_language)]] = Field(
         default_factory=lambda: ["python"], min_length=1
     )
-    target: Literal["summary", "full"] = "summary"
-    doc_tags: Literal["keep", "strip"] = "keep"
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     # Skip the test files of each language mined, by its own conventions (Python's tests/ and
@@ -94,9 +140,6 @@ class ExtractParams(Section):
     exclude_tests: bool = True
     generated: list[str] = Field(default_factory=list)
     max_file_bytes: int = Field(default=1_000_000, gt=0)
-    window: WindowParams = WindowParams()
-    mask: str = Field(default="<MASK>", min_length=1)
-    keep_doc: bool = False
     # Processes parsing files; 0 = every core this process may use. Output bytes do not depend on it.
     workers: int = Field(default=0, ge=0)
 
@@ -108,23 +151,15 @@ class ExtractParams(Section):
 
 
 class FilterParams(Section):
+    """``filter``: what every task's filter stage does (a task's own reasons to drop a sample
+    have their knobs under ``task.<name>.filter``). drop_dunder and drop_tests are here as more
+    than one task reads them."""
+
     kinds: list[str] = Field(default_factory=list)
-    min_target_tokens: int = Field(default=8, ge=0)
     max_input_tokens: int = Field(default=400, gt=0)
     drop_duplicates: bool = True
     drop_dunder: bool = True
     drop_tests: bool = True
-    drop_private: bool = False
-    min_body_lines: int = Field(default=3, ge=0)
-    drop_accessors: bool = True
-    drop_super_calls: bool = True
-    max_literal_chars: int = Field(default=120, gt=0)
-    # Docstring target quality (repotune.tasks.docstring): one reason each in metrics/filter.json.
-    drop_placeholder_docs: bool = True
-    max_url_code_share: float = Field(default=0.4, gt=0, le=1)
-    drop_name_only_docs: bool = True
-    drop_non_english_docs: bool = True
-    drop_deprecated: bool = True
 
 
 class NearDuplicateParams(Section):
@@ -416,10 +451,9 @@ class DecodingParams(Section):
 
 
 def _known_language(name: str) -> str:
-    # The languages extract.languages allows (its Literal), so the two lists cannot drift.
-    known = get_args(get_args(ExtractParams.model_fields["languages"].annotation)[0])
-    if name not in known:
-        raise ValueError(f"{name!r} is not a language (keys must be one of {', '.join(known)})")
+    # The languages of the registry, as extract.languages allows them.
+    if name not in LANGUAGES:
+        raise ValueError(f"{name!r} is not a language (keys must be one of {', '.join(LANGUAGES)})")
     return name
 
 
@@ -572,7 +606,7 @@ class EvaluateParams(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "source": SourceParams,
-    "task": TaskParams,
+    "task": TaskParams,  # as assembled at import; schema().model_fields["task"] after a register
     "extract": ExtractParams,
     "filter": FilterParams,
     "split": SplitParams,
@@ -595,7 +629,7 @@ class Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     source: SourceParams
-    task: TaskParams = TaskParams()
+    task: TaskParams = TaskParams()  # type: ignore[valid-type]
     extract: ExtractParams = ExtractParams()
     filter: FilterParams = FilterParams()
     judge: JudgeParams = JudgeParams()
@@ -664,6 +698,22 @@ class Params(BaseModel):
         return self
 
 
+# Params for the registry as it is (task names and their ids): see schema().
+_SCHEMAS: dict[tuple[tuple[str, int], ...], type[Params]] = {
+    tuple((name, id(module)) for name, module in TASKS.items()): Params,
+}
+
+
+def schema() -> type[Params]:
+    """The params model for the tasks registered now: :class:`Params`, or (after
+    :func:`repotune.tasks.register` added a task) a subclass whose ``task`` section has it too."""
+    key = tuple((name, id(module)) for name, module in TASKS.items())
+    if key not in _SCHEMAS:
+        section = task_section()
+        _SCHEMAS[key] = create_model("Params", __base__=Params, __module__=__name__, task=(section, section()))
+    return _SCHEMAS[key]
+
+
 def _is_model(annotation: object) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
@@ -675,6 +725,10 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
         loc = loc[:-2]
     key = ".".join(loc) or "(top level)"
     kind = error["type"]
+    if kind == "extra_forbidden" and key in MOVED:
+        task = MOVED[key].split(".")[1]
+        return (f"{key} has moved to {MOVED[key]}: the {task} task's own knobs are under "
+                f"task.{task}")
     if kind == "extra_forbidden":
         owner: type[BaseModel] = model
         for part in loc[:-1]:
@@ -700,10 +754,11 @@ def parse(raw: object, origin: str = "params.yaml") -> Params:
     """Validate a params mapping; raise :class:`ParamsError` listing every problem."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    model = schema()
     try:
-        return Params.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{origin}: {_describe(e, Params)}" for e in exc.errors()]
+        lines = [f"{origin}: {_describe(e, model)}" for e in exc.errors()]
         raise ParamsError("\n".join(lines)) from None
 
 

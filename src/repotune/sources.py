@@ -20,7 +20,7 @@ from typing import IO
 
 from repotune import atomic
 from repotune.errors import RepotuneError
-from repotune.files import EXTENSIONS
+from repotune.languages import LANGUAGES
 
 PYPI_PREFIX = "pypi:"
 NPM_PREFIX = "npm:"
@@ -402,9 +402,9 @@ def export_tree(checkout: Path, dest: Path) -> dict[str, int]:
     """
     import shutil
 
-    by_suffix = {suffix: lang for lang, suffixes in EXTENSIONS.items() for suffix in suffixes}
+    by_suffix = {suffix: lang for lang, module in LANGUAGES.items() for suffix in module.EXTENSIONS}
     counts: dict[str, int] = {"files": 0, "bytes": 0, "symlinks_skipped": 0, "files_other": 0}
-    counts.update({f"files_{lang}": 0 for lang in EXTENSIONS})
+    counts.update({f"files_{lang}": 0 for lang in LANGUAGES})
     for path in sorted(checkout.rglob("*")):
         rel = path.relative_to(checkout)
         if ".git" in rel.parts:

@@ -28,10 +28,13 @@ BAD_PARAMS = [
     ("split", "train", 1.5, "split.train must be less than or equal to 1, got 1.5"),
     ("split", "by", "folder", "split.by must be 'file' or 'sample', got 'folder'"),
     ("split", "seed", "x", "split.seed must be a valid integer, got 'x'"),
-    ("task", "name", "translate", "task.name must be 'docstring', 'completion' or 'method_name', got 'translate'"),
-    ("extract", "languages", ["cobol"], "extract.languages.0 must be 'python', 'kotlin' or 'java', got 'cobol'"),
-    ("extract", "target", "all", "extract.target must be 'summary' or 'full', got 'all'"),
-    ("filter", "min_target_tokens", -1, "filter.min_target_tokens must be greater than or equal to 0, got -1"),
+    ("task", "name", "translate", "task.name: must be one of the tasks (docstring, completion, method_name), got 'translate'"),
+    ("extract", "languages", ["cobol"], "extract.languages.0: must be one of the languages (python, kotlin, java), got 'cobol'"),
+    ("task.docstring.extract", "target", "all", "task.docstring.extract.target must be 'summary' or 'full', got 'all'"),
+    ("task.docstring.filter", "min_target_tokens", -1,
+     "task.docstring.filter.min_target_tokens must be greater than or equal to 0, got -1"),
+    ("extract", "target", "full", "extract.target has moved to task.docstring.extract.target: the docstring task's "
+     "own knobs are under task.docstring"),
     ("decoding", "max_new_tokens", 0, "decoding.max_new_tokens must be greater than 0, got 0"),
     ("decoding", "top_p", 2.0, "decoding.top_p must be less than or equal to 1, got 2.0"),
     ("decoding", "no_repeat_ngram_size", -1, "decoding.no_repeat_ngram_size must be greater than or equal to 0, got -1"),
@@ -60,7 +63,10 @@ def test_bad_params_stop_dvc_repro_with_one_clear_line(bare_project: Path, secti
     original = path.read_text()
     try:
         raw = yaml.safe_load(original)
-        raw[section][key] = value
+        node = raw
+        for part in section.split("."):  # task.docstring.filter: a nested section
+            node = node[part]
+        node[key] = value
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         done = subprocess.run([sys.executable, "-m", "dvc", "repro", "clone"], cwd=bare_project, env=dvc_env(),
                               capture_output=True, text=True)

@@ -81,6 +81,12 @@ GRADLE_TEST_FOLDERS = (
 TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.java", "*Tests.java", "*[a-z0-9]IT.java")
 # What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
 LINE_COMMENT = "//"
+# File suffixes, block comment markers, a method's receiver, a body that only calls the super
+# implementation (`return super.name(...);`): see repotune.languages.
+EXTENSIONS = (".java",)
+BLOCK_COMMENT = ("/*", "*/")
+SELF = "this"
+SUPER_CALL = re.compile(r"^(return\s+)?super\.(?P<name>[\w$]+)\s*\(.*\)\s*;?$", re.S)
 
 
 def grammar() -> object:
@@ -287,3 +293,17 @@ def definitions(root: Node, src: bytes) -> Iterator[Definition]:
         annotation_names=_annotation_names, body=lambda node: node.child_by_field_name("body"),
         class_kinds=_CLASS_KINDS,
     )
+
+
+def marked_deprecated(code: str) -> bool:  # noqa: ARG001 - see below
+    """Whether a definition's code marks it deprecated: never looked at for Java (its doc
+    comment's ``@deprecated`` is; an ``@Deprecated`` annotation is not, yet)."""
+    return False
+
+
+def body_statements(body: str) -> list[str]:
+    """The non-blank lines of a method body without its braces, stripped."""
+    text = body.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    return [line.strip() for line in text.splitlines() if line.strip() not in ("", "{", "}")]

@@ -30,6 +30,7 @@ classes and objects, anything inside them); test files as in ``java`` (:data:`TE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from tree_sitter import Node
@@ -46,6 +47,12 @@ _NOT_RECEIVER = ("modifiers", "type_parameters", "line_comment", "block_comment"
 TEST_PATHS = GRADLE_TEST_FOLDERS + ("*Test.kt", "*Tests.kt", "*[a-z0-9]IT.kt")
 # What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
 LINE_COMMENT = "//"
+# File suffixes, block comment markers, a method's receiver, a body that only calls the super
+# implementation (`super.name(...)`, `super<Base>.name(...)`): see repotune.languages.
+EXTENSIONS = (".kt", ".kts")
+BLOCK_COMMENT = ("/*", "*/")
+SELF = "this"
+SUPER_CALL = re.compile(r"^(return\s+)?super(<[^>]*>)?\.(?P<name>[\w$]+)\s*\(.*\)\s*;?$", re.S)
 
 
 def grammar() -> object:
@@ -156,3 +163,20 @@ def definitions(root: Node, src: bytes) -> Iterator[Definition]:
         "kotlin", root, src, grammar=grammar, name=_name, scope_name=_scope_name, kind=_kind, modifiers=_modifiers,
         annotation_names=_annotation_names, body=_body, class_kinds=_CLASS_KINDS,
     )
+
+
+def marked_deprecated(code: str) -> bool:  # noqa: ARG001 - see below
+    """Whether a definition's code marks it deprecated: never looked at for Kotlin (its KDoc's
+    ``@deprecated`` is; a ``@Deprecated`` annotation is not, yet)."""
+    return False
+
+
+def body_statements(body: str) -> list[str]:
+    """The non-blank lines of a function body without its braces, or of an expression body
+    without its ``=``, stripped."""
+    text = body.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    elif text.startswith("="):
+        text = text[1:]
+    return [line.strip() for line in text.splitlines() if line.strip() not in ("", "{", "}")]

@@ -22,8 +22,21 @@ _DEFINITIONS = ("function_definition", "class_definition")
 # Test files (gitignore-style, see extract.exclude_tests): pytest's and unittest's layouts and
 # names. A pattern without an inner slash matches at any depth (pkg/tests/, a/b/test_x.py).
 TEST_PATHS = ("tests/", "test/", "testing/", "test_*.py", "*_test.py", "conftest.py")
-# What starts a line comment (prompts render retrieved context as comments, see repotune.prompts).
+# File suffixes of the language (walking a tree needs no grammar: repotune.files).
+EXTENSIONS = (".py",)
+# What starts a line comment (prompts render retrieved context as comments, see repotune.prompts;
+# the completion task strips a licence header written in comments).
 LINE_COMMENT = "#"
+# Block comment markers (start, end), None when the language has none.
+BLOCK_COMMENT = None
+# The receiver of a method inside its body (trivial accessors: `return self.x`).
+SELF = "self"
+# One statement (optionally `return`) that only calls the super implementation: `super().name(...)`.
+SUPER_CALL = re.compile(r"^(return\s+)?super\(\)\.(?P<name>[\w$]+)\s*\(.*\)\s*;?$", re.S)
+
+_DEPRECATED_DECORATOR = re.compile(r"^\s*@(?:[\w.]+\.)?deprecated\b", re.M)
+_DEF_LINE = re.compile(r"^\s*(?:async\s+def|def|class)\s")
+_WARNING_CALL = re.compile(r"\s*(?:warnings\.)?warn\w*\(")
 
 
 def grammar() -> object:
@@ -142,3 +155,26 @@ def definitions(root: Node, src: bytes) -> Iterator[Definition]:
             modifiers=decorators,
             is_test=is_test(qualname),
         )
+
+
+def marked_deprecated(code: str) -> bool:
+    """Whether a definition's code (its doc comment removed) marks it deprecated: a
+    ``@deprecated`` decorator of its own, or a body that opens with a warning call naming a
+    deprecation (a stub that warns and delegates)."""
+    lines = code.splitlines()
+    start = next((i for i, line in enumerate(lines) if _DEF_LINE.match(line)), None)
+    if start is None:
+        return False
+    # Only the definition's own decorators: a class with one deprecated method is not deprecated.
+    if _DEPRECATED_DECORATOR.search("\n".join(lines[:start])):
+        return True
+    # The signature ends at the first line ending with ':'; the body's first statement follows.
+    end = next((i for i in range(start, len(lines)) if lines[i].rstrip().endswith(":")), len(lines))
+    body = [line for line in lines[end + 1 :] if line.strip()][:4]
+    opening = "\n".join(body)
+    return bool(_WARNING_CALL.match(opening)) and "eprecat" in opening
+
+
+def body_statements(body: str) -> list[str]:
+    """The non-blank lines of a function body (a block: no braces to drop), stripped."""
+    return [line.strip() for line in body.strip().splitlines() if line.strip() not in ("", "{", "}")]

@@ -4,20 +4,26 @@ A task module is a :class:`Task`: the Protocol names every attribute callers use
 tests/test_tasks.py checks that every registered task provides each, with the right kind
 (function or constant). The contract, by the stage that reads it:
 
+- params: ``Params``, the task's own knobs (a :class:`repotune.sections.Section` with two
+  sections, ``extract`` and ``filter``, each read by the stage of its name): params.yaml's
+  ``task.<name>`` (``task.docstring.extract.target``, ``task.completion.extract.window``); the
+  schema's ``task`` section is assembled from :data:`TASKS`;
 - extract: ``samples(definitions, text, extract, counts, **context)``: partial records cut from
   one parsed file (``kind``, ``name``, ``start_line``, ``end_line``, ``input``, ``target`` and
-  any fields its filters need); ``NEEDS_TOKENIZER`` says whether it needs the base model's
-  tokenizer (``context``: ``path`` and ``tokenizer``);
-- filter: ``drop_reason(record, filter_params)``: its own reasons to drop a sample;
+  any fields its filters need), `extract` being its ``task.<name>.extract``; ``context`` holds
+  the file's ``language`` and ``path`` and, for a task with ``NEEDS_TOKENIZER``, the base
+  model's ``tokenizer``; a task asks the language (:mod:`repotune.languages`) about syntax;
+- filter: ``drop_reason(record, filter_params, own)``: its own reasons to drop a sample (the
+  shared ``filter`` section and its ``task.<name>.filter``);
   ``DUPLICATE_TARGETS``: whether samples with the same target (and name) are duplicates too;
   ``KEEP_INPUT`` (``head`` or ``tail``) says which end of a too-long input to keep;
 - prompts, train, generate: ``PROMPTS`` (named default templates, ``{code}`` =
   :func:`prompt_input`; params.yaml's ``prompt.template`` and ``benchmark.templates`` are
   checked against them when params load), ``prompt_input(record)``, ``completion(record)`` (the
-  text trained to follow the prompt), ``default_stop(window)`` (stop strings when
-  ``decoding.stop`` is null; `window`: the ``extract.window`` params, all of ``extract`` a
-  completion's shape depends on), ``STOP_AFTER_LEADING_WHITESPACE`` and
-  ``postprocess(raw, stop, window)`` (model output -> prediction); ``DECODING``: its values for
+  text trained to follow the prompt), ``default_stop(extract)`` (stop strings when
+  ``decoding.stop`` is null; `extract`: its ``task.<name>.extract``, which decides the shape of
+  a target), ``STOP_AFTER_LEADING_WHITESPACE`` and ``postprocess(raw, stop, extract)`` (model
+  output -> prediction); ``DECODING``: its values for
   the ``decoding`` keys left null (see :func:`resolved_decoding`), and ``TRAINING`` for the
   ``train`` keys left null (see :func:`resolved_training`);
 - ``CHAT_PROMPT``: the request put to an instruct model through its chat template, for the
@@ -35,6 +41,9 @@ tests/test_tasks.py checks that every registered task provides each, with the ri
   input; ``whole``: all of it) and ``CONTEXT_LEAK``: what of the target a retrieved chunk must
   not hold (``identifier``: the target as a whole identifier; ``text``: its text, verbatim or as
   a near-duplicate; None: nothing refused), see ``repotune.retrieval``.
+
+Adding a task: a module here and one line in :data:`TASKS` (or :func:`register`, for a task
+defined elsewhere); see docs/extending.md.
 """
 
 from __future__ import annotations
@@ -52,13 +61,14 @@ from tqdm import tqdm
 
 from repotune.files import candidate_paths, read_source
 from repotune.languages import definitions, parser, paths_of_tests
+from repotune.sections import Section
 from repotune.tasks import completion, docstring, method_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from repotune.languages import Definition
-    from repotune.params import DecodingParams, ExtractParams, FilterParams, TrainParams, WindowParams
+    from repotune.params import DecodingParams, ExtractParams, FilterParams, TrainParams
 
 
 class Task(Protocol):
@@ -68,18 +78,21 @@ class Task(Protocol):
     ``self``). tests/test_tasks.py checks every task of :data:`TASKS` against this list.
     """
 
+    # params: task.<name> (its fields: extract, filter)
+    Params: type[Section]
+
     # extract
     NEEDS_TOKENIZER: bool
 
     def samples(
-        self, definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter, **context: Any,
+        self, definitions: Sequence[Definition], text: str, extract: Section, counts: Counter, **context: Any,
     ) -> Iterator[dict[str, Any]]: ...
 
     # filter
     DUPLICATE_TARGETS: bool
     KEEP_INPUT: Literal["head", "tail"]
 
-    def drop_reason(self, record: Mapping[str, Any], params: FilterParams) -> str | None: ...
+    def drop_reason(self, record: Mapping[str, Any], params: FilterParams, own: Section) -> str | None: ...
 
     # prompts, train, generate
     PROMPTS: Mapping[str, str]
@@ -92,9 +105,9 @@ class Task(Protocol):
 
     def completion(self, record: Mapping[str, Any]) -> str: ...
 
-    def default_stop(self, window: WindowParams) -> list[str]: ...
+    def default_stop(self, extract: Section) -> list[str]: ...
 
-    def postprocess(self, raw: str, stop: Sequence[str], window: WindowParams) -> str: ...
+    def postprocess(self, raw: str, stop: Sequence[str], extract: Section) -> str: ...
 
     def chat_answer(self, raw: str) -> str: ...
 
@@ -118,6 +131,21 @@ TASKS: dict[str, Task] = {
     "completion": completion,
     "method_name": method_name,
 }
+# Not task names: the keys of params.yaml's task section besides the tasks' own, and the parts
+# of a task's params.
+_RESERVED = {"name", "extract", "filter"}
+
+
+def register(name: str, module: Task) -> None:
+    """Add a task to :data:`TASKS` at run time: a task defined outside this package (a plugin, a
+    test). params.yaml then accepts ``task.name: <name>`` and ``task.<name>.*`` (the schema is
+    assembled from the registry when params load). The built-in tasks are listed in TASKS."""
+    if not name.isidentifier() or name in _RESERVED:
+        raise ValueError(f"{name!r} cannot name a task: an identifier, not one of {sorted(_RESERVED)}")
+    fields = set(getattr(getattr(module, "Params", None), "model_fields", {}))
+    if fields != {"extract", "filter"}:
+        raise ValueError(f"task {name!r}: its Params must be a params section with the fields extract and filter")
+    TASKS[name] = module
 
 
 def task(name: str) -> Task:
@@ -165,6 +193,7 @@ def extract_samples(
     sha: str,
     task_name: str,
     extract: ExtractParams,
+    own: Section | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     workers: int = 1,
 ) -> tuple[list[dict[str, Any]], Counter]:
@@ -174,7 +203,7 @@ def extract_samples(
     """
     counts: Counter = Counter()
     records = list(iter_samples(
-        root, repo=repo, sha=sha, task_name=task_name, extract=extract, counts=counts,
+        root, repo=repo, sha=sha, task_name=task_name, extract=extract, own=own, counts=counts,
         tokenizer=tokenizer, workers=workers,
     ))
     return records, counts
@@ -188,6 +217,7 @@ def iter_samples(
     task_name: str,
     extract: ExtractParams,
     counts: Counter,
+    own: Section | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     workers: int = 1,
 ) -> Iterator[dict[str, Any]]:
@@ -201,8 +231,8 @@ def iter_samples(
         root: the repository's working tree.
         repo, sha: provenance written into every record.
         task_name: a key of :data:`TASKS`.
-        extract: the ``extract`` params (languages, include/exclude, exclude_tests,
-            task-specific knobs).
+        extract: the ``extract`` params (languages, include/exclude, exclude_tests, ...).
+        own: the task's own ``task.<name>.extract`` (None: its defaults).
         counts: updated in place as the records are yielded: the counts for
             metrics/extract.json (files seen/parsed/skipped per reason, per language;
             definitions; samples per kind; ``samples`` in all), complete once exhausted.
@@ -216,10 +246,11 @@ def iter_samples(
     """
     if task(task_name).NEEDS_TOKENIZER and tokenizer is None:
         raise ValueError(f"task {task_name!r} needs the base model's tokenizer")
+    own = own if own is not None else task(task_name).Params().extract
     files = candidate_files(root, extract, counts)
     counts["samples"] += 0  # present in the metrics even when nothing is found
     yield from iter_file_samples(
-        root, files, repo=repo, sha=sha, task_name=task_name, extract=extract, counts=counts,
+        root, files, repo=repo, sha=sha, task_name=task_name, extract=extract, own=own, counts=counts,
         tokenizer=tokenizer, workers=workers,
     )
 
@@ -256,6 +287,7 @@ def iter_file_samples(
     task_name: str,
     extract: ExtractParams,
     counts: Counter,
+    own: Section | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     workers: int = 1,
     sampler: Sampler | None = None,
@@ -266,8 +298,10 @@ def iter_file_samples(
     `sampler` cuts the partial records from each parsed file instead of the task's ``samples``
     (a module-level function or a ``functools.partial`` of one: workers receive it pickled);
     the engine adds the provenance (id, repo, sha, path, language, task) as for any sample.
+    `own`: the task's own ``task.<name>.extract`` (None: its defaults), handed to the sampler.
     """
-    init = (root, repo, sha, task_name, extract, tokenizer, sampler)
+    own = own if own is not None else task(task_name).Params().extract
+    init = (root, repo, sha, task_name, extract, own, tokenizer, sampler)
     progress = {"desc": "extract", "unit": " files", "total": len(files), "mininterval": 1.0}
     if workers <= 1 or len(files) < 2:
         _init_worker(*init)
@@ -299,11 +333,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    root: Path, repo: str, sha: str, task_name: str, extract: ExtractParams,
+    root: Path, repo: str, sha: str, task_name: str, extract: ExtractParams, own: Section,
     tokenizer: PreTrainedTokenizerBase | None, sampler: Sampler | None = None,
 ) -> None:
     _WORKER.update(
-        root=root, repo=repo, sha=sha, task_name=task_name, extract=extract, tokenizer=tokenizer,
+        root=root, repo=repo, sha=sha, task_name=task_name, extract=extract, own=own, tokenizer=tokenizer,
         sampler=sampler or task(task_name).samples,
         generated=pathspec.PathSpec.from_lines("gitignore", extract.generated),
         parsers={lang: parser(lang) for lang in extract.languages},
@@ -325,10 +359,12 @@ def _extract_file(item: tuple[str, str]) -> tuple[list[dict[str, Any]], Counter]
     counts["files_parsed"] += 1
     counts[f"files_parsed_{lang}"] += 1
     module = task(w["task_name"])
-    context = {"tokenizer": w["tokenizer"], "path": source.path} if module.NEEDS_TOKENIZER else {}
+    context = {"language": lang, "path": source.path}
+    if module.NEEDS_TOKENIZER:
+        context["tokenizer"] = w["tokenizer"]
     found = list(definitions(lang, tree.root_node, source.data))
     records = []
-    for sample in w["sampler"](found, source.data.decode("utf-8"), w["extract"], counts, **context):
+    for sample in w["sampler"](found, source.data.decode("utf-8"), w["own"], counts, **context):
         counts[f"samples_{sample['kind']}"] += 1
         counts[f"samples_{lang}"] += 1
         records.append({

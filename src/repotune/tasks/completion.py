@@ -6,7 +6,9 @@ the middle of a token, or right after a stray newline, makes small models write 
 alternative, token healing at generation time, would make the benchmark depend on a decoding
 trick the user's editor may not do; a boundary on the tokenizer's own tokens needs nothing.
 
-For each file (licence header removed; files shorter than ``window.min_file_tokens`` skipped):
+The knobs are ``task.completion.extract.window`` (``window`` below) and
+``task.completion.filter``. For each file (a licence header in the language's comments removed;
+files shorter than ``window.min_file_tokens`` skipped):
 an anchor every ``window.stride`` tokens; the cursor is a token boundary inside the anchor's
 line (after its first non-blank character, before its last), picked with a hash of
 (``window.seed``, path, anchor) among that line's boundaries; the prefix is up to
@@ -25,15 +27,52 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
-from repotune.languages import Definition
+from pydantic import Field
+
+from repotune.languages import Definition, module
+from repotune.sections import Section
 from repotune.stops import cut_at_stop
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from repotune.params import ExtractParams, FilterParams, WindowParams
+    from repotune.params import FilterParams
+
+
+class WindowParams(Section):
+    """Sliding windows of the completion task, in tokens of the base model's tokenizer."""
+
+    prefix_tokens: int = Field(default=256, gt=0)
+    target: Literal["tokens", "line", "lines"] = "line"
+    target_tokens: int = Field(default=32, gt=0)
+    lines: int = Field(default=2, gt=0)
+    stride: int = Field(default=256, gt=0)
+    min_file_tokens: int = Field(default=64, gt=0)
+    seed: int = 42
+
+
+class Extract(Section):
+    """``task.completion.extract``: how windows are cut (their shape also decides generation's
+    default stop and post-processing)."""
+
+    window: WindowParams = WindowParams()
+
+
+class Filter(Section):
+    """``task.completion.filter``: the completion task's own reasons to drop a window."""
+
+    max_literal_chars: int = Field(default=120, gt=0)
+
+
+class Params(Section):
+    """``task.completion``: this task's own knobs, each under the stage that reads it."""
+
+    extract: Extract = Extract()
+    filter: Filter = Filter()
+
 
 # Windows are duplicates only when their prefixes are.
 DUPLICATE_TARGETS = False
@@ -70,20 +109,30 @@ DOC_TARGETS = False
 RETRIEVAL_QUERY = "tail"
 CONTEXT_LEAK = None
 
-# A comment block at the top of a file that mentions a copyright or a licence.
-_HEADER = re.compile(r"\A(?:[ \t]*(?:#|//)[^\n]*\n|[ \t]*\n)+|\A[ \t\n]*/\*.*?\*/[ \t]*\n", re.S)
 _LICENCE = re.compile(r"copyright|licen[cs]e|spdx", re.I)
 _STRING = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")
 _RUN = re.compile(r"\S+")
 
 
-def strip_licence_header(text: str) -> tuple[str, int]:
-    """Drop a leading comment block that mentions a copyright or licence.
+@cache
+def _header(language: str) -> re.Pattern[str]:
+    """A comment block at the top of a file of `language`: its line comments (and a ``#!`` line),
+    or one block comment."""
+    lang = module(language)
+    lines = rf"\A(?:[ \t]*(?:{re.escape(lang.LINE_COMMENT)}|#!)[^\n]*\n|[ \t]*\n)+"
+    if lang.BLOCK_COMMENT is None:
+        return re.compile(lines, re.S)
+    start, end = map(re.escape, lang.BLOCK_COMMENT)
+    return re.compile(rf"{lines}|\A[ \t\n]*{start}.*?{end}[ \t]*\n", re.S)
+
+
+def strip_licence_header(text: str, language: str) -> tuple[str, int]:
+    """Drop a leading comment block (in `language`'s comments) that mentions a copyright or licence.
 
     Returns:
         The text and the number of lines removed (to keep line numbers of the original file).
     """
-    match = _HEADER.match(text)
+    match = _header(language).match(text)
     if not match or not _LICENCE.search(match.group(0)):
         return text, 0
     return text[match.end():], match.group(0).count("\n")
@@ -174,14 +223,15 @@ def windows(
 def samples(
     definitions: Sequence[Definition],
     text: str,
-    extract: ExtractParams,
+    extract: Extract,
     counts: Counter,
     *,
+    language: str,
     path: str,
     tokenizer: PreTrainedTokenizerBase,
 ) -> Iterator[dict[str, Any]]:
     """The windows of one file as partial records (kind ``window``, name ``line:column``)."""
-    body, header_lines = strip_licence_header(text)
+    body, header_lines = strip_licence_header(text, language)
     counts["files_licence_header_stripped"] += header_lines > 0
     for start, cursor, end in windows(body, path, tokenizer, extract.window, counts):
         target = body[cursor:end].rstrip()
@@ -203,13 +253,14 @@ def samples(
         }
 
 
-def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
-    """Windows dominated by a long literal (an escaped-unicode blob, base64, a huge number)."""
+def drop_reason(record: Mapping[str, Any], params: FilterParams, own: Filter) -> str | None:  # noqa: ARG001
+    """Windows dominated by a long literal (an escaped-unicode blob, base64, a huge number), longer
+    than ``task.completion.filter.max_literal_chars`` (`params`, the shared ``filter``: unused)."""
     window = record["input"] + record["target"]
     longest = max(
         (len(m.group(0)) for pattern in (_STRING, _RUN) for m in pattern.finditer(window)), default=0
     )
-    if longest > params.max_literal_chars:
+    if longest > own.max_literal_chars:
         return "long_literal"
     return None
 
@@ -234,9 +285,9 @@ def chat_answer(raw: str) -> str:
     return raw
 
 
-def default_stop(window: WindowParams) -> list[str]:
+def default_stop(extract: Extract) -> list[str]:
     """A line target ends at the newline; multi-line and token targets run to their length."""
-    return ["\n"] if window.target == "line" else []
+    return ["\n"] if extract.window.target == "line" else []
 
 
 def prompt_input(record: Mapping[str, Any]) -> str:
@@ -255,9 +306,10 @@ def completion(record: Mapping[str, Any]) -> str:
     return record["target"] + ("\n" if record.get("ends_line") else "")
 
 
-def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:
+def postprocess(raw: str, stop: Sequence[str], extract: Extract) -> str:
     """Model output -> prediction: cut at the first stop (leading whitespace kept), at most as
     many lines as the target has (``lines``: ``window.lines``; ``line``: one)."""
+    window = extract.window
     text = cut_at_stop(raw, stop, skip_leading_whitespace=False)
     if window.target != "tokens":
         keep = window.lines if window.target == "lines" else 1

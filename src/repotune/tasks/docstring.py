@@ -3,9 +3,11 @@
 A sample's input is a class or function as written (decorators, annotations and the first
 line's indentation included) with its docstring / KDoc / Javadoc removed; the target is the
 doc text (Python: as ``__doc__`` holds it, cleaned with ``inspect.cleandoc``; Kotlin/Java:
-comment markers and leading ``*`` removed). ``extract.target: summary`` keeps the first
-paragraph (Kotlin/Java: the part before the first block tag, first paragraph of that);
-``extract.doc_tags: strip`` removes block tags (``@param``, ``@return``, ``@throws``, ...).
+comment markers and leading ``*`` removed). ``task.docstring.extract.target: summary`` keeps
+the first paragraph (Kotlin/Java: the part before the first block tag, first paragraph of that);
+``task.docstring.extract.doc_tags: strip`` removes block tags (``@param``, ``@return``,
+``@throws``, ...). Its own filters (``task.docstring.filter``) drop short, placeholder,
+code-like, name-only, non-English and deprecated targets.
 
 Scored with chrF and BLEU (sacrebleu, corpus level), ROUGE-L F and exact match.
 """
@@ -15,14 +17,45 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from repotune.codetokens import count_tokens, subtokens
-from repotune.languages import Definition
+from repotune.languages import Definition, marked_deprecated
+from repotune.sections import Section
 from repotune.stops import truncate_at_stop
 
 if TYPE_CHECKING:
-    from repotune.params import ExtractParams, FilterParams, WindowParams
+    from repotune.params import FilterParams
+
+
+class Extract(Section):
+    """``task.docstring.extract``: which part of a doc comment is the target."""
+
+    target: Literal["summary", "full"] = "summary"
+    doc_tags: Literal["keep", "strip"] = "keep"
+
+
+class Filter(Section):
+    """``task.docstring.filter``: the docstring task's own reasons to drop a sample (one reason
+    each in metrics/filter.json)."""
+
+    min_target_tokens: int = Field(default=8, ge=0)
+    drop_private: bool = False
+    drop_placeholder_docs: bool = True
+    max_url_code_share: float = Field(default=0.4, gt=0, le=1)
+    drop_name_only_docs: bool = True
+    drop_non_english_docs: bool = True
+    drop_deprecated: bool = True
+
+
+class Params(Section):
+    """``task.docstring``: this task's own knobs, each under the stage that reads it."""
+
+    extract: Extract = Extract()
+    filter: Filter = Filter()
+
 
 # The same docstring on a definition of the same name is a copy (overloads, re-exports).
 DUPLICATE_TARGETS = True
@@ -91,16 +124,17 @@ def clean(doc: str, target: str, doc_tags: str) -> str:
 
 
 def samples(
-    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter
+    definitions: Sequence[Definition], text: str, extract: Extract, counts: Counter, **context: Any
 ) -> Iterator[dict[str, Any]]:
     """One partial record per definition with a doc comment.
 
     Args:
         definitions: the file's definitions (source order).
         text: the whole file (unused here: docstrings are cut from definitions).
-        extract: target and doc_tags decide the target text.
+        extract: ``task.docstring.extract``: target and doc_tags decide the target text.
         counts: updated in place: definitions, definitions_without_doc, definitions_empty_target
             (a doc whose target is empty, e.g. a summary of a doc that is only @param tags).
+        context: the file's ``language`` and ``path`` (unused here).
     """
     for d in definitions:
         counts["definitions"] += 1
@@ -252,51 +286,43 @@ _DEPRECATED_DOC = re.compile(
     r"(?:this|the)\s+(?:\w+\s+){0,2}(?:is|has\s+been)\s+deprecated\b)",
     re.I,
 )
-_DEPRECATED_DECORATOR = re.compile(r"^\s*@(?:[\w.]+\.)?deprecated\b", re.M)
-_DEF_LINE = re.compile(r"^\s*(?:async\s+def|def|class)\s")
 
 
-def is_deprecated(target: str, code: str) -> bool:
+def is_deprecated(target: str, code: str, language: str) -> bool:
     """A deprecated definition: the doc says so first thing (``Deprecated``, ``.. deprecated::``,
-    "This method is deprecated"), it carries a ``@deprecated`` decorator itself, or its body opens
-    with a warning call that names a deprecation (a stub that warns and delegates)."""
-    if _DEPRECATED_DOC.match(target.strip()):
-        return True
-    lines = code.splitlines()
-    start = next((i for i, line in enumerate(lines) if _DEF_LINE.match(line)), None)
-    if start is None:
-        return False
-    # Only the definition's own decorators: a class with one deprecated method is not deprecated.
-    if _DEPRECATED_DECORATOR.search("\n".join(lines[:start])):
-        return True
-    # The signature ends at the first line ending with ':'; the body's first statement follows.
-    end = next((i for i in range(start, len(lines)) if lines[i].rstrip().endswith(":")), len(lines))
-    body = [line for line in lines[end + 1 :] if line.strip()][:4]
-    opening = "\n".join(body)
-    return bool(re.match(r"\s*(?:warnings\.)?warn\w*\(", opening)) and "eprecat" in opening
+    "This method is deprecated"), or its code marks it so in the way of its language (Python: a
+    ``@deprecated`` decorator of its own, or a body opening with a warning call that names a
+    deprecation; see :func:`repotune.languages.marked_deprecated`)."""
+    return bool(_DEPRECATED_DOC.match(target.strip())) or marked_deprecated(language, code)
 
 
-def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
-    """The docstring task's reasons to drop a sample, or None (first reason wins, in this order)."""
+def drop_reason(record: Mapping[str, Any], params: FilterParams, own: Filter) -> str | None:
+    """The docstring task's reasons to drop a sample, or None (first reason wins, in this order).
+
+    Args:
+        record: an extracted sample.
+        params: the shared ``filter`` section (drop_dunder, drop_tests).
+        own: ``task.docstring.filter``.
+    """
     name = _short_name(record)
     target = record["target"]
-    if count_tokens(target) < params.min_target_tokens:
+    if count_tokens(target) < own.min_target_tokens:
         return "short_target"
     if params.drop_dunder and _is_dunder(name) and name != "__init__":
         return "dunder"
     if params.drop_tests and record.get("is_test"):
         return "test"
-    if params.drop_private and name.startswith("_") and not _is_dunder(name):
+    if own.drop_private and name.startswith("_") and not _is_dunder(name):
         return "private"
-    if params.drop_placeholder_docs and is_placeholder(target):
+    if own.drop_placeholder_docs and is_placeholder(target):
         return "placeholder_doc"
-    if url_code_share(target) > params.max_url_code_share:
+    if url_code_share(target) > own.max_url_code_share:
         return "url_or_code_doc"
-    if params.drop_name_only_docs and is_name_only(target, record["name"]):
+    if own.drop_name_only_docs and is_name_only(target, record["name"]):
         return "name_only_doc"
-    if params.drop_non_english_docs and is_non_english(target):
+    if own.drop_non_english_docs and is_non_english(target):
         return "non_english_doc"
-    if params.drop_deprecated and is_deprecated(target, record["input"]):
+    if own.drop_deprecated and is_deprecated(target, record["input"], record["language"]):
         return "deprecated"
     return None
 
@@ -356,7 +382,7 @@ def chat_answer(raw: str) -> str:
     return raw
 
 
-def default_stop(window: WindowParams) -> list[str]:  # noqa: ARG001 - same for every window
+def default_stop(extract: Extract) -> list[str]:  # noqa: ARG001 - the same for every setting
     return ["\n\n"]
 
 
@@ -375,6 +401,6 @@ def completion(record: Mapping[str, Any]) -> str:
     return " " + record["target"].strip() + "\n"
 
 
-def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
+def postprocess(raw: str, stop: Sequence[str], extract: Extract) -> str:  # noqa: ARG001
     """Model output -> prediction: cut at the first stop after leading whitespace, stripped."""
     return truncate_at_stop(raw, stop)

@@ -1,13 +1,15 @@
 """Task `method_name`: a function whose own name is masked everywhere in it -> the name.
 
-The input is the function as written (its doc comment kept with ``extract.keep_doc``), with
-every whole-word occurrence of its name, in the declaration, in recursive calls and in
-comments alike, replaced by ``extract.mask``. Functions and methods only (not constructors,
-whose name is their class's, nor classes).
+The input is the function as written (its doc comment kept with
+``task.method_name.extract.keep_doc``), with every whole-word occurrence of its name, in the
+declaration, in recursive calls and in comments alike, replaced by
+``task.method_name.extract.mask``. Functions and methods only (not constructors, whose name is
+their class's, nor classes).
 
 Filters (reference setup): bodiless/abstract functions (always: nothing to read the name from),
-test functions, bodies of fewer than ``filter.min_body_lines`` non-blank lines, overrides whose
-body only calls the super implementation, trivial getters and setters.
+test functions, bodies of fewer than ``task.method_name.filter.min_body_lines`` non-blank lines,
+overrides whose body only calls the super implementation, trivial getters and setters (the
+shapes of a body, its braces, ``super`` and ``this``/``self``, are the language's).
 
 Scored with exact match, case-insensitive exact match, sub-token precision/recall/F1 and edit
 similarity.
@@ -18,13 +20,40 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from repotune.languages import Definition
+from pydantic import Field
+
+from repotune.languages import Definition, body_statements, module
+from repotune.sections import Section
 from repotune.stops import truncate_at_stop
 
 if TYPE_CHECKING:
-    from repotune.params import ExtractParams, FilterParams, WindowParams
+    from repotune.params import FilterParams
+
+
+class Extract(Section):
+    """``task.method_name.extract``: how a function becomes an input."""
+
+    mask: str = Field(default="<MASK>", min_length=1)
+    keep_doc: bool = False
+
+
+class Filter(Section):
+    """``task.method_name.filter``: the method-name task's own reasons to drop a sample."""
+
+    min_body_lines: int = Field(default=3, ge=0)
+    drop_accessors: bool = True
+    drop_super_calls: bool = True
+
+
+class Params(Section):
+    """``task.method_name``: this task's own knobs, each under the stage that reads it."""
+
+    extract: Extract = Extract()
+    filter: Filter = Filter()
+
 
 # Many functions share a name (toString, run): only identical inputs are duplicates.
 DUPLICATE_TARGETS = False
@@ -67,12 +96,15 @@ CONTEXT_LEAK = "identifier"
 
 _FUNCTION_KINDS = {"function", "method", "extension_function", "async_function", "async_method"}
 _IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
-# One statement (optionally `return`) that only calls the super implementation.
-_SUPER_CALL = re.compile(r"^(return\s+)?super(\(\))?(<[^>]*>)?\.(?P<name>[\w$]+)\s*\(.*\)\s*;?$", re.S)
-# Trivial accessors: `return x`, `return this.x`, `self.x = x`, `this.x = value`, `field = x`.
-_GETTER_BODY = re.compile(r"^(return\s+)?((this|self)\.)?[\w$]+\s*;?$")
-_SETTER_BODY = re.compile(r"^((this|self)\.)?[\w$]+\s*=\s*[\w$]+\s*;?$")
 _ACCESSOR_NAME = re.compile(r"^(get|set|is)([A-Z_]|$)")
+
+
+@cache
+def _accessor_bodies(receiver: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Trivial getter and setter bodies, with the language's receiver (`this`, `self`): `return
+    x`, `return this.x`; `self.x = x`, `this.x = value`, `field = x`."""
+    own = rf"({re.escape(receiver)}\.)?"
+    return (re.compile(rf"^(return\s+)?{own}[\w$]+\s*;?$"), re.compile(rf"^{own}[\w$]+\s*=\s*[\w$]+\s*;?$"))
 
 
 def mask_name(code: str, name: str, mask: str) -> str:
@@ -81,9 +113,10 @@ def mask_name(code: str, name: str, mask: str) -> str:
 
 
 def samples(
-    definitions: Sequence[Definition], text: str, extract: ExtractParams, counts: Counter
+    definitions: Sequence[Definition], text: str, extract: Extract, counts: Counter, **context: Any
 ) -> Iterator[dict[str, Any]]:
-    """One partial record per function or method of a file."""
+    """One partial record per function or method of a file (`extract`: ``task.method_name.extract``;
+    `context`: the file's ``language`` and ``path``, unused here)."""
     for d in definitions:
         counts["definitions"] += 1
         if d.kind not in _FUNCTION_KINDS:
@@ -103,18 +136,9 @@ def samples(
         }
 
 
-def body_statements(body: str) -> list[str]:
-    """Non-blank lines of a body, without its braces or a Kotlin expression body's ``=``."""
-    text = body.strip()
-    if text.startswith("{") and text.endswith("}"):
-        text = text[1:-1]
-    elif text.startswith("="):
-        text = text[1:]
-    return [line.strip() for line in text.splitlines() if line.strip() not in ("", "{", "}")]
-
-
-def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
-    """The method-name task's reasons to drop a sample, or None."""
+def drop_reason(record: Mapping[str, Any], params: FilterParams, own: Filter) -> str | None:
+    """The method-name task's reasons to drop a sample, or None (`params`: the shared ``filter``
+    section; `own`: ``task.method_name.filter``)."""
     body = record.get("body")
     if body is None:
         return "no_body"
@@ -123,16 +147,18 @@ def drop_reason(record: Mapping[str, Any], params: FilterParams) -> str | None:
     name = record["target"]
     if params.drop_dunder and len(name) > 4 and name.startswith("__") and name.endswith("__"):
         return "dunder"
-    statements = body_statements(body)
+    language = record["language"]
+    statements = body_statements(language, body)
     joined = " ".join(statements)
-    if params.drop_super_calls:
-        call = _SUPER_CALL.match(joined)
+    if own.drop_super_calls:
+        call = module(language).SUPER_CALL.match(joined)
         if call and call.group("name") == name:
             return "super_call"
-    if params.drop_accessors and _ACCESSOR_NAME.match(name) and len(statements) <= 1:
-        if _GETTER_BODY.match(joined) or _SETTER_BODY.match(joined):
+    if own.drop_accessors and _ACCESSOR_NAME.match(name) and len(statements) <= 1:
+        getter, setter = _accessor_bodies(module(language).SELF)
+        if getter.match(joined) or setter.match(joined):
             return "accessor"
-    if len(statements) < params.min_body_lines:
+    if len(statements) < own.min_body_lines:
         return "short_body"
     return None
 
@@ -162,7 +188,7 @@ def chat_answer(raw: str) -> str:
     return next(group for group in match.groups() if group) if match else raw
 
 
-def default_stop(window: WindowParams) -> list[str]:  # noqa: ARG001 - same for every window
+def default_stop(extract: Extract) -> list[str]:  # noqa: ARG001 - the same for every setting
     return ["\n"]
 
 
@@ -174,7 +200,7 @@ def completion(record: Mapping[str, Any]) -> str:
     return " " + record["target"] + "\n"
 
 
-def postprocess(raw: str, stop: Sequence[str], window: WindowParams) -> str:  # noqa: ARG001
+def postprocess(raw: str, stop: Sequence[str], extract: Extract) -> str:  # noqa: ARG001
     """Model output -> the first identifier of its first non-blank line ('' if none)."""
     match = _IDENTIFIER.search(truncate_at_stop(raw, stop).strip("`'\" "))
     return match.group(0) if match else ""
