@@ -148,15 +148,20 @@ def test_sigkill_anywhere_leaves_nothing_partial_and_resumes_to_the_same_bytes(t
     reference = {rel: data for top in EXACT for rel, data in files(reference_project, top).items()}
 
     project = make_project(tmp_path / "interrupted", source, tiny_model)
-    kills = 0
+    killed = []
     for stage in order:
         for share in KILL_AT:
             # `dvc repro STAGE`: the stages before it are done; a kill that comes too late
             # lets this stage finish, never the ones after it.
             _, was_killed = repro(project, stage, kill=share * durations[stage])
-            kills += was_killed
+            killed += [stage] if was_killed else []
             check_whole(project, reference)
-    assert kills >= len(ALL_STAGES)  # most kill points landed inside a running stage
+    # Stages that only write a marker (retrieval off, no chat template, no teacher) are over
+    # in a blink, and on a loaded machine DVC's own work between stages is most of their
+    # duration, so a kill point there may land after the stage's process is gone. The stages
+    # that load a model and write large outputs must each have been killed at least once.
+    assert {"base", "train", "merge", "generate@base", "generate@finetuned"} <= set(killed), killed
+    assert len(killed) >= len(ALL_STAGES) // 2, killed
 
     repro(project)
     check_whole(project, reference)
