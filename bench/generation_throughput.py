@@ -38,13 +38,13 @@ from flops import generation_flops, machine_rate, model_shape, peak_rss, write_r
 from repotune import atomic
 from repotune.params import DecodingParams, ExtractParams, PromptParams
 from repotune.prompts import template_text
-from repotune.tasks import extract_samples
+from repotune.extraction import extract_samples
 
 
 def stdlib_records(count: int, min_chars: int = 300, max_chars: int = 1500) -> list[dict]:
     """Docstring samples from the standard library's top-level modules, chosen deterministically.
 
-    Mined as the extract stage mines a repository (``repotune.tasks.extract_samples``).
+    Mined as the extract stage mines a repository (``repotune.extraction.extract_samples``).
 
     Args:
         count: how many records to return (evenly spread over all candidates; 0 = all).

@@ -53,7 +53,7 @@ from repotune.filters import filter_samples
 from repotune.params import ExtractParams, FilterParams, NearDuplicateParams, RetrievalParams, SplitParams
 from repotune.split import split_samples
 from repotune.stats import paired_difference
-from repotune.tasks import extract_samples
+from repotune.extraction import extract_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

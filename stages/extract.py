@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import atomic, errors, params
-from repotune.tasks import iter_samples, task, worker_count
+from repotune.extraction import iter_samples, worker_count
+from repotune.tasks import task
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import atomic, errors, ood, params
-from repotune.tasks import task, worker_count
+from repotune.extraction import worker_count
+from repotune.tasks import task
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,8 @@ from repotune.distill import undocumented_records
 from repotune.files import source_files
 from repotune.languages import definitions, parser
 from repotune.params import ExtractParams
-from repotune.tasks import docstring, extract_samples
+from repotune.extraction import extract_samples
+from repotune.tasks import docstring
 
 
 def samples_of(code: str, target: str = "summary", doc_tags: str = "keep") -> dict[str, dict]:
@@ -144,7 +145,7 @@ def test_include_and_exclude_globs(tmp_path: Path):
 
 
 def test_ids_are_stable_and_distinct(geometry):
-    from repotune.tasks import sample_id
+    from repotune.extraction import sample_id
 
     assert sample_id("p.py", "f", 3) == sample_id("p.py", "f", 3)
     assert len({sample_id("p.py", "f", line) for line in range(100)}) == 100

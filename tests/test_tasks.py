@@ -14,7 +14,8 @@ import pytest
 from repotune import metrics
 from repotune.languages import definitions, parser
 from repotune.params import ExtractParams, FilterParams
-from repotune.tasks import completion, extract_samples, method_name
+from repotune.extraction import extract_samples
+from repotune.tasks import completion, method_name
 from repotune.tasks.completion import WindowParams
 
 MODULE = '''\

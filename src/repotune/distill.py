@@ -10,7 +10,7 @@ different tokenizers.
 Generations are cached by sha256 of (teacher identity, rendered prompt, decoding, stops)
 (``repotune.generation_cache``), so a new mixing ratio or sample cap re-generates nothing.
 Definitions without a doc comment are mined by the extract stage's own engine
-(``tasks.iter_file_samples``) with a sampler of their own.
+(``extraction.iter_file_samples``) with a sampler of their own.
 
 Only training targets are made here. The teacher's benchmark outputs come from the generate
 stage like every system's (a ``benchmark.systems`` entry on ``data/distill/model``, the folder
@@ -39,7 +39,8 @@ from repotune.modeling import load_tokenizer, peak_memory_mib, resolve_device, r
 from repotune.params import DecodingParams, ExtractParams, FilterParams, ModelParams, PromptParams, Section
 from repotune.prompts import Prompter, fitted_prompts, template_text
 from repotune.provenance import model_identity
-from repotune.tasks import TASKS, candidate_files, iter_file_samples, task
+from repotune.extraction import candidate_files, iter_file_samples
+from repotune.tasks import TASKS, task
 
 if TYPE_CHECKING:
     from repotune.languages import Definition
@@ -49,7 +50,7 @@ def undocumented_samples(
     definitions: Sequence[Definition], text: str, own: Any, counts: Counter, *,
     max_input_tokens: int, keep: str, **context: Any,
 ) -> Iterator[dict[str, Any]]:
-    """The extract engine's sampler for teacher inputs (see ``tasks.iter_file_samples``): each
+    """The extract engine's sampler for teacher inputs (see ``extraction.iter_file_samples``): each
     definition of one file that has no doc comment, as a partial record with an empty target
     and its code cut to `max_input_tokens` code tokens from the `keep` end (as the filter stage
     cuts gold inputs); test definitions are counted (``undocumented_tests``) and left out."""

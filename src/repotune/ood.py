@@ -18,7 +18,7 @@ from repotune import sources as code_sources
 from repotune.filters import filter_samples
 from repotune.params import ExtractParams, FilterParams, SourceParams
 from repotune.sections import Section
-from repotune.tasks import extract_samples
+from repotune.extraction import extract_samples
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
