@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repotune import atomic, errors, params
+from repotune.tasks import task
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from repotune.modeling import peak_memory_mib, set_threads
 
     judge = p.judge
+    template = judge.prompt if judge.prompt is not None else task(p.task.name).JUDGE_PROMPT
     set_threads(judge.threads)
     records = sorted(atomic.read_jsonl(args.inp), key=lambda r: r["id"])
     records = records[: args.max_samples] if args.max_samples else records
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache = read_cache(cache_file)
     started = time.perf_counter()
     rows, counts = judge_samples(
-        records, folder, cache, judge.prompt, p.task.name,
+        records, folder, cache, template, p.task.name,
         chat_template=judge.chat_template, max_code_tokens=judge.max_code_tokens,
         batch_size=judge.batch_size,
         trust_remote_code=judge.model.trust_remote_code if judge.model else False,

@@ -107,3 +107,30 @@ def test_a_judge_model_source_is_materialised_once_and_reused(tiny_model: Path, 
     assert judge_model_folder(source, base, tmp_path / "cache") == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # not materialised again
     assert judge_model_folder(None, base, tmp_path / "cache") == base
+
+
+@pytest.mark.parametrize("task_name", ["docstring", "completion", "method_name"])
+def test_with_judge_prompt_null_each_task_is_rated_with_its_own_prompt(task_name: str, tiny_model: Path, tmp_path: Path) -> None:
+    """judge.prompt: null (the default) rates a docstring, a continuation or a name with the
+    task's JUDGE_PROMPT; an explicit judge.prompt still wins."""
+    import hashlib
+    import json
+
+    from conftest import load_stage, write_params
+    from repotune import atomic
+    from repotune.tasks import task
+
+    own = task(task_name).JUDGE_PROMPT
+    assert "{code}" in own and "{target}" in own
+    other = [name for name in ("docstring", "name", "continuation") if name not in own.lower()]
+    assert len(other) == 2  # each prompt speaks of its own kind of target only
+    atomic.write_jsonl(tmp_path / "filtered.jsonl", [record(i, f"target {i}") for i in range(3)])
+    for prompt, expected in ((None, own), ("Rate {target} for {code}: ", "Rate {target} for {code}: ")):
+        judge = {"enabled": True, "chat_template": False, "prompt": prompt}
+        params = write_params(tmp_path, task={"name": task_name}, judge=judge)
+        out = tmp_path / f"judge-{prompt is None}"
+        load_stage("judge").main(["--params", str(params), "--in", str(tmp_path / "filtered.jsonl"),
+                                  "--base", str(tiny_model), "--out", str(out), "--metrics", str(out / "judge.json")])
+        rows = atomic.read_jsonl(out / "scores.jsonl")
+        assert {r["prompt_sha256"] for r in rows} == {hashlib.sha256(expected.encode()).hexdigest()}
+        assert json.loads((out / "judge.json").read_text())["scored"] == 3

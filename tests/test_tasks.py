@@ -393,10 +393,10 @@ def _has_type(value: object, annotation: object) -> bool:
 
 
 def test_the_task_contract_lists_every_attribute_callers_use():
-    """The Protocol names the 22 attributes read of a task module across src/ and stages/."""
+    """The Protocol names the 23 attributes read of a task module across src/ and stages/."""
     constants, functions = _contract()
     assert set(constants) == {
-        "Params", "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "CHAT_PROMPT", "DECODING", "TRAINING",
+        "Params", "NEEDS_TOKENIZER", "DUPLICATE_TARGETS", "KEEP_INPUT", "PROMPTS", "JUDGE_PROMPT", "CHAT_PROMPT", "DECODING", "TRAINING",
         "STOP_AFTER_LEADING_WHITESPACE", "METRICS", "PRIMARY_METRIC", "WRONG_KIND", "RETRIEVAL_QUERY",
         "CONTEXT_LEAK", "DOC_TARGETS",
     }

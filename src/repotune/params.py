@@ -298,21 +298,15 @@ class ModelParams(Section):
         return self.base[0] + (f" + {more} more part{'s' * (more > 1)}" if more else "")
 
 
-# The judge's rating prompt: {code} is the task's prompt input, {target} the sample's target.
-DEFAULT_JUDGE_PROMPT = (
-    "Rate how well the docstring describes the code, from 1 (wrong or useless) to 5 "
-    "(accurate, clear and informative).\n\nCode:\n{code}\n\nDocstring:\n{target}\n\n"
-    "Answer with one digit from 1 to 5."
-)
-
-
 class JudgeParams(Section):
     """``judge``: an instruct model rates each sample's target (stage `judge`); the
     `split` stage drops the samples rated below ``threshold``."""
 
     enabled: bool = False
     model: ModelParams | None = None  # null = the base model (models/base); else a model.base source
-    prompt: str = Field(default=DEFAULT_JUDGE_PROMPT, min_length=1)
+    # The rating prompt ({code}: the task's prompt input, {target}: the sample's target); null:
+    # the task's own (its JUDGE_PROMPT: a docstring, a continuation or a name is rated).
+    prompt: str | None = Field(default=None, min_length=1)
     chat_template: bool = True
     max_code_tokens: int = Field(default=384, gt=0)
     batch_size: int = Field(default=8, gt=0)
@@ -321,7 +315,9 @@ class JudgeParams(Section):
 
     @field_validator("prompt")
     @classmethod
-    def _placeholders(cls, prompt: str) -> str:
+    def _placeholders(cls, prompt: str | None) -> str | None:
+        if prompt is None:
+            return prompt
         missing = [p for p in ("{code}", "{target}") if p not in prompt]
         if missing:
             raise ValueError(f"must contain the placeholders {{code}} and {{target}}, missing {', '.join(missing)}")

@@ -40,6 +40,7 @@ DUPLICATE_TARGETS = False
 DOC_TARGETS = False  # a type annotation, not a doc comment: distill.undocumented does not apply
 KEEP_INPUT = "head"
 PROMPTS = {"plain": "{code}\nReturn type:"}
+JUDGE_PROMPT = "Rate the return type {target} of:\n{code}\nAnswer with one digit from 1 to 5."
 CHAT_PROMPT = None
 DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 TRAINING = {"lr": 1.0e-3}

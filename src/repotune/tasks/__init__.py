@@ -26,6 +26,8 @@ tests/test_tasks.py checks that every registered task provides each, with the ri
   output -> prediction); ``DECODING``: its values for
   the ``decoding`` keys left null (see :func:`resolved_decoding`), and ``TRAINING`` for the
   ``train`` keys left null (see :func:`resolved_training`);
+- judge: ``JUDGE_PROMPT``: the rating prompt when ``judge.prompt`` is null (``{code}``: the
+  prompt input, ``{target}``: the target);
 - ``CHAT_PROMPT``: the request put to an instruct model through its chat template, for the
   ``base_chat`` system (the base at the prompt that suits it; None: the task has none), and
   ``chat_answer(raw)``: the answer inside such a reply (unwrapped from quotes, fences);
@@ -86,6 +88,7 @@ class Task(Protocol):
 
     # prompts, train, generate
     PROMPTS: Mapping[str, str]
+    JUDGE_PROMPT: str
     CHAT_PROMPT: str | None
     DECODING: Mapping[str, Any]
     TRAINING: Mapping[str, Any]

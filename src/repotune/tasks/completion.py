@@ -84,6 +84,14 @@ PROMPTS = {
 }
 # No chat baseline: a code model completes code from the raw prefix (that is how editors call
 # it); a chat request to "continue this code" is not a prompt that suits it better.
+# The judge's rating prompt (stage judge, when judge.prompt is null): {code} is the code before
+# the cursor, {target} the code that follows it in the repository.
+JUDGE_PROMPT = (
+    "Rate how well the continuation follows from the code before it and how much a developer "
+    "would want it suggested, from 1 (noise: generated, boilerplate, unpredictable) to 5 (a "
+    "natural, informative next step).\n\nCode before the cursor:\n{code}\n\nContinuation:\n"
+    "{target}\n\nAnswer with one digit from 1 to 5."
+)
 CHAT_PROMPT = None
 # Decoding defaults for the `decoding` keys left null: code repeats 4-grams of its own prefix
 # (call chains, identifiers, argument lists), so no n-gram block and no repetition penalty:

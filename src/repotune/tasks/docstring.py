@@ -69,6 +69,13 @@ PROMPTS = {
         "project.\n\n{code}\n\nDocumentation:"
     ),
 }
+# The judge's rating prompt (stage judge, when judge.prompt is null): {code} is the prompt
+# input, {target} the sample's docstring.
+JUDGE_PROMPT = (
+    "Rate how well the docstring describes the code, from 1 (wrong or useless) to 5 "
+    "(accurate, clear and informative).\n\nCode:\n{code}\n\nDocstring:\n{target}\n\n"
+    "Answer with one digit from 1 to 5."
+)
 # The request put to an instruct model through its chat template (system `base_chat`: the base
 # at the prompt that suits an instruct model); its answer goes through chat_answer first.
 CHAT_PROMPT = (

@@ -67,6 +67,13 @@ PROMPTS = {
     ),
 }
 # The request put to an instruct model through its chat template (system `base_chat`).
+# The judge's rating prompt (stage judge, when judge.prompt is null): {code} is the function
+# with its name masked, {target} the name.
+JUDGE_PROMPT = (
+    "Rate how well the name fits what the function does, from 1 (misleading or meaningless) to "
+    "5 (precise and idiomatic for this code base).\n\nFunction, its name masked:\n{code}\n\n"
+    "Name:\n{target}\n\nAnswer with one digit from 1 to 5."
+)
 CHAT_PROMPT = (
     "The name of the following function was replaced by a mask. Reply with the original name "
     "only.\n\n{code}"
