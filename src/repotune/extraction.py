@@ -102,7 +102,6 @@ def iter_samples(
     """
     if task(task_name).NEEDS_TOKENIZER and tokenizer is None:
         raise ValueError(f"task {task_name!r} needs the base model's tokenizer")
-    own = own if own is not None else task(task_name).Params().extract
     files = candidate_files(root, extract, counts)
     counts["samples"] += 0  # present in the metrics even when nothing is found
     yield from iter_file_samples(
@@ -129,7 +128,7 @@ def candidate_files(root: Path, extract: ExtractParams, counts: Counter) -> list
     )
 
 
-# Cuts partial records from one parsed file: (definitions, text, extract, counts, **context),
+# Cuts partial records from one parsed file: (definitions, text, own, counts, **context),
 # as a task's ``samples`` does.
 Sampler = Callable[..., Iterator[dict[str, Any]]]
 
