@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
 import shutil
+import signal
+import struct
+import sys
+import termios
+import time
 from pathlib import Path
 
 import git
+import pytest
 import yaml
 
-from conftest import ALL_STAGES, SPEED_KEYS, TINY_BUDGET, dvc, ran, set_params
+from conftest import ALL_STAGES, SPEED_KEYS, TINY_BUDGET, dvc, dvc_env, ran, set_params
 
 from repotune import atomic
 
@@ -284,6 +295,53 @@ def test_comparing_runs_across_branches(project: Path):
         data = by_rev[name]
         assert data["params"]["params.yaml"]["data"]["lora"]["r"] == r
         assert "finetuned_chrf" in data["metrics"]["metrics/evaluate.json"]["data"]
+
+    # What a person sees in an 80-column terminal (DVC's default pager, `less -S`): each run's
+    # name, then the primary metric's delta and its CI bounds, read back against evaluate.json.
+    screen = terminal_screen([sys.executable, "-m", "dvc", "exp", "show", "--all-branches"], project, columns=80)
+    header = next(line for line in screen if "Experiment" in line)
+    assert header.split()[:6] == ["Experiment", "Created", "metric", "delta", "low", "high"], header
+    for name, head in (("main", on_main), ("rank8", on_branch)):
+        row = next(line for line in screen if line.split()[:1] == [name]).split()
+        assert head["metric"] == "rouge_l" and "rouge_l" in row, row  # after the creation time
+        at = row.index("rouge_l")
+        shown = [float(cell) for cell in row[at + 1:at + 4]]
+        assert shown == pytest.approx([head["delta"], head["low"], head["high"]], abs=0.01), (name, row)
+
+
+def terminal_screen(command: list[str], cwd: Path, columns: int, rows: int = 40, timeout: float = 120) -> list[str]:
+    """The lines a terminal of `columns` x `rows` shows for `command` (escape codes removed),
+    with the user's pager settings unset so that DVC runs its default, `less`; `q` quits it."""
+    env = {key: value for key, value in dvc_env().items() if key not in ("PAGER", "DVC_PAGER", "LESS", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of that size, then the command
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        os.chdir(cwd)
+        os.execvpe(command[0], command, env)
+    seen, quit_sent, deadline = b"", False, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not quit_sent and b"(END)" in seen:  # the pager waits at the end of the table
+            os.write(fd, b"q")
+            quit_sent = True
+    else:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    assert quit_sent, f"no pager prompt in:\n{seen.decode(errors='replace')}"
+    text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[=>])", "", seen.decode(errors="replace"))
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    assert all(len(line.rstrip(">")) <= columns for line in lines), "a line wider than the terminal"
+    return lines
 
 
 
