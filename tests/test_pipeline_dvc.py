@@ -298,7 +298,7 @@ def test_comparing_runs_across_branches(project: Path):
 
     # What a person sees in an 80-column terminal (DVC's default pager, `less -S`): each run's
     # name, then the primary metric's delta and its CI bounds, read back against evaluate.json.
-    screen = terminal_screen([sys.executable, "-m", "dvc", "exp", "show", "--all-branches"], project, columns=80)
+    screen = terminal_screen([sys.executable, "-m", "dvc", "--cd", str(project), "exp", "show", "--all-branches"], columns=80)
     header = next(line for line in screen if "Experiment" in line)
     assert header.split()[:6] == ["Experiment", "Created", "metric", "delta", "low", "high"], header
     for name, head in (("main", on_main), ("rank8", on_branch)):
@@ -309,7 +309,7 @@ def test_comparing_runs_across_branches(project: Path):
         assert shown == pytest.approx([head["delta"], head["low"], head["high"]], abs=0.01), (name, row)
 
 
-def terminal_screen(command: list[str], cwd: Path, columns: int, rows: int = 40, timeout: float = 120) -> list[str]:
+def terminal_screen(command: list[str], columns: int, rows: int = 40, timeout: float = 120) -> list[str]:
     """The lines a terminal of `columns` x `rows` shows for `command` (escape codes removed),
     with the user's pager settings unset so that DVC runs its default, `less`; `q` quits it."""
     env = {key: value for key, value in dvc_env().items() if key not in ("PAGER", "DVC_PAGER", "LESS", "COLUMNS", "LINES")}
@@ -317,7 +317,6 @@ def terminal_screen(command: list[str], cwd: Path, columns: int, rows: int = 40,
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal of that size, then the command
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        os.chdir(cwd)
         os.execvpe(command[0], command, env)
     seen, quit_sent, deadline = b"", False, time.monotonic() + timeout
     while time.monotonic() < deadline:
