@@ -4,13 +4,13 @@ Reads:  data/split/{train,val,test}.jsonl (val and test: which files are held ou
         models/base (the student's tokenizer, for logits mode), data/repo + metrics/clone.json
         (``undocumented``), data/distill/model + cache (persisted: the materialised teacher, its
         generations), params.yaml `distill`, `task`, `extract`, `filter`, `prompt`, `decoding`,
-        `benchmark.device`, `train.max_length`
+        `generate.device`, `train.max_length`
 Writes: data/distill/train.jsonl: the records the train stage trains on. Disabled (or
         ``mode: logits``): the split's train file, byte for byte. ``mode: sequence``: gold and
         teacher records mixed in ``teacher_share``;
         data/distill/targets.jsonl: every kept teacher target with its provenance (teacher,
         identity, decoding, prompt template and the prompt's sha256, raw output);
-        data/distill/model: the teacher, which a system of benchmark.systems with
+        data/distill/model: the teacher, which a system of generate.systems with
         ``model: data/distill/model`` (teacher) is benchmarked on by generate@teacher;
         metrics/distill.json (counts; teacher speed, which is not deterministic).
 Run:    python stages/distill.py [--params params.yaml]
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         task_name=p.task.name, extract=p.extract, filter=p.filter, own_extract=p.task.extract,
         own_filter=p.task.filter, prompt=p.prompt,
         decoding=resolved_decoding(p.decoding, p.task.name),
-        max_length=p.train.max_length, device=p.benchmark.device,
+        max_length=p.train.max_length, device=p.generate.device,
     )
     metrics = teach(settings, split=args.split, base=args.base, repo=args.repo,
                     clone_metrics=args.clone_metrics, out=out)

@@ -2,14 +2,14 @@
 checks, a report and plots. Cheap: no model is loaded, so a change of metric, resamples,
 report or plot re-runs this stage only, in seconds.
 
-Reads:  data/generations/<system>/ of every system of params.yaml `benchmark.systems` (a
+Reads:  data/generations/<system>/ of every system of params.yaml `generate.systems` (a
         folder whose system.json says ``enabled: false`` is left out: base_chat without a chat
         template), metrics/generate/<system>.json (speed and parameters, for the
         teacher/student cost table), data/split/test.jsonl, data/ood.jsonl,
         metrics/{clone,extract,filter,split,train,ood}.json (the data and training summary),
         data/retrieved/retrieval/test.jsonl (whether each target stands in its context),
-        params.yaml `task`, `benchmark` (systems: their names, models, contexts, prompts; sets,
-        templates), `evaluate` (reference system, primary metric, resamples, confidence, seed,
+        params.yaml `task`, `generate` (systems: their names, models, contexts, prompts; sample
+        cap, templates), `ood.max_samples` (null `ood` = no out-of-domain set), `evaluate` (reference system, primary metric, resamples, confidence, seed,
         examples), `prompt` and `decoding` (stated in the report), `model.base`,
         `lora.r/alpha/target_modules` and `train.lr` (named in the report's first lines)
 Writes: metrics/evaluate.json: the headline: first the primary metric (`metric`) and the
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     module = task(p.task.name)
     metric = p.evaluate.primary or module.PRIMARY_METRIC  # a name of module.METRICS: params.load checks it
-    listed = p.benchmark.systems
+    listed = p.generate.systems
     enabled = {name: s for name, s in listed.items() if evalsets.system_enabled(args.generations / name)}
     systems = list(enabled)
     # The roles a system plays here follow from its model: the unprefixed delta_<metric> keys are
@@ -69,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     primary = next(iter(systems_on(enabled, params.FINETUNED_MODEL)), None)
     teacher = next(iter(systems_on(enabled, params.TEACHER_MODEL)), None)
     sets = evalsets.load_sets(
-        args.test, args.ood, p.benchmark.max_samples,
-        p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
+        args.test, args.ood, p.generate.max_samples,
+        p.ood.max_samples if p.ood is not None else None,
     )
-    templates = evalsets.templates(p.benchmark.templates, p.prompt.template)
+    templates = evalsets.templates(p.generate.templates, p.prompt.template)
     # best_base: the base system at its best prompt, by the primary metric on the headline.
     reference, base_scores = resolve_reference(
         p.evaluate.reference, systems_on(enabled, params.BASE_MODEL), args.generations, sets["test"],
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if p.prompt.template not in templates:
         warnings.append(
             f"the adapter was trained with template `{p.prompt.template}` (prompt.template), which "
-            f"benchmark.templates ({', '.join(templates)}) leaves out: every score here is of a prompt "
+            f"generate.templates ({', '.join(templates)}) leaves out: every score here is of a prompt "
             "it never saw in training"
         )
 

@@ -1,14 +1,14 @@
 """Stage `generate`: one system's outputs on every evaluation (set x prompt template).
 
-A system is one entry of params.yaml `benchmark.systems` (dvc.yaml runs generate@<name> for
+A system is one entry of params.yaml `generate.systems` (dvc.yaml runs generate@<name> for
 each): the model folder it runs, the context it sees and its prompt kind.
 
 Reads:  the system's model folder (models/base, models/merged, models/merged_rag,
         data/distill/model), data/split/test.jsonl, data/ood.jsonl (when it has samples),
         data/retrieved/<context>/{test,ood}.jsonl (the system's context, retrieval or prefix,
         put in every prompt as training puts it, see repotune.prompts), params.yaml
-        `benchmark.systems.<system>`, `benchmark` (sets, templates, sample caps, device,
-        threads), `decoding`, `prompt`, `task` (name, and `task.<name>.extract`: a completion
+        `generate.systems.<system>`, `generate` (templates, sample cap, device, threads),
+        `ood.max_samples` (the out-of-domain set's cap; null `ood` = no such set), `decoding`, `prompt`, `task` (name, and `task.<name>.extract`: a completion
         target's shape decides its stops) and `train.max_length` (long code is cut to fit it with room for
         max_new_tokens, as in training; no reference length leaks in), or for a system with
         context `retrieval.max_length` (the context is cut first, then the code).
@@ -50,7 +50,7 @@ def not_run(system: str, out: Path, metrics_path: Path, reason: str) -> None:
 # rows and metrics; the work is in the library. To be shortened with the systems' own module.
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", required=True, help="a name of benchmark.systems (base, finetuned, ...)")
+    parser.add_argument("--system", required=True, help="a name of generate.systems (base, finetuned, ...)")
     parser.add_argument("--model", type=Path, default=None, help="default: the system's model folder")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--test", type=Path, default=Path("data/split/test.jsonl"))
@@ -60,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=None, help="default: metrics/generate/<system>.json")
     args = parser.parse_args(argv)
     p = params.load(args.params)
-    try:  # its own entry only: generate@<system> declares benchmark.systems.<system>, not the others
-        system = p.benchmark.systems[args.system]
+    try:  # its own entry only: generate@<system> declares generate.systems.<system>, not the others
+        system = p.generate.systems[args.system]
     except KeyError:
-        raise errors.RepotuneError(f"system {args.system!r} is not in benchmark.systems of {args.params}") from None
+        raise errors.RepotuneError(f"system {args.system!r} is not in generate.systems of {args.params}") from None
     model = args.model or Path(system.model)
     out = args.out or Path("data/generations") / args.system
     metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     contexts = {name: args.retrieved / system.context / f"{name}.jsonl" for name in ("test", "ood")}
     reason = None
     if system.enabled is False:
-        reason = f"benchmark.systems.{args.system}.enabled is false"
+        reason = f"generate.systems.{args.system}.enabled is false"
     elif system.enabled == params.WITH_RETRIEVAL and (
         atomic.disabled_reason(model) is not None or (system.context != "none" and not any(atomic.iter_jsonl(contexts["test"])))
     ):
@@ -95,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = task(p.task.name)
     decoding = resolved_decoding(p.decoding, p.task.name)
     sets = evalsets.load_sets(
-        args.test, args.ood, p.benchmark.max_samples,
-        p.benchmark.ood.max_samples if p.benchmark.ood is not None else None,
+        args.test, args.ood, p.generate.max_samples,
+        p.ood.max_samples if p.ood is not None else None,
     )
     # Each sample's context, rendered into its prompts (none: the records as they are).
     sets = {name: with_context(records, contexts[name], system.context) for name, records in sets.items()}
@@ -112,14 +112,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     max_length = p.retrieval.max_length if system.context != "none" else p.train.max_length
     budget = max(1, max_length - decoding.max_new_tokens)
     prompts, cut, context_cut = evaluation_prompts(
-        sets, evalsets.evaluations(evalsets.templates(p.benchmark.templates, p.prompt.template), "ood" in sets),
+        sets, evalsets.evaluations(evalsets.templates(p.generate.templates, p.prompt.template), "ood" in sets),
         lambda template: (Prompter(p.task.name, module.CHAT_PROMPT, chat_template=True, system=p.prompt.system)
                           if chat else Prompter.from_params(p.prompt, p.task.name, template)),
         tokenizer, budget,
     )
 
-    set_threads(p.benchmark.threads)
-    device = resolve_device(p.benchmark.device)
+    set_threads(p.generate.threads)
+    device = resolve_device(p.generate.device)
     # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
     # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
     precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The decoding settings as applied (the task's defaults filled in) and the stops.
     summary: dict = {"system": args.system, "model": system.model, "context": system.context,
                      "prompt": system.prompt, "parameters": parameter_count(model),
-                     "device": device, "precision": precision, "threads": p.benchmark.threads, "batch_size": decoding.batch_size,
+                     "device": device, "precision": precision, "threads": p.generate.threads, "batch_size": decoding.batch_size,
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with atomic.atomic_path(out) as folder:
         folder.mkdir(parents=True)

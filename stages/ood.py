@@ -1,7 +1,7 @@
 """Stage `ood`: samples of other repositories, for the out-of-domain (forgetting) check.
 
-Reads:  params.yaml `benchmark` (ood: sources, one pinned source per language, and
-        max_samples; null = no check), `task` (name and the task's own knobs), `extract` and
+Reads:  params.yaml `ood` (sources, one pinned source per language, and max_samples;
+        null = no check), `task` (name and the task's own knobs), `extract` and
         `filter` (the same task, languages and filters as the training data), models/base/ (its tokenizer, for tasks that cut on
         model tokens)
 Writes: data/ood.jsonl (filtered samples: each language of extract.languages mined from its
@@ -31,13 +31,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=Path("metrics/ood.json"))
     args = parser.parse_args(argv)
     p = params.load(args.params)
-    if p.benchmark.ood is None:
+    if p.ood is None:
         atomic.write_jsonl(args.out, [])
-        atomic.write_json(args.metrics, {"enabled": False, "skipped": "benchmark.ood is null"})
-        print("ood: benchmark.ood is null, no out-of-domain check")
+        atomic.write_json(args.metrics, {"enabled": False, "skipped": "ood is null"})
+        print("ood: ood is null, no out-of-domain check")
         return
 
-    sources = p.benchmark.ood.sources
+    sources = p.ood.sources
     tokenizer = None
     if task(p.task.name).NEEDS_TOKENIZER and any(lang in sources for lang in p.extract.languages):
         from repotune.modeling import load_tokenizer

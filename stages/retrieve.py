@@ -6,7 +6,7 @@ Reads:  data/repo/, metrics/clone.json (url and sha of the chunks' repository),
         query and the leaks it refuses), `extract` languages, max_file_bytes and generated
         (which files are code), `split.near_duplicates` (what a near-duplicate target is)
 Writes: data/retrieved/<context>/{train,val,test,ood}.jsonl, one folder per context kind a
-        system may see (benchmark.systems.<name>.context; generate@<name> depends on its own):
+        system may see (generate.systems.<name>.context; generate@<name> depends on its own):
         retrieval/: per sample, in split order: id, path, repo and sha of the context, chunks
         best first with path, start/end line, score and text cut to retrieval.context_tokens
         code tokens in all, target_in_context; prefix/ (the same-budget control): the same

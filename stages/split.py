@@ -1,9 +1,9 @@
 """Stage `split`: deterministic train/val/test split, grouped by file (or by sample).
 
 Reads:  data/filtered.jsonl, data/judge/scores.jsonl (empty when the judge is disabled),
-        params.yaml `split` (by, seed, train, val, test, near_duplicates),
-        `judge.threshold` (samples rated below it are dropped) and
-        `benchmark.min_samples` (a test split smaller than that stops the pipeline here)
+        params.yaml `split` (by, seed, train, val, test, near_duplicates, and
+        min_test_samples: a test split smaller than that stops the pipeline here) and
+        `judge.threshold` (samples rated below it are dropped)
 Writes: data/split/{train,val,test}.jsonl, metrics/split.json (samples and files per split,
         after near-duplicate removal; near-duplicates found, leaked from train, removed;
         dropped_judge_low)
@@ -56,15 +56,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"split: the {' and '.join(empty)} split is empty ({sizes} samples); raise "
             f"split.{empty[0]} (now {getattr(split_params, empty[0])}) or use more of the repository"
         )
-    minimum = p.benchmark.min_samples
+    minimum = split_params.min_test_samples
     if len(splits["test"]) < minimum:
         sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
         raise errors.RepotuneError(
             f"split: the test split has {len(splits['test'])} samples, fewer than "
-            f"benchmark.min_samples={minimum} ({sizes}): scores on so few mean little. Raise "
+            f"split.min_test_samples={minimum} ({sizes}): scores on so few mean little. Raise "
             "split.test, keep more samples (loosen filter and task.<name>.filter, e.g. "
             "task.docstring.filter.min_target_tokens), or "
-            "point source.url at more of the repository; benchmark.min_samples: 0 goes on anyway"
+            "point source.url at more of the repository; split.min_test_samples: 0 goes on anyway"
         )
     with atomic.atomic_path(args.out) as out:
         out.mkdir()

@@ -206,10 +206,23 @@ def git_repo(path: Path, files: dict[str, str]):
 
 
 def _section(raw: dict, name: str) -> dict:
-    """The mapping at dotted `name` of `raw` (``task.docstring.filter``), made where missing."""
+    """The mapping at dotted `name` of `raw` (``task.docstring.filter``), made where missing
+    (or null)."""
     for part in name.split("."):
-        raw = raw.setdefault(part, {})
+        if raw.get(part) is None:
+            raw[part] = {}
+        raw = raw[part]
     return raw
+
+
+def _update(raw: dict, name: str, values: dict | None) -> None:
+    """Update the section at dotted `name` of `raw` key by key; None sets it to null
+    (``ood=None``: no out-of-domain check)."""
+    if values is None:
+        head, _, last = name.rpartition(".")
+        (_section(raw, head) if head else raw)[last] = None
+    else:
+        _section(raw, name).update(values)
 
 
 def write_params(root: Path, **sections: dict) -> Path:
@@ -219,15 +232,15 @@ def write_params(root: Path, **sections: dict) -> Path:
     ``**{"task.docstring.filter": {...}}``)."""
     raw: dict = {
         "source": {"url": "https://example.com/r.git"},
-        "benchmark": {"device": "cpu", "threads": 1,
+        "generate": {"device": "cpu", "threads": 1,
                       "systems": {"base": {"model": "models/base"}, "finetuned": {"model": "models/merged"}}},
         "decoding": {"max_new_tokens": 6, "batch_size": 2, "stop": []},
         "evaluate": {"resamples": 200},
     }
     for name, values in sections.items():
-        _section(raw, name).update(values)
+        _update(raw, name, values)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")  # benchmark.systems keeps its order
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")  # generate.systems keeps its order
     return path
 
 
@@ -334,7 +347,7 @@ SPEED_KEYS = {
                         "at checkpoints (checkpoints round up to that interval)",
     "judge.threads": "torch CPU threads, as train.threads",
     "distill.threads": "torch CPU threads, as train.threads",
-    "benchmark.threads": "torch CPU threads, as train.threads",
+    "generate.threads": "torch CPU threads, as train.threads",
 }
 
 
@@ -384,14 +397,15 @@ def set_params(project: Path, **sections: dict) -> None:
     path = project / "params.yaml"
     raw = yaml.safe_load(path.read_text())
     for section, values in sections.items():
-        _section(raw, section).update(values)
+        _update(raw, section, values)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 # A budget that makes the model stages take seconds on the tiny model.
 TINY_BUDGET = {
     "train": {"max_steps": 3, "batch_size": 2, "eval_steps": 2, "max_length": 128, "max_samples": 8},
-    "benchmark": {"max_samples": 3, "ood": None},
+    "generate": {"max_samples": 3},
+    "ood": None,
     "evaluate": {"resamples": 200},
     "decoding": {"max_new_tokens": 8, "batch_size": 2},
 }
@@ -418,11 +432,11 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
         source={"url": source.working_dir, "rev": "main"},
         **{"task.docstring.filter": {"min_target_tokens": 10}},
         model={"base": str(tiny_model), "file": None, "sha256": None},
-        # A dozen samples: too few to mean anything, on purpose; no out-of-domain download.
-        benchmark={"min_samples": 0, "ood": None},
         # Ten samples, nine of them in one file: whole files cannot give every split some,
         # so split per sample here (tests of the file grouping are in test_filter_split.py).
-        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
+        # A dozen samples: too few to mean anything, on purpose (min_test_samples 0).
+        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3, "min_test_samples": 0},
+        ood=None,  # no out-of-domain download
     )
     repo.git.add("--all")
     repo.index.commit("project")

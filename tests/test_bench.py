@@ -173,7 +173,7 @@ def test_data_scale_runs_the_data_half_on_a_local_corpus(tmp_path):
             f"def f{i}_{j}(x):\n    {doc.format(f'f{i}_{j}')}\n    y = x + {j}\n    return y * 2" for j in range(4)) + "\n")
     (source / "notes.txt").write_text("not python\n")
     raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
-    raw["benchmark"]["min_samples"] = 0
+    raw["split"]["min_test_samples"] = 0
     raw["task"]["docstring"]["filter"]["min_target_tokens"] = 5
     raw["split"].update(train=0.4, val=0.3, test=0.3)  # 3 files: one per split
     params_path = tmp_path / "params.yaml"

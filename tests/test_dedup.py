@@ -245,7 +245,7 @@ def test_the_split_stage_removes_leaked_copies_and_reports_them(tmp_path):
     records.sort(key=lambda r: r["path"])
     atomic.write_jsonl(tmp_path / "filtered.jsonl", records)
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    raw["benchmark"]["min_samples"] = 0
+    raw["split"]["min_test_samples"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
     # Where the (unchanged) balanced file split puts each original and its copy.

@@ -66,7 +66,7 @@ def project_files(root: Path, student: Path, **sections) -> Path:
     atomic.write_jsonl(root / "data/ood.jsonl", [])
     raw = {"source": {"url": "https://example.com/r.git"}, "model": {"base": str(student)}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    set_params(root, benchmark={"device": "cpu", "threads": 1},
+    set_params(root, generate={"device": "cpu", "threads": 1},
                decoding={"max_new_tokens": 12, "batch_size": 2, "stop": []},
                **{"task.docstring.filter": {"min_target_tokens": 0, "drop_placeholder_docs": False,
                                             "drop_name_only_docs": False, "drop_non_english_docs": False,
@@ -154,7 +154,7 @@ def test_sequence_distillation_writes_teacher_targets_with_provenance(
     # Distill writes no benchmark outputs; the teacher's come from generate@teacher, a system on
     # the folder distill materialised the teacher into (data/distill/model), like any other.
     assert not (tmp_path / "data/generations").exists()
-    set_params(tmp_path, benchmark={"systems": {"teacher": {"model": "data/distill/model"}}},
+    set_params(tmp_path, generate={"systems": {"teacher": {"model": "data/distill/model"}}},
                evaluate={"reference": "teacher"})
     monkeypatch.chdir(tmp_path)
     load_stage("generate").main(["--system", "teacher"])
@@ -183,12 +183,12 @@ def test_a_teacher_system_needs_distillation_on():
     from repotune.errors import ParamsError
     from repotune.params import parse
 
-    teacher = {"benchmark": {"systems": {"base": {"model": "models/base"}, "teacher": {"model": "data/distill/model"}}}}
-    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.systems.teacher.model is data/distill/model, "
+    teacher = {"generate": {"systems": {"base": {"model": "models/base"}, "teacher": {"model": "data/distill/model"}}}}
+    with pytest.raises(ParamsError, match=r"^params.yaml: generate.systems.teacher.model is data/distill/model, "
                                           r"the distill teacher: it needs distill.enabled: true \(or leave the system out\)$"):
         parse({"source": {"url": "x"}, **teacher})
     on = parse({"source": {"url": "x"}, **teacher, "distill": {"enabled": True, "teacher": {"base": "t"}}})
-    assert list(on.benchmark.systems) == ["base", "teacher"]
+    assert list(on.generate.systems) == ["base", "teacher"]
 
 
 def test_logits_mode_refuses_a_teacher_with_another_tokenizer(tmp_path, tiny_model, other_tokenizer_model):
@@ -279,7 +279,7 @@ def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost
                "teacher": {"model": "data/distill/model"}}
     project_files(tmp_path, tiny_model, evaluate={"resamples": 200},
                   distill={"enabled": True, "teacher": {"base": "teacher-folder"}})
-    set_params(tmp_path, benchmark={"systems": systems})
+    set_params(tmp_path, generate={"systems": systems})
     recs = docstring_records(40, "x")
     atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
     # Exact matches: base 0 of 40, student 20, teacher 40, so the student kept 50% of the gain.
@@ -300,7 +300,7 @@ def test_evaluate_shows_teacher_base_and_student_with_the_gain_kept_and_the_cost
     assert "| finetuned | 134.5 M | ? |" in report  # no speed for the headline evaluation in its metrics
 
     # Without the teacher among the systems (distillation off), the run compares base and fine-tuned.
-    set_params(tmp_path, benchmark={"systems": {name: systems[name] for name in ("base", "finetuned")}},
+    set_params(tmp_path, generate={"systems": {name: systems[name] for name in ("base", "finetuned")}},
                distill={"enabled": False})
     head = run_evaluate(tmp_path)
     assert "teacher_exact_match" not in head and "gain_kept_exact_match" not in head

@@ -72,8 +72,8 @@ def params_reads(script: Path) -> set[str]:
     Follows the forms of :func:`params_sections` and aliases of a part of them
     (``judge = p.filter.judge`` then ``judge.model`` reads ``filter.judge.model``). A chain is
     read as far as it is spelled: an alias passed whole to a function reads all of it. One
-    entry of a mapping (``p.benchmark.systems[args.system]``) reads ``benchmark.systems.*``,
-    which a templated key of a `foreach` stage declares (``benchmark.systems.${key}``).
+    entry of a mapping (``p.generate.systems[args.system]``) reads ``generate.systems.*``,
+    which a templated key of a `foreach` stage declares (``generate.systems.${key}``).
     """
     tree = ast.parse(script.read_text(encoding="utf-8"))
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -251,7 +251,7 @@ def test_stage_declares_every_key_it_reads_and_reads_every_key_it_declares(name:
     `filter` (a read outside the declared keys would not re-run it), and every declared key is
     read (a stage declaring a key it never reads re-runs for nothing)."""
     stage = STAGES[name]
-    # generate@<system> declares its own entry of benchmark.systems: benchmark.systems.${key}.
+    # generate@<system> declares its own entry of generate.systems: generate.systems.${key}.
     declared = {key.replace("${key}", "*") for key in stage.get("params", [])}
     reads = without_speed_keys(params_reads(script_of(stage)) | cmd_reads(stage))
 
@@ -298,12 +298,12 @@ def test_params_reads_follows_aliases_and_whole_reads(tmp_path: Path) -> None:
         "    judge = p.filter.judge\n"
         "    model = judge.model\n"
         "    print(judge.prompt, model.base, p.split.seed)\n"
-        "    run(p.benchmark)\n"
+        "    run(p.generate)\n"
         "    q = params.load('x').task.name\n"
         "    print(q)\n"
     )
     assert params_reads(script) == {
-        "filter.judge.prompt", "filter.judge.model.base", "split.seed", "benchmark", "task.name"
+        "filter.judge.prompt", "filter.judge.model.base", "split.seed", "generate", "task.name"
     }
 
 
@@ -312,18 +312,18 @@ def test_params_reads_sees_one_entry_of_a_mapping_apart_from_all_of_it(tmp_path:
     script.write_text(
         "def main():\n"
         "    p = params.load('x')\n"
-        "    system = p.benchmark.systems[args.system]\n"
+        "    system = p.generate.systems[args.system]\n"
         "    print(system.model, system.prompt, p.extract.languages[0])\n"
         "    q = params.load('x')\n"
         "    print(list(q.evaluate.systems))\n"
     )
     assert params_reads(script) == {
-        "benchmark.systems.*.model", "benchmark.systems.*.prompt", "extract.languages.*", "evaluate.systems"
+        "generate.systems.*.model", "generate.systems.*.prompt", "extract.languages.*", "evaluate.systems"
     }
 
 
 def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
-    """The benchmark stage imports its model modules inside main(); they must still count."""
+    """The generate stage imports its model modules inside main(); they must still count."""
     script = tmp_path / "stage.py"
     script.write_text("def main():\n    from repotune.generation import generate\n")
     found = {p.relative_to(ROOT).as_posix() for p in closure(script)}

@@ -38,7 +38,8 @@ def test_default_pipeline_with_a_tiny_step_budget_and_an_experiment(tmp_path):
     set_params(
         project,
         train={"max_steps": 2, "batch_size": 2, "eval_steps": 2, "max_length": 256, "max_samples": 8},
-        benchmark={"max_samples": 4, "ood": {"sources": {"python": {"url": "pypi:jinja2==3.1.6"}}, "max_samples": 4}},
+        generate={"max_samples": 4},
+        ood={"sources": {"python": {"url": "pypi:jinja2==3.1.6"}}, "max_samples": 4},
         decoding={"max_new_tokens": 16, "batch_size": 4},
     )
     repo.git.add("--all")

@@ -56,8 +56,8 @@ def test_two_templates_and_an_ood_set_through_generate_and_evaluate(tmp_path, li
     source = make_source_repo(tmp_path / "other")
     params = write_params(
         tmp_path,
-        benchmark={"templates": ["plain", "verbose"], "device": "cpu", "threads": 1,
-                   "ood": {"sources": {"python": {"url": source.working_dir, "rev": "main"}}, "max_samples": 3}},
+        generate={"templates": ["plain", "verbose"], "device": "cpu", "threads": 1},
+        ood={"sources": {"python": {"url": source.working_dir, "rev": "main"}}, "max_samples": 3},
         **{"task.docstring.filter": {"min_target_tokens": 5}},
     )
     atomic.write_jsonl(tmp_path / "data/split/test.jsonl", records(5)[::-1])
@@ -175,7 +175,7 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
     for system, outputs in (("base", base), ("finetuned", [r["target"] for r in recs])):
         write_generations(tmp_path, system, outputs, recs, "verbose")
 
-    # benchmark.templates null (the default): the template trained on, and only it.
+    # generate.templates null (the default): the template trained on, and only it.
     trained = write_params(tmp_path, prompt={"template": "verbose"})
     head = json.loads((run_evaluate(tmp_path, trained) / "evaluate.json").read_text())
     assert head["template"] == "verbose" and head["trained_template"] == "verbose"
@@ -188,10 +188,10 @@ def test_the_trained_template_is_scored_by_default_and_leaving_it_out_is_said(tm
 
     # An explicit list wins; one that leaves the trained template out is flagged.
     with pytest.raises(RepotuneError, match="test.plain.jsonl: no outputs of 'base'"):
-        run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
+        run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, generate={"templates": ["plain"]}))
     for system in ("base", "finetuned"):
         write_generations(tmp_path, system, [r["target"] for r in recs], recs)
-    out = run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, benchmark={"templates": ["plain"]}))
+    out = run_evaluate(tmp_path, write_params(tmp_path, prompt={"template": "verbose"}, generate={"templates": ["plain"]}))
     head = json.loads((out / "evaluate.json").read_text())
     assert head["template"] == "plain" and head["trained_template_evaluated"] is False
     report = (out / "report.md").read_text()
@@ -205,7 +205,7 @@ def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(
     write_generations(tmp_path, "base", ["No."] * 6, recs)  # the plain prompt: useless
     write_generations(tmp_path, "base_chat", targets[:3] + ["No."] * 3, recs)  # the chat prompt: half right
     write_generations(tmp_path, "finetuned", targets[:5] + ["No."], recs)
-    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": WITH_CHAT})) /
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, generate={"systems": WITH_CHAT})) /
                        "evaluate.json").read_text())
     assert head["reference"] == "base_chat"  # evaluate.reference: best_base (the default)
     # delta_<metric> is the fine-tuned system's whatever else is compared: 5 of 6 against 3 of 6.
@@ -222,7 +222,7 @@ def test_best_base_is_the_base_at_its_better_prompt_and_deltas_keep_their_names(
     assert "the same prompts but for base_chat (the task's request through the model's chat template)" in report
 
     # An explicit reference still wins.
-    out = run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": WITH_CHAT},
+    out = run_evaluate(tmp_path, write_params(tmp_path, generate={"systems": WITH_CHAT},
                                               evaluate={"resamples": 200, "reference": "base"}), "metrics2")
     head = json.loads((out / "evaluate.json").read_text())
     assert head["reference"] == "base" and head["delta_exact_match"] == round(100 * 5 / 6, 4)
@@ -240,7 +240,7 @@ def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path)
     write_generations(tmp_path, "tuned", targets[:3] + ["No."], recs)  # 75
     systems = {"plain": {"model": "models/base"}, "tuned": {"model": "models/merged"},
                "plain_again": {"model": "models/base"}}
-    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": systems})) /
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, generate={"systems": systems})) /
                        "evaluate.json").read_text())
     assert head["reference"] == "plain"
     assert (head["plain_exact_match"], head["tuned_exact_match"], head["plain_again_exact_match"]) == (0, 75.0, 0)
@@ -251,7 +251,7 @@ def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path)
 
     # A system listed but disabled (its folder says so) is left out; the reference must be one left.
     atomic.write_json(tmp_path / "data/generations/plain/system.json", {"enabled": False, "reason": "test"})
-    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, benchmark={"systems": systems})) /
+    head = json.loads((run_evaluate(tmp_path, write_params(tmp_path, generate={"systems": systems})) /
                        "evaluate.json").read_text())
     assert head["reference"] == "plain_again" and "plain_exact_match" not in head
 
@@ -261,7 +261,7 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
 
     recs = records(3)
     atomic.write_jsonl(tmp_path / "data/split/test.jsonl", recs)
-    params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2}, benchmark={"systems": WITH_CHAT})
+    params = write_params(tmp_path, decoding={"max_new_tokens": 4, "batch_size": 2}, generate={"systems": WITH_CHAT})
     # The tiny model has no chat template: base_chat is disabled with the reason, nothing generated.
     run_generate(tmp_path, params, "base_chat", lively_model)
     marker = json.loads((tmp_path / "data/generations/base_chat/system.json").read_text())
@@ -348,7 +348,7 @@ def test_pairs_of_evaluate_comparisons_are_compared_with_each_other_and_pairs_th
     write_generations(tmp_path, "finetuned_rag", targets[:30] + ["No."] * 10, recs)  # 75
     systems = {"base": {"model": "models/base"}, "base_rag": {"model": "models/base"},
                "finetuned_rag": {"model": "models/merged"}}
-    params = write_params(tmp_path, benchmark={"systems": systems}, evaluate={
+    params = write_params(tmp_path, generate={"systems": systems}, evaluate={
         "reference": "base", "comparisons": [["finetuned_rag", "base_rag"], ["base_rag", "base"], ["finetuned_rag", "finetuned"]]})
     head = json.loads((run_evaluate(tmp_path, params) / "evaluate.json").read_text())
     assert head["finetuned_rag_vs_base_rag_exact_match"] == 50.0  # 75 − 25, not 75 − 0
@@ -381,7 +381,7 @@ def test_scores_are_split_by_whether_the_target_stands_in_the_retrieved_context(
     write_generations(tmp_path, "base_prefix", ["No."] * 40, recs)
     systems = {"base": {"model": "models/base"}, "base_rag": {"model": "models/base", "context": "retrieval"},
                "base_prefix": {"model": "models/base", "context": "prefix"}}
-    params = write_params(tmp_path, task={"name": "method_name"}, benchmark={"systems": systems}, retrieval={"enabled": True},
+    params = write_params(tmp_path, task={"name": "method_name"}, generate={"systems": systems}, retrieval={"enabled": True},
                           evaluate={"reference": "base", "comparisons": [["base_rag", "base_prefix"]]})
     out = run_evaluate(tmp_path, params)
     split = json.loads((out / "evaluate_details.json").read_text())["by_target_in_context"]
@@ -402,7 +402,7 @@ def test_scores_are_split_by_whether_the_target_stands_in_the_retrieved_context(
 
     # No system with context: no split, no section.
     params = write_params(tmp_path, task={"name": "method_name"},
-                          benchmark={"systems": {"base": {"model": "models/base"}, "base_rag": {"model": "models/base"}}},
+                          generate={"systems": {"base": {"model": "models/base"}, "base_rag": {"model": "models/base"}}},
                           evaluate={"reference": "base", "comparisons": []})
     out = run_evaluate(tmp_path, params, out="plain")
     assert "by_target_in_context" not in json.loads((out / "evaluate_details.json").read_text())

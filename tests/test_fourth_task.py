@@ -78,8 +78,8 @@ def test_the_fourth_task_runs_through_every_stage(tmp_path, monkeypatch, tiny_mo
         task={"name": "return_type", "return_type": {"filter": {"max_target_chars": 12}}},
         extract={"languages": ["python", "kotlin"], "workers": 1, "exclude_tests": False},
         # The six modules are near-copies of each other: keep them all.
-        split={"by": "sample", "train": 0.5, "val": 0.2, "test": 0.3, "near_duplicates": {"enabled": False}},
-        benchmark={"min_samples": 0},
+        split={"by": "sample", "train": 0.5, "val": 0.2, "test": 0.3, "near_duplicates": {"enabled": False},
+               "min_test_samples": 0},
     )
     p = params.load("params.yaml")
     assert p.task.name == "return_type" and p.task.filter == return_type.Filter(max_target_chars=12)

@@ -44,15 +44,16 @@ STRAY_PY = 'def stray():\n    """Stray Python code in the Kotlin repository, whi
 
 
 def ood_params(root: Path, languages: list[str], sources: dict[str, str] | None, **sections) -> Path:
-    """params.yaml for a docstring run on `languages`, `sources` as benchmark.ood.sources
-    (language -> local repository; None: benchmark.ood null)."""
+    """params.yaml for a docstring run on `languages`, `sources` as ood.sources
+    (language -> local repository; None: ood null)."""
     ood = None if sources is None else {
         "sources": {lang: {"url": url, "rev": "main"} for lang, url in sources.items()}, "max_samples": 10,
     }
     defaults = {
         "extract": {"languages": languages, "workers": 1},
         "task": {"docstring": {"filter": {"min_target_tokens": 5}}},
-        "benchmark": {"ood": ood, "device": "cpu", "threads": 1},
+        "ood": ood,
+        "generate": {"device": "cpu", "threads": 1},
         "decoding": {"max_new_tokens": 4, "batch_size": 2, "stop": []},
     }
     for name, values in sections.items():
@@ -107,7 +108,7 @@ def test_a_language_without_a_source_is_skipped_and_unused_sources_are_not_clone
     records, metrics = run_ood(tmp_path, ood_params(tmp_path, ["python", "java"], sources))
     assert [r["name"] for r in records] == ["area", "perimeter"]
     assert metrics["enabled"] is True and metrics["samples"] == 2 and "skipped" not in metrics
-    assert metrics["languages"]["java"] == {"skipped": "no source in benchmark.ood.sources"}
+    assert metrics["languages"]["java"] == {"skipped": "no source in ood.sources"}
     assert sorted(metrics["languages"]) == ["java", "python"]
 
 
@@ -117,7 +118,7 @@ def test_no_samples_at_all_skips_the_check_through_generate_and_evaluate(tmp_pat
     params = ood_params(tmp_path, ["kotlin", "java"], {"kotlin": py.working_dir})
     records, metrics = run_ood(tmp_path, params, base=lively_model)
     assert records == [] and (tmp_path / "data/ood.jsonl").read_bytes() == b""
-    reason = (f"java: no source in benchmark.ood.sources; kotlin: no docstring samples kept from "
+    reason = (f"java: no source in ood.sources; kotlin: no docstring samples kept from "
               f"{py.working_dir} (0 extracted, 0 kotlin files parsed)")
     assert metrics["enabled"] is False and metrics["skipped"] == reason
     assert metrics["languages"]["kotlin"]["sha"] == py.head.commit.hexsha
@@ -152,4 +153,4 @@ def test_no_samples_at_all_skips_the_check_through_generate_and_evaluate(tmp_pat
 
 def test_ood_null_writes_an_empty_set_and_says_so(tmp_path):
     records, metrics = run_ood(tmp_path, ood_params(tmp_path, ["python"], None))
-    assert records == [] and metrics == {"enabled": False, "skipped": "benchmark.ood is null"}
+    assert records == [] and metrics == {"enabled": False, "skipped": "ood is null"}

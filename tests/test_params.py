@@ -34,7 +34,7 @@ def test_defaults_fill_missing_sections():
     assert (p.split.train, p.split.val, p.split.test) == (0.8, 0.1, 0.1)
     assert p.task.docstring.filter.min_target_tokens == 8 and p.task.filter.min_target_tokens == 8
     assert p.task.completion.extract.window.stride == 256 and p.task.method_name.extract.mask == "<MASK>"
-    assert (p.train.max_samples, p.benchmark.max_samples) == (1000, 150)
+    assert (p.train.max_samples, p.generate.max_samples, p.split.min_test_samples) == (1000, 150, 30)
 
 
 def test_all_problems_are_reported_at_once_with_key_value_and_allowed():
@@ -50,7 +50,8 @@ def test_all_problems_are_reported_at_once_with_key_value_and_allowed():
     lines = str(info.value).splitlines()
     assert "params.yaml: task.docstring.filter.min_target_tokens must be greater than or equal to 0, got -1" in lines
     assert "params.yaml: filter.max_input_tokens must be a valid integer, got '400'" in lines
-    assert "params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test, near_duplicates)" in lines
+    assert ("params.yaml: split.trian is not a known key (valid keys: by, seed, train, val, test, near_duplicates, "
+            "min_test_samples)") in lines
     assert "params.yaml: extract.languages.1: must be one of the languages (python, kotlin, java), got 'go'" in lines
     assert any(line.startswith("params.yaml: surprise is not a known key (valid keys: source,") for line in lines)
     assert len(lines) == 5
@@ -96,13 +97,13 @@ def test_names_the_task_owns_are_checked_when_params_load(tmp_path):
     """A template or metric the task does not have stops params.load, before any stage works
     (it used to pass loading and fail at generate or evaluate, after training)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["benchmark"]["templates"] = ["plain", "nonexistent"]
+    raw["generate"]["templates"] = ["plain", "nonexistent"]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError) as info:
         params.load(path)
     assert str(info.value) == (
-        "params.yaml: benchmark.templates lists 'nonexistent', not a template of task docstring "
+        "params.yaml: generate.templates lists 'nonexistent', not a template of task docstring "
         "(task docstring has: plain, verbose; add one under prompt.templates.docstring)"
     )
     base = {"source": {"url": "."}, "task": {"name": "method_name"}}
@@ -120,14 +121,14 @@ def test_names_the_task_owns_are_checked_when_params_load(tmp_path):
                                           r"completion, method_name\)"):
         params.parse({"source": {"url": "."}, "prompt": {"templates": {"docstrng": {"short": "{code}"}}}})
     # Every problem at once, in one message.
-    with pytest.raises(ParamsError, match=r"prompt.template is 'x'.*; benchmark.templates lists 'y', 'z'.*; "
+    with pytest.raises(ParamsError, match=r"prompt.template is 'x'.*; generate.templates lists 'y', 'z'.*; "
                                           r"evaluate.primary .* got 'w'"):
-        params.parse({**base, "prompt": {"template": "x"}, "benchmark": {"templates": ["y", "z"]},
+        params.parse({**base, "prompt": {"template": "x"}, "generate": {"templates": ["y", "z"]},
                       "evaluate": {"primary": "w"}})
     # Templates defined under prompt.templates for the task count, and so do the task's own.
     p = params.parse({**base, "prompt": {"template": "short", "templates": {"method_name": {"short": "{code}\nName:"}}},
-                      "benchmark": {"templates": ["short", "instruct"]}, "evaluate": {"primary": "subtoken_f1"}})
-    assert (p.prompt.template, p.benchmark.templates, p.evaluate.primary) == ("short", ["short", "instruct"], "subtoken_f1")
+                      "generate": {"templates": ["short", "instruct"]}, "evaluate": {"primary": "subtoken_f1"}})
+    assert (p.prompt.template, p.generate.templates, p.evaluate.primary) == ("short", ["short", "instruct"], "subtoken_f1")
 
 
 def test_task_and_language_names_come_from_the_registries(monkeypatch):
@@ -171,6 +172,44 @@ def test_a_key_that_moved_under_its_task_names_the_new_key():
         assert key in type(node).model_fields, (old, new)
 
 
+def test_a_key_of_the_old_benchmark_section_names_its_new_place():
+    """benchmark was named after no stage; its keys went to the sections of the stages that read
+    them. One old key: one line naming its new key; the whole section: one line naming them all."""
+    moved = {
+        "systems": "generate.systems", "max_samples": "generate.max_samples", "templates": "generate.templates",
+        "device": "generate.device", "threads": "generate.threads", "min_samples": "split.min_test_samples",
+        "ood": "ood",
+    }
+    for old, new in moved.items():
+        with pytest.raises(ParamsError) as info:
+            params.parse({"source": {"url": "."}, "benchmark": {old: 1}})
+        assert str(info.value) == f"params.yaml: benchmark.{old} has moved to {new}"
+    everywhere = (
+        "params.yaml: benchmark has moved, key by key: benchmark.systems to generate.systems, benchmark.max_samples "
+        "to generate.max_samples, benchmark.templates to generate.templates, benchmark.device to generate.device, "
+        "benchmark.threads to generate.threads, benchmark.min_samples to split.min_test_samples, benchmark.ood to ood"
+    )
+    # A params.yaml written before the move: its whole benchmark section, one line; other
+    # problems still get their own.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["benchmark"] = {"max_samples": 150, "min_samples": 30, "ood": raw.pop("ood"), **raw.pop("generate")}
+    raw["train"]["lr"] = -1.0
+    with pytest.raises(ParamsError) as info:
+        params.parse(raw)
+    assert str(info.value).splitlines() == ["params.yaml: train.lr must be greater than 0, got -1.0", everywhere]
+    # An empty or null section, or a key it never had: where every key went.
+    for section in (None, {}, {"max_sample": 10}):
+        with pytest.raises(ParamsError) as info:
+            params.parse({"source": {"url": "."}, "benchmark": section})
+        assert str(info.value) == everywhere
+    # Every new key is a key of the schema.
+    p = params.parse({"source": {"url": "."}, "ood": {}})
+    for new in params.MOVED_SECTIONS["benchmark"].values():
+        section, _, key = new.rpartition(".")
+        owner = getattr(p, section) if section else p
+        assert key in type(owner).model_fields, new
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ParamsError, match="file not found"):
         params.load(tmp_path / "nope.yaml")
@@ -203,14 +242,13 @@ def test_sha256_is_accepted_in_either_case_and_kept_lowercase():
 
 def test_params_yaml_writes_out_the_schema_defaults():
     """One default per knob: params.yaml holds exactly the schema's defaults (plus the
-    corpora and model it chooses: source, model, benchmark.ood), so a key missing from a
-    user's params.yaml means the same."""
+    corpora and model it chooses: source, model, ood), so a key missing from a user's
+    params.yaml means the same."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     written = params.parse(raw)
-    benchmark = params.BenchmarkParams(ood=written.benchmark.ood)
-    defaults = params.Params(source=written.source, model=written.model, benchmark=benchmark)
+    defaults = params.Params(source=written.source, model=written.model, ood=written.ood)
     assert written == defaults
-    assert params.BenchmarkParams().ood is None  # no out-of-domain download unless asked
+    assert params.Params(source=written.source).ood is None  # no out-of-domain download unless asked
 
 
 def test_extract_exclude_tests_is_a_switch_and_exclude_lists_no_test_layout():
@@ -227,55 +265,55 @@ def test_extract_exclude_tests_is_a_switch_and_exclude_lists_no_test_layout():
 
 
 def test_ood_sources_are_keyed_by_known_languages():
-    ok = params.parse({"source": {"url": "."}, "benchmark": {"ood": {"sources": {"kotlin": {"url": "npm:a@1.0.0"}}}}})
-    assert ok.benchmark.ood.sources["kotlin"] == params.SourceParams(url="npm:a@1.0.0", rev="HEAD", submodules=False)
-    assert ok.benchmark.ood.max_samples == 100
+    ok = params.parse({"source": {"url": "."}, "ood": {"sources": {"kotlin": {"url": "npm:a@1.0.0"}}}})
+    assert ok.ood.sources["kotlin"] == params.SourceParams(url="npm:a@1.0.0", rev="HEAD", submodules=False)
+    assert ok.ood.max_samples == 100
     bad = {"sources": {"rust": {"url": "x"}, "kotlin": {"url": "y", "branch": "main"}, "go": {"url": "z"}}}
     with pytest.raises(ParamsError) as info:
-        params.parse({"source": {"url": "."}, "benchmark": {"ood": bad}})
+        params.parse({"source": {"url": "."}, "ood": bad})
     assert str(info.value).splitlines() == [
-        "params.yaml: benchmark.ood.sources: 'rust' is not a language (keys must be one of python, kotlin, java)",
-        "params.yaml: benchmark.ood.sources.kotlin.branch is not a known key (valid keys: url, rev, submodules)",
-        "params.yaml: benchmark.ood.sources: 'go' is not a language (keys must be one of python, kotlin, java)",
+        "params.yaml: ood.sources: 'rust' is not a language (keys must be one of python, kotlin, java)",
+        "params.yaml: ood.sources.kotlin.branch is not a known key (valid keys: url, rev, submodules)",
+        "params.yaml: ood.sources: 'go' is not a language (keys must be one of python, kotlin, java)",
     ]
     # The one-source form of earlier versions names the keys that replace it.
-    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.ood.url is not a known key \(valid keys: sources, max_samples\)$"):
-        params.parse({"source": {"url": "."}, "benchmark": {"ood": {"url": "pypi:jinja2==3.1.6"}}})
+    with pytest.raises(ParamsError, match=r"^params.yaml: ood.url is not a known key \(valid keys: sources, max_samples\)$"):
+        params.parse({"source": {"url": "."}, "ood": {"url": "pypi:jinja2==3.1.6"}})
 
 
-def test_benchmark_systems_are_a_named_mapping_with_defaults_per_system():
+def test_generate_systems_are_a_named_mapping_with_defaults_per_system():
     p = params.parse({"source": {"url": "."}})
-    assert list(p.benchmark.systems) == ["base", "base_chat", "finetuned", "base_prefix", "base_rag", "finetuned_rag"]
-    assert p.benchmark.systems["base_chat"] == params.SystemParams(model="models/base", context="none", prompt="chat")
-    assert p.benchmark.systems["finetuned_rag"] == params.SystemParams(
+    assert list(p.generate.systems) == ["base", "base_chat", "finetuned", "base_prefix", "base_rag", "finetuned_rag"]
+    assert p.generate.systems["base_chat"] == params.SystemParams(model="models/base", context="none", prompt="chat")
+    assert p.generate.systems["finetuned_rag"] == params.SystemParams(
         model="models/merged_rag", context="retrieval", prompt="trained", enabled="with_retrieval")
-    two = params.parse({"source": {"url": "."}, "benchmark": {"systems": {
+    two = params.parse({"source": {"url": "."}, "generate": {"systems": {
         "finetuned": {"model": "models/merged"}, "base2": {"model": "models/base", "prompt": "trained"}}}})
-    assert list(two.benchmark.systems) == ["finetuned", "base2"]  # the order written, the report's
-    assert two.benchmark.systems["finetuned"] == params.SystemParams(model="models/merged", context="none", prompt="trained")
+    assert list(two.generate.systems) == ["finetuned", "base2"]  # the order written, the report's
+    assert two.generate.systems["finetuned"] == params.SystemParams(model="models/merged", context="none", prompt="trained")
 
 
-def test_benchmark_systems_problems_name_the_key():
+def test_generate_systems_problems_name_the_key():
     with pytest.raises(ParamsError) as info:
-        params.parse({"source": {"url": "."}, "benchmark": {"systems": {
+        params.parse({"source": {"url": "."}, "generate": {"systems": {
             "Big-One": {"model": "base", "prompt": "fancy", "seed": 1},
             "odd": {"model": "models/merged", "context": "graph"},
             "plain": {"model": "models/base", "enabled": "with_retrieval"},
         }}})
     assert str(info.value).splitlines() == [
-        "params.yaml: benchmark.systems: 'Big-One' is not a system name: lowercase letters, digits and _, starting "
+        "params.yaml: generate.systems: 'Big-One' is not a system name: lowercase letters, digits and _, starting "
         "with a letter (it names the stage generate@Big-One and the folder data/generations/Big-One), and not best_base",
-        "params.yaml: benchmark.systems.Big-One.model: must be a model folder a stage makes: models/base (the base "
+        "params.yaml: generate.systems.Big-One.model: must be a model folder a stage makes: models/base (the base "
         "model), models/merged (the fine-tuned model), models/merged_rag (fine-tuned with retrieved context; needs "
         "retrieval.enabled) or data/distill/model (the distill teacher), got 'base'",
-        "params.yaml: benchmark.systems.Big-One.prompt must be 'trained' or 'chat', got 'fancy'",
-        "params.yaml: benchmark.systems.Big-One.seed is not a known key (valid keys: model, context, prompt, enabled)",
-        "params.yaml: benchmark.systems.odd.context must be 'none', 'retrieval' or 'prefix', got 'graph'",
-        "params.yaml: benchmark.systems.plain: enabled is with_retrieval, but the system needs nothing retrieval "
+        "params.yaml: generate.systems.Big-One.prompt must be 'trained' or 'chat', got 'fancy'",
+        "params.yaml: generate.systems.Big-One.seed is not a known key (valid keys: model, context, prompt, enabled)",
+        "params.yaml: generate.systems.odd.context must be 'none', 'retrieval' or 'prefix', got 'graph'",
+        "params.yaml: generate.systems.plain: enabled is with_retrieval, but the system needs nothing retrieval "
         "makes (context none, model models/base): use true or false",
     ]
-    with pytest.raises(ParamsError, match=r"^params.yaml: benchmark.systems.x.model is required$"):
-        params.parse({"source": {"url": "."}, "benchmark": {"systems": {"x": {"prompt": "chat"}}}})
+    with pytest.raises(ParamsError, match=r"^params.yaml: generate.systems.x.model is required$"):
+        params.parse({"source": {"url": "."}, "generate": {"systems": {"x": {"prompt": "chat"}}}})
 
 
 def test_a_system_that_needs_retrieval_runs_with_retrieval_enabled_or_says_with_retrieval():
@@ -283,32 +321,32 @@ def test_a_system_that_needs_retrieval_runs_with_retrieval_enabled_or_says_with_
                "base_prefix": {"model": "models/base", "context": "prefix"},
                "tuned_rag": {"model": "models/merged_rag"}}
     with pytest.raises(ParamsError) as info:
-        params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}})
+        params.parse({"source": {"url": "."}, "generate": {"systems": systems}})
     assert str(info.value).splitlines() == [
-        "params.yaml: benchmark.systems.base_rag: its context is retrieval, which needs retrieval.enabled: true (or "
-        "set benchmark.systems.base_rag.enabled: with_retrieval to run it only then); benchmark.systems.base_prefix: "
-        "its context is prefix, which needs retrieval.enabled: true (or set benchmark.systems.base_prefix.enabled: "
-        "with_retrieval to run it only then); benchmark.systems.tuned_rag: its model is models/merged_rag, the adapter "
+        "params.yaml: generate.systems.base_rag: its context is retrieval, which needs retrieval.enabled: true (or "
+        "set generate.systems.base_rag.enabled: with_retrieval to run it only then); generate.systems.base_prefix: "
+        "its context is prefix, which needs retrieval.enabled: true (or set generate.systems.base_prefix.enabled: "
+        "with_retrieval to run it only then); generate.systems.tuned_rag: its model is models/merged_rag, the adapter "
         "trained with retrieved context, which needs retrieval.enabled: true (or set "
-        "benchmark.systems.tuned_rag.enabled: with_retrieval to run it only then)",
+        "generate.systems.tuned_rag.enabled: with_retrieval to run it only then)",
     ]
-    on = params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}, "retrieval": {"enabled": True}})
-    assert on.benchmark.systems["tuned_rag"].needs_retrieval and not on.benchmark.systems["base"].needs_retrieval
+    on = params.parse({"source": {"url": "."}, "generate": {"systems": systems}, "retrieval": {"enabled": True}})
+    assert on.generate.systems["tuned_rag"].needs_retrieval and not on.generate.systems["base"].needs_retrieval
     # The defaults list the retrieval systems guarded: valid with retrieval off, run with it on.
     guarded = {name: {**s, "enabled": "with_retrieval"} if name != "base" else s for name, s in systems.items()}
-    assert params.parse({"source": {"url": "."}, "benchmark": {"systems": guarded}}).benchmark.systems["base_rag"].enabled \
+    assert params.parse({"source": {"url": "."}, "generate": {"systems": guarded}}).generate.systems["base_rag"].enabled \
         == "with_retrieval"
     off = {name: {**s, "enabled": False} for name, s in systems.items()}
-    params.parse({"source": {"url": "."}, "benchmark": {"systems": off}})  # not run: nothing needed
+    params.parse({"source": {"url": "."}, "generate": {"systems": off}})  # not run: nothing needed
 
 
 def test_the_reference_must_be_a_listed_system_or_best_base_with_a_base_system():
     systems = {"tuned": {"model": "models/merged"}, "plain": {"model": "models/base"}}
     with pytest.raises(ParamsError, match=r"^params.yaml: evaluate.reference is 'base', not best_base nor one of "
-                                          r"benchmark.systems \(tuned, plain\)$"):
-        params.parse({"source": {"url": "."}, "benchmark": {"systems": systems}, "evaluate": {"reference": "base"}})
-    assert params.parse({"source": {"url": "."}, "benchmark": {"systems": systems},
+                                          r"generate.systems \(tuned, plain\)$"):
+        params.parse({"source": {"url": "."}, "generate": {"systems": systems}, "evaluate": {"reference": "base"}})
+    assert params.parse({"source": {"url": "."}, "generate": {"systems": systems},
                          "evaluate": {"reference": "tuned"}}).evaluate.reference == "tuned"
     with pytest.raises(ParamsError, match=r"^params.yaml: evaluate.reference is best_base but no system of "
-                                          r"benchmark.systems runs models/base with context none$"):
-        params.parse({"source": {"url": "."}, "benchmark": {"systems": {"tuned": {"model": "models/merged"}}}})
+                                          r"generate.systems runs models/base with context none$"):
+        params.parse({"source": {"url": "."}, "generate": {"systems": {"tuned": {"model": "models/merged"}}}})

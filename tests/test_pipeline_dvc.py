@@ -122,8 +122,8 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     # A system is a params edit: a second system on the base model, listed in params.yaml alone
     # (dvc.yaml untouched), gets its own generate stage and a column in evaluate; nothing else runs.
     dvc_yaml = (project / "dvc.yaml").read_bytes()
-    systems = yaml.safe_load((project / "params.yaml").read_text())["benchmark"]["systems"]
-    set_params(project, benchmark={"systems": {**systems, "base_again": {"model": "models/base", "context": "none",
+    systems = yaml.safe_load((project / "params.yaml").read_text())["generate"]["systems"]
+    set_params(project, generate={"systems": {**systems, "base_again": {"model": "models/base", "context": "none",
                                                                           "prompt": "trained"}}})
     assert ran(dvc(project, "repro")) == ["generate@base_again", "evaluate"]
     assert (project / "dvc.yaml").read_bytes() == dvc_yaml
@@ -141,7 +141,7 @@ def test_model_stages_rerun_only_what_a_param_touches(project: Path, tiny_model:
     assert "Running stage" not in dvc(project, "repro")
 
     # And taking it out again re-runs evaluate alone.
-    set_params(project, benchmark={"systems": systems})
+    set_params(project, generate={"systems": systems})
     assert ran(dvc(project, "repro")) == ["evaluate"]
     assert "base_again_chrf" not in json.loads((project / "metrics/evaluate.json").read_text())
 
@@ -189,7 +189,7 @@ def test_one_switch_adds_the_retrieval_systems_and_reruns_only_what_sees_context
 
 # A value for each speed/bookkeeping key other than the default (0 = all cores; save_steps 30).
 SPEED_VALUES = {"extract.workers": 1, "train.threads": 1, "train.save_steps": 7, "judge.threads": 1,
-                "distill.threads": 1, "benchmark.threads": 1}
+                "distill.threads": 1, "generate.threads": 1}
 
 
 def test_a_speed_or_bookkeeping_setting_reruns_nothing(project: Path):
@@ -395,8 +395,8 @@ def test_distillation_through_dvc_repro_sequence_then_logits(project: Path, tmp_
     )
     # The teacher is benchmarked as a system like any other: generate@teacher on the folder
     # distill materialises it into.
-    systems = yaml.safe_load((project / "params.yaml").read_text())["benchmark"]["systems"]
-    set_params(project, benchmark={**budget["benchmark"], "systems": {
+    systems = yaml.safe_load((project / "params.yaml").read_text())["generate"]["systems"]
+    set_params(project, generate={**budget["generate"], "systems": {
         **systems, "teacher": {"model": "data/distill/model", "context": "none", "prompt": "trained"}}})
     assert ran(dvc(project, "repro")) == [*ALL_STAGES[:-1], "generate@teacher", "evaluate"]
     counts = atomic.read_json(project / "metrics/distill.json")

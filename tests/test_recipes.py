@@ -64,4 +64,4 @@ def test_each_recipe_scores_first_the_template_it_trains(name):
 
     recipe = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
     p = params.parse(merged(yaml.safe_load((ROOT / "params.yaml").read_text()), recipe))
-    assert evalsets.templates(p.benchmark.templates, p.prompt.template)[0] == p.prompt.template
+    assert evalsets.templates(p.generate.templates, p.prompt.template)[0] == p.prompt.template

@@ -147,7 +147,7 @@ def test_data_summary_reads_the_stage_metrics():
         "- clone: `pypi:attrs==25.3.0` @ `0123456789ab`, 12 files",
         "- filter: kept 7 of 10 (dropped: duplicate 1, short 2)",
         "- split: train 5 samples / 2 files, val 1 samples / 1 files, test 1 samples / 1 files",
-        "- ood: no out-of-domain check: benchmark.ood is null",
+        "- ood: no out-of-domain check: ood is null",
     ]
 
 

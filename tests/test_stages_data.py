@@ -31,7 +31,7 @@ def write_params(workdir: Path, url: str, rev: str = "main", **sections) -> Path
     raw["source"] = {"url": url, "rev": rev, "submodules": False}
     raw["extract"]["exclude"] = ["tests/"]
     raw["extract"]["max_file_bytes"] = 100_000
-    raw["benchmark"]["min_samples"] = 0  # the fixture repository has a dozen samples
+    raw["split"]["min_test_samples"] = 0  # the fixture repository has a dozen samples
     raw["split"].update(train=0.5, val=0.2, test=0.3)  # ... in a few files: room for each split
     for key, value in sections.items():
         node = raw
@@ -418,21 +418,21 @@ def test_a_stage_that_produces_nothing_fails_there_with_counts(
         load_stage(name).main([])
 
 
-def test_a_test_split_under_benchmark_min_samples_stops_at_split_unless_overridden(
+def test_a_test_split_under_split_min_test_samples_stops_at_split_unless_overridden(
     tmp_path, source_repo, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 30},
+    write_params(tmp_path, source_repo.working_dir, split={"min_test_samples": 30},
                  **{"task.docstring.filter": {"min_target_tokens": 10}})
     for name in ("clone", "extract", "filter", "judge"):
         load_stage(name).main([])
     assert run(load_stage("split").main, []) == 1
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errs) == 1
-    assert re.search(r"the test split has \d+ samples, fewer than benchmark.min_samples=30 \(train \d+, val \d+, "
-                     r"test \d+\).*Raise split.test.*benchmark.min_samples: 0 goes on anyway$", errs[0])
+    assert re.search(r"the test split has \d+ samples, fewer than split.min_test_samples=30 \(train \d+, val \d+, "
+                     r"test \d+\).*Raise split.test.*split.min_test_samples: 0 goes on anyway$", errs[0])
     assert not (tmp_path / "data/split").exists()
-    write_params(tmp_path, source_repo.working_dir, benchmark={"min_samples": 0},
+    write_params(tmp_path, source_repo.working_dir, split={"min_test_samples": 0},
                  **{"task.docstring.filter": {"min_target_tokens": 10}})
     load_stage("split").main([])  # the explicit override goes on
     assert (tmp_path / "data/split/test.jsonl").is_file()

@@ -13,7 +13,7 @@ Definitions without a doc comment are mined by the extract stage's own engine
 (``extraction.iter_file_samples``) with a sampler of their own.
 
 Only training targets are made here. The teacher's benchmark outputs come from the generate
-stage like every system's (a ``benchmark.systems`` entry on ``data/distill/model``, the folder
+stage like every system's (a ``generate.systems`` entry on ``data/distill/model``, the folder
 the teacher is materialised into).
 
 Heavy imports (torch, transformers) stay inside the functions, through ``repotune.generation``.
@@ -193,7 +193,7 @@ class Teaching:
     prompt: PromptParams
     decoding: DecodingParams
     max_length: int  # train.max_length: prompts are cut to it less decoding.max_new_tokens
-    device: str  # benchmark.device
+    device: str  # generate.device
 
 
 def teach(s: Teaching, *, split: Path, base: Path, repo: Path, clone_metrics: Path, out: Path) -> dict[str, Any]:

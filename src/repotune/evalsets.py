@@ -1,10 +1,10 @@
 """Evaluation sets: which records every system is evaluated on, and where its outputs go.
 
 Two sets: ``test`` (the held-out files of the training repository) and, when
-``benchmark.ood`` is set and the ood stage kept samples, ``ood`` (samples of other repositories,
+``ood`` is set and the ood stage kept samples, ``ood`` (samples of other repositories,
 one per language, mined with the same task and filters: does the adapter hurt code outside the
 repository?). Each set is evaluated with every
-template of ``benchmark.templates`` (null: the trained one, :func:`templates`); one evaluation = one (set, template) pair, and each system's
+template of ``generate.templates`` (null: the trained one, :func:`templates`); one evaluation = one (set, template) pair, and each system's
 outputs for it are one file, ``data/generations/<system>/<set>.<template>.jsonl``.
 """
 
@@ -27,8 +27,8 @@ def load_sets(
 
     Args:
         test, ood: the test split and the out-of-domain set (JSONL).
-        max_samples: ``benchmark.max_samples`` (0 = all).
-        ood_max_samples: ``benchmark.ood.max_samples``; None when ``benchmark.ood`` is null
+        max_samples: ``generate.max_samples`` (0 = all).
+        ood_max_samples: ``ood.max_samples``; None when ``ood`` is null
             (no ``ood`` set).
 
     There is no ``ood`` set either when the ood file is empty: the ood stage writes it empty
@@ -50,7 +50,7 @@ def _first(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
 
 
 def templates(listed: Sequence[str] | None, trained: str) -> list[str]:
-    """The templates every system is evaluated with, headline first: ``benchmark.templates``
+    """The templates every system is evaluated with, headline first: ``generate.templates``
     (`listed`), or when that is null the template the adapter was trained with
     (``prompt.template``, `trained`), so that a run scores what it trained by default."""
     return list(listed) if listed is not None else [trained]

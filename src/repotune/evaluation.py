@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def systems_on(systems: Mapping[str, SystemParams], model: str) -> list[str]:
-    """The names of `systems` (``benchmark.systems``, in their order) that run the model folder
+    """The names of `systems` (``generate.systems``, in their order) that run the model folder
     `model` and see no context beyond the sample: the base at its prompts (``BASE_MODEL``), the
     fine-tuned model (``FINETUNED_MODEL``), the teacher (``TEACHER_MODEL``)."""
     return [name for name, system in systems.items() if system.model == model and system.context == "none"]

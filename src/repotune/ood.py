@@ -1,6 +1,6 @@
 """The out-of-domain set: each language mined from another repository of that language.
 
-``benchmark.ood.sources`` names one pinned source per language. Each language of
+``ood.sources`` names one pinned source per language. Each language of
 ``extract.languages`` that has one is cloned and mined for that language only (same task,
 filters and extract settings otherwise), so a Kotlin run is checked on Kotlin code and a
 Python run never downloads the Kotlin corpus. A language without a source, or whose source
@@ -23,7 +23,7 @@ from repotune.extraction import extract_samples
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-NO_SOURCE = "no source in benchmark.ood.sources"
+NO_SOURCE = "no source in ood.sources"
 
 
 def mine(
@@ -44,7 +44,7 @@ def mine(
     ``extract.languages``); each one's kept samples are in the order extract gives them.
 
     Args:
-        sources: ``benchmark.ood.sources`` (language -> source).
+        sources: ``ood.sources`` (language -> source).
         task_name, extract, filter_params: the run's ``task.name``, ``extract`` and ``filter``.
         own_extract, own_filter: the task's ``task.<name>.extract`` and ``.filter`` (None: its defaults).
         scratch: an empty folder for the checkouts.

@@ -57,6 +57,17 @@ MOVED = {
     "filter.max_literal_chars": "task.completion.filter.max_literal_chars",
 }
 
+# The old benchmark section, named after no stage (issue 20): each key went to the section of
+# the stage that reads it. Old key -> new key; a params.yaml that still has the section is told
+# where its keys went.
+MOVED_SECTIONS = {
+    "benchmark": {
+        **{f"benchmark.{key}": f"generate.{key}" for key in ("systems", "max_samples", "templates", "device", "threads")},
+        "benchmark.min_samples": "split.min_test_samples",
+        "benchmark.ood": "ood",
+    },
+}
+
 # Docs, examples, benchmarks, vendored code: not the repository's own code to learn from.
 # Tests are not listed here: each language's own test layouts are (its TEST_PATHS, see
 # repotune.languages), skipped by extract.exclude_tests.
@@ -182,6 +193,9 @@ class SplitParams(Section):
     val: float = Field(default=0.1, ge=0, le=1)
     test: float = Field(default=0.1, ge=0, le=1)
     near_duplicates: NearDuplicateParams = NearDuplicateParams()
+    # The split stage stops when the test split has fewer samples (0 = go on anyway): scores on
+    # a handful of samples mean little.
+    min_test_samples: int = Field(default=30, ge=0)
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitParams:
@@ -454,7 +468,7 @@ def _known_language(name: str) -> str:
 
 
 class OodParams(Section):
-    """The out-of-domain check: per language, another repository's pinned source.
+    """``ood``: the out-of-domain check (stage ood): per language, another repository's pinned source.
 
     The ood stage mines each language of ``extract.languages`` from its own source here (a
     language left out gives no out-of-domain samples), so a Kotlin run is checked on Kotlin.
@@ -477,7 +491,7 @@ MODEL_FOLDERS = (BASE_MODEL, FINETUNED_MODEL, FINETUNED_RAG_MODEL, TEACHER_MODEL
 # What a system sees besides the sample's own code: nothing, the chunks of other files the
 # retrieve stage found, or the same-budget control (its own file's code before its input).
 CONTEXTS = ("none", "retrieval", "prefix")
-# benchmark.systems.<name>.enabled: run the system only when retrieval.enabled is true.
+# generate.systems.<name>.enabled: run the system only when retrieval.enabled is true.
 WITH_RETRIEVAL = "with_retrieval"
 # evaluate.reference: the base at its best prompt (see repotune.evaluation.resolve_reference).
 BEST_BASE = "best_base"
@@ -485,7 +499,7 @@ _SYSTEM_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class SystemParams(Section):
-    """One system of ``benchmark.systems``: a model plus the context it sees, and how it is
+    """One system of ``generate.systems``: a model plus the context it sees, and how it is
     prompted. generate@<name> writes its outputs; evaluate compares every system."""
 
     model: str  # one of MODEL_FOLDERS
@@ -493,7 +507,7 @@ class SystemParams(Section):
     # (stage retrieve); prefix: its own file's code before its input, as many code tokens
     # (the same-budget control). Both need retrieval.enabled.
     context: Literal["none", "retrieval", "prefix"] = "none"
-    # trained: the benchmark's templates (benchmark.templates / prompt.template); chat: the
+    # trained: the templates evaluated (generate.templates / prompt.template); chat: the
     # task's request through the model's chat template (a disabled marker without one).
     prompt: Literal["trained", "chat"] = "trained"
     # true: run (a system that needs retrieval then needs retrieval.enabled); false: not run (a
@@ -547,17 +561,18 @@ def _default_systems() -> dict[str, SystemParams]:
             "finetuned_rag": SystemParams(model=FINETUNED_RAG_MODEL, context="retrieval", enabled=WITH_RETRIEVAL)}
 
 
-class BenchmarkParams(Section):
+class GenerateParams(Section):
+    """``generate``: what the generate@<system> stages run (evaluate reads the systems, sample
+    cap and templates too, to score what was generated)."""
+
     # name -> system, in report order; dvc.yaml's generate stage iterates over it (generate@name).
     systems: dict[Annotated[str, AfterValidator(_system_name)], SystemParams] = Field(
         default_factory=_default_systems, min_length=1
     )
     max_samples: int = Field(default=150, ge=0)
-    min_samples: int = Field(default=30, ge=0)
     # Prompt templates each system is evaluated with, the first being the headline; None = the
     # template trained on (prompt.template) alone, so that a run scores what it trained.
     templates: list[str] | None = Field(default=None, min_length=1)
-    ood: OodParams | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0)
 
@@ -573,7 +588,7 @@ class BenchmarkParams(Section):
 
 
 class EvaluateParams(Section):
-    # Deltas are taken against this system (a name of benchmark.systems); best_base: of the
+    # Deltas are taken against this system (a name of generate.systems); best_base: of the
     # systems that run the base model with no context, the one that scores higher on the
     # primary metric on the headline evaluation (the base at its best prompt).
     reference: str = Field(default=BEST_BASE, min_length=1)
@@ -606,6 +621,7 @@ SECTIONS: dict[str, type[Section]] = {
     "extract": ExtractParams,
     "filter": FilterParams,
     "split": SplitParams,
+    "ood": OodParams,  # or None in Params: no out-of-domain check
     "retrieval": RetrievalParams,
     "model": ModelParams,
     "distill": DistillParams,
@@ -613,7 +629,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainParams,
     "prompt": PromptParams,
     "decoding": DecodingParams,
-    "benchmark": BenchmarkParams,
+    "generate": GenerateParams,
     "evaluate": EvaluateParams,
 }
 
@@ -630,6 +646,7 @@ class Params(BaseModel):
     filter: FilterParams = FilterParams()
     judge: JudgeParams = JudgeParams()
     split: SplitParams = SplitParams()
+    ood: OodParams | None = None  # None: no out-of-domain check (and no download)
     retrieval: RetrievalParams = RetrievalParams()
     model: ModelParams | None = None
     distill: DistillParams = DistillParams()
@@ -637,7 +654,7 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     prompt: PromptParams = PromptParams()
     decoding: DecodingParams = DecodingParams()
-    benchmark: BenchmarkParams = BenchmarkParams()
+    generate: GenerateParams = GenerateParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
@@ -645,23 +662,23 @@ class Params(BaseModel):
         """Checks across sections: the reference is a system, a system that needs retrieval runs
         only with retrieval.enabled (unless it says with_retrieval), and the teacher's folder
         holds a model only when distillation runs (else it may hold an earlier run's teacher)."""
-        systems = self.benchmark.systems
+        systems = self.generate.systems
         problems = []
         reference = self.evaluate.reference
         if reference != BEST_BASE and reference not in systems:
-            problems.append(f"evaluate.reference is {reference!r}, not {BEST_BASE} nor one of benchmark.systems "
+            problems.append(f"evaluate.reference is {reference!r}, not {BEST_BASE} nor one of generate.systems "
                             f"({', '.join(systems)})")
         if reference == BEST_BASE and not any(s.model == BASE_MODEL and s.context == "none" for s in systems.values()):
-            problems.append(f"evaluate.reference is {BEST_BASE} but no system of benchmark.systems runs "
+            problems.append(f"evaluate.reference is {BEST_BASE} but no system of generate.systems runs "
                             f"{BASE_MODEL} with context none")
         for name, system in systems.items():
             if system.enabled is True and system.needs_retrieval and not self.retrieval.enabled:
                 what = (f"context is {system.context}" if system.context != "none"
                         else f"model is {FINETUNED_RAG_MODEL}, the adapter trained with retrieved context")
-                problems.append(f"benchmark.systems.{name}: its {what}, which needs retrieval.enabled: true "
-                                f"(or set benchmark.systems.{name}.enabled: {WITH_RETRIEVAL} to run it only then)")
+                problems.append(f"generate.systems.{name}: its {what}, which needs retrieval.enabled: true "
+                                f"(or set generate.systems.{name}.enabled: {WITH_RETRIEVAL} to run it only then)")
             if system.model == TEACHER_MODEL and not self.distill.enabled:
-                problems.append(f"benchmark.systems.{name}.model is {TEACHER_MODEL}, the distill teacher: it needs "
+                problems.append(f"generate.systems.{name}.model is {TEACHER_MODEL}, the distill teacher: it needs "
                                 "distill.enabled: true (or leave the system out)")
         if problems:
             raise ValueError("; ".join(problems))
@@ -683,9 +700,9 @@ class Params(BaseModel):
         where = f"(task {name} has: {', '.join(defined)}; add one under prompt.templates.{name})"
         if self.prompt.template not in defined:
             problems.append(f"prompt.template is {self.prompt.template!r}, not a template of task {name} {where}")
-        unknown = [t for t in self.benchmark.templates or () if t not in defined]
+        unknown = [t for t in self.generate.templates or () if t not in defined]
         if unknown:
-            problems.append(f"benchmark.templates lists {', '.join(map(repr, unknown))}, not a template of task {name} {where}")
+            problems.append(f"generate.templates lists {', '.join(map(repr, unknown))}, not a template of task {name} {where}")
         if self.evaluate.primary is not None and self.evaluate.primary not in module.METRICS:
             problems.append(f"evaluate.primary must be one of the {name} task's metrics "
                             f"({', '.join(module.METRICS)}) or null, got {self.evaluate.primary!r}")
@@ -714,13 +731,26 @@ def _is_model(annotation: object) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+def _moved_section(name: str, value: object) -> str:
+    """One line for a section of MOVED_SECTIONS still written: where its one key went, or (the
+    whole section, or keys it never had) where every key went."""
+    moved = MOVED_SECTIONS[name]
+    keys = [f"{name}.{key}" for key in value] if isinstance(value, dict) else []
+    if len(keys) == 1 and keys[0] in moved:
+        return f"{keys[0]} has moved to {moved[keys[0]]}"
+    places = ", ".join(f"{old} to {new}" for old, new in moved.items())
+    return f"{name} has moved, key by key: {places}"
+
+
 def _describe(error: dict, model: type[BaseModel]) -> str:
     """One line for one pydantic error: key, what is allowed, the value."""
     loc = [str(part) for part in error["loc"]]
-    if loc[-1:] == ["[key]"]:  # a bad key of a mapping (benchmark.ood.sources: 'rust' ...): name the mapping
+    if loc[-1:] == ["[key]"]:  # a bad key of a mapping (ood.sources: 'rust' ...): name the mapping
         loc = loc[:-2]
     key = ".".join(loc) or "(top level)"
     kind = error["type"]
+    if kind == "extra_forbidden" and key in MOVED_SECTIONS:
+        return _moved_section(key, error["input"])
     if kind == "extra_forbidden" and key in MOVED:
         task = MOVED[key].split(".")[1]
         return (f"{key} has moved to {MOVED[key]}: the {task} task's own knobs are under "
@@ -729,7 +759,7 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
         owner: type[BaseModel] = model
         for part in loc[:-1]:
             if part not in owner.model_fields:
-                continue  # a key of a mapping section (benchmark.ood.sources.kotlin), not a field
+                continue  # a key of a mapping section (ood.sources.kotlin), not a field
             annotation = owner.model_fields[part].annotation
             # `ModelParams | None` -> ModelParams
             owner = next(a for a in (annotation, *get_args(annotation)) if _is_model(a))

@@ -1,6 +1,6 @@
 """Prompts and completions: the one place that decides what the model sees and must write.
 
-Training (`train`), the merge check (`merge`) and evaluation (`benchmark`) all build prompts
+Training (`train`), the merge check (`merge`) and generation (`generate`) all build prompts
 with a :class:`Prompter`, so the model is scored on exactly the text layout it was trained on.
 A template is named (``prompt.template``) and comes from ``prompt.templates.<task>.<name>`` in
 params.yaml or else from the task's own defaults (``PROMPTS`` of its module); ``{code}`` is the
@@ -8,7 +8,7 @@ task's prompt input. With ``prompt.chat_template`` the filled template is the us
 tokenizer's chat template (after ``prompt.system``, if any), rendered with the generation
 prompt; otherwise it is used as plain text.
 
-Context (a system's ``context``, see ``benchmark.systems``): a record may carry the context the
+Context (a system's ``context``, see ``generate.systems``): a record may carry the context the
 retrieve stage found for it (:func:`with_context`), rendered by :func:`context_lines` into
 the template's ``{context}`` slot, or at the start of the prompt when the template has none
 (so every template takes context, and a record without context renders as it always did):

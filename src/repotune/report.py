@@ -20,9 +20,9 @@ from repotune.metrics import METRICS
 
 # The reference system grey, the others in Tableau colours.
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
-# How each prompt kind of benchmark.systems is described in the report.
+# How each prompt kind of generate.systems is described in the report.
 PROMPT_WORDS = {"trained": "the trained template", "chat": "the task's request through the model's chat template"}
-# How each context kind of benchmark.systems is described in the report.
+# How each context kind of generate.systems is described in the report.
 CONTEXT_WORDS = {
     "none": "its own code only",
     "retrieval": "chunks of other files of the repository (stage retrieve), as comments naming their path",
@@ -419,7 +419,7 @@ def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
             else:
                 lines.append(f"- ood, {language}: skipped ({m['skipped']})")
     elif ood:
-        lines.append(f"- ood: no out-of-domain check: {ood.get('skipped', 'benchmark.ood is null')}")
+        lines.append(f"- ood: no out-of-domain check: {ood.get('skipped', 'ood is null')}")
     return lines
 
 
@@ -516,7 +516,7 @@ def render_report(
     that makes the numbers mean less than they seem) is one line right under the title.
     `base_scores` (base system -> its headline score on the task's first metric): how the
     reference was chosen when it is the base at its best prompt. `prompts`: system -> its
-    prompt kind (``benchmark.systems.<name>.prompt``; trained when left out). `systems`: system
+    prompt kind (``generate.systems.<name>.prompt``; trained when left out). `systems`: system
     -> its ``model`` and ``context`` (a table says what each is); `not_run`: listed systems that
     did not run -> why (one line). `by_context`: the headline split by whether the target
     stands in the retrieved context (see :func:`repotune.evaluation.by_target_in_context`)."""

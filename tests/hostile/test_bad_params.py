@@ -38,7 +38,7 @@ BAD_PARAMS = [
     ("decoding", "max_new_tokens", 0, "decoding.max_new_tokens must be greater than 0, got 0"),
     ("decoding", "top_p", 2.0, "decoding.top_p must be less than or equal to 1, got 2.0"),
     ("decoding", "no_repeat_ngram_size", -1, "decoding.no_repeat_ngram_size must be greater than or equal to 0, got -1"),
-    ("benchmark", "templates", ["plain", "plain"], "benchmark.templates: templates listed twice: plain"),
+    ("generate", "templates", ["plain", "plain"], "generate.templates: templates listed twice: plain"),
     ("evaluate", "resamples", 10, "evaluate.resamples must be greater than or equal to 100, got 10"),
     ("evaluate", "confidence", 1.5, "evaluate.confidence must be less than 1, got 1.5"),
     ("model", "sha256", "abc", "model.sha256 string should match pattern '^[0-9a-fA-F]{64}$', got 'abc'"),

@@ -57,8 +57,8 @@ def make_project(root: Path, source: Path, tiny_model: Path) -> Path:
         source={"url": str(source), "rev": "main"},  # the same path: records name it
         **{"task.docstring.filter": {"min_target_tokens": 10}},
         model={"base": str(tiny_model), "file": None, "sha256": None},
-        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3},
-        **{**TINY_BUDGET, "benchmark": {**TINY_BUDGET["benchmark"], "min_samples": 0}},
+        split={"by": "sample", "train": 0.4, "val": 0.3, "test": 0.3, "min_test_samples": 0},
+        **TINY_BUDGET,
     )
     repo.git.add("--all")
     repo.index.commit("project")

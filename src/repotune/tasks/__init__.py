@@ -18,7 +18,7 @@ tests/test_tasks.py checks that every registered task provides each, with the ri
   ``DUPLICATE_TARGETS``: whether samples with the same target (and name) are duplicates too;
   ``KEEP_INPUT`` (``head`` or ``tail``) says which end of a too-long input to keep;
 - prompts, train, generate: ``PROMPTS`` (named default templates, ``{code}`` =
-  :func:`prompt_input`; params.yaml's ``prompt.template`` and ``benchmark.templates`` are
+  :func:`prompt_input`; params.yaml's ``prompt.template`` and ``generate.templates`` are
   checked against them when params load), ``prompt_input(record)``, ``completion(record)`` (the
   text trained to follow the prompt), ``default_stop(extract)`` (stop strings when
   ``decoding.stop`` is null; `extract`: its ``task.<name>.extract``, which decides the shape of
