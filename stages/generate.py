@@ -46,8 +46,6 @@ def not_run(system: str, out: Path, metrics_path: Path, reason: str) -> None:
     print(f"generate {system}: not run ({reason})")
 
 
-# long: the stage's recipe in order: which system, the reasons not to run, prompts, generate,
-# rows and metrics; the work is in the library. To be shortened with the systems' own module.
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, help="a name of generate.systems (base, finetuned, ...)")
@@ -68,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or Path("data/generations") / args.system
     metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
 
+    from repotune import systems
     from repotune.generation import generate_from_folder
     from repotune.modeling import (
         load_tokenizer,
@@ -77,59 +76,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolve_precision,
         set_threads,
     )
-    from repotune.prompts import Prompter, evaluation_prompts, with_context
+    from repotune.prompts import with_context
     from repotune.tasks import resolved_decoding, task
 
-    contexts = {name: args.retrieved / system.context / f"{name}.jsonl" for name in ("test", "ood")}
-    reason = None
-    if system.enabled is False:
-        reason = f"generate.systems.{args.system}.enabled is false"
-    elif system.enabled == params.WITH_RETRIEVAL and (
-        atomic.disabled_reason(model) is not None or (system.context != "none" and not any(atomic.iter_jsonl(contexts["test"])))
-    ):
-        reason = f"enabled: {params.WITH_RETRIEVAL}, and retrieval.enabled is false"
-    if reason is not None:
+    contexts = systems.context_files(args.retrieved, system)
+    if (reason := systems.not_run_reason(args.system, system, model, contexts)) is not None:
         return not_run(args.system, out, metrics_path, reason)
     if not (model / "config.json").is_file():
         raise errors.RepotuneError(f"{model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
     decoding = resolved_decoding(p.decoding, p.task.name)
-    sets = evalsets.load_sets(
-        args.test, args.ood, p.generate.max_samples,
-        p.ood.max_samples if p.ood is not None else None,
-    )
+    sets = evalsets.load_sets(args.test, args.ood, p.generate.max_samples, p.ood.max_samples if p.ood is not None else None)
     # Each sample's context, rendered into its prompts (none: the records as they are).
     sets = {name: with_context(records, contexts[name], system.context) for name, records in sets.items()}
-    with_context_cut = system.context != "none"
     tokenizer = load_tokenizer(model)
     chat = system.prompt == "chat"
-    if chat and (module.CHAT_PROMPT is None or not getattr(tokenizer, "chat_template", None)):
-        reason = (f"task {p.task.name} has no chat prompt" if module.CHAT_PROMPT is None
-                  else f"{model}: the tokenizer has no chat template")
+    if chat and (reason := systems.chat_unavailable(p.task.name, module.CHAT_PROMPT, tokenizer, model)) is not None:
         return not_run(args.system, out, metrics_path, reason)
     # A prompt holding context gets retrieval.max_length (train_rag trained at it); the rest
     # train.max_length, both with room for max_new_tokens.
     max_length = p.retrieval.max_length if system.context != "none" else p.train.max_length
-    budget = max(1, max_length - decoding.max_new_tokens)
-    prompts, cut, context_cut = evaluation_prompts(
-        sets, evalsets.evaluations(evalsets.templates(p.generate.templates, p.prompt.template), "ood" in sets),
-        lambda template: (Prompter(p.task.name, module.CHAT_PROMPT, chat_template=True, system=p.prompt.system)
-                          if chat else Prompter.from_params(p.prompt, p.task.name, template)),
-        tokenizer, budget,
+    prompts, cut, context_cut = systems.system_prompts(
+        p.task.name, p.prompt, p.generate.templates, system, module.CHAT_PROMPT, sets, tokenizer,
+        budget=max(1, max_length - decoding.max_new_tokens),
     )
-
     set_threads(p.generate.threads)
     device = resolve_device(p.generate.device)
-    # CPU: fp32. The bf16 choice training makes on CPUs with native bf16 is not taken here: the
-    # decoding paths (slot cache, pre-packed linears) were only ever measured in fp32.
-    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
+    precision = resolve_precision("auto", device)  # CPU: fp32; CUDA: bf16 where supported, else fp16
     stop = decoding.stop if decoding.stop is not None else module.default_stop(p.task.extract)
     # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
     runs = generate_from_folder(
         model, prompts, decoding, stop=[] if chat else stop,
         skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
     )
-
     # The decoding settings as applied (the task's defaults filled in) and the stops.
     summary: dict = {"system": args.system, "model": system.model, "context": system.context,
                      "prompt": system.prompt, "parameters": parameter_count(model),
@@ -137,26 +116,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
     with atomic.atomic_path(out) as folder:
         folder.mkdir(parents=True)
-        for key, run in runs.items():
-            set_name, template = key.split(".", 1)
-            rows = [
-                {
-                    "id": record["id"], "raw": raw,
-                    "output": module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.task.extract),
-                    "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
-                    **({"context_cut": context_was_cut} if with_context_cut else {}),
-                }
-                for record, raw, n_prompt, n_new, was_cut, context_was_cut in zip(
-                    sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key], context_cut[key]
-                )
-            ]
-            atomic.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
-            summary[key] = {
-                "samples": len(rows), "prompts_code_cut": sum(cut[key]),
-                **({"prompts_context_cut": sum(context_cut[key])} if with_context_cut else {}),
-                "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
-                "tokens_per_s": round(run.tokens_per_second, 2),
-            }
+        summary |= systems.write_outputs(
+            folder, sets, runs, cut, context_cut if system.context != "none" else None,
+            lambda raw: module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.task.extract),
+        )
     atomic.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
     print(f"generate {args.system}: " + ", ".join(
         f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if key in runs

@@ -1,0 +1,138 @@
+"""A system of the benchmark (one entry of params.yaml `generate.systems`): whether it runs,
+the prompts it gets on every evaluation, and the rows its outputs become.
+
+The generate stage runs one system: :func:`not_run_reason` first (a disabled system, or one
+that needs retrieval while retrieval is off, writes a marker instead), then
+:func:`system_prompts` on the evaluation sets (with the system's context already rendered
+into the records, see ``repotune.prompts.with_context``), generation, and :func:`output_rows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repotune import atomic, evalsets
+from repotune.params import WITH_RETRIEVAL, PromptParams, SystemParams
+from repotune.prompts import Prompter, evaluation_prompts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from repotune.generation import Generation
+
+SETS = ("test", "ood")
+
+
+def context_files(retrieved: Path, system: SystemParams) -> dict[str, Path]:
+    """Per evaluation set, the file of the system's context (the retrieve stage's output)."""
+    return {name: retrieved / system.context / f"{name}.jsonl" for name in SETS}
+
+
+def not_run_reason(name: str, system: SystemParams, model: Path, contexts: Mapping[str, Path]) -> str | None:
+    """Why system `name` is not run, or None when it runs: ``enabled: false``, or
+    ``enabled: with_retrieval`` while retrieval is off (its model folder is a disabled marker,
+    or its context files are empty)."""
+    if system.enabled is False:
+        return f"generate.systems.{name}.enabled is false"
+    if system.enabled == WITH_RETRIEVAL and (
+        atomic.disabled_reason(model) is not None
+        or (system.context != "none" and not any(atomic.iter_jsonl(contexts["test"])))
+    ):
+        return f"enabled: {WITH_RETRIEVAL}, and retrieval.enabled is false"
+    return None
+
+
+def chat_unavailable(task_name: str, chat_prompt: str | None, tokenizer: PreTrainedTokenizerBase, model: Path) -> str | None:
+    """Why a chat system cannot be prompted (the task has no chat request, or the tokenizer no
+    chat template), or None."""
+    if chat_prompt is None:
+        return f"task {task_name} has no chat prompt"
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{model}: the tokenizer has no chat template"
+    return None
+
+
+def system_prompts(
+    task_name: str,
+    prompt: PromptParams,
+    templates: Sequence[str] | None,
+    system: SystemParams,
+    chat_prompt: str | None,
+    sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    tokenizer: PreTrainedTokenizerBase,
+    budget: int,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]], dict[str, list[bool]]]:
+    """The prompts of every evaluation (``<set>.<template>``: each set with every template of
+    `templates`, null = the trained one) for `system`, each cut to `budget` tokens, with per
+    evaluation which prompts had their code cut and which their context (see
+    ``repotune.prompts.evaluation_prompts``). A chat system gets the task's chat request
+    (`chat_prompt`) through the tokenizer's chat template on every evaluation; the others the
+    evaluation's template."""
+    chat = system.prompt == "chat"
+    evaluations = evalsets.evaluations(evalsets.templates(templates, prompt.template), "ood" in sets)
+    return evaluation_prompts(
+        sets, evaluations,
+        lambda template: (Prompter(task_name, chat_prompt, chat_template=True, system=prompt.system)
+                          if chat else Prompter.from_params(prompt, task_name, template)),
+        tokenizer, budget,
+    )
+
+
+def output_rows(
+    sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    runs: Mapping[str, Generation],
+    cut: Mapping[str, Sequence[bool]],
+    context_cut: Mapping[str, Sequence[bool]] | None,
+    output: Callable[[str], str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Per evaluation, one row per sample in the set's order: id, the raw text, the output
+    (`output` of the raw text: the task's post-processing), prompt and generated token counts,
+    whether the code was cut and, for a system with context (`context_cut` given), whether its
+    context was."""
+    rows = {}
+    for key, run in runs.items():
+        set_name = key.split(".", 1)[0]
+        rows[key] = [
+            {
+                "id": record["id"], "raw": raw, "output": output(raw),
+                "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
+                **({"context_cut": context_cut[key][i]} if context_cut is not None else {}),
+            }
+            for i, (record, raw, n_prompt, n_new, was_cut) in enumerate(zip(
+                sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key], strict=True
+            ))
+        ]
+    return rows
+
+
+def run_summary(
+    rows: Sequence[Mapping[str, Any]], run: Generation, cut: Sequence[bool], context_cut: Sequence[bool] | None
+) -> dict[str, Any]:
+    """One evaluation's entry of metrics/generate/<system>.json: samples, prompts cut (code,
+    and context for a system with context), generated tokens, seconds and tokens/s."""
+    return {
+        "samples": len(rows), "prompts_code_cut": sum(cut),
+        **({"prompts_context_cut": sum(context_cut)} if context_cut is not None else {}),
+        "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
+        "tokens_per_s": round(run.tokens_per_second, 2),
+    }
+
+
+def write_outputs(
+    folder: Path,
+    sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    runs: Mapping[str, Generation],
+    cut: Mapping[str, Sequence[bool]],
+    context_cut: Mapping[str, Sequence[bool]] | None,
+    output: Callable[[str], str],
+) -> dict[str, dict[str, Any]]:
+    """Write each evaluation's rows (:func:`output_rows`) to its generation file in `folder`;
+    return each evaluation's :func:`run_summary`."""
+    rows = output_rows(sets, runs, cut, context_cut, output)
+    summaries = {}
+    for key, run in runs.items():
+        atomic.write_jsonl(evalsets.generation_file(folder, *key.split(".", 1)), rows[key])
+        summaries[key] = run_summary(rows[key], run, cut[key], context_cut[key] if context_cut is not None else None)
+    return summaries
