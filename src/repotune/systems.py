@@ -4,7 +4,7 @@ the prompts it gets on every evaluation, and the rows its outputs become.
 The generate stage runs one system: :func:`not_run_reason` first (a disabled system, or one
 that needs retrieval while retrieval is off, writes a marker instead), then
 :func:`system_prompts` on the evaluation sets (with the system's context already rendered
-into the records, see ``repotune.prompts.with_context``), generation, and :func:`output_rows`.
+into the records, see ``repotune.prompts.with_context``), generation, and :func:`write_outputs`.
 """
 
 from __future__ import annotations
@@ -81,43 +81,27 @@ def system_prompts(
 
 
 def output_rows(
-    sets: Mapping[str, Sequence[Mapping[str, Any]]],
-    runs: Mapping[str, Generation],
-    cut: Mapping[str, Sequence[bool]],
-    context_cut: Mapping[str, Sequence[bool]] | None,
+    records: Sequence[Mapping[str, Any]],
+    run: Generation,
+    cut: Sequence[bool],
+    context_cut: Sequence[bool] | None,
     output: Callable[[str], str],
-) -> dict[str, list[dict[str, Any]]]:
-    """Per evaluation, one row per sample in the set's order: id, the raw text, the output
-    (`output` of the raw text: the task's post-processing), prompt and generated token counts,
-    whether the code was cut and, for a system with context (`context_cut` given), whether its
-    context was."""
-    rows = {}
-    for key, run in runs.items():
-        set_name = key.split(".", 1)[0]
-        rows[key] = [
-            {
-                "id": record["id"], "raw": raw, "output": output(raw),
-                "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
-                **({"context_cut": context_cut[key][i]} if context_cut is not None else {}),
-            }
-            for i, (record, raw, n_prompt, n_new, was_cut) in enumerate(zip(
-                sets[set_name], run.raw_texts, run.prompt_tokens, run.new_tokens, cut[key], strict=True
-            ))
-        ]
-    return rows
-
-
-def run_summary(
-    rows: Sequence[Mapping[str, Any]], run: Generation, cut: Sequence[bool], context_cut: Sequence[bool] | None
-) -> dict[str, Any]:
-    """One evaluation's entry of metrics/generate/<system>.json: samples, prompts cut (code,
-    and context for a system with context), generated tokens, seconds and tokens/s."""
-    return {
-        "samples": len(rows), "prompts_code_cut": sum(cut),
-        **({"prompts_context_cut": sum(context_cut)} if context_cut is not None else {}),
-        "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
-        "tokens_per_s": round(run.tokens_per_second, 2),
-    }
+) -> list[dict[str, Any]]:
+    """One evaluation's rows, one per record in order: id, the raw text, the output (`output`
+    of the raw text: the task's post-processing), prompt and generated token counts, whether
+    the code was cut and, for a system with context (`context_cut` given), whether its context
+    was."""
+    flags = context_cut if context_cut is not None else [None] * len(cut)
+    return [
+        {
+            "id": record["id"], "raw": raw, "output": output(raw),
+            "prompt_tokens": n_prompt, "new_tokens": n_new, "code_cut": was_cut,
+            **({"context_cut": context_was_cut} if context_cut is not None else {}),
+        }
+        for record, raw, n_prompt, n_new, was_cut, context_was_cut in zip(
+            records, run.raw_texts, run.prompt_tokens, run.new_tokens, cut, flags, strict=True
+        )
+    ]
 
 
 def write_outputs(
@@ -128,11 +112,20 @@ def write_outputs(
     context_cut: Mapping[str, Sequence[bool]] | None,
     output: Callable[[str], str],
 ) -> dict[str, dict[str, Any]]:
-    """Write each evaluation's rows (:func:`output_rows`) to its generation file in `folder`;
-    return each evaluation's :func:`run_summary`."""
-    rows = output_rows(sets, runs, cut, context_cut, output)
+    """Write each evaluation's (``<set>.<template>``) rows (:func:`output_rows`) to its
+    generation file in `folder`; return per evaluation its entry of
+    metrics/generate/<system>.json: samples, prompts cut (code, and context for a system with
+    context), generated tokens, seconds and tokens/s."""
     summaries = {}
     for key, run in runs.items():
-        atomic.write_jsonl(evalsets.generation_file(folder, *key.split(".", 1)), rows[key])
-        summaries[key] = run_summary(rows[key], run, cut[key], context_cut[key] if context_cut is not None else None)
+        set_name, template = key.split(".", 1)
+        flags = context_cut[key] if context_cut is not None else None
+        rows = output_rows(sets[set_name], run, cut[key], flags, output)
+        atomic.write_jsonl(evalsets.generation_file(folder, set_name, template), rows)
+        summaries[key] = {
+            "samples": len(rows), "prompts_code_cut": sum(cut[key]),
+            **({"prompts_context_cut": sum(flags)} if flags is not None else {}),
+            "generated_tokens": sum(run.new_tokens), "seconds": round(run.seconds, 2),
+            "tokens_per_s": round(run.tokens_per_second, 2),
+        }
     return summaries
