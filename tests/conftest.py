@@ -463,7 +463,12 @@ def kill_at_checkpoint(
     from repotune.checkpoints import COMPLETE
 
     def complete() -> list[int]:
-        return [int(p.parent.name.split("-")[1]) for p in checkpoints_root.glob(f"*/checkpoint-*/{COMPLETE}")]
+        # The run writes and removes scratch folders (`.NAME.partial-*`) beside the checkpoints;
+        # one can vanish between the glob's listing and its look inside: look again next poll.
+        try:
+            return [int(p.parent.name.split("-")[1]) for p in checkpoints_root.glob(f"*/checkpoint-*/{COMPLETE}")]
+        except FileNotFoundError:
+            return []
 
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
