@@ -9,6 +9,7 @@ params.yaml in the workspace is left as it is.
     python recipes/run.py kotlin-completion             # runs it
     python recipes/run.py kotlin-completion --print     # only prints the dvc command
     python recipes/run.py kotlin-completion -- --queue  # anything after -- goes to dvc exp run
+    python recipes/run.py kotlin-completion -- -S lora.r=8   # ... after the recipe's -S: yours win
 """
 
 from __future__ import annotations
@@ -55,24 +56,30 @@ def overrides(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` goes to dvc exp run as it is, after the recipe's own -S, so that
+    # an -S given there overrides the recipe's value (DVC applies -S in order, the last wins).
+    dvc_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="%(prog)s [-h] [--params PARAMS] [--print] name [-- DVC_EXP_RUN_ARGS...]"
+    )
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
     parser.add_argument("name", choices=names, help="recipe (a file recipes/NAME.yaml)")
     parser.add_argument("--params", default="params.yaml", help="the params file it overlays")
     parser.add_argument("--print", action="store_true", help="print the command, run nothing")
-    parser.add_argument("dvc_args", nargs="*", help="after --: more arguments for dvc exp run")
     args = parser.parse_args(argv)
 
     recipe = yaml.safe_load((RECIPES / f"{args.name}.yaml").read_text(encoding="utf-8")) or {}
     params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
-    command = ["dvc", "exp", "run", "--name", args.name, *args.dvc_args]
+    command = ["dvc", "exp", "run", "--name", args.name]
     for override in overrides(recipe, params):
         command += ["-S", override]
+    command += dvc_args
     print(shlex.join(command))
     if args.print:
         return 0
     return subprocess.run(command).returncode
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,25 @@ def test_print_shows_the_dvc_command(capsys):
     assert run.main(["python-class-docstrings", "--print"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dvc exp run --name python-class-docstrings -S 'filter.kinds=[\"class\"]'")
+
+
+@pytest.mark.parametrize("argv", [
+    ["kotlin-completion", "--print", "--", "--queue", "-S", "train.quantize=none"],
+    ["--print", "kotlin-completion", "--", "--queue", "-S", "train.quantize=none"],
+])
+def test_arguments_after_the_separator_follow_the_recipe_so_their_settings_win(argv, capsys, tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    assert run.main(argv) == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert words[-3:] == ["--queue", "-S", "train.quantize=none"]
+    settings = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    target = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", target)
+    apply_overrides(target, settings)  # in order, as `dvc exp run -S ... -S ...` applies them
+    applied = yaml.safe_load(target.read_text())
+    assert applied["train"]["quantize"] == "none"  # the recipe says 4bit; the user's setting wins
+    assert applied["lora"]["r"] == 16
 
 
 @pytest.mark.parametrize("name", NAMES)
