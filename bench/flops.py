@@ -9,8 +9,10 @@ FLOPs are counted as 2 per multiply-add, for real (unpadded) tokens only:
 - causal attention costs, per layer, 2 x width x position for QK^T and the same for AV, i.e.
   4 x layers x width x position for the token at that position (width = heads x head_dim).
 
-The reference rate is measured, not taken from a datasheet: fp32 products of SmolLM2-135M's MLP
-shape (2048x576 @ 576x1536) with the same number of threads as the workload.
+The reference rate is measured, not taken from a datasheet: products of SmolLM2-135M's MLP
+shape (2048x576 @ 576x1536) in the precision the workload computes in (fp32 unless told), with
+the same number of threads as the workload. Results carry :func:`machine_facts` (CPU model and
+flags) so that a number is never read without the machine it was taken on.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
-def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float:
-    """Measured fp32 FLOP/s of (m x k) @ (k x n) products with `threads` torch threads."""
+def matmul_flops(
+    threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0, dtype: str = "fp32"
+) -> float:
+    """Measured FLOP/s of (m x k) @ (k x n) products in `dtype` (fp32, bf16 or fp16) with
+    `threads` torch threads."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = torch.randn(m, k).to(kind), torch.randn(k, n).to(kind)
     for _ in range(3):  # warm-up: thread pool start, caches
         a @ b
     runs, start = 0, time.perf_counter()
@@ -39,18 +45,49 @@ def matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, secon
     return 2 * m * k * n * runs / (time.perf_counter() - start)
 
 
+# The CPU features that decide which kernels torch and oneDNN pick (and so the speed, and for
+# bf16 whether it is native or emulated).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine_facts() -> dict:
+    """The machine the numbers were taken on: CPU model, logical cores, the flags of
+    :data:`CPU_FLAGS` it has, torch's CPU capability and version."""
+    import platform
+
+    import torch
+
+    facts = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": [],
+        "logical_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    with contextlib.suppress(OSError):  # Linux; elsewhere the model name from platform
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                facts["cpu"] = value.strip()
+            elif key.strip() == "flags":
+                facts["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in value.split()]
+                break
+    return facts
+
+
 @contextlib.contextmanager
-def machine_rate(threads: int, seconds: float = 1.5) -> Iterator[dict]:
-    """Measure the matmul rate and the load average before and after the block.
+def machine_rate(threads: int, seconds: float = 1.5, dtype: str = "fp32") -> Iterator[dict]:
+    """Measure the matmul rate in `dtype` and the load average before and after the block.
 
     The cores may be shared: the better of the two rates is the reference, and the load
     averages tell a slow run from a busy machine. The yielded dict is filled when the block
-    ends with ``matmul_flops_per_s`` and ``load_average_1min`` (before, after).
+    ends with ``matmul_flops_per_s``, ``matmul_dtype`` and ``load_average_1min`` (before, after).
     """
     state: dict = {}
-    before, load = matmul_flops(threads, seconds=seconds), os.getloadavg()[0]
+    before, load = matmul_flops(threads, seconds=seconds, dtype=dtype), os.getloadavg()[0]
     yield state
-    state["matmul_flops_per_s"] = round(max(before, matmul_flops(threads, seconds=seconds)))
+    state["matmul_flops_per_s"] = round(max(before, matmul_flops(threads, seconds=seconds, dtype=dtype)))
+    state["matmul_dtype"] = dtype
     state["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
 
 
@@ -90,7 +127,11 @@ def model_shape(model) -> dict[str, int]:
     config = model.config
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
+    # A 4-bit (bitsandbytes) weight stores two values per byte: count the weights it stands for.
+    total = sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in model.parameters()
+    )
     # Tied output embeddings are one tensor counted once by model.parameters().
     embed_params = embedding.numel() + (0 if head is embedding else head.numel())
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

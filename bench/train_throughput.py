@@ -17,8 +17,12 @@ Two measurements, both with the LoRA and train settings of params.yaml:
   with each split of the same update into ``train.batch_size`` x ``train.grad_accum``, each in
   a process of its own, for their tokens/s and peak memory side by side.
 
-Both are put against the machine's limit: the measured fp32 matmul rate with the same number
-of threads. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
+Both are put against the machine's limit: the matmul rate measured in the precision the
+model computes in (``--precision``; fp32 for 4-bit QLoRA computing in fp32, fp16 for 8-bit,
+whose int8 matmul casts activations to fp16) with the same number of threads, before and after
+each measurement. ``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as
+``train.precision`` / ``train.quantize`` would run it (the kernel loads the model the same way).
+The result records the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
 forward and activation gradients of the frozen base, LoRA forward and both its gradients,
 attention at the real sequence lengths); the weight gradients of frozen weights are not
 computed and not counted. The vocabulary projection counts at the completion positions only
@@ -27,7 +31,7 @@ every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
-        [--kernel-length 192] [--out out.json]
+        [--kernel-length 192] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--out out.json]
     python bench/train_throughput.py --model models/base --micro-batches 8x1 4x2 2x4 [--samples 160]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
@@ -48,6 +52,7 @@ from pathlib import Path
 from flops import (  # bench/flops.py
     lora_flops_per_token,
     lora_training_flops,
+    machine_facts,
     machine_rate,
     model_shape,
     peak_rss,
@@ -69,9 +74,15 @@ def trained_lengths(
     return [t for _, t in kept], [t - p for p, t in kept]
 
 
-def measure(threads: int, work, matmul_seconds: float = 1.5) -> dict:
-    """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements."""
-    with machine_rate(threads, matmul_seconds) as machine:
+def compute_dtype(precision: str, quantize: str) -> str:
+    """The dtype the model's matmuls run in: `precision`, except 8-bit (LLM.int8 casts to fp16)."""
+    return "fp16" if quantize == "8bit" else precision
+
+
+def measure(threads: int, work, matmul_seconds: float = 1.5, dtype: str = "fp32") -> dict:
+    """Run `work()` (returns seconds, FLOPs, extra facts) between two matmul-rate measurements
+    in `dtype`."""
+    with machine_rate(threads, matmul_seconds, dtype) as machine:
         with peak_rss() as peak:
             seconds, flops, facts = work()
     return {
@@ -106,6 +117,7 @@ def micro_batch_process(args: argparse.Namespace, spec: tuple[int, int]) -> dict
             sys.executable, __file__, "--model", args.model, "--train", args.train, "--params", args.params,
             "--samples", str(args.samples), "--threads", str(args.threads),
             "--matmul-seconds", str(args.matmul_seconds), "--micro-batches", "x".join(map(str, spec)),
+            "--precision", args.precision, "--quantize", args.quantize,
             "--out", str(out),
         ], check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())["micro_batches"][0]
@@ -123,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kernel-steps", type=int, default=4, help="timed kernel steps")
     parser.add_argument("--kernel-length", type=int, default=0, help="0: mean trained length")
     parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision")
+    parser.add_argument("--quantize", choices=["none", "4bit", "8bit"], default="none", help="train.quantize")
     parser.add_argument(
         "--micro-batches", nargs="+", metavar="BxA", type=micro_batch,
         help="instead of the kernel and packing runs: the stage with train.batch_size B and "
@@ -132,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.micro_batches and len(args.micro_batches) > 1:
         runs = [micro_batch_process(args, spec) for spec in args.micro_batches]
-        write_result({"samples": args.samples, "threads": args.threads, "micro_batches": runs}, args.out)
+        write_result({"samples": args.samples, "threads": args.threads, "machine": machine_facts(),
+                      "micro_batches": runs}, args.out)
         return
 
     import torch
@@ -140,12 +155,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from repotune import modeling
     from repotune.tasks import resolved_training
+    from repotune.trainer_setup import load_for_training
     from repotune.training import Outputs, train_adapter
 
     p = params.load(args.params)
     train = resolved_training(p.train, p.task.name).model_copy(  # the task's lr where params leave it null
         update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
-                "precision": "fp32", "quantize": "none"}
+                "precision": args.precision, "quantize": args.quantize}
     )
     if args.micro_batches:
         train = train.model_copy(update=dict(zip(("batch_size", "grad_accum"), args.micro_batches[0], strict=True)))
@@ -158,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer, train.max_length,
     )
 
-    base = modeling.load_causal_lm(args.model)
+    dtype = compute_dtype(args.precision, args.quantize)
+    base = load_for_training(Path(args.model), train).model  # as the stage loads it (k-bit: prepared)
     shape = model_shape(base)  # before peft adds the LoRA weights
     model = get_peft_model(
         base,
@@ -169,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     length = args.kernel_length or round(sum(lengths) / len(lengths))
     result = {
         "model": Path(args.model).name,
+        "machine": machine_facts(),
         "threads": args.threads,
+        "precision": args.precision,
+        "quantize": args.quantize,
         "lora": p.lora.model_dump(mode="json"),
         "batch_size": train.batch_size,
         "max_length": train.max_length,
@@ -224,14 +244,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.micro_batches:
         del model, base  # the stage loads its own copy: this one would count in its peak
         result["micro_batches"] = [{"batch_size": train.batch_size, "grad_accum": train.grad_accum,
-                                    **measure(args.threads, lambda: stage(False), args.matmul_seconds)}]
+                                    **measure(args.threads, lambda: stage(False), args.matmul_seconds, dtype)}]
         write_result(result, args.out)
         return
-    result["kernel"] = measure(args.threads, kernel, args.matmul_seconds)
+    result["kernel"] = measure(args.threads, kernel, args.matmul_seconds, dtype)
     print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy
     for name, packing in (("stage", False), ("stage_packed", True)):
-        result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds)
+        result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds, dtype)
         print(json.dumps(result[name]), file=sys.stderr)
     write_result(result, args.out)
 

@@ -86,6 +86,67 @@ def test_matmul_rate_is_measured(tiny):
     assert 1e6 < rate < 1e14
 
 
+def test_matmul_rate_is_measured_in_the_precision_asked(monkeypatch):
+    import torch
+
+    seen = []
+    real = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(a.dtype) or real(a, b))
+    with flops.machine_rate(threads=1, seconds=0.02, dtype="bf16") as state:
+        pass
+    assert state["matmul_dtype"] == "bf16" and state["matmul_flops_per_s"] > 0
+    assert set(seen) == {torch.bfloat16}
+
+
+def test_machine_facts_name_the_cpu_and_its_flags():
+    import torch
+
+    facts = flops.machine_facts()
+    assert facts["cpu"] and facts["logical_cores"] >= 1 and facts["torch"] == torch.__version__
+    assert set(facts["cpu_flags"]) <= set(flops.CPU_FLAGS)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # this machine's own flags, as the kernel reports them
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
+        assert facts["cpu_flags"] == [flag for flag in flops.CPU_FLAGS if flag in flags]
+
+
+def test_a_four_bit_model_is_counted_by_the_weights_it_stands_for(tiny_model):
+    from repotune.modeling import load_causal_lm
+
+    plain, packed = (flops.model_shape(load_causal_lm(tiny_model, quantize=q)) for q in ("none", "4bit"))
+    assert packed == plain
+
+
+def test_the_train_bench_measures_the_precision_and_quantization_asked(tiny_model, tmp_path, capsys):
+    import train_throughput
+
+    from repotune import atomic
+
+    split = tmp_path / "train.jsonl"
+    atomic.write_jsonl(split, [
+        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."} for i in range(4)
+    ])
+    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
+    raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for precision, quantize, dtype in (("bf16", "none", "bf16"), ("fp32", "4bit", "fp32")):
+        out = tmp_path / f"{precision}-{quantize}.json"
+        train_throughput.main([
+            "--model", str(tiny_model), "--train", str(split), "--params", str(params), "--samples", "4",
+            "--threads", "1", "--kernel-steps", "1", "--matmul-seconds", "0.05",
+            "--precision", precision, "--quantize", quantize, "--out", str(out),
+        ])
+        result = json.loads(out.read_text())
+        assert (result["precision"], result["quantize"]) == (precision, quantize)
+        assert result["machine"]["cpu_flags"] == flops.machine_facts()["cpu_flags"]
+        for run in ("kernel", "stage"):
+            assert result[run]["matmul_dtype"] == dtype and result[run]["mfu"] > 0
+        assert result["stage"]["steps"] == 2
+    assert train_throughput.compute_dtype("fp32", "8bit") == "fp16"
+    capsys.readouterr()
+
+
 def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, capsys):
     import generation_throughput
     import train_throughput
