@@ -31,7 +31,7 @@ every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
-        [--kernel-length 192] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--out out.json]
+        [--kernel-length 192] [--runs kernel stage stage_packed] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--out out.json]
     python bench/train_throughput.py --model models/base --micro-batches 8x1 4x2 2x4 [--samples 160]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kernel-steps", type=int, default=4, help="timed kernel steps")
     parser.add_argument("--kernel-length", type=int, default=0, help="0: mean trained length")
     parser.add_argument("--matmul-seconds", type=float, default=1.5, help="per rate measurement")
+    parser.add_argument(
+        "--runs", nargs="+", choices=["kernel", "stage", "stage_packed"], default=["kernel", "stage", "stage_packed"],
+        help="which measurements to take (default all three)",
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision")
     parser.add_argument("--quantize", choices=["none", "4bit", "8bit"], default="none", help="train.quantize")
     parser.add_argument(
@@ -247,10 +251,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     **measure(args.threads, lambda: stage(False), args.matmul_seconds, dtype)}]
         write_result(result, args.out)
         return
-    result["kernel"] = measure(args.threads, kernel, args.matmul_seconds, dtype)
-    print(json.dumps(result["kernel"]), file=sys.stderr)
+    if "kernel" in args.runs:
+        result["kernel"] = measure(args.threads, kernel, args.matmul_seconds, dtype)
+        print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy
     for name, packing in (("stage", False), ("stage_packed", True)):
+        if name not in args.runs:
+            continue
         result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds, dtype)
         print(json.dumps(result[name]), file=sys.stderr)
     write_result(result, args.out)
