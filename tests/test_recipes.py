@@ -60,21 +60,21 @@ def test_print_shows_the_dvc_command(capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["kotlin-completion", "--print", "--", "--queue", "-S", "train.quantize=none"],
-    ["--print", "kotlin-completion", "--", "--queue", "-S", "train.quantize=none"],
+    ["kotlin-completion", "--print", "--", "--queue", "-S", "train.max_samples=40"],
+    ["--print", "kotlin-completion", "--", "--queue", "-S", "train.max_samples=40"],
 ])
 def test_arguments_after_the_separator_follow_the_recipe_so_their_settings_win(argv, capsys, tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     assert run.main(argv) == 0
     words = shlex.split(capsys.readouterr().out)
-    assert words[-3:] == ["--queue", "-S", "train.quantize=none"]
+    assert words[-3:] == ["--queue", "-S", "train.max_samples=40"]
     settings = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
     target = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", target)
     apply_overrides(target, settings)  # in order, as `dvc exp run -S ... -S ...` applies them
     applied = yaml.safe_load(target.read_text())
-    assert applied["train"]["quantize"] == "none"  # the recipe says 4bit; the user's setting wins
+    assert applied["train"]["max_samples"] == 40  # the recipe says 160; the user's setting wins
     assert applied["lora"]["r"] == 16
 
 
