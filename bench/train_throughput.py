@@ -18,8 +18,9 @@ Two measurements, both with the LoRA and train settings of params.yaml:
   a process of its own, for their tokens/s and peak memory side by side.
 
 Both are put against the machine's limit: the matmul rate measured in the precision the
-model computes in (``--precision``; fp32 for 4-bit QLoRA computing in fp32, fp16 for 8-bit,
-whose int8 matmul casts activations to fp16) with the same number of threads, before and after
+model computes in (``--precision``; 4-bit QLoRA dequantizes to it; 8-bit, an int8 forward and
+a dequantized backward, has no single rate and is put against it as a reference only) with the
+same number of threads, before and after
 each measurement. ``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as
 ``train.precision`` / ``train.quantize`` would run it (the kernel loads the model the same way).
 The result records the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
@@ -72,11 +73,6 @@ def trained_lengths(
     """
     kept = [(p, min(t, max_length)) for p, t in token_lengths(rows, tokenizer) if p < max_length]
     return [t for _, t in kept], [t - p for p, t in kept]
-
-
-def compute_dtype(precision: str, quantize: str) -> str:
-    """The dtype the model's matmuls run in: `precision`, except 8-bit (LLM.int8 casts to fp16)."""
-    return "fp16" if quantize == "8bit" else precision
 
 
 def measure(threads: int, work, matmul_seconds: float = 1.5, dtype: str = "fp32") -> dict:
@@ -178,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer, train.max_length,
     )
 
-    dtype = compute_dtype(args.precision, args.quantize)
+    # The reference rate's dtype: the precision (4-bit dequantizes its weights to it; 8-bit, an
+    # int8 forward through torch._int_mm and a dequantized backward, has no single rate).
+    dtype = args.precision
     base = load_for_training(Path(args.model), train).model  # as the stage loads it (k-bit: prepared)
     shape = model_shape(base)  # before peft adds the LoRA weights
     model = get_peft_model(

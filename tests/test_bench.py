@@ -143,7 +143,6 @@ def test_the_train_bench_measures_the_precision_and_quantization_asked(tiny_mode
         for run in ("kernel", "stage"):
             assert result[run]["matmul_dtype"] == dtype and result[run]["mfu"] > 0
         assert result["stage"]["steps"] == 2 and "stage_packed" not in result
-    assert train_throughput.compute_dtype("fp32", "8bit") == "fp16"
     capsys.readouterr()
 
 
