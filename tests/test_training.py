@@ -400,6 +400,36 @@ def test_quantize_bitsandbytes_cannot_run_here_stops_before_loading(
 # --- merge ----------------------------------------------------------------------------------
 
 
+def test_an_adapter_on_a_tied_input_embedding_merges_without_changing_the_output_head(tiny_model, tmp_path):
+    """LoRA on embed_tokens of a model that ties its head to it (the python-framework-completion
+    recipe on SmolLM2): the adapter changes the input lookup only, so must the merged model."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repotune.merging import merge_adapter
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")  # random A and B: a real effect
+    prompts = [DOCSTRING.prompt(record(i, "val")) for i in range(3)]
+
+    merge = merge_adapter(tiny_model, tmp_path / "adapter", tmp_path / "merged", prompts)
+    assert merge["max_abs_diff"] <= 1e-4 and merge["adapter_effect"] > 1e-2
+    assert merge["untied_output_embedding"] is True
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert merged.config.tie_word_embeddings is False
+    assert torch.equal(merged.get_output_embeddings().weight, base.get_output_embeddings().weight)
+    assert not torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    ids = AutoTokenizer.from_pretrained(tmp_path / "merged")(prompts[0], return_tensors="pt")
+    with torch.no_grad():
+        assert (adapted(**ids).logits - merged(**ids).logits).abs().max().item() <= 1e-4
+
+
 def test_merge_matches_adapter_logits_and_changes_only_lora_targets(trained, tiny_model):
     import torch
     from peft import PeftModel

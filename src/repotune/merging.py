@@ -92,6 +92,31 @@ TOLERANCE = 1e-3
 
 # long: 40 of its lines are the docstring (what the merge check measures, what the card records);
 # the body is one sequence over the same loaded models: load, compare logits, merge, save.
+def _untie_adapted_embedding(model: PreTrainedModel, adapter: Path) -> bool:
+    """Give the output head its own copy of the input embedding when the adapter adapts that
+    embedding and the model ties the two; True when it did.
+
+    With tied weights (SmolLM2, Qwen2.5-0.5B) the adapter changes only the input lookup: the
+    head keeps the base weights during training. Merging into the shared tensor would change
+    the head too (logits off by ~3 on SmolLM2), so the merged model keeps the two apart
+    (``tie_word_embeddings: false``, one more vocab x hidden matrix on disk).
+    """
+    import torch
+    from safetensors import safe_open
+
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    weights = adapter / "adapter_model.safetensors"
+    if head is None or head.weight is not embedding.weight or not weights.is_file():
+        return False
+    names = [name for name, module in model.named_modules() if module is embedding]  # model.embed_tokens
+    with safe_open(str(weights), "pt") as f:
+        if not any(f".{name}.lora_embedding_" in key for key in f.keys() for name in names):  # noqa: SIM118
+            return False
+    head.weight = torch.nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    return True
+
+
 def merge_adapter(
     base: str | Path,
     adapter: str | Path,
@@ -123,7 +148,9 @@ def merge_adapter(
     Returns:
         ``max_abs_diff`` (merged vs adapter logits), ``adapter_effect`` (largest change the
         adapter makes to the base logits: a check is only meaningful when it is not 0),
-        ``tolerance``, ``probes``, ``probe_tokens``. For a quantized adapter also ``quantize``,
+        ``tolerance``, ``probes``, ``probe_tokens``; ``untied_output_embedding`` when the
+        adapter adapts a tied input embedding (see :func:`_untie_adapted_embedding`). For a
+        quantized adapter also ``quantize``,
         ``mean_abs_diff`` and ``top1_agreement`` (merged vs adapter, both fp32), and the same
         three against the adapter on the quantized base it was trained on:
         ``max_abs_diff_quantized_base``, ``mean_abs_diff_quantized_base``,
@@ -148,6 +175,7 @@ def merge_adapter(
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
     tokenizer = modeling.load_tokenizer(adapter if has_tokenizer else base)
     model = modeling.load_causal_lm(base, device="cpu", precision="fp32")
+    untied = _untie_adapted_embedding(model, adapter)
     peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
 
     with peft_model.disable_adapter():
@@ -169,6 +197,8 @@ def merge_adapter(
             f"merged model disagrees with base + adapter: max |logit difference| {gap:.3g} "
             f"> tolerance {tolerance:g} on {len(probes)} probe prompts"
         )
+    if untied:
+        result["untied_output_embedding"] = True
     if quantize != "none":
         quantized_logits = _quantized_adapter_logits(
             base, adapter, quantize, precision, tokenizer, probes, max_probe_tokens
