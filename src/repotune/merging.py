@@ -90,8 +90,6 @@ def _quantized_adapter_logits(
 TOLERANCE = 1e-3
 
 
-# long: 40 of its lines are the docstring (what the merge check measures, what the card records);
-# the body is one sequence over the same loaded models: load, compare logits, merge, save.
 def _untie_adapted_embedding(model: PreTrainedModel, adapter: Path) -> bool:
     """Give the output head its own copy of the input embedding when the adapter adapts that
     embedding and the model ties the two; True when it did.
@@ -117,6 +115,8 @@ def _untie_adapted_embedding(model: PreTrainedModel, adapter: Path) -> bool:
     return True
 
 
+# long: 40 of its lines are the docstring (what the merge check measures, what the card records);
+# the body is one sequence over the same loaded models: load, compare logits, merge, save.
 def merge_adapter(
     base: str | Path,
     adapter: str | Path,
