@@ -33,9 +33,10 @@ def matmul_flops(
     `threads` torch threads."""
     import torch
 
+    from repotune.modeling import torch_dtype
+
     torch.set_num_threads(threads)
-    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a, b = torch.randn(m, k).to(kind), torch.randn(k, n).to(kind)
+    a, b = torch.randn(m, k).to(torch_dtype(dtype)), torch.randn(k, n).to(torch_dtype(dtype))
     for _ in range(3):  # warm-up: thread pool start, caches
         a @ b
     runs, start = 0, time.perf_counter()

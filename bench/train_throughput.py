@@ -18,12 +18,13 @@ Two measurements, both with the LoRA and train settings of params.yaml:
   a process of its own, for their tokens/s and peak memory side by side.
 
 Both are put against the machine's limit: the matmul rate measured in the precision the
-model computes in (``--precision``; 4-bit QLoRA dequantizes to it; 8-bit, an int8 forward and
-a dequantized backward, has no single rate and is put against it as a reference only) with the
-same number of threads, before and after
-each measurement. ``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as
-``train.precision`` / ``train.quantize`` would run it (the kernel loads the model the same way).
-The result records the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those LoRA training needs (``flops.lora_training_flops``:
+model computes in (``--precision``; 4-bit QLoRA dequantizes to it; 8-bit, an int8 forward
+through torch._int_mm and a dequantized backward, has no single rate and is put against it as
+a reference only) with the same number of threads, before and after each measurement.
+``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as ``train.precision`` /
+``train.quantize`` would run it (the kernel loads the model the same way). The result records
+the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those
+LoRA training needs (``flops.lora_training_flops``:
 forward and activation gradients of the frozen base, LoRA forward and both its gradients,
 attention at the real sequence lengths); the weight gradients of frozen weights are not
 computed and not counted. The vocabulary projection counts at the completion positions only
@@ -174,9 +175,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer, train.max_length,
     )
 
-    # The reference rate's dtype: the precision (4-bit dequantizes its weights to it; 8-bit, an
-    # int8 forward through torch._int_mm and a dequantized backward, has no single rate).
-    dtype = args.precision
     base = load_for_training(Path(args.model), train).model  # as the stage loads it (k-bit: prepared)
     shape = model_shape(base)  # before peft adds the LoRA weights
     model = get_peft_model(
@@ -246,17 +244,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.micro_batches:
         del model, base  # the stage loads its own copy: this one would count in its peak
         result["micro_batches"] = [{"batch_size": train.batch_size, "grad_accum": train.grad_accum,
-                                    **measure(args.threads, lambda: stage(False), args.matmul_seconds, dtype)}]
+                                    **measure(args.threads, lambda: stage(False), args.matmul_seconds, args.precision)}]
         write_result(result, args.out)
         return
     if "kernel" in args.runs:
-        result["kernel"] = measure(args.threads, kernel, args.matmul_seconds, dtype)
+        result["kernel"] = measure(args.threads, kernel, args.matmul_seconds, args.precision)
         print(json.dumps(result["kernel"]), file=sys.stderr)
     del model, base  # the stage loads its own copy
     for name, packing in (("stage", False), ("stage_packed", True)):
         if name not in args.runs:
             continue
-        result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds, dtype)
+        result[name] = measure(args.threads, lambda packing=packing: stage(packing), args.matmul_seconds, args.precision)
         print(json.dumps(result[name]), file=sys.stderr)
     write_result(result, args.out)
 

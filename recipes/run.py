@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` goes to dvc exp run as it is, after the recipe's own -S, so that
     # an -S given there overrides the recipe's value (DVC applies -S in order, the last wins).
-    dvc_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    argv, dvc_args = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], usage="%(prog)s [-h] [--params PARAMS] [--print] name [-- DVC_EXP_RUN_ARGS...]"
     )
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print:
         return 0
     return subprocess.run(command).returncode
+
 
 if __name__ == "__main__":
     sys.exit(main())
