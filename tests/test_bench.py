@@ -146,6 +146,30 @@ def test_the_train_bench_measures_the_precision_and_quantization_asked(tiny_mode
     capsys.readouterr()
 
 
+@pytest.mark.slow  # compiling even the tiny model takes the inductor ~1 minute on 2 cores
+def test_the_kernel_runs_compiled_when_asked(tiny_model, tmp_path, capsys):
+    import train_throughput
+
+    from repotune import atomic
+
+    split = tmp_path / "train.jsonl"
+    atomic.write_jsonl(split, [
+        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."} for i in range(2)
+    ])
+    out = tmp_path / "compiled.json"
+    train_throughput.main([
+        "--model", str(tiny_model), "--train", str(split), "--samples", "2", "--threads", "1",
+        "--kernel-steps", "2", "--matmul-seconds", "0.05", "--runs", "kernel", "--compile", "--out", str(out),
+    ])
+    result = json.loads(out.read_text())
+    kernel = result["kernel"]
+    assert result["compile"] is True and kernel["tokens_per_s"] > 0
+    # The first step compiles the graph (seconds); the compiled steps after it take milliseconds.
+    step_seconds = kernel["tokens"] / kernel["tokens_per_s"] / kernel["steps"]
+    assert kernel["first_step_seconds"] > 20 * step_seconds, (kernel["first_step_seconds"], step_seconds)
+    capsys.readouterr()
+
+
 def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, capsys):
     import generation_throughput
     import train_throughput
