@@ -117,19 +117,27 @@ def test_a_four_bit_model_is_counted_by_the_weights_it_stands_for(tiny_model):
     assert packed == plain
 
 
+def tiny_records(n: int) -> list[dict]:
+    """`n` train samples of one-line functions, a few model tokens each."""
+    return [{"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."} for i in range(n)]
+
+
+def write_small_batch_params(path: Path) -> Path:
+    """The project's params.yaml with micro-batches of 2, no accumulation and max_length 64."""
+    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
+    raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def test_the_train_bench_measures_the_precision_and_quantization_asked(tiny_model, tmp_path, capsys):
     import train_throughput
 
     from repotune import atomic
 
     split = tmp_path / "train.jsonl"
-    atomic.write_jsonl(split, [
-        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."} for i in range(4)
-    ])
-    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
-    raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    atomic.write_jsonl(split, tiny_records(4))
+    params = write_small_batch_params(tmp_path / "params.yaml")
     for precision, quantize, dtype in (("bf16", "none", "bf16"), ("fp32", "4bit", "fp32")):
         out = tmp_path / f"{precision}-{quantize}.json"
         train_throughput.main([
@@ -153,9 +161,7 @@ def test_the_kernel_runs_compiled_when_asked(tiny_model, tmp_path, capsys):
     from repotune import atomic
 
     split = tmp_path / "train.jsonl"
-    atomic.write_jsonl(split, [
-        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."} for i in range(2)
-    ])
+    atomic.write_jsonl(split, tiny_records(2))
     out = tmp_path / "compiled.json"
     train_throughput.main([
         "--model", str(tiny_model), "--train", str(split), "--samples", "2", "--threads", "1",
@@ -176,18 +182,12 @@ def test_bench_scripts_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, 
 
     from repotune import atomic
 
-    records = [
-        {"id": f"s{i}", "input": f"def f{i}(x):\n    return x + {i}\n", "target": f"Add {i} to x."}
-        for i in range(4)
-    ]
+    records = tiny_records(4)
     # Longer than max_length (64): the stage cuts its code to fit, and the bench must count that.
     records.append({"id": "s9", "input": "def long(x):\n" + "    x = x + 1\n" * 40 + "    return x\n", "target": "Add 40 to x."})
     split = tmp_path / "train.jsonl"
     atomic.write_jsonl(split, records)
-    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
-    raw["train"].update(batch_size=2, grad_accum=1, max_length=64)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    params = write_small_batch_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
 
     out = tmp_path / "train.json"
