@@ -36,7 +36,8 @@ def matmul_flops(
     from repotune.modeling import torch_dtype
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(m, k).to(torch_dtype(dtype)), torch.randn(k, n).to(torch_dtype(dtype))
+    kind = torch_dtype(dtype)
+    a, b = torch.randn(m, k).to(kind), torch.randn(k, n).to(kind)
     for _ in range(3):  # warm-up: thread pool start, caches
         a @ b
     runs, start = 0, time.perf_counter()
