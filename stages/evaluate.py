@@ -68,10 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the fine-tuned model's, the teacher's gain is what the others are measured against.
     primary = next(iter(systems_on(enabled, params.FINETUNED_MODEL)), None)
     teacher = next(iter(systems_on(enabled, params.TEACHER_MODEL)), None)
-    sets = evalsets.load_sets(
-        args.test, args.ood, p.generate.max_samples,
-        p.ood.max_samples if p.ood is not None else None,
-    )
+    sets = evalsets.load_sets(args.test, args.ood, p.generate.max_samples, p.ood)
     templates = evalsets.templates(p.generate.templates, p.prompt.template)
     # best_base: the base system at its best prompt, by the primary metric on the headline.
     reference, base_scores = resolve_reference(

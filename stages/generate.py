@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise errors.RepotuneError(f"{model}: no model folder for system {args.system!r}")
     module = task(p.task.name)
     decoding = resolved_decoding(p.decoding, p.task.name)
-    sets = evalsets.load_sets(args.test, args.ood, p.generate.max_samples, p.ood.max_samples if p.ood is not None else None)
+    sets = evalsets.load_sets(args.test, args.ood, p.generate.max_samples, p.ood)
     # Each sample's context, rendered into its prompts (none: the records as they are).
     sets = {name: with_context(records, contexts[name], system.context) for name, records in sets.items()}
     tokenizer = load_tokenizer(model)

@@ -224,3 +224,27 @@ def test_prepacked_linears_keep_the_logits(lively_model):
     texts = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=8), progress=False).texts
     reference = load_causal_lm(lively_model)
     assert texts == generate(reference, tokenizer, PROMPTS, decoding(max_new_tokens=8), progress=False).texts
+
+
+def test_length_penalty_steers_beam_search_towards_longer_endings(tiny):
+    """decoding.length_penalty reaches beam search: with a token the model often emits as its
+    end, a penalty above 0 picks longer finished beams than one below 0 (transformers divides a
+    beam's log-probability by its length to the power of the penalty)."""
+    model, tokenizer = tiny
+    plain = _padded(model, tokenizer, num_beams=4)
+    end = max(set(plain[0][2:]), key=plain[0].count)  # a token the model emits, made its end
+    ending = Ending({end}, [], early=False, skip_leading_whitespace=True)
+    from repotune.generation import _generate_padded
+
+    def lengths(penalty: float) -> list[int]:
+        options = decoding(max_new_tokens=12, num_beams=4, length_penalty=penalty, batch_size=1)
+        saved = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = end
+        try:
+            rows = _generate_padded(model, tokenizer, PROMPTS, list(range(len(PROMPTS))), options, ending, lambda: None)
+        finally:
+            model.generation_config.eos_token_id = saved
+        return [len(row) for row in rows]
+
+    short, long = lengths(-5.0), lengths(5.0)
+    assert all(s <= n for s, n in zip(short, long)) and sum(long) > sum(short), (short, long)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repotune import atomic
 from repotune.errors import RepotuneError
 
+if TYPE_CHECKING:
+    from repotune.params import OodParams
+
 
 def load_sets(
-    test: str | Path, ood: str | Path, max_samples: int, ood_max_samples: int | None
+    test: str | Path, ood: str | Path, max_samples: int, ood_params: OodParams | None
 ) -> dict[str, list[dict[str, Any]]]:
     """The records of each evaluation set, sorted by id and cut to its ``max_samples``.
 
@@ -28,8 +31,8 @@ def load_sets(
     Args:
         test, ood: the test split and the out-of-domain set (JSONL).
         max_samples: ``generate.max_samples`` (0 = all).
-        ood_max_samples: ``ood.max_samples``; None when ``ood`` is null
-            (no ``ood`` set).
+        ood_params: the ``ood`` section (its ``max_samples`` caps the set); None when
+            ``ood`` is null (no ``ood`` set).
 
     There is no ``ood`` set either when the ood file is empty: the ood stage writes it empty
     when no language of the run has out-of-domain samples, and says why in metrics/ood.json.
@@ -37,8 +40,8 @@ def load_sets(
     sets = {"test": _first(atomic.read_jsonl(test), max_samples)}
     if not sets["test"]:
         raise RepotuneError(f"{test}: no test samples to evaluate")
-    if ood_max_samples is not None:
-        records = _first(atomic.read_jsonl(ood), ood_max_samples)
+    if ood_params is not None:
+        records = _first(atomic.read_jsonl(ood), ood_params.max_samples)
         if records:
             sets["ood"] = records
     return sets

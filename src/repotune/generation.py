@@ -324,6 +324,7 @@ def _generate_padded(
         "max_new_tokens": decoding.max_new_tokens,
         "do_sample": decoding.do_sample,
         "num_beams": decoding.num_beams,
+        "length_penalty": decoding.length_penalty,
         "repetition_penalty": decoding.repetition_penalty,
         "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
@@ -415,7 +416,7 @@ def generate(
         prompts: the prompt texts.
         decoding: the resolved ``decoding`` params (see ``tasks.resolved_decoding``):
             max_new_tokens, do_sample, temperature and top_p (sampling only), num_beams (1 = no
-            beam search; beams use ``model.generate``), repetition_penalty (1.0 = none),
+            beam search; beams use ``model.generate``, length_penalty), repetition_penalty (1.0 = none),
             no_repeat_ngram_size (0 = off), batch_size (continuous batching slots, or prompts
             per ``model.generate`` call), seed (sampling).
         stop: the stop sequences (the text is cut at the first one); None: ``decoding.stop``.

@@ -452,6 +452,7 @@ class DecodingParams(Section):
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     num_beams: int = Field(default=1, gt=0)
+    length_penalty: float = 1.0
     # None = the task's own default (its DECODING: n-gram blocking for prose, none for code).
     repetition_penalty: float | None = Field(default=None, gt=0)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0)
