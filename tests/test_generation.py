@@ -120,14 +120,15 @@ def test_continuous_batching_equals_model_generate(tiny):
     assert continuous.decode_steps < one_slot.decode_steps == sum(continuous.new_tokens) - len(PROMPTS)
 
 
-def _padded(model, tokenizer, **options):
-    """transformers' own ``model.generate``, one prompt at a time, greedy, no stops."""
+def _padded(model, tokenizer, eos_ids=frozenset(), **options):
+    """transformers' own ``model.generate``, one prompt at a time, greedy, no stops; rows end
+    at `eos_ids` (passed to ``generate`` as its EOS) or after 12 tokens."""
     from repotune.generation import _generate_padded
 
     return _generate_padded(
         model, tokenizer, PROMPTS, list(range(len(PROMPTS))),
         decoding(max_new_tokens=12, temperature=1.0, top_p=1.0, batch_size=1, seed=0, **options),
-        Ending(set(), [], early=False, skip_leading_whitespace=True), on_done=lambda: None,
+        Ending(set(eos_ids), [], early=False, skip_leading_whitespace=True), on_done=lambda: None,
     )
 
 
@@ -233,18 +234,9 @@ def test_length_penalty_steers_beam_search_towards_longer_endings(tiny):
     model, tokenizer = tiny
     plain = _padded(model, tokenizer, num_beams=4)
     end = max(set(plain[0][2:]), key=plain[0].count)  # a token the model emits, made its end
-    ending = Ending({end}, [], early=False, skip_leading_whitespace=True)
-    from repotune.generation import _generate_padded
 
     def lengths(penalty: float) -> list[int]:
-        options = decoding(max_new_tokens=12, num_beams=4, length_penalty=penalty, batch_size=1)
-        saved = model.generation_config.eos_token_id
-        model.generation_config.eos_token_id = end
-        try:
-            rows = _generate_padded(model, tokenizer, PROMPTS, list(range(len(PROMPTS))), options, ending, lambda: None)
-        finally:
-            model.generation_config.eos_token_id = saved
-        return [len(row) for row in rows]
+        return [len(row) for row in _padded(model, tokenizer, eos_ids={end}, num_beams=4, length_penalty=penalty)]
 
     short, long = lengths(-5.0), lengths(5.0)
     assert all(s <= n for s, n in zip(short, long)) and sum(long) > sum(short), (short, long)
