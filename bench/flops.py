@@ -47,6 +47,29 @@ def matmul_flops(
     return 2 * m * k * n * runs / (time.perf_counter() - start)
 
 
+def onednn_matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float | None:
+    """Measured fp32 FLOP/s of the same products on a weight pre-packed for oneDNN (the path of
+    ``train.prepack_frozen`` and of generation), which runs faster than MKL's ``a @ b`` on
+    the CPUs measured here; None where torch has no oneDNN."""
+    import torch
+
+    from repotune import compat
+
+    ops = compat.onednn_linear_ops()
+    if ops is None:
+        return None
+    pack, linear = ops
+    torch.set_num_threads(threads)
+    a, packed = torch.randn(m, k), pack(torch.randn(n, k), m)
+    for _ in range(3):
+        linear(a, packed, None)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        linear(a, packed, None)
+        runs += 1
+    return 2 * m * k * n * runs / (time.perf_counter() - start)
+
+
 # The CPU features that decide which kernels torch and oneDNN pick (and so the speed, and for
 # bf16 whether it is native or emulated).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -83,13 +106,16 @@ def machine_rate(threads: int, seconds: float = 1.5, dtype: str = "fp32") -> Ite
 
     The cores may be shared: the better of the two rates is the reference, and the load
     averages tell a slow run from a busy machine. The yielded dict is filled when the block
-    ends with ``matmul_flops_per_s``, ``matmul_dtype`` and ``load_average_1min`` (before, after).
+    ends with ``matmul_flops_per_s``, ``matmul_dtype`` and ``load_average_1min`` (before, after),
+    and in fp32 ``onednn_matmul_flops_per_s`` (measured once, after the block).
     """
     state: dict = {}
     before, load = matmul_flops(threads, seconds=seconds, dtype=dtype), os.getloadavg()[0]
     yield state
     state["matmul_flops_per_s"] = round(max(before, matmul_flops(threads, seconds=seconds, dtype=dtype)))
     state["matmul_dtype"] = dtype
+    if dtype == "fp32" and (onednn := onednn_matmul_flops(threads, seconds=seconds)) is not None:
+        state["onednn_matmul_flops_per_s"] = round(onednn)
     state["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
 
 

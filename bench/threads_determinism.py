@@ -2,7 +2,9 @@
 
 Loads a model folder twice, with 1 and with 2 torch threads, and compares bit for bit: the loss
 and every parameter's gradient of one forward/backward pass over a 2 x 384-token batch, and 24
-greedily generated tokens from 200-token prompts.
+greedily generated tokens from 200-token prompts; then the train stage's own path, a LoRA
+adapter on the base with its frozen linears pre-packed for oneDNN (``train.prepack_frozen``):
+the loss and the LoRA gradients.
 
     python bench/threads_determinism.py [--model models/base]
 
@@ -45,6 +47,38 @@ def main() -> None:
         print(f"threads {threads}: loss {loss.item()!r}, gradients sha256 {grads.hexdigest()}")
     same = [results[1][i] == results[2][i] for i in range(3)]
     print(f"same loss: {same[0]}, same gradients: {same[1]}, same generated tokens: {same[2]}")
+    packed = {threads: lora_step(args.model, ids, threads) for threads in (1, 2)}
+    print(f"LoRA, frozen linears pre-packed: same loss: {packed[1][0] == packed[2][0]}, "
+          f"same LoRA gradients: {packed[1][1] == packed[2][1]}")
+
+
+def lora_step(model_path: str, ids, threads: int) -> tuple[float, str]:
+    """The train stage's path: a LoRA adapter (params.yaml's default targets) on the base with
+    its frozen linears pre-packed for oneDNN (``train.prepack_frozen``), one forward/backward
+    pass in eval mode (no dropout); the loss and the LoRA gradients' sha256."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from repotune.modeling import prepack_frozen_linears
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
+        LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                   init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
+    prepack_frozen_linears(model)
+    model.eval()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = hashlib.sha256()
+    for _, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            grads.update(p.grad.numpy().tobytes())
+    print(f"threads {threads}, LoRA on pre-packed linears: loss {loss.item()!r}, LoRA gradients sha256 {grads.hexdigest()}")
+    return loss.item(), grads.hexdigest()
 
 
 if __name__ == "__main__":

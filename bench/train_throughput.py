@@ -22,7 +22,10 @@ model computes in (``--precision``; 4-bit QLoRA dequantizes to it; 8-bit, an int
 through torch._int_mm and a dequantized backward, has no single rate and is put against it as
 a reference only) with the same number of threads, before and after each measurement.
 ``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as ``train.precision`` /
-``train.quantize`` would run it (the kernel loads the model the same way). The result records
+``train.quantize`` would run it (the kernel loads the model the same way); ``--prepack off``
+measures torch's MKL path instead of ``train.prepack_frozen``'s oneDNN pre-packed weights, and
+in fp32 every run is also put against the pre-packed oneDNN matmul rate (``mfu_vs_onednn``,
+the stricter reference: it is faster than MKL's here). The result records
 the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those
 LoRA training needs (``flops.lora_training_flops``:
 forward and activation gradients of the frozen base, LoRA forward and both its gradients,
@@ -33,7 +36,7 @@ every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
-        [--kernel-length 192] [--runs kernel stage stage_packed] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--out out.json]
+        [--kernel-length 192] [--runs kernel stage stage_packed] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--prepack on|off] [--out out.json]
     python bench/train_throughput.py --model models/base --micro-batches 8x1 4x2 2x4 [--samples 160]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
@@ -89,6 +92,9 @@ def measure(threads: int, work, matmul_seconds: float = 1.5, dtype: str = "fp32"
         **machine,
         "achieved_flops_per_s": round(flops / seconds),
         "mfu": round(flops / seconds / machine["matmul_flops_per_s"], 4),
+        # Against the faster pre-packed oneDNN rate: the stricter reference when the stage packs.
+        **({"mfu_vs_onednn": round(flops / seconds / machine["onednn_matmul_flops_per_s"], 4)}
+           if "onednn_matmul_flops_per_s" in machine else {}),
     }
 
 
@@ -114,7 +120,7 @@ def micro_batch_process(args: argparse.Namespace, spec: tuple[int, int]) -> dict
             sys.executable, __file__, "--model", args.model, "--train", args.train, "--params", args.params,
             "--samples", str(args.samples), "--threads", str(args.threads),
             "--matmul-seconds", str(args.matmul_seconds), "--micro-batches", "x".join(map(str, spec)),
-            "--precision", args.precision, "--quantize", args.quantize,
+            "--precision", args.precision, "--quantize", args.quantize, "--prepack", args.prepack,
             "--out", str(out),
         ], check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())["micro_batches"][0]
@@ -138,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision")
     parser.add_argument("--quantize", choices=["none", "4bit", "8bit"], default="none", help="train.quantize")
+    parser.add_argument(
+        "--prepack", choices=["on", "off"], default="on",
+        help="train.prepack_frozen: the frozen linears on oneDNN pre-packed weights (on, the default) or MKL (off)",
+    )
     parser.add_argument(
         "--compile", action="store_true",
         help="kernel run only: the peft model under torch.compile (inductor); its first step, compilation "
@@ -167,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
     train = resolved_training(p.train, p.task.name).model_copy(  # the task's lr where params leave it null
         update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
-                "precision": args.precision, "quantize": args.quantize}
+                "precision": args.precision, "quantize": args.quantize, "prepack_frozen": args.prepack == "on"}
     )
     if args.micro_batches:
         train = train.model_copy(update=dict(zip(("batch_size", "grad_accum"), args.micro_batches[0], strict=True)))
@@ -195,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "threads": args.threads,
         "precision": args.precision,
         "quantize": args.quantize,
+        "prepack_frozen": train.prepack_frozen,
         "compile": args.compile,
         "lora": p.lora.model_dump(mode="json"),
         "batch_size": train.batch_size,
@@ -205,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
 
     def kernel():
+        if train.prepack_frozen:  # as build_trainer does for the stage
+            modeling.prepack_frozen_linears(model)
         model.train()
         optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=train.lr)
         generator = torch.Generator().manual_seed(0)

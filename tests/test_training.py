@@ -650,6 +650,53 @@ def test_packed_batches_keep_samples_apart_and_train(tiny_model, tmp_path):
     assert info["results"]["steps"] == 8 and math.isfinite(info["results"]["train_loss"])
 
 
+def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_model, tmp_path):
+    """train.prepack_frozen: every frozen base linear but the output head runs on oneDNN
+    pre-packed weights; one step's loss and every LoRA gradient match torch's MKL path to float
+    rounding, and a short training ends at the same loss."""
+    import torch
+
+    from repotune import params
+    from repotune.trainer_setup import build_trainer, load_for_training
+    from repotune.training import Outputs, train_adapter
+    from repotune.training_data import training_rows
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: the linears stay as they are")
+    p = params.load(write_data(tmp_path).joinpath("params.yaml"))
+    records = [record(i, "train") for i in range(8)]
+    steps = {}
+    for packed in (False, True):
+        train = p.train.model_copy(update={"prepack_frozen": packed})
+        loaded = load_for_training(tiny_model, train)
+        rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
+        torch.manual_seed(0)
+        trainer = build_trainer(loaded, rows, [], p.lora, train, tmp_path / f"out{packed}", [], checkpoints=False)
+        model = trainer.model.eval()  # no dropout: the two paths see the same inputs
+        plain = [name for name, m in model.named_modules()  # the frozen ones: LoRA's A and B train
+                 if type(m) is torch.nn.Linear and not m.weight.requires_grad]
+        batch = next(iter(trainer.get_train_dataloader()))
+        loss = model(**{k: v for k, v in batch.items() if k != "completion_mask"}).loss
+        loss.backward()
+        grads = {name: q.grad.clone() for name, q in model.named_parameters() if q.requires_grad}
+        steps[packed] = (plain, loss.item(), grads)
+    (unpacked, loss, grads), (left, packed_loss, packed_grads) = steps[False], steps[True]
+    assert len(unpacked) == 2 * 7 + 1 and left == ["base_model.model.lm_head"]  # TRL reads the head's weight
+    assert packed_loss == pytest.approx(loss, abs=1e-5)
+    assert grads.keys() == packed_grads.keys() and len(grads) == 2 * 4 * 2  # lora_A and lora_B of 4 targets
+    for name, grad in grads.items():
+        assert torch.allclose(grad, packed_grads[name], rtol=1e-3, atol=1e-6), name
+
+    losses = {
+        packed: train_adapter(
+            tiny_model, records, [], Outputs(tmp_path / f"adapter{packed}"), lora=p.lora,
+            train=p.train.model_copy(update={"max_steps": 3, "prepack_frozen": packed}), prompt=p.prompt, task=p.task,
+        )["train_loss_avg"]
+        for packed in (False, True)
+    }
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
 def test_auto_precision_is_fp32_on_every_cpu():
     from repotune.modeling import resolve_precision
 

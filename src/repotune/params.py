@@ -411,6 +411,9 @@ class TrainParams(Section):
     # Pack rows into sequences of max_length (TRL best-fit decreasing, padding-free: position
     # ids keep samples from attending to each other); false: length-grouped padded batches.
     packing: bool = False
+    # CPU fp32: the frozen base linears run on weights pre-packed for oneDNN, forward and
+    # backward (modeling.prepack_frozen_linears; faster, same loss to 1e-4); false: torch's MKL.
+    prepack_frozen: bool = True
     # A checkpoint every N optimizer steps in models/checkpoints (0: none); a killed run resumes.
     save_steps: int = Field(default=30, ge=0)
     # none: one process. accelerate: the stage re-runs itself under `accelerate launch` with

@@ -296,4 +296,6 @@ def build_trainer(
     if train.quantize != "none" and loaded.precision == "fp32":
         # TRL casts a quantized model's LoRA weights to bf16; the optimizer does not exist yet.
         compat.lora_weights_in_fp32(trainer)
+    if train.prepack_frozen:  # CPU fp32 only (other linears are left as they are)
+        modeling.prepack_frozen_linears(trainer.model)
     return trainer
