@@ -697,6 +697,20 @@ def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_mod
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
 
 
+def test_a_model_with_nothing_to_prepack_is_left_untouched(tiny_model):
+    """Off fp32 (here bf16; on a GPU, or k-bit layers, likewise) no linear is packed and no
+    parameter is copied: the packing's release of the memory-mapped weights is for packed models."""
+    import torch
+
+    from repotune.modeling import load_causal_lm, prepack_frozen_linears
+
+    model = load_causal_lm(tiny_model).to(torch.bfloat16).requires_grad_(False)
+    storage = {name: q.data_ptr() for name, q in model.named_parameters()}
+    assert prepack_frozen_linears(model) == 0
+    assert {name: q.data_ptr() for name, q in model.named_parameters()} == storage
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 2 * 7 + 1
+
+
 def test_auto_precision_is_fp32_on_every_cpu():
     from repotune.modeling import resolve_precision
 

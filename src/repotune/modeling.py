@@ -289,7 +289,8 @@ def prepack_frozen_linears(model: PreTrainedModel) -> int:
     Call it before the optimizer exists (the parameters' storage is replaced).
 
     Nothing happens off the CPU, in another dtype, for quantized layers (``nn.Linear``
-    subclasses) or trainable linears, or where this torch build has no oneDNN.
+    subclasses) or trainable linears, or where this torch build has no oneDNN; a model with
+    none packed is left untouched (a GPU or k-bit model's parameters are not copied).
 
     Returns:
         How many linears were packed.
@@ -330,10 +331,11 @@ def prepack_frozen_linears(model: PreTrainedModel) -> int:
             return PackedProduct.apply(x, self)
 
     packed = _replace_linears(model, PackedFrozenLinear, frozen_only=True)
-    # The weights were memory-mapped from the safetensors file, whose pages stay mapped (and
-    # counted) while any tensor of it lives: copying the rest (embeddings, norms: ~20% of
-    # SmolLM2) releases the file, so the packing costs one copy of the linears, not two.
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+    if packed:
+        # The weights were memory-mapped from the safetensors file, whose pages stay mapped (and
+        # counted) while any tensor of it lives: copying the rest (embeddings, norms: ~20% of
+        # SmolLM2) releases the file, so the packing costs one copy of the linears, not two.
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.data = tensor.data.clone()
     return packed
