@@ -22,7 +22,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -38,13 +38,7 @@ def matmul_flops(
     torch.set_num_threads(threads)
     kind = torch_dtype(dtype)
     a, b = torch.randn(m, k).to(kind), torch.randn(k, n).to(kind)
-    for _ in range(3):  # warm-up: thread pool start, caches
-        a @ b
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        runs += 1
-    return 2 * m * k * n * runs / (time.perf_counter() - start)
+    return _rate(lambda: a @ b, 2 * m * k * n, seconds)
 
 
 def onednn_matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 3.0) -> float | None:
@@ -61,13 +55,19 @@ def onednn_matmul_flops(threads: int, m: int = 2048, k: int = 576, n: int = 1536
     pack, linear = ops
     torch.set_num_threads(threads)
     a, packed = torch.randn(m, k), pack(torch.randn(n, k), m)
+    return _rate(lambda: linear(a, packed, None), 2 * m * k * n, seconds)
+
+
+def _rate(product: Callable[[], object], flops: int, seconds: float) -> float:
+    """FLOP/s of calling `product` (`flops` each) over `seconds`, after 3 warm-up calls
+    (thread pool start, caches)."""
     for _ in range(3):
-        linear(a, packed, None)
+        product()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        linear(a, packed, None)
+        product()
         runs += 1
-    return 2 * m * k * n * runs / (time.perf_counter() - start)
+    return flops * runs / (time.perf_counter() - start)
 
 
 # The CPU features that decide which kernels torch and oneDNN pick (and so the speed, and for

@@ -39,20 +39,27 @@ def main() -> None:
         torch.manual_seed(1)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        grads = hashlib.sha256()
-        for _, p in sorted(model.named_parameters()):
-            grads.update(p.grad.numpy().tobytes())
+        grads = gradient_digest(model)
         model.eval()
         with torch.no_grad():
             tokens = model.generate(ids[:, :200], attention_mask=torch.ones_like(ids[:, :200]),
                                     max_new_tokens=24, do_sample=False)[:, 200:].tolist()
-        results[threads] = (loss.item(), grads.hexdigest(), tokens)
-        print(f"threads {threads}: loss {loss.item()!r}, gradients sha256 {grads.hexdigest()}")
+        results[threads] = (loss.item(), grads, tokens)
+        print(f"threads {threads}: loss {loss.item()!r}, gradients sha256 {grads}")
     same = [results[1][i] == results[2][i] for i in range(3)]
     print(f"same loss: {same[0]}, same gradients: {same[1]}, same generated tokens: {same[2]}")
     packed = {threads: lora_step(args.model, ids, threads) for threads in (1, 2)}
     print(f"LoRA, frozen linears pre-packed: same loss: {packed[1][0] == packed[2][0]}, "
           f"same LoRA gradients: {packed[1][1] == packed[2][1]}")
+
+
+def gradient_digest(model) -> str:
+    """sha256 of every trainable parameter's gradient, in parameter-name order."""
+    grads = hashlib.sha256()
+    for _, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            grads.update(p.grad.numpy().tobytes())
+    return grads.hexdigest()
 
 
 def lora_step(model_path: str, ids, threads: int) -> tuple[float, str]:
@@ -76,12 +83,9 @@ def lora_step(model_path: str, ids, threads: int) -> tuple[float, str]:
     model.eval()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    grads = hashlib.sha256()
-    for _, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            grads.update(p.grad.numpy().tobytes())
-    print(f"threads {threads}, LoRA on pre-packed linears: loss {loss.item()!r}, LoRA gradients sha256 {grads.hexdigest()}")
-    return loss.item(), grads.hexdigest()
+    grads = gradient_digest(model)
+    print(f"threads {threads}, LoRA on pre-packed linears: loss {loss.item()!r}, LoRA gradients sha256 {grads}")
+    return loss.item(), grads
 
 
 if __name__ == "__main__":
