@@ -99,11 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ) if in_context else None
 
     out = args.out
-    stage_metrics = {
-        name: atomic.read_json(args.stage_metrics / f"{name}.json")
-        for name in ("clone", "extract", "filter", "split", "train", "ood")
-        if (args.stage_metrics / f"{name}.json").is_file()
-    }
+    stage_metrics = report.read_stage_metrics(args.stage_metrics)
     costs = report.system_costs(systems, args.stage_metrics / "generate", evaluations[0])
     signatures = metrics.signatures()
     summary = headline(p.task.name, evaluations, reference, primary, teacher, primary_metric=metric)
@@ -118,14 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     atomic.write_jsonl(out / "predictions.jsonl", [
         row for ev in evaluations for row in report.prediction_rows(ev, metric)
     ])
-    report.write_png(
-        report.differences_spec(evaluations, module.METRICS, reference, p.evaluate.confidence),
-        out / "plots/scores.png",
-    )
-    report.write_png(
-        report.sample_deltas_spec(evaluations, metric, reference),
-        out / "plots/sample_deltas.png",
-    )
+    report.write_plots(evaluations, module.METRICS, metric, reference, p.evaluate.confidence, out / "plots")
     settings = {
         "languages": p.extract.languages, "trained with template": p.prompt.template,
         "chat_template": p.prompt.chat_template, "decoding": resolved_decoding(p.decoding, p.task.name).model_dump(mode="json"),

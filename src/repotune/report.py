@@ -176,6 +176,29 @@ def write_png(spec: Mapping[str, Any], path: str | Path, scale: float = 2.0) -> 
 # --- the Markdown report -------------------------------------------------------------------
 
 
+def write_plots(
+    evaluations: Sequence[Mapping[str, Any]], metric_names: Sequence[str], sample_metric: str,
+    reference: str, confidence: float, folder: Path,
+) -> None:
+    """The report's two plots: `folder`/scores.png (every difference with its paired interval)
+    and `folder`/sample_deltas.png (the per-sample differences on `sample_metric`)."""
+    write_png(differences_spec(evaluations, metric_names, reference, confidence), folder / "scores.png")
+    write_png(sample_deltas_spec(evaluations, sample_metric, reference), folder / "sample_deltas.png")
+
+
+# The stages whose metrics the report's data summary reads, in the order it names them.
+SUMMARISED_STAGES = ("clone", "extract", "filter", "split", "train", "ood")
+
+
+def read_stage_metrics(folder: Path) -> dict[str, dict[str, Any]]:
+    """metrics/<stage>.json of every stage of :data:`SUMMARISED_STAGES` that wrote one."""
+    return {
+        name: read_json(folder / f"{name}.json")
+        for name in SUMMARISED_STAGES
+        if (folder / f"{name}.json").is_file()
+    }
+
+
 def system_costs(systems: Sequence[str], generate_metrics: Path, head: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameters and generation tokens/s of each system on the headline evaluation, where
     known: ``metrics/generate/<system>.json`` (under `generate_metrics`), which generate@<system>
