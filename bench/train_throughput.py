@@ -23,8 +23,8 @@ through torch._int_mm and a dequantized backward, has no single rate and is put 
 a reference only) with the same number of threads, before and after each measurement.
 ``--precision bf16`` and ``--quantize 4bit|8bit`` measure the stage as ``train.precision`` /
 ``train.quantize`` would run it (the kernel loads the model the same way); ``--prepack off``
-measures torch's MKL path instead of ``train.prepack_frozen``'s oneDNN pre-packed weights, and
-in fp32 every run is also put against the pre-packed oneDNN matmul rate (``mfu_vs_onednn``,
+measures torch's MKL path instead of ``train.prepack_frozen``'s oneDNN pre-packed weights,
+``--fast-dropout off`` torch's dropout masks instead of ``train.fast_dropout``'s, and in fp32 every run is also put against the pre-packed oneDNN matmul rate (``mfu_vs_onednn``,
 the stricter reference: it is faster than MKL's here). The result records
 the CPU model and flags (AVX2, AVX-512, bf16, AMX) it was taken on. FLOPs per token are those
 LoRA training needs (``flops.lora_training_flops``:
@@ -36,7 +36,7 @@ every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl
         [--params params.yaml] [--samples 320] [--threads 2] [--kernel-steps 4]
-        [--kernel-length 192] [--runs kernel stage stage_packed] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--prepack on|off] [--out out.json]
+        [--kernel-length 192] [--runs kernel stage stage_packed] [--precision fp32|bf16] [--quantize none|4bit|8bit] [--prepack on|off] [--fast-dropout on|off] [--out out.json]
     python bench/train_throughput.py --model models/base --micro-batches 8x1 4x2 2x4 [--samples 160]
 
 Wall times include anything else running on the machine: the matmul rate and the load average
@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="train.prepack_frozen: the frozen linears on oneDNN pre-packed weights (on, the default) or MKL (off)",
     )
     parser.add_argument(
+        "--fast-dropout", choices=["on", "off"], default="on",
+        help="train.fast_dropout: dropout masks cut from 16 random bits an element (on, the default) or torch's",
+    )
+    parser.add_argument(
         "--compile", action="store_true",
         help="kernel run only: the peft model under torch.compile (inductor), on torch's MKL path (no "
         "pre-packed weights); its first step, compilation included, is reported as first_step_seconds",
@@ -177,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = params.load(args.params)
     train = resolved_training(p.train, p.task.name).model_copy(  # the task's lr where params leave it null
         update={"epochs": 1.0, "max_steps": -1, "threads": args.threads, "device": "cpu",
-                "precision": args.precision, "quantize": args.quantize, "prepack_frozen": args.prepack == "on"}
+                "precision": args.precision, "quantize": args.quantize, "prepack_frozen": args.prepack == "on",
+                "fast_dropout": args.fast_dropout == "on"}
     )
     if args.compile:
         # inductor cannot trace oneDNN's opaque packed weights: the compiled kernel runs torch's
@@ -210,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "precision": args.precision,
         "quantize": args.quantize,
         "prepack_frozen": train.prepack_frozen,
+        "fast_dropout": train.fast_dropout,
         "compile": args.compile,
         "lora": p.lora.model_dump(mode="json"),
         "batch_size": train.batch_size,
@@ -222,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def kernel():
         if train.prepack_frozen:  # as build_trainer does for the stage
             modeling.prepack_frozen_linears(model)
+        if train.fast_dropout:
+            modeling.fast_dropout(model)
         model.train()
         optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=train.lr)
         generator = torch.Generator().manual_seed(0)

@@ -711,6 +711,77 @@ def test_a_model_with_nothing_to_prepack_is_left_untouched(tiny_model):
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 2 * 7 + 1
 
 
+def test_fast_dropout_drops_at_p_scales_the_rest_and_follows_the_seed():
+    """train.fast_dropout: masks cut from 16 random bits an element drop a share p (kept to
+    1/65536) and scale the rest by 1 / (1 - p), as nn.Dropout does; the gradient goes through
+    the same mask; the seeded generator gives the same masks again, the next call others."""
+    import torch
+
+    from repotune.modeling import fast_dropout
+
+    model = torch.nn.ModuleDict({"lora": torch.nn.Dropout(0.05), "off": torch.nn.Dropout(0.0)})
+    assert fast_dropout(model) == 1 and type(model["off"]) is torch.nn.Dropout
+    drop = model["lora"].train()
+    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of the four elements a draw gives
+    torch.manual_seed(0)
+    out = drop(x)
+    dropped = (out == 0).double().mean().item()
+    assert abs(dropped - 0.05) < 0.002
+    assert out.unique().tolist() == [0.0, pytest.approx(65536 / (65536 - 3277))]
+    assert abs(out.double().mean().item() - 1) < 0.003
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), out)
+    assert not torch.equal(drop(x), out)
+    tokens = torch.randn(2, 7, 5, dtype=torch.bfloat16)
+    assert drop(tokens).shape == tokens.shape and drop(tokens).dtype == torch.bfloat16
+    assert drop.eval()(tokens) is tokens
+
+    on_meta = torch.nn.Sequential(torch.nn.Linear(2, 2, device="meta"), torch.nn.Dropout(0.1))
+    assert fast_dropout(on_meta) == 0  # off the CPU (a GPU's sampler is fast): left to torch
+
+
+def test_fast_dropout_is_what_the_stage_trains_with_and_changes_the_masks(tiny_model, tmp_path):
+    import torch
+
+    from repotune import params
+    from repotune.trainer_setup import build_trainer, load_for_training
+    from repotune.training import Outputs, train_adapter
+    from repotune.training_data import training_rows
+
+    p = params.load(write_data(tmp_path).joinpath("params.yaml"))
+    lora = p.lora.model_copy(update={"dropout": 0.05})
+    records = [record(i, "train") for i in range(8)]
+    adapters = {}
+    for fast in (False, True):
+        train = p.train.model_copy(update={"fast_dropout": fast})
+        loaded = load_for_training(tiny_model, train)
+        rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
+        trainer = build_trainer(loaded, rows, [], lora, train, tmp_path / f"out{fast}", [], checkpoints=False)
+        kinds = {type(m).__name__ for name, m in trainer.model.named_modules() if "lora_dropout." in name}
+        assert kinds == ({"BitMaskDropout"} if fast else {"Dropout"})
+        run = train_adapter(
+            tiny_model, records, [], Outputs(tmp_path / f"adapter{fast}"), lora=lora,
+            train=train.model_copy(update={"max_steps": 3}), prompt=p.prompt, task=p.task,
+        )
+        assert math.isfinite(run["train_loss"])
+        adapters[fast] = (tmp_path / f"adapter{fast}/adapter_model.safetensors").read_bytes()
+    assert adapters[True] != adapters[False]  # other masks: other bytes (train.fast_dropout is declared)
+
+
+def test_deterministic_training_does_not_fill_new_tensors_with_nan():
+    import torch
+
+    from repotune.training import deterministic
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    with deterministic("cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
 def test_auto_precision_is_fp32_on_every_cpu():
     from repotune.modeling import resolve_precision
 

@@ -339,3 +339,59 @@ def prepack_frozen_linears(model: PreTrainedModel) -> int:
             for tensor in [*model.parameters(), *model.buffers()]:
                 tensor.data = tensor.data.clone()
     return packed
+
+
+# Dropout masks are cut from 16 random bits an element: p is kept to 1/65536.
+_MASK_BITS = 16
+
+
+def fast_dropout(model: PreTrainedModel) -> int:
+    """Give every ``nn.Dropout`` of a CPU model (LoRA's, in training) masks cut from random bits.
+
+    torch draws a CPU dropout mask one element at a time from its Mersenne Twister, 64 bits and
+    a double-precision comparison per element, on one thread, except on Intel CPUs, where MKL
+    samples it: on this AMD CPU a mask for one 252 x 576 input took 0.77 ms, about as long as
+    the frozen 576 x 576 product beside it, and the masks were 8% of a default train step. Here
+    each draw of 64 bits gives four elements 16 bits each; an element is dropped when its 16
+    bits fall among the lowest ``round(p * 65536)`` values, and the kept ones are scaled by
+    ``1 / (1 - p)`` as torch does: 0.27 ms for the same mask, the same distribution (p rounded
+    to 1/65536), drawn from torch's seeded generator, so the same masks on every CPU and
+    thread count. They are other masks than torch's: the trained bytes differ from
+    ``nn.Dropout``'s.
+
+    Nothing happens off the CPU (torch's GPU sampler is fast) or for a dropout of 0.
+
+    Returns:
+        How many dropouts were replaced.
+    """
+    import torch
+
+    levels = 1 << _MASK_BITS
+
+    class BitMaskDropout(torch.nn.Module):
+        def __init__(self, p: float) -> None:
+            super().__init__()
+            self.p = p
+            self.dropped = min(round(p * levels), levels - 1)  # values of the 16 bits that drop
+            self.scale = levels / (levels - self.dropped)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training or not self.dropped:
+                return x
+            count = x.numel()
+            bits = torch.empty(-(-count // 4), dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
+            keep = bits.view(torch.int16)[:count].view_as(x) >= self.dropped - levels // 2
+            return x * keep.to(x.dtype).mul_(self.scale)
+
+        def extra_repr(self) -> str:
+            return f"p={self.p}, {_MASK_BITS}-bit masks"
+
+    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Dropout and child.p > 0:
+                setattr(parent, name, BitMaskDropout(child.p))
+                replaced += 1
+    return replaced

@@ -298,4 +298,6 @@ def build_trainer(
         compat.lora_weights_in_fp32(trainer)
     if train.prepack_frozen:  # CPU fp32 only (other linears are left as they are)
         modeling.prepack_frozen_linears(trainer.model)
+    if train.fast_dropout:  # CPU only
+        modeling.fast_dropout(trainer.model)
     return trainer

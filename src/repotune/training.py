@@ -48,16 +48,24 @@ def library_versions() -> dict[str, str]:
 @contextmanager
 def deterministic(device: str) -> Iterator[None]:
     """CPU: deterministic kernels are cheap, so ask for them (restored afterwards, since the
-    setting is process-wide). CUDA: seeds only; deterministic CUDA needs CUDA_LAUNCH_BLOCKING."""
+    setting is process-wide). CUDA: seeds only; deterministic CUDA needs CUDA_LAUNCH_BLOCKING.
+
+    Without torch's filling of every new tensor with NaN that comes with deterministic mode
+    (``torch.utils.deterministic.fill_uninitialized_memory``, a debugging aid): 69,000 fills
+    for 48 default samples, 3% of the profiled step; no kernel reads memory it did not write,
+    so the trained bytes are the same."""
     import torch
 
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
 
 
 def run_training(
