@@ -650,6 +650,17 @@ def test_packed_batches_keep_samples_apart_and_train(tiny_model, tmp_path):
     assert info["results"]["steps"] == 8 and math.isfinite(info["results"]["train_loss"])
 
 
+def stage_trainer(tiny_model, folder, p, lora, train):
+    """The trainer the train stage builds, on the first 8 docstring train records."""
+    from repotune.trainer_setup import build_trainer, load_for_training
+    from repotune.training_data import training_rows
+
+    loaded = load_for_training(tiny_model, train)
+    records = [record(i, "train") for i in range(8)]
+    rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
+    return build_trainer(loaded, rows, [], lora, train, folder, [], checkpoints=False)
+
+
 def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_model, tmp_path):
     """train.prepack_frozen: every frozen base linear but the output head runs on oneDNN
     pre-packed weights; one step's loss and every LoRA gradient match torch's MKL path to float
@@ -657,9 +668,7 @@ def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_mod
     import torch
 
     from repotune import params
-    from repotune.trainer_setup import build_trainer, load_for_training
     from repotune.training import Outputs, train_adapter
-    from repotune.training_data import training_rows
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN: the linears stay as they are")
@@ -667,11 +676,9 @@ def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_mod
     records = [record(i, "train") for i in range(8)]
     steps = {}
     for packed in (False, True):
-        train = p.train.model_copy(update={"prepack_frozen": packed})
-        loaded = load_for_training(tiny_model, train)
-        rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
         torch.manual_seed(0)
-        trainer = build_trainer(loaded, rows, [], p.lora, train, tmp_path / f"out{packed}", [], checkpoints=False)
+        train = p.train.model_copy(update={"prepack_frozen": packed})
+        trainer = stage_trainer(tiny_model, tmp_path / f"out{packed}", p, p.lora, train)
         model = trainer.model.eval()  # no dropout: the two paths see the same inputs
         plain = [name for name, m in model.named_modules()  # the frozen ones: LoRA's A and B train
                  if type(m) is torch.nn.Linear and not m.weight.requires_grad]
@@ -743,12 +750,10 @@ def test_fast_dropout_drops_at_p_scales_the_rest_and_follows_the_seed():
 
 
 def test_fast_dropout_is_what_the_stage_trains_with_and_changes_the_masks(tiny_model, tmp_path):
-    import torch
-
+    """build_trainer gives the LoRA dropouts bit masks with train.fast_dropout, torch's without;
+    the adapters differ."""
     from repotune import params
-    from repotune.trainer_setup import build_trainer, load_for_training
     from repotune.training import Outputs, train_adapter
-    from repotune.training_data import training_rows
 
     p = params.load(write_data(tmp_path).joinpath("params.yaml"))
     lora = p.lora.model_copy(update={"dropout": 0.05})
@@ -756,9 +761,7 @@ def test_fast_dropout_is_what_the_stage_trains_with_and_changes_the_masks(tiny_m
     adapters = {}
     for fast in (False, True):
         train = p.train.model_copy(update={"fast_dropout": fast})
-        loaded = load_for_training(tiny_model, train)
-        rows, _, _ = training_rows(Prompter.from_params(p.prompt, "docstring"), records, [], loaded.tokenizer, 64)
-        trainer = build_trainer(loaded, rows, [], lora, train, tmp_path / f"out{fast}", [], checkpoints=False)
+        trainer = stage_trainer(tiny_model, tmp_path / f"out{fast}", p, lora, train)
         kinds = {type(m).__name__ for name, m in trainer.model.named_modules() if "lora_dropout." in name}
         assert kinds == ({"BitMaskDropout"} if fast else {"Dropout"})
         run = train_adapter(
