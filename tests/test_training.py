@@ -718,6 +718,28 @@ def test_a_model_with_nothing_to_prepack_is_left_untouched(tiny_model):
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 2 * 7 + 1
 
 
+def test_prepacking_copies_the_biases_so_the_weights_file_is_released():
+    """A packed layer keeping a view of its frozen bias would keep the memory-mapped
+    safetensors file, every weight of it, mapped: Qwen's q/k/v biases held 0.9 GB that way."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from repotune.modeling import prepack_frozen_linears
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: the linears stay as they are")
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = Qwen2ForCausalLM(config).requires_grad_(False)
+    biases = {name: m.bias for name, m in model.named_modules() if type(m) is torch.nn.Linear and m.bias is not None}
+    storages = {name: bias.untyped_storage().data_ptr() for name, bias in biases.items()}
+    assert sorted(name.rsplit(".", 1)[1] for name in biases) == ["k_proj", "q_proj", "v_proj"]
+    assert prepack_frozen_linears(model) == 7
+    for name, bias in biases.items():
+        packed = model.get_submodule(name).bias
+        assert torch.equal(packed, bias) and packed.untyped_storage().data_ptr() != storages[name]
+
+
 def test_fast_dropout_drops_at_p_scales_the_rest_and_follows_the_seed():
     """train.fast_dropout: masks cut from 16 random bits an element drop a share p (kept to
     1/65536) and scale the rest by 1 / (1 - p), as nn.Dropout does; the gradient goes through

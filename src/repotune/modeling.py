@@ -324,7 +324,8 @@ def prepack_frozen_linears(model: PreTrainedModel) -> int:
             weight = linear.weight.detach()
             self.packed = pack(weight, _TRAINING_ROWS)
             self.packed_t = pack(weight.t().contiguous(), _TRAINING_ROWS)
-            self.bias = None if linear.bias is None else linear.bias.detach()
+            # A copy: a view would keep the memory-mapped file alive (released below).
+            self.bias = None if linear.bias is None else linear.bias.detach().clone()
             self.in_features, self.out_features = linear.in_features, linear.out_features
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
