@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from repotune import modeling
     from repotune.tasks import resolved_training
-    from repotune.trainer_setup import load_for_training
+    from repotune.trainer_setup import cpu_training_kernels, load_for_training
     from repotune.training import Outputs, train_adapter
 
     p = params.load(args.params)
@@ -226,10 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
 
     def kernel():
-        if train.prepack_frozen:  # as build_trainer does for the stage
-            modeling.prepack_frozen_linears(model)
-        if train.fast_dropout:
-            modeling.fast_dropout(model)
+        cpu_training_kernels(model, train)  # as build_trainer does for the stage
         model.train()
         optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=train.lr)
         generator = torch.Generator().manual_seed(0)

@@ -253,15 +253,24 @@ def _replace_linears(model: PreTrainedModel, make: Callable[[Any], Any], frozen_
     import torch
 
     head = model.get_output_embeddings() if frozen_only else None
+    return _replace_children(
+        model,
+        lambda child: (
+            type(child) is torch.nn.Linear
+            and child.weight.device.type == "cpu"
+            and child.weight.dtype == torch.float32
+            and not (frozen_only and (child is head or any(p.requires_grad for p in child.parameters())))
+        ),
+        make,
+    )
+
+
+def _replace_children(model: Any, matches: Callable[[Any], bool], make: Callable[[Any], Any]) -> int:
+    """Replace every submodule of `model` that `matches` by ``make(submodule)``, in place; how many."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if (
-                type(child) is torch.nn.Linear
-                and child.weight.device.type == "cpu"
-                and child.weight.dtype == torch.float32
-                and not (frozen_only and (child is head or any(p.requires_grad for p in child.parameters())))
-            ):
+            if matches(child):
                 setattr(parent, name, make(child))
                 replaced += 1
     return replaced
@@ -389,10 +398,6 @@ def fast_dropout(model: PreTrainedModel) -> int:
 
     if any(parameter.device.type != "cpu" for parameter in model.parameters()):
         return 0
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Dropout and child.p > 0:
-                setattr(parent, name, BitMaskDropout(child.p))
-                replaced += 1
-    return replaced
+    return _replace_children(
+        model, lambda child: type(child) is torch.nn.Dropout and child.p > 0, lambda child: BitMaskDropout(child.p)
+    )

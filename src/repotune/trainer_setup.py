@@ -296,8 +296,16 @@ def build_trainer(
     if train.quantize != "none" and loaded.precision == "fp32":
         # TRL casts a quantized model's LoRA weights to bf16; the optimizer does not exist yet.
         compat.lora_weights_in_fp32(trainer)
-    if train.prepack_frozen:  # CPU fp32 only (other linears are left as they are)
-        modeling.prepack_frozen_linears(trainer.model)
-    if train.fast_dropout:  # CPU only
-        modeling.fast_dropout(trainer.model)
+    cpu_training_kernels(trainer.model, train)
     return trainer
+
+
+def cpu_training_kernels(model: Any, train: TrainParams) -> None:
+    """The CPU kernels `train` asks for, put into the peft `model` before its optimizer exists:
+    frozen linears on pre-packed oneDNN weights (``train.prepack_frozen``; CPU fp32 only, other
+    linears are left as they are) and dropout masks cut from random bits (``train.fast_dropout``;
+    CPU only)."""
+    if train.prepack_frozen:
+        modeling.prepack_frozen_linears(model)
+    if train.fast_dropout:
+        modeling.fast_dropout(model)
