@@ -31,7 +31,7 @@ LoRA training needs (``flops.lora_training_flops``:
 forward and activation gradients of the frozen base, LoRA forward and both its gradients,
 attention at the real sequence lengths); the weight gradients of frozen weights are not
 computed and not counted. The vocabulary projection counts at the completion positions only
-for the stage (its loss needs no more; see ``training.completion_positions_only``) and at
+for the stage (its loss needs no more; see ``repotune.completion_loss``) and at
 every position for the kernel (whose loss covers them all).
 
     python bench/train_throughput.py --model models/base --train data/split/train.jsonl

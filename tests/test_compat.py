@@ -150,10 +150,14 @@ def test_attention_implementation_is_the_one_the_model_was_built_with():
 def test_count_trained_tokens_adds_to_trls_counter_and_its_logged_values():
     from collections import defaultdict
 
-    trainer = types.SimpleNamespace(_total_train_tokens=10, _metrics={"train": defaultdict(list)})
+    trainer = types.SimpleNamespace(_total_train_tokens=10, _metrics={"train": defaultdict(list),
+                                                                      "eval": defaultdict(list)})
     metrics = compat.count_trained_tokens(trainer, 7)
     assert compat.trained_tokens(trainer) == 17
     assert metrics is trainer._metrics["train"] and metrics["num_tokens"] == [17]
+    metrics = compat.count_trained_tokens(trainer, 5, mode="eval")  # evaluation trains on nothing
+    assert compat.trained_tokens(trainer) == 17
+    assert metrics is trainer._metrics["eval"] and metrics["num_tokens"] == [17]
     with pytest.raises(RepotuneError, match=r"has no SFTTrainer._total_train_tokens/_metrics"):
         compat.count_trained_tokens(types.SimpleNamespace(_total_train_tokens=0), 1)
 

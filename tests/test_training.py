@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -230,28 +231,34 @@ def test_train_is_deterministic(trained, tiny_model):
         assert (trained / "again" / name).read_bytes() == (trained / "adapter" / name).read_bytes()
 
 
-def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monkeypatch):
-    """TRL's fused loss gets the completion tokens only, and its switch is restored afterwards."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monkeypatch, precision):
+    """The loss projects the completion tokens only: repotune's own in fp32
+    (repotune.completion_loss), TRL's fused loss in bf16, whose switch is restored afterwards."""
     import trl.trainer.utils as trl_utils
 
-    from repotune import modeling, params
-    from repotune.params import TaskParams
+    from repotune import completion_loss, modeling, params
     from repotune.training import Outputs, train_adapter
 
     original_switch = trl_utils._use_triton
-    scored: list[int] = []
-    real = trl_utils._ChunkedLogProbFunction
+    scored: dict[str, list[int]] = {"repotune": [], "trl": []}
+    real_trl, real_sums = trl_utils._ChunkedLogProbFunction, completion_loss.completion_sums
 
     class Spy:
         @staticmethod
         def apply(hidden, *args):
-            scored.append(hidden.shape[0])
-            return real.apply(hidden, *args)
+            scored["trl"].append(hidden.shape[0])
+            return real_trl.apply(hidden, *args)
+
+    def sums(hidden, *args):
+        scored["repotune"].append(hidden.shape[0])
+        return real_sums(hidden, *args)
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    monkeypatch.setattr(completion_loss, "completion_sums", sums)
     records = [record(i, "train") for i in range(4)]
     p = params.parse(yaml.safe_load(PARAMS))
-    train = p.train.model_copy(update={"max_steps": 1})
+    train = p.train.model_copy(update={"max_steps": 1, "precision": precision})
     results = train_adapter(
         tiny_model, records, [], Outputs(tmp_path / "a"), lora=p.lora, train=train, prompt=p.prompt, task=p.task
     )
@@ -265,7 +272,9 @@ def test_only_completion_positions_are_scored_on_cpu(tiny_model, tmp_path, monke
         - len(tokenizer(r["prompt"])["input_ids"])
         for r in Prompter.from_params(p.prompt, "docstring").rows(records)
     )
-    assert scored == [completion_tokens]  # one batch of all 4 rows, no prompt or padding
+    # one batch of all 4 rows, no prompt or padding
+    assert scored == ({"repotune": [completion_tokens], "trl": []} if precision == "fp32"
+                      else {"repotune": [], "trl": [completion_tokens]})
     assert trl_utils._use_triton is original_switch
 
 
@@ -688,7 +697,7 @@ def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_mod
         grads = {name: q.grad.clone() for name, q in model.named_parameters() if q.requires_grad}
         steps[packed] = (plain, loss.item(), grads)
     (unpacked, loss, grads), (left, packed_loss, packed_grads) = steps[False], steps[True]
-    assert len(unpacked) == 2 * 7 + 1 and left == ["base_model.model.lm_head"]  # TRL reads the head's weight
+    assert len(unpacked) == 2 * 7 + 1 and left == ["base_model.model.lm_head"]  # its weight is the embeddings'
     assert packed_loss == pytest.approx(loss, abs=1e-5)
     assert grads.keys() == packed_grads.keys() and len(grads) == 2 * 4 * 2  # lora_A and lora_B of 4 targets
     for name, grad in grads.items():
@@ -702,6 +711,61 @@ def test_prepacked_frozen_linears_give_the_same_loss_and_lora_gradients(tiny_mod
         for packed in (False, True)
     }
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
+def test_the_cpu_loss_is_trls_loss_with_its_gradients_and_logged_values(tiny_model, tmp_path, monkeypatch):
+    """repotune.completion_loss: on CPU the trainer computes the loss on the completion
+    positions through the (packed) head itself; loss, LoRA gradients, logged entropy, token
+    accuracy and token count match TRL's own compute_loss, in training and evaluation, with the
+    logits built whole or in recomputed parts, and a micro-batch without a completion token
+    gives a zero loss that still backpropagates."""
+    import torch
+    from trl import SFTTrainer
+
+    from repotune import completion_loss, params
+
+    p = params.load(write_data(tmp_path).joinpath("params.yaml"))
+    trainer = stage_trainer(tiny_model, tmp_path / "out", p, p.lora, p.train)
+    model = trainer.model
+    assert type(trainer).__name__ == "CompletionLossTrainer" and completion_loss.computes_here(model)
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def step(compute, training: bool, inputs=batch):
+        model.train(training)
+        trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        trainer._total_train_tokens = 0
+        torch.manual_seed(0)  # the same dropout masks
+        loss = compute(model, dict(inputs))
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}
+        model.zero_grad()
+        logged = trainer._metrics["train" if training else "eval"]
+        return loss.item(), grads, {k: v[0] for k, v in logged.items()}
+
+    def trls(m, inputs):
+        return SFTTrainer.compute_loss(trainer, m, inputs)
+
+    for training in (True, False):
+        loss, grads, logged = step(trainer.compute_loss, training)
+        trl_loss, trl_grads, trl_logged = step(trls, training)
+        assert loss == pytest.approx(trl_loss, abs=1e-5) and loss > 0
+        for name, grad in grads.items():
+            assert torch.allclose(grad, trl_grads[name], rtol=1e-3, atol=1e-7), name
+        assert logged.keys() == trl_logged.keys() == {"entropy", "mean_token_accuracy", "num_tokens"}
+        assert logged["entropy"] == pytest.approx(trl_logged["entropy"], rel=1e-5)
+        assert logged["mean_token_accuracy"] == pytest.approx(trl_logged["mean_token_accuracy"], abs=1e-9)
+        assert logged["num_tokens"] == trl_logged["num_tokens"] == (batch["attention_mask"].sum() if training else 0)
+
+    whole = step(trainer.compute_loss, True)
+    vocab = model.get_output_embeddings().out_features
+    monkeypatch.setattr(completion_loss, "_LOGITS_BYTES", 4 * vocab * 3)  # 3 rows a part
+    parts = step(trainer.compute_loss, True)
+    assert parts[0] == pytest.approx(whole[0], abs=1e-6) and parts[2] == pytest.approx(whole[2], rel=1e-6)
+    for name, grad in whole[1].items():
+        assert torch.allclose(grad, parts[1][name], rtol=1e-4, atol=1e-8), name
+
+    empty = step(trainer.compute_loss, True, {**batch, "labels": torch.full_like(batch["labels"], -100)})
+    assert empty[0] == 0 and empty[2]["mean_token_accuracy"] == 0
 
 
 def test_a_model_with_nothing_to_prepack_is_left_untouched(tiny_model):

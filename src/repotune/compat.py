@@ -162,17 +162,19 @@ def check_trainer_internals() -> None:
     _require("trl", TRL, "SFTTrainer._total_train_tokens/_metrics")
 
 
-def count_trained_tokens(trainer: Any, tokens: int) -> dict[str, list[float]]:
+def count_trained_tokens(trainer: Any, tokens: int, mode: str = "train") -> dict[str, list[float]]:
     """Add `tokens` to TRL's token counter as ``SFTTrainer.compute_loss`` does (for a trainer
-    that computes its own loss), and return the dict of values it logs for training
-    (``_metrics["train"]``: name -> values since the last log), for the caller's own.
+    that computes its own loss; in ``mode`` "eval" nothing is added), and return the dict of
+    values it logs for `mode` (``_metrics[mode]``: name -> values since the last log), for the
+    caller's own.
 
     Call :func:`check_trainer_internals` once first.
     """
     if not hasattr(trainer, "_total_train_tokens") or not hasattr(trainer, "_metrics"):
         raise _missing("trl", "SFTTrainer._total_train_tokens/_metrics")
-    trainer._total_train_tokens += tokens
-    metrics = trainer._metrics["train"]
+    if mode == "train":
+        trainer._total_train_tokens += tokens
+    metrics = trainer._metrics[mode]
     metrics["num_tokens"] = [trainer._total_train_tokens]
     return metrics
 

@@ -10,8 +10,8 @@ with ``w = distill.kl_weight`` and ``T = distill.temperature`` (both distributio
 T; the T^2 keeps the gradient scale of the KL term independent of T, Hinton et al. 2015).
 Only the completion positions are projected onto the vocabulary, for the student and the
 frozen teacher alike: on a 49k-token vocabulary the projection of every position would cost
-more than the rest of the step. Evaluation keeps TRL's plain cross-entropy, so the eval loss
-stays comparable with a run without distillation.
+more than the rest of the step. Evaluation keeps the plain cross-entropy
+(repotune.completion_loss), so the eval loss stays comparable with a run without distillation.
 
 Comparing distributions token by token needs one vocabulary: teacher and student must share
 their tokenizer (:func:`check_same_vocab`); otherwise use ``distill.mode: sequence``.
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import compat, modeling
+from repotune.completion_loss import completion_logits, trainer_class
 from repotune.errors import RepotuneError
 
 if TYPE_CHECKING:
@@ -53,16 +54,9 @@ def check_same_vocab(
     return len(s_vocab)
 
 
-def completion_logits(model: Any, inputs: dict[str, Any], mask: Any) -> Any:
-    """Logits (n, vocab) at the `mask`ed positions of the shifted sequence (position i predicts
-    token i + 1): the decoder runs on every position, the vocabulary projection only on these."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(**inputs).last_hidden_state[:, :-1]
-    return base.get_output_embeddings()(hidden[mask])
-
-
 def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weight: float) -> type:
-    """An ``SFTTrainer`` subclass whose training loss adds the KL term of the module doc.
+    """An ``SFTTrainer`` subclass whose training loss adds the KL term of the module doc (its
+    evaluation loss: ``completion_loss.trainer_class``'s).
 
     Args:
         teacher: the frozen teacher (eval mode, on the student's device and precision).
@@ -75,14 +69,13 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
     """
     import torch
     import torch.nn.functional as F
-    from trl import SFTTrainer
 
     compat.check_trainer_internals()
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
 
-    class KLTrainer(SFTTrainer):
+    class KLTrainer(trainer_class()):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             if not model.training or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

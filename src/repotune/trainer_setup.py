@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repotune import compat, modeling
+from repotune import compat, completion_loss, modeling
 from repotune.compat import quiet_live
 from repotune.errors import RepotuneError
 
@@ -259,10 +259,10 @@ def build_trainer(
     """TRL's SFTTrainer with a fresh LoRA adapter on the loaded model (completion-only loss).
 
     `trainer_class`: an SFTTrainer subclass with its own training loss (the hook of
-    ``distill.mode: logits``, see repotune.distill_loss); None = SFTTrainer."""
+    ``distill.mode: logits``, see repotune.distill_loss); None = SFTTrainer with the CPU loss
+    of repotune.completion_loss."""
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import SFTTrainer
 
     check_target_modules(loaded.model, lora.target_modules)
     packing = train.packing and packs_apart(loaded.model)
@@ -284,7 +284,7 @@ def build_trainer(
         gradient_checkpointing=loaded.gradient_checkpointing, checkpoints=checkpoints,
         packing=packing,
     )
-    trainer = (trainer_class or SFTTrainer)(
+    trainer = (trainer_class or completion_loss.trainer_class())(
         model=loaded.model,
         args=config,
         train_dataset=Dataset.from_list(train_rows),

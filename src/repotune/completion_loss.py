@@ -1,0 +1,136 @@
+"""The training loss of a CPU run: cross-entropy on the completion positions, through the head.
+
+TRL 1.16's ``SFTTrainer`` computes its loss with a fused kernel
+(``trl.kernels.ChunkedLogProbFunction``) that projects the hidden states onto the vocabulary in
+tiles of 32,768 columns and never builds the logits: right on a GPU, with a 150k vocabulary and
+thousands of rows. On CPU its three products per micro-batch (forward, the forward again in
+backward, the gradient) run through MKL on slices of the weight: measured on a 2-core EPYC, the
+50 completion rows of a default SmolLM2-135M micro-batch (vocabulary 49,152) took 117 ms
+forward and backward, at 73 GFLOP/s. The same rows through the output projection as one
+product, with the log-softmax kept for backward, took 62-68 ms, with the same loss to 1e-6 and
+the same hidden-state gradient to 4e-9. (A head pre-packed for oneDNN took 42-48 ms, but its
+packed copy costs 113 MB more at the peak, on a default run already near 4 GB; not done.)
+
+So on CPU in fp32 the trainer of :func:`trainer_class` keeps everything ``SFTTrainer`` does
+(data, collator, logs, token count, the ``entropy`` and ``mean_token_accuracy`` it logs) and
+computes the loss itself: the decoder runs on every position, the head on the completion
+positions alone, ``log_softmax`` and the negative log-likelihood of the gold tokens give the
+loss. The logits are built at most 64 MB at a time: a micro-batch with more completion rows
+than that is split, and each part is recomputed in backward (``torch.utils.checkpoint``), so
+the memory stays bounded as with TRL's kernel. Elsewhere (GPU, bf16, fp16) TRL's loss runs.
+
+Heavy imports (torch, trl) stay inside the functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from repotune import compat
+
+# The most logits (bytes, fp32) built at once; beyond it the rows are split and recomputed.
+_LOGITS_BYTES = 64 << 20
+
+
+def output_head(model: Any) -> Any:
+    """The output projection of `model` (a peft model, or one that DistributedDataParallel wraps)."""
+    return getattr(model, "module", model).get_output_embeddings()
+
+
+def completion_hidden(model: Any, inputs: dict[str, Any], mask: Any) -> Any:
+    """Final hidden states (n, hidden) at the `mask`ed positions of the shifted sequence
+    (position i predicts token i + 1). The model's own forward runs (so that a
+    DistributedDataParallel wrapper syncs the gradients) with its head on the last position
+    alone; its last hidden states are the decoder's output, after the final norm."""
+    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+    return outputs.hidden_states[-1][:, :-1][mask]
+
+
+def completion_logits(model: Any, inputs: dict[str, Any], mask: Any) -> Any:
+    """Logits (n, vocab) at the `mask`ed positions of the shifted sequence: the decoder runs on
+    every position, the vocabulary projection only on these."""
+    return output_head(model)(completion_hidden(model, inputs, mask))
+
+
+def _sums(hidden: Any, head: Any, targets: Any) -> tuple[Any, Any, Any]:
+    """(negative log-likelihood, entropy, correct top-1) of `targets`, summed over the rows."""
+    import torch
+    import torch.nn.functional as F
+
+    log_probs = head(hidden).float().log_softmax(-1)
+    nll = F.nll_loss(log_probs, targets, reduction="sum")
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum()
+        correct = (log_probs.argmax(-1) == targets).sum()
+    return nll, entropy, correct
+
+
+def completion_sums(hidden: Any, head: Any, targets: Any) -> tuple[Any, Any, Any]:
+    """:func:`_sums` of `hidden` (n, hidden) through `head`, the logits built at most
+    ``_LOGITS_BYTES`` at a time (more rows: in parts, each recomputed in backward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    rows = max(1, _LOGITS_BYTES // (4 * head.out_features))
+    if hidden.size(0) <= rows:
+        return _sums(hidden, head, targets)
+    parts = [
+        checkpoint(_sums, part, head, gold, use_reentrant=False)
+        for part, gold in zip(hidden.split(rows), targets.split(rows), strict=True)
+    ]
+    return tuple(sum(values) for values in zip(*parts, strict=True))
+
+
+def computes_here(model: Any) -> bool:
+    """Whether :func:`trainer_class`'s loss takes `model`'s micro-batches (a CPU fp32 head)."""
+    import torch
+
+    weight = output_head(model).weight
+    return weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+@functools.cache
+def trainer_class() -> type:
+    """An ``SFTTrainer`` subclass whose loss on CPU fp32 models is the module doc's (TRL's
+    elsewhere, and where the logits themselves are asked for or a mixture-of-experts model adds
+    its auxiliary loss); the same loss and logged values as TRL's, to float rounding."""
+    import torch
+    from trl import SFTTrainer
+
+    compat.check_trainer_internals()
+
+    class CompletionLossTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if return_outputs or self.aux_loss_enabled or not computes_here(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            forward = {k: v for k, v in inputs.items() if k != "labels"} | {"use_cache": False}
+            nll, entropy, correct = completion_sums(
+                completion_hidden(model, forward, mask), output_head(model), labels[mask]
+            )
+            count = mask.sum()
+            denominator = num_items_in_batch if num_items_in_batch is not None else count
+            loss = nll / torch.as_tensor(denominator).clamp(min=1)
+            # Like SFTTrainer: num_items_in_batch counts every rank's tokens, and DDP averages.
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            self._log_step(inputs, count, entropy, correct)
+            return loss
+
+        def _log_step(self, inputs: dict[str, Any], count: Any, entropy: Any, correct: Any) -> None:
+            """What SFTTrainer.compute_loss logs: entropy and top-1 accuracy per completion
+            token, and (training) the prompt + completion tokens, over every process."""
+            mode = "train" if self.model.training else "eval"
+            gather = self.accelerator.gather_for_metrics
+            tokens = 0
+            if mode == "train":
+                mask = inputs.get("attention_mask")
+                local = mask.sum() if mask is not None else torch.tensor(inputs["position_ids"].size(1))
+                tokens = int(gather(local).sum())
+            metrics = compat.count_trained_tokens(self, tokens, mode)
+            valid = int(gather(count).sum())
+            metrics["entropy"].append(float(gather(entropy).sum()) / valid if valid else 0.0)
+            metrics["mean_token_accuracy"].append(float(gather(correct).sum()) / valid if valid else 0.0)
+
+    return CompletionLossTrainer
