@@ -274,3 +274,27 @@ def test_data_scale_runs_the_data_half_on_a_local_corpus(tmp_path):
     assert one["extracted_sha256"] == two["extracted_sha256"]
     assert json.loads((tmp_path / "out.json").read_text())["runs"][1]["workers"] == 2
     assert result["table"].count("\n| 3 | ") == 2
+
+
+def test_the_loss_bench_times_trls_kernel_and_the_shipped_loss_on_the_same_rows(tiny_model, tmp_path, capsys):
+    import loss_throughput
+
+    from repotune import atomic
+
+    split = tmp_path / "train.jsonl"
+    atomic.write_jsonl(split, tiny_records(4))
+    out = tmp_path / "loss.json"
+    loss_throughput.main(["--model", str(tiny_model), "--rows", "3", "7", "--repeats", "2", "--threads", "1",
+                          "--train", str(split), "--samples", "4",
+                          "--params", str(write_small_batch_params(tmp_path / "params.yaml")), "--out", str(out)])
+    result = json.loads(out.read_text())
+    stage = result["stage_micro_batches"]
+    assert stage["samples"] == 4 and stage["micro_batches"] >= 1 and stage["completion_rows"] > 0
+    assert stage["seconds_two_passes"]["trl"] > 0 and stage["seconds_two_passes"]["repotune"] > 0
+    assert [run["rows"] for run in result["runs"]] == [3, 7] and result["hidden"] == HIDDEN
+    for run in result["runs"]:
+        assert run["trl_ms"] > 0 and run["repotune_ms"] > 0 and run["trl_gflops_per_s"] > 0
+        # The same loss and gradient: the two compute one thing.
+        assert run["loss_difference"] < 1e-4 and run["gradient_difference"] < 1e-6
+    assert result["machine"]["logical_cores"] >= 1
+    capsys.readouterr()
