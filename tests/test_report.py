@@ -12,7 +12,9 @@ import pytest
 from conftest import assert_not_blank, png_rows
 
 from repotune import report
+from repotune.evaluation import Scored
 from repotune.metrics import METRICS
+from repotune.params import EvaluateParams
 
 
 def _diff(delta: float, low: float, high: float, p: float, significant: bool) -> dict:
@@ -164,13 +166,17 @@ def test_prediction_rows_are_sorted_by_id_with_every_output_and_score():
 
 
 def test_render_report_puts_the_sections_in_order():
+    scored = Scored(
+        systems={}, not_run={"base_rag": "retrieval.enabled is false"},
+        evaluations=[evaluation(), evaluation("ood")],
+        params=EvaluateParams(reference="base", primary="chrf", confidence=0.95, resamples=1000, examples=1),
+        base_scores={}, finetuned="finetuned", teacher=None,
+    )
     text = report.render_report(
-        "docstring", [evaluation(), evaluation("ood")], ["chrf", "bleu"], "chrf",
-        reference="base", confidence=0.95, resamples=1000, examples=1,
+        "docstring", scored, ["chrf", "bleu"],
         stage_metrics={"clone": {"url": "u", "sha": "0123456789abcdef", "files": 3}},
         settings={"decoding.max_new_tokens": 64}, signatures={"chrf": "nrefs:1|case:mixed"},
         warnings=["only 3 test samples"], wrong_kind_rule="code, not prose",
-        not_run={"base_rag": "retrieval.enabled is false"},
         setup=report.Setup(base="m", lora_r=8, lora_alpha=16, lora_targets="all-linear", lr=2.0e-4,
                            finetuned="finetuned"),
     )

@@ -6,13 +6,14 @@ reference system with its interval and p-value, and the share of degenerate outp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import atomic, degenerate, evalsets, stats
 from repotune.errors import RepotuneError
 from repotune.metrics import METRICS
-from repotune.params import BEST_BASE, EvaluateParams, SystemParams
+from repotune.params import BASE_MODEL, BEST_BASE, FINETUNED_MODEL, TEACHER_MODEL, EvaluateParams, SystemParams
 
 if TYPE_CHECKING:
     from repotune.tasks import Task
@@ -347,3 +348,61 @@ def details(
         "definitions": {name: METRICS[name].definition for name in metric_names},
         "signatures": {name: sig for name, sig in signatures.items() if name in metric_names},
     }
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What the evaluate stage scored (see :func:`score_systems`)."""
+
+    systems: dict[str, SystemParams]  # those of generate.systems that ran, in their order
+    not_run: dict[str, str | None]  # the others, with the reason their generate stage gave
+    evaluations: list[dict[str, Any]]  # see evaluate_generations
+    params: EvaluateParams  # with its reference and primary metric resolved
+    base_scores: dict[str, float]  # see resolve_reference
+    finetuned: str | None  # the system of models/merged (its delta_<metric> keys are unprefixed)
+    teacher: str | None  # the system of the distillation teacher
+
+
+def score_systems(
+    generations: Path, systems: Mapping[str, SystemParams], sets: Mapping[str, Sequence[Mapping[str, Any]]],
+    templates: Sequence[str], module: Task, params: EvaluateParams,
+) -> Scored:
+    """Every evaluation of the `systems` (``generate.systems``) whose generate stage ran, against
+    ``evaluate.reference`` (``best_base``: the base at its best prompt on the test set with the
+    first template, by the primary metric).
+
+    Raises:
+        RepotuneError: the reference is not one of the systems that ran, or outputs are missing.
+    """
+    enabled = {name: s for name, s in systems.items() if evalsets.system_enabled(generations / name)}
+    metric = params.primary or module.PRIMARY_METRIC
+    reference, base_scores = resolve_reference(
+        params.reference, systems_on(enabled, BASE_MODEL), generations, sets["test"], templates[0], metric,
+    )
+    if reference not in enabled:
+        raise RepotuneError(f"evaluate.reference is {params.reference!r}, not one of the systems {', '.join(enabled)}")
+    resolved = params.model_copy(update={"reference": reference, "primary": metric})
+    return Scored(
+        systems=enabled,
+        not_run={name: evalsets.disabled_system(generations / name) for name in systems if name not in enabled},
+        evaluations=evaluate_generations(generations, list(enabled), sets, templates, module, resolved),
+        params=resolved, base_scores=base_scores,
+        finetuned=next(iter(systems_on(enabled, FINETUNED_MODEL)), None),
+        teacher=next(iter(systems_on(enabled, TEACHER_MODEL)), None),
+    )
+
+
+def split_by_context(scored: Scored, retrieved: Path) -> dict[str, Any] | None:
+    """With a system that sees retrieved context: the headline evaluation's scores split by
+    whether the target stands verbatim in the retrieved context (`retrieved`: the retrieve
+    stage's test rows with their ``target_in_context``), i.e. a gain from copying or the rest;
+    None without such a system or file."""
+    if not (any(s.context != "none" for s in scored.systems.values()) and retrieved.is_file()):
+        return None
+    in_context = {row["id"]: row["target_in_context"] for row in atomic.iter_jsonl(retrieved)}
+    if not in_context:
+        return None
+    pairs = compared_pairs(scored.params.comparisons, list(scored.systems))
+    return by_target_in_context(
+        scored.evaluations[0], in_context, scored.params.primary, scored.params.reference, pairs, scored.params,
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from repotune.degenerate import CHECKS
-from repotune.evaluation import gain_kept
+from repotune.evaluation import Scored, gain_kept
 from repotune.atomic import atomic_path, read_json
 from repotune.metrics import METRICS
 
@@ -446,6 +446,18 @@ def _data_summary(stage_metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def template_warnings(trained: str, templates: Sequence[str]) -> list[str]:
+    """The report's warning when the evaluated `templates` (``generate.templates``) leave out
+    the one the adapter was `trained` with (``prompt.template``); [] otherwise."""
+    if trained in templates:
+        return []
+    return [
+        f"the adapter was trained with template `{trained}` (prompt.template), which "
+        f"generate.templates ({', '.join(templates)}) leaves out: every score here is of a prompt "
+        "it never saw in training"
+    ]
+
+
 @dataclass(frozen=True)
 class Setup:
     """What the report's first lines name: the base model (``model.base``), the adapter's LoRA
@@ -510,39 +522,33 @@ def _setup_lines(
 # that do the work; read top to bottom it is the report's outline.
 def render_report(
     task_name: str,
-    evaluations: Sequence[Mapping[str, Any]],
+    scored: Scored,
     metric_names: Sequence[str],
-    sample_metric: str,
     *,
-    reference: str,
-    confidence: float,
-    resamples: int,
-    examples: int,
     stage_metrics: Mapping[str, Mapping[str, Any]],
     settings: Mapping[str, Any],
     signatures: Mapping[str, str],
     costs: Mapping[str, Mapping[str, Any]] | None = None,
     warnings: Sequence[str] = (),
     wrong_kind_rule: str = "",
-    base_scores: Mapping[str, float] | None = None,
-    prompts: Mapping[str, str] | None = None,
-    teacher: str | None = None,
-    systems: Mapping[str, Mapping[str, str]] | None = None,
-    not_run: Mapping[str, str] | None = None,
     setup: Setup | None = None,
     by_context: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py).
+    """The Markdown report of the evaluate stage (see the module docstring of stages/evaluate.py)
+    on what :func:`repotune.evaluation.score_systems` `scored`.
 
-    With a `teacher` system among the systems, a section says how much of its gain the others
-    kept and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a setting
-    that makes the numbers mean less than they seem) is one line right under the title.
-    `base_scores` (base system -> its headline score on the task's first metric): how the
-    reference was chosen when it is the base at its best prompt. `prompts`: system -> its
-    prompt kind (``generate.systems.<name>.prompt``; trained when left out). `systems`: system
-    -> its ``model`` and ``context`` (a table says what each is); `not_run`: listed systems that
-    did not run -> why (one line). `by_context`: the headline split by whether the target
-    stands in the retrieved context (see :func:`repotune.evaluation.by_target_in_context`)."""
+    A table says what each system is (model, context, prompt), one line why each listed system
+    that did not run did not, and one how the reference was chosen when it is the base at its
+    best prompt. With a teacher among the systems, a section says how much of its gain the
+    others kept and at what cost (`costs`: see :func:`system_costs`). Each of `warnings` (a
+    setting that makes the numbers mean less than they seem) is one line right under the title.
+    `by_context`: the headline split by whether the target stands in the retrieved context (see
+    :func:`repotune.evaluation.split_by_context`)."""
+    evaluations, sample_metric, reference = scored.evaluations, scored.params.primary, scored.params.reference
+    confidence, resamples, examples = scored.params.confidence, scored.params.resamples, scored.params.examples
+    base_scores, teacher, not_run = scored.base_scores, scored.teacher, scored.not_run
+    systems = {name: {"model": s.model, "context": s.context} for name, s in scored.systems.items()}
+    prompts = {name: s.prompt for name, s in scored.systems.items()}
     systems_listed = list(evaluations[0]["result"]["scores"])
     prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems_listed}
     chat = [s for s in systems_listed if prompt_of[s] == "chat"]
