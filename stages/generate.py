@@ -67,62 +67,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics_path = args.metrics or Path("metrics/generate") / f"{args.system}.json"
 
     from repotune import systems
-    from repotune.generation import generate_from_folder
-    from repotune.modeling import (
-        load_tokenizer,
-        parameter_count,
-        peak_memory_mib,
-        resolve_device,
-        resolve_precision,
-        set_threads,
-    )
+    from repotune.modeling import load_tokenizer, peak_memory_mib
     from repotune.prompts import with_context
-    from repotune.tasks import resolved_decoding, task
+    from repotune.tasks import task
 
     contexts = systems.context_files(args.retrieved, system)
     if (reason := systems.not_run_reason(args.system, system, model, contexts)) is not None:
         return not_run(args.system, out, metrics_path, reason)
     if not (model / "config.json").is_file():
         raise errors.RepotuneError(f"{model}: no model folder for system {args.system!r}")
-    module = task(p.task.name)
-    decoding = resolved_decoding(p.decoding, p.task.name)
     sets = evalsets.load_sets(args.test, args.ood, p.generate.max_samples, p.ood)
     # Each sample's context, rendered into its prompts (none: the records as they are).
     sets = {name: with_context(records, contexts[name], system.context) for name, records in sets.items()}
     tokenizer = load_tokenizer(model)
-    chat = system.prompt == "chat"
-    if chat and (reason := systems.chat_unavailable(p.task.name, module.CHAT_PROMPT, tokenizer, model)) is not None:
+    if system.prompt == "chat" and (reason := systems.chat_unavailable(
+        p.task.name, task(p.task.name).CHAT_PROMPT, tokenizer, model,
+    )) is not None:
         return not_run(args.system, out, metrics_path, reason)
-    # A prompt holding context gets retrieval.max_length (train_rag trained at it); the rest
-    # train.max_length, both with room for max_new_tokens.
-    max_length = p.retrieval.max_length if system.context != "none" else p.train.max_length
-    prompts, cut, context_cut = systems.system_prompts(
-        p.task.name, p.prompt, p.generate.templates, system, module.CHAT_PROMPT, sets, tokenizer,
-        budget=max(1, max_length - decoding.max_new_tokens),
+    summary = systems.generate_outputs(
+        args.system, system, model, tokenizer, sets, out, task_name=p.task.name, extract=p.task.extract,
+        prompt=p.prompt, templates=p.generate.templates, decoding=p.decoding, device=p.generate.device,
+        threads=p.generate.threads,
+        # A prompt holding context gets retrieval.max_length (train_rag trained at it); the rest
+        # train.max_length, both with room for max_new_tokens.
+        max_length=p.retrieval.max_length if system.context != "none" else p.train.max_length,
     )
-    set_threads(p.generate.threads)
-    device = resolve_device(p.generate.device)
-    precision = resolve_precision("auto", device)  # CPU: fp32; CUDA: bf16 where supported, else fp16
-    stop = decoding.stop if decoding.stop is not None else module.default_stop(p.task.extract)
-    # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
-    runs = generate_from_folder(
-        model, prompts, decoding, stop=[] if chat else stop,
-        skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
-    )
-    # The decoding settings as applied (the task's defaults filled in) and the stops.
-    summary: dict = {"system": args.system, "model": system.model, "context": system.context,
-                     "prompt": system.prompt, "parameters": parameter_count(model),
-                     "device": device, "precision": precision, "threads": p.generate.threads, "batch_size": decoding.batch_size,
-                     "decoding": decoding.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop}
-    with atomic.atomic_path(out) as folder:
-        folder.mkdir(parents=True)
-        summary |= systems.write_outputs(
-            folder, sets, runs, cut, context_cut if system.context != "none" else None,
-            lambda raw: module.postprocess(module.chat_answer(raw) if chat else raw, stop, p.task.extract),
-        )
     atomic.write_json(metrics_path, {**summary, "peak_memory_mib": peak_memory_mib()})
     print(f"generate {args.system}: " + ", ".join(
-        f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items() if key in runs
+        f"{key} {s['samples']} samples in {s['seconds']} s" for key, s in summary.items()
+        if isinstance(s, dict) and "samples" in s
     ))
 
 

@@ -3,8 +3,9 @@ the prompts it gets on every evaluation, and the rows its outputs become.
 
 The generate stage runs one system: :func:`not_run_reason` first (a disabled system, or one
 that needs retrieval while retrieval is off, writes a marker instead), then
-:func:`system_prompts` on the evaluation sets (with the system's context already rendered
-into the records, see ``repotune.prompts.with_context``), generation, and :func:`write_outputs`.
+:func:`generate_outputs`: :func:`system_prompts` on the evaluation sets (with the system's
+context already rendered into the records, see ``repotune.prompts.with_context``),
+generation, and :func:`write_outputs`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import atomic, evalsets
-from repotune.params import WITH_RETRIEVAL, PromptParams, SystemParams
+from repotune.generation import generate_from_folder
+from repotune.modeling import parameter_count, resolve_device, resolve_precision, set_threads
+from repotune.params import WITH_RETRIEVAL, DecodingParams, PromptParams, SystemParams
 from repotune.prompts import Prompter, evaluation_prompts
+from repotune.tasks import resolved_decoding, task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -129,3 +133,50 @@ def write_outputs(
             "tokens_per_s": round(run.tokens_per_second, 2),
         }
     return summaries
+
+
+def generate_outputs(
+    name: str, system: SystemParams, model: Path, tokenizer: PreTrainedTokenizerBase,
+    sets: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *,
+    task_name: str, extract: Any, prompt: PromptParams, templates: Sequence[str] | None,
+    decoding: DecodingParams, device: str, threads: int, max_length: int,
+) -> dict[str, Any]:
+    """Generate `system`'s (``generate.systems.<name>``) outputs with `model` on every evaluation
+    of `sets` (their context already rendered) and write them to the folder `out` (replaced
+    whole, atomically); return the entry of metrics/generate/<name>.json: the system, the device,
+    precision and decoding as applied (the task's defaults filled in), the stops, and per
+    evaluation :func:`write_outputs`' summary.
+
+    The rest are params: ``task.name`` and its ``extract`` section, ``prompt``,
+    ``generate.templates`` / ``device`` / ``threads``, ``decoding``, and the prompt budget
+    `max_length` (``retrieval.max_length`` for a system with context, else ``train.max_length``),
+    which keeps room for ``max_new_tokens``."""
+    module = task(task_name)
+    applied = resolved_decoding(decoding, task_name)
+    chat = system.prompt == "chat"
+    prompts, cut, context_cut = system_prompts(
+        task_name, prompt, templates, system, module.CHAT_PROMPT, sets, tokenizer,
+        budget=max(1, max_length - applied.max_new_tokens),
+    )
+    set_threads(threads)
+    device = resolve_device(device)
+    precision = resolve_precision("auto", device)  # CPU: fp32; CUDA: bf16 where supported, else fp16
+    stop = applied.stop if applied.stop is not None else module.default_stop(extract)
+    # A chat reply runs to the end of its turn: the docstring may come after a fence's blank line.
+    runs = generate_from_folder(
+        model, prompts, applied, stop=[] if chat else stop,
+        skip_leading_whitespace=module.STOP_AFTER_LEADING_WHITESPACE, device=device, precision=precision,
+    )
+    summary: dict[str, Any] = {
+        "system": name, "model": system.model, "context": system.context, "prompt": system.prompt,
+        "parameters": parameter_count(model), "device": device, "precision": precision,
+        "threads": threads, "batch_size": applied.batch_size,
+        "decoding": applied.model_dump(mode="json", exclude={"stop", "batch_size"}), "stop": stop,
+    }
+    with atomic.atomic_path(out) as folder:
+        folder.mkdir(parents=True)
+        summary |= write_outputs(
+            folder, sets, runs, cut, context_cut if system.context != "none" else None,
+            lambda raw: module.postprocess(module.chat_answer(raw) if chat else raw, stop, extract),
+        )
+    return summary
