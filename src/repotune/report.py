@@ -546,11 +546,9 @@ def render_report(
     :func:`repotune.evaluation.split_by_context`)."""
     evaluations, sample_metric, reference = scored.evaluations, scored.params.primary, scored.params.reference
     confidence, resamples, examples = scored.params.confidence, scored.params.resamples, scored.params.examples
-    base_scores, teacher, not_run = scored.base_scores, scored.teacher, scored.not_run
-    systems = {name: {"model": s.model, "context": s.context} for name, s in scored.systems.items()}
-    prompts = {name: s.prompt for name, s in scored.systems.items()}
+    base_scores, teacher, not_run, systems = scored.base_scores, scored.teacher, scored.not_run, scored.systems
     systems_listed = list(evaluations[0]["result"]["scores"])
-    prompt_of = {s: (prompts or {}).get(s, "trained") for s in systems_listed}
+    prompt_of = {s: systems[s].prompt if s in systems else "trained" for s in systems_listed}
     chat = [s for s in systems_listed if prompt_of[s] == "chat"]
     level = f"{round(confidence * 100)}%"
     lines = [
@@ -569,7 +567,7 @@ def render_report(
     ]
     if systems:
         lines += ["", "| system | model | context | prompt |", "|---|---|---|---|"]
-        lines += [f"| {s} | `{systems[s]['model']}` | {systems[s]['context']}: {CONTEXT_WORDS[systems[s]['context']]} "
+        lines += [f"| {s} | `{systems[s].model}` | {systems[s].context}: {CONTEXT_WORDS[systems[s].context]} "
                   f"| {PROMPT_WORDS[prompt_of[s]]} |" for s in systems_listed if s in systems]
     if not_run:
         lines += ["", "Not run: " + "; ".join(f"{s} ({why})" for s, why in not_run.items()) + "."]
