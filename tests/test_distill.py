@@ -248,6 +248,7 @@ def test_logit_distillation_trains_the_student_towards_the_teacher(tmp_path, liv
         results[name] = train_adapter(tiny_model, records, [], Outputs(out), lora, train, PromptParams(),
                                       TaskParams(name="docstring"), trainer_class=factory)
         assert results[name]["train_loss"] == results[name]["train_loss"] < float("inf")  # finite
+    assert results["kl"]["train_tokens"] == results["sft"]["train_tokens"] > 0  # counted as SFTTrainer counts
     tokenizer = load_tokenizer(tiny_model)
     rows = Prompter.from_params(PromptParams(), "docstring").rows(records[:8])
     kl = {}

@@ -768,6 +768,34 @@ def test_the_cpu_loss_is_trls_loss_with_its_gradients_and_logged_values(tiny_mod
     assert empty[0] == 0 and empty[2]["mean_token_accuracy"] == 0
 
 
+def test_the_loss_in_parts_has_the_whole_losss_values_and_gradients(monkeypatch):
+    """Past the logits cap the rows go through the head in parts, each part's gradients taken
+    with its log-probabilities: the same sums and the same gradients as the whole at once, for
+    the hidden states and for a head that trains (weight and bias), and none asked for in eval."""
+    import torch
+
+    from repotune import completion_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden, gold = torch.randn(11, 16), torch.randint(0, 50, (11,))
+
+    def sums(cap_rows):
+        monkeypatch.setattr(completion_loss, "_LOGITS_BYTES", 4 * 50 * cap_rows)
+        head.zero_grad()
+        states = hidden.clone().requires_grad_(True)
+        nll, entropy, correct = completion_loss.completion_sums(states, head, gold)
+        (2.5 * nll).backward()
+        return nll.item(), entropy.item(), correct.item(), states.grad, head.weight.grad.clone(), head.bias.grad.clone()
+
+    whole, parts = sums(11), sums(4)
+    assert parts[:3] == pytest.approx(whole[:3], rel=1e-6) and whole[0] > 0
+    for a, b in zip(whole[3:], parts[3:], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert completion_loss.completion_sums(hidden, head, gold)[0].item() == pytest.approx(whole[0], rel=1e-6)
+
+
 def test_a_model_with_nothing_to_prepack_is_left_untouched(tiny_model):
     """Off fp32 (here bf16; on a GPU, or k-bit layers, likewise) no linear is packed and no
     parameter is copied: the packing's release of the memory-mapped weights is for packed models."""

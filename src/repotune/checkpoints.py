@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import atomic, compat
+from repotune.artifacts import sha256_file
+from repotune.provenance import model_identity
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -71,6 +73,13 @@ def run_folder(root: str | Path, params: dict[str, Any], inputs: dict[str, str],
     """
     key = run_key(params, inputs)
     return prepare(root, key) if main_process else Path(root) / key
+
+
+def input_identities(base: Path, files: dict[str, Path | None], **values: str) -> dict[str, str]:
+    """The inputs of a :func:`run_key`: the base model folder's identity, the sha256 of each
+    of `files` (None: not an input of this run), and `values` as given."""
+    return {"base": model_identity(base), **{name: sha256_file(path) for name, path in files.items() if path},
+            **values}
 
 
 def latest(folder: str | Path) -> Path | None:

@@ -16,8 +16,8 @@ So on CPU in fp32 the trainer of :func:`trainer_class` keeps everything ``SFTTra
 computes the loss itself: the decoder runs on every position, the head on the completion
 positions alone, ``log_softmax`` and the negative log-likelihood of the gold tokens give the
 loss. The logits are built at most 64 MB at a time: a micro-batch with more completion rows
-than that is split, and each part is recomputed in backward (``torch.utils.checkpoint``), so
-the memory stays bounded as with TRL's kernel. Elsewhere (GPU, bf16, fp16) TRL's loss runs.
+than that is split, and each part's gradient is computed with its log-probabilities and kept
+in their stead (:func:`_parted_sums`), so the memory stays bounded as with TRL's kernel. Elsewhere (GPU, bf16, fp16) TRL's loss runs.
 
 Heavy imports (torch, trl) stay inside the functions.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 from repotune import compat
 
-# The most logits (bytes, fp32) built at once; beyond it the rows are split and recomputed.
+# The most logits (bytes, fp32) built at once; beyond it the rows are split (_parted_sums).
 _LOGITS_BYTES = 64 << 20
 
 
@@ -68,17 +68,53 @@ def _sums(hidden: Any, head: Any, targets: Any) -> tuple[Any, Any, Any]:
 
 def completion_sums(hidden: Any, head: Any, targets: Any) -> tuple[Any, Any, Any]:
     """:func:`_sums` of `hidden` (n, hidden) through `head`, the logits built at most
-    ``_LOGITS_BYTES`` at a time (more rows: in parts, each recomputed in backward)."""
-    from torch.utils.checkpoint import checkpoint
-
+    ``_LOGITS_BYTES`` at a time (more rows: :func:`_parted_sums`)."""
     rows = max(1, _LOGITS_BYTES // (4 * head.out_features))
     if hidden.size(0) <= rows:
         return _sums(hidden, head, targets)
-    parts = [
-        checkpoint(_sums, part, head, gold, use_reentrant=False)
-        for part, gold in zip(hidden.split(rows), targets.split(rows), strict=True)
-    ]
-    return tuple(sum(values) for values in zip(*parts, strict=True))
+    return _parted_sums()(hidden, head.weight, head.bias, targets, rows)
+
+
+@functools.cache
+def _parted_sums() -> Any:
+    """:func:`_sums` over parts of `rows` rows, as an autograd function that computes the
+    gradients while each part's log-probabilities are at hand (d NLL / d logits is softmax minus
+    the one-hot of the gold token) and keeps only them: two products a part, no logits kept
+    and none recomputed (TRL's kernel, or a checkpointed part, computes three)."""
+    import torch
+
+    class PartedSums(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, rows):  # noqa: ANN001, ANN205
+            sums = [hidden.new_zeros(()), hidden.new_zeros(()), targets.new_zeros(())]
+            wants_hidden, wants_weight, wants_bias = ctx.needs_input_grad[:3]
+            grad_hidden = torch.empty_like(hidden) if wants_hidden else None
+            grad_weight = torch.zeros_like(weight) if wants_weight else None
+            grad_bias = torch.zeros_like(bias) if wants_bias else None
+            for start in range(0, hidden.size(0), rows):
+                part, gold = hidden[start : start + rows], targets[start : start + rows]
+                log_probs = torch.nn.functional.linear(part, weight, bias).float().log_softmax(-1)
+                probs = log_probs.exp()
+                sums[0] -= log_probs.gather(1, gold[:, None]).sum()
+                sums[1] -= (probs * log_probs).sum()
+                sums[2] += (log_probs.argmax(-1) == gold).sum()
+                probs[torch.arange(gold.numel()), gold] -= 1  # d NLL / d logits
+                if wants_hidden:
+                    grad_hidden[start : start + rows] = probs @ weight
+                if wants_weight:
+                    grad_weight += probs.T @ part
+                if wants_bias:
+                    grad_bias += probs.sum(0)
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            ctx.mark_non_differentiable(sums[1], sums[2])
+            return tuple(sums)
+
+        @staticmethod
+        def backward(ctx, grad_nll, _entropy, _correct):  # noqa: ANN001, ANN205
+            grads = tuple(None if g is None else g * grad_nll for g in ctx.saved_tensors)
+            return *grads, None, None
+
+    return PartedSums.apply
 
 
 def computes_here(model: Any) -> bool:
@@ -110,25 +146,34 @@ def trainer_class() -> type:
                 completion_hidden(model, forward, mask), output_head(model), labels[mask]
             )
             count = mask.sum()
+            self._log_step(inputs, count, entropy, correct)
+            return self._per_token(nll, count, num_items_in_batch)
+
+        def _per_token(self, summed: Any, count: Any, num_items_in_batch: Any) -> Any:
+            """`summed` (over this micro-batch's `count` completion tokens) divided as
+            SFTTrainer divides its loss: by num_items_in_batch, the completion tokens of the
+            whole update on every process, and times the processes, since DDP averages."""
             denominator = num_items_in_batch if num_items_in_batch is not None else count
-            loss = nll / torch.as_tensor(denominator).clamp(min=1)
-            # Like SFTTrainer: num_items_in_batch counts every rank's tokens, and DDP averages.
+            loss = summed / torch.as_tensor(denominator).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
-            self._log_step(inputs, count, entropy, correct)
             return loss
+
+        def _trained_tokens(self, inputs: dict[str, Any]) -> int:
+            """The prompt + completion tokens of this micro-batch on every process (what
+            SFTTrainer counts as ``num_tokens``; padding-free rows: their positions)."""
+            mask = inputs.get("attention_mask")
+            if mask is None:
+                positions = inputs["position_ids"]
+                mask = torch.ones(positions.size(1), dtype=torch.long, device=positions.device)
+            return int(self.accelerator.gather_for_metrics(mask.sum()).sum())
 
         def _log_step(self, inputs: dict[str, Any], count: Any, entropy: Any, correct: Any) -> None:
             """What SFTTrainer.compute_loss logs: entropy and top-1 accuracy per completion
             token, and (training) the prompt + completion tokens, over every process."""
             mode = "train" if self.model.training else "eval"
             gather = self.accelerator.gather_for_metrics
-            tokens = 0
-            if mode == "train":
-                mask = inputs.get("attention_mask")
-                local = mask.sum() if mask is not None else torch.tensor(inputs["position_ids"].size(1))
-                tokens = int(gather(local).sum())
-            metrics = compat.count_trained_tokens(self, tokens, mode)
+            metrics = compat.count_trained_tokens(self, self._trained_tokens(inputs) if mode == "train" else 0, mode)
             valid = int(gather(count).sum())
             metrics["entropy"].append(float(gather(entropy).sum()) / valid if valid else 0.0)
             metrics["mean_token_accuracy"].append(float(gather(correct).sum()) / valid if valid else 0.0)

@@ -21,12 +21,14 @@ Heavy imports (torch, trl) stay inside the functions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import compat, modeling
 from repotune.completion_loss import completion_logits, trainer_class
 from repotune.errors import RepotuneError
+from repotune.provenance import model_identity
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -91,18 +93,12 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
             teacher_log = F.log_softmax(teacher_logits / temperature, dim=-1)
             kl = F.kl_div(student_log, teacher_log, log_target=True, reduction="sum")
             n = mask.sum()
-            denominator = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else n).clamp(min=1)
-            loss = ((1 - kl_weight) * ce + kl_weight * temperature**2 * kl) / denominator
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            # What SFTTrainer.compute_loss records and compat.trained_tokens reads.
-            mask_or_positions = inputs.get("attention_mask")
-            metrics = compat.count_trained_tokens(
-                self, int(mask_or_positions.sum()) if mask_or_positions is not None else inputs["position_ids"].size(1)
-            )
-            count = max(int(n), 1)
-            metrics["distill_kl"].append(float(kl.detach()) / count)
-            metrics["distill_ce"].append(float(ce.detach()) / count)
+            loss = self._per_token((1 - kl_weight) * ce + kl_weight * temperature**2 * kl, n, num_items_in_batch)
+            metrics = compat.count_trained_tokens(self, self._trained_tokens(inputs))  # as SFTTrainer does
+            gather = self.accelerator.gather_for_metrics
+            count = max(int(gather(n).sum()), 1)
+            metrics["distill_kl"].append(float(gather(kl.detach()).sum()) / count)
+            metrics["distill_ce"].append(float(gather(ce.detach()).sum()) / count)
             return loss
 
     return KLTrainer
@@ -114,3 +110,46 @@ def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_wei
     vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
     model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
     return kl_trainer_class(model, vocab, temperature, kl_weight)
+
+
+@dataclass(frozen=True)
+class TeacherLoss:
+    """``distill.mode: logits`` in the train stage: the teacher folder, its identity and the
+    KL term's settings."""
+
+    teacher: Path
+    identity: str
+    temperature: float
+    kl_weight: float
+
+    def key(self) -> dict[str, str]:
+        """What it adds to the checkpoints' run key: the loss depends on the teacher and its settings."""
+        return {"teacher": self.identity, "distill": f"{self.temperature}/{self.kl_weight}"}
+
+    def info(self) -> dict[str, Any]:
+        """What training.json records of it."""
+        return {"distill": {"mode": "logits", "teacher": self.identity,
+                            "temperature": self.temperature, "kl_weight": self.kl_weight}}
+
+    def trainer_class(self, loaded: Any) -> type:
+        """``train_adapter``'s trainer_class hook: :func:`teacher_trainer`."""
+        return teacher_trainer(self.teacher, loaded, self.temperature, self.kl_weight)
+
+
+def teacher_loss(
+    enabled: bool, mode: str, teacher: Path, temperature: float, kl_weight: float, launcher: str
+) -> TeacherLoss | None:
+    """The train stage's :class:`TeacherLoss` when distillation is on in logits mode (the
+    ``distill`` params and `teacher`, data/distill/model), else None.
+
+    Raises:
+        RepotuneError: logits mode with ``train.launcher`` other than none (the teacher runs
+            beside the student, in one process).
+    """
+    if not (enabled and mode == "logits"):
+        return None
+    if launcher != "none":
+        raise RepotuneError(
+            "distill.mode: logits trains in one process (the teacher runs beside the student); set train.launcher: none"
+        )
+    return TeacherLoss(teacher, model_identity(teacher), temperature, kl_weight)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from repotune import atomic, checkpoints, compat
 from repotune.errors import RepotuneError
+from repotune.modeling import peak_memory_mib
 from repotune.prompts import Prompter
 from repotune.tasks import resolved_training
 from repotune.trainer_setup import Loaded, build_trainer, divergence_watch, live_callback, load_for_training, packs_apart
@@ -203,10 +204,6 @@ def save_adapter(trainer: Any, tokenizer: Any, out: Path, info: dict[str, Any]) 
         atomic.write_json(tmp / "training.json", info)
 
 
-def library_versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in VERSIONED}
-
-
 @dataclass(frozen=True)
 class Outputs:
     """Where :func:`train_adapter` writes.
@@ -381,3 +378,23 @@ def train_adapter(
         if outputs.live is not None and trainer.is_world_process_zero():
             atomic.replace_folder(scratch / "live", outputs.live)
     return {**results, **timing, "lr": train.lr}
+
+
+def write_not_run(outputs: Outputs, checkpoints_root: Path, metrics: Path, reason: str) -> None:
+    """What a train stage that has nothing to train on writes (train_rag without retrieval): a
+    disabled marker for the adapter, no checkpoints, and ``{"enabled": false}`` metrics, why."""
+    atomic.write_disabled(outputs.adapter, reason)
+    checkpoints.finish(checkpoints_root)
+    atomic.write_json(metrics, {"enabled": False, "reason": reason})
+
+
+def write_metrics(metrics: Path, results: dict[str, Any], context: str = "none") -> None:
+    """metrics/train.json: the :data:`METRIC_KEYS` of :func:`train_adapter`'s `results`, the
+    prompts' context and how many samples it cut (train_rag), and the process's peak memory."""
+    context_keys = {"context": context, "samples_context_cut": results["samples_context_cut"]} if context != "none" else {}
+    atomic.write_json(metrics, {**{key: results[key] for key in METRIC_KEYS}, **context_keys,
+                                "peak_memory_mib": peak_memory_mib()})
+    print(
+        f"train loss {results['train_loss']:.4f}, eval loss {results['eval_loss']}, "
+        f"{results['steps']} steps, {results['train_tokens_per_s']:.1f} train tokens/s"
+    )
