@@ -28,6 +28,7 @@ together and rank 0 alone writes the adapter, the curves, the metrics and the ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         files = {"train": args.train, "val": args.val, "accelerate_config": accelerate_config,
                  "context": contexts["train"] if rag else None, "val_context": contexts["val"] if rag else None}
         inputs = checkpoints.input_identities(args.base, files, **(teacher.key() if teacher else {}))
-        outputs = Outputs(outputs.adapter, outputs.live, checkpoints.run_folder(args.checkpoints, settings, inputs, main_process))
+        outputs = dataclasses.replace(outputs, checkpoints=checkpoints.run_folder(args.checkpoints, settings, inputs, main_process))
 
     results = train_adapter(
         args.base, train_records, val_records, outputs,

@@ -165,8 +165,10 @@ def trainer_class() -> type:
             mask = inputs.get("attention_mask")
             if mask is None:
                 positions = inputs["position_ids"]
-                mask = torch.ones(positions.size(1), dtype=torch.long, device=positions.device)
-            return int(self.accelerator.gather_for_metrics(mask.sum()).sum())
+                local = torch.tensor(positions.size(1), device=positions.device)
+            else:
+                local = mask.sum()
+            return int(self.accelerator.gather_for_metrics(local).sum())
 
         def _log_step(self, inputs: dict[str, Any], count: Any, entropy: Any, correct: Any) -> None:
             """What SFTTrainer.compute_loss logs: entropy and top-1 accuracy per completion

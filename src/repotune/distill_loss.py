@@ -104,14 +104,6 @@ def kl_trainer_class(teacher: Any, vocab_size: int, temperature: float, kl_weigh
     return KLTrainer
 
 
-def teacher_trainer(teacher: str | Path, loaded: Any, temperature: float, kl_weight: float) -> type:
-    """The KL trainer class with the teacher folder loaded beside the student (same device and
-    precision as `loaded`, a ``trainer_setup.Loaded``); refuses a teacher with another vocabulary."""
-    vocab = check_same_vocab(modeling.load_tokenizer(teacher), loaded.tokenizer, str(teacher), "models/base")
-    model = modeling.load_causal_lm(teacher, device=loaded.device, precision=loaded.precision)
-    return kl_trainer_class(model, vocab, temperature, kl_weight)
-
-
 @dataclass(frozen=True)
 class TeacherLoss:
     """``distill.mode: logits`` in the train stage: the teacher folder, its identity and the
@@ -132,8 +124,12 @@ class TeacherLoss:
                             "temperature": self.temperature, "kl_weight": self.kl_weight}}
 
     def trainer_class(self, loaded: Any) -> type:
-        """``train_adapter``'s trainer_class hook: :func:`teacher_trainer`."""
-        return teacher_trainer(self.teacher, loaded, self.temperature, self.kl_weight)
+        """``train_adapter``'s trainer_class hook: the KL trainer class with the teacher loaded
+        beside the student (same device and precision as `loaded`, a ``trainer_setup.Loaded``);
+        refuses a teacher with another vocabulary."""
+        vocab = check_same_vocab(modeling.load_tokenizer(self.teacher), loaded.tokenizer, str(self.teacher), "models/base")
+        model = modeling.load_causal_lm(self.teacher, device=loaded.device, precision=loaded.precision)
+        return kl_trainer_class(model, vocab, self.temperature, self.kl_weight)
 
 
 def teacher_loss(
