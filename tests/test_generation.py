@@ -185,7 +185,7 @@ def test_sampling_does_not_depend_on_batch_size(tiny):
     assert generate(model, tokenizer, PROMPTS, decoding(batch_size=3, seed=4, **options), progress=False).texts != three.texts
 
 
-def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path):
+def test_sampled_beams_and_sliding_window_models_use_model_generate(tiny, tmp_path):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -194,7 +194,11 @@ def test_beam_search_and_sliding_window_models_use_model_generate(tiny, tmp_path
     model, tokenizer = tiny
     assert supports(model)
     beams = generate(model, tokenizer, PROMPTS[:2], decoding(max_new_tokens=5, num_beams=2), progress=False)
-    assert beams.decode_steps == 0 and all(0 < n <= 5 for n in beams.new_tokens)
+    assert beams.decode_steps > 0 and all(0 < n <= 5 for n in beams.new_tokens)  # on the slots
+    sampled = generate(
+        model, tokenizer, PROMPTS[:2], decoding(max_new_tokens=5, num_beams=2, do_sample=True), progress=False
+    )
+    assert sampled.decode_steps == 0 and all(0 < n <= 5 for n in sampled.new_tokens)
 
     torch.manual_seed(0)
     config = MistralConfig(
@@ -240,3 +244,72 @@ def test_length_penalty_steers_beam_search_towards_longer_endings(tiny):
 
     short, long = lengths(-5.0), lengths(5.0)
     assert all(s <= n for s, n in zip(short, long)) and sum(long) > sum(short), (short, long)
+
+
+def _frequent_token(model, tokenizer) -> int:
+    """A token the model emits often after prompt 0's first tokens (made an end below, so that
+    beams end at different lengths)."""
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")
+    row = model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1] :].tolist()
+    return max(set(row[2:]), key=row.count)
+
+
+@pytest.mark.parametrize(
+    ("beams", "penalty", "ngram"), [(2, 1.0, 0), (4, -2.0, 2), (4, 2.0, 0)]
+)
+def test_beam_search_on_slots_equals_model_generate(tiny, beams, penalty, ngram):
+    """Beams on the slots (a prompt at a time, or two prompts sharing the steps while a third
+    waits for a slot) give exactly the tokens of transformers' beam search, one prompt at a
+    time: the same candidates, finished hypotheses, length penalty, early stop and n-gram
+    blocking."""
+    from repotune.generation import _eos_ids, _generate_padded
+
+    model, tokenizer = tiny
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = _frequent_token(model, tokenizer)
+    try:
+        options = {"max_new_tokens": 12, "num_beams": beams, "length_penalty": penalty, "no_repeat_ngram_size": ngram}
+        reference = _generate_padded(
+            model, tokenizer, PROMPTS, list(range(len(PROMPTS))),
+            decoding(temperature=1.0, top_p=1.0, batch_size=1, seed=0, **options),
+            Ending(_eos_ids(model, tokenizer), [], early=False, skip_leading_whitespace=True), on_done=lambda: None,
+        )
+        alone = generate(model, tokenizer, PROMPTS, decoding(batch_size=beams, **options), progress=False)
+        shared = generate(model, tokenizer, PROMPTS, decoding(batch_size=2 * beams + 1, **options), progress=False)
+    finally:
+        model.generation_config.eos_token_id = saved
+    expected = [tokenizer.decode(row, skip_special_tokens=True) for row in reference]
+    assert alone.raw_texts == shared.raw_texts == expected
+    assert alone.new_tokens == shared.new_tokens == [len(row) for row in reference]
+    assert 0 < shared.decode_steps < alone.decode_steps  # two searches shared the steps
+    if penalty == -2.0:
+        assert min(alone.new_tokens) < 12  # some beams really ended early
+
+
+def test_a_stop_ends_exactly_the_beam_that_holds_it(tiny):
+    """With beams on the slots, a candidate ends at the token that completes a stop sequence
+    (transformers' criteria would look at rows by position, which beams change every step)."""
+    import torch
+
+    from repotune.beam_search import generate_beams
+    from repotune.generation import _eos_ids, _processors
+    from repotune.stops import is_stopped
+
+    model, tokenizer = tiny
+    free = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=12, num_beams=3), progress=False)
+    text = free.raw_texts[2]
+    stop = [text[len(text) // 2 : len(text) // 2 + 2]]
+    settings = decoding(max_new_tokens=12, num_beams=3, stop=stop)
+    ending = Ending(_eos_ids(model, tokenizer), stop, early=True, skip_leading_whitespace=True)
+    with torch.inference_mode():
+        rows, _, _ = generate_beams(
+            model, tokenizer, tokenizer(PROMPTS)["input_ids"], range(len(PROMPTS)), settings, ending,
+            _processors(model, settings), on_done=lambda: None,
+        )
+    held = [is_stopped(tokenizer.decode(row, skip_special_tokens=True), stop) for row in rows]
+    assert any(held) and sum(map(len, rows)) < sum(free.new_tokens)
+    for row, holds in zip(rows, held, strict=True):
+        if holds:  # it ended at the token that completed the stop
+            assert not is_stopped(tokenizer.decode(row[:-1], skip_special_tokens=True), stop)
+        else:
+            assert len(row) == 12 or row[-1] in ending.eos_ids

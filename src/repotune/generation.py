@@ -6,7 +6,8 @@ own (no padding, so no wasted prefill compute), its keys and values are copied i
 slot, and the moment a row ends (EOS, a stop string, ``max_new_tokens``) its slot takes the
 next prompt. Nothing waits for the longest row of a batch, and the KV cache is one buffer
 allocated once (transformers' ``DynamicCache`` re-concatenates every layer's cache at every
-step: for 8 rows of ~470 tokens that copy was 69% of a decoding step here). Beam search and
+step: for 8 rows of ~470 tokens that copy was 69% of a decoding step here). Beam search runs
+on the same slots, ``num_beams`` a prompt (``repotune.beam_search``). Sampled beams and
 models whose cache is not plain full attention (sliding-window or linear-attention layers)
 use ``model.generate`` on length-sorted, left-padded batches instead.
 
@@ -214,15 +215,12 @@ class _Slots:
 
     def fill(self, slot: int) -> bool:
         """Prefill prompts into `slot` until one needs decoding; False when none is left."""
-        import torch
-        from transformers import DynamicCache
+        from repotune.slot_cache import prefill as prefill_prompt  # imports torch at its top
 
         for index in self.queue:
             start = time.perf_counter()
-            prefill = DynamicCache(config=self.model.config)
-            ids = torch.tensor([self.prompt_ids[index]], device=self.device)
-            logits = self.model(input_ids=ids, past_key_values=prefill, use_cache=True, logits_to_keep=1).logits
-            self.tokens[index].append(self.pick(logits[0, -1].float(), index))
+            prefill, logits = prefill_prompt(self.model, self.prompt_ids[index])
+            self.tokens[index].append(self.pick(logits, index))
             self.prefill_seconds += time.perf_counter() - start
             if self.finished(index):  # ended on its first token (EOS, or max_new_tokens 1)
                 self.on_done()
@@ -237,16 +235,8 @@ class _Slots:
 
     def step(self) -> None:
         """One decoding step over the active slots; ended rows hand their slot on."""
-        import torch
-
         n = self.cache.active
-        positions, mask = self.cache.step_inputs(self.model.dtype)
-        last = torch.tensor([self.tokens[i][-1] for i in self.slot_prompt[:n]], device=self.device)
-        logits = self.model(
-            input_ids=last[:, None], position_ids=positions, attention_mask=mask,
-            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1].float()
-        self.cache.advance()
+        logits = self.cache.decode(self.model, [self.tokens[i][-1] for i in self.slot_prompt[:n]])
         self.steps += 1
         # Plain greedy decoding needs no per-row processing: one argmax for all rows.
         greedy = logits.argmax(-1).tolist() if not self.processors and not self.decoding.do_sample else None
@@ -390,6 +380,28 @@ def _ending(
     return Ending(_eos_ids(model, tokenizer), stop, stop_early, skip_leading_whitespace)
 
 
+def _decode(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_ids: list[list[int]],
+    order: list[int], decoding: DecodingParams, ending: Ending, on_done,
+) -> tuple[list[list[int]], float, int]:
+    """The tokens of every prompt by the path that suits `decoding` and the model: greedy or
+    sampled rows on the slots, beam search on the slots, else ``model.generate``; with the
+    seconds of prefill and the decoding steps (0 where the path does not tell)."""
+    from repotune.slot_cache import supports  # imports torch at its top: only when generating
+
+    if not prompts:
+        return [], 0.0, 0
+    if decoding.num_beams == 1 and supports(model):
+        return _generate_continuous(model, tokenizer, prompt_ids, order, decoding, ending, on_done)
+    if not decoding.do_sample and supports(model):
+        from repotune.beam_search import generate_beams  # imports torch at its top
+
+        return generate_beams(
+            model, tokenizer, prompt_ids, order, decoding, ending, _processors(model, decoding), on_done
+        )
+    return _generate_padded(model, tokenizer, prompts, order, decoding, ending, on_done), 0.0, 0
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -416,7 +428,8 @@ def generate(
         prompts: the prompt texts.
         decoding: the resolved ``decoding`` params (see ``tasks.resolved_decoding``):
             max_new_tokens, do_sample, temperature and top_p (sampling only), num_beams (1 = no
-            beam search; beams use ``model.generate``, length_penalty), repetition_penalty (1.0 = none),
+            beam search; beams run on the slots, ``batch_size // num_beams`` prompts at once,
+            sampled beams on ``model.generate``; length_penalty), repetition_penalty (1.0 = none),
             no_repeat_ngram_size (0 = off), batch_size (continuous batching slots, or prompts
             per ``model.generate`` call), seed (sampling).
         stop: the stop sequences (the text is cut at the first one); None: ``decoding.stop``.
@@ -437,8 +450,6 @@ def generate(
     import torch
     from tqdm.auto import tqdm
 
-    from repotune.slot_cache import supports  # imports torch at its top: only when generating
-
     ending = _ending(model, tokenizer, decoding, stop, stop_early, skip_leading_whitespace)
     model.eval()
     start = time.perf_counter()
@@ -448,19 +459,11 @@ def generate(
     # Longest first: the first prefill shows the worst-case memory and time at once; ties keep
     # the original order, so the schedule (and the padded path's sampling) is deterministic.
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    prefill_seconds, steps = 0.0, 0
     with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
         with torch.inference_mode():
-            if not prompts:
-                tokens = []
-            elif decoding.num_beams == 1 and supports(model):
-                tokens, prefill_seconds, steps = _generate_continuous(
-                    model, tokenizer, prompt_ids, order, decoding, ending, on_done=lambda: bar.update(1)
-                )
-            else:
-                tokens = _generate_padded(
-                    model, tokenizer, prompts, order, decoding, ending, on_done=lambda: bar.update(1)
-                )
+            tokens, prefill_seconds, steps = _decode(
+                model, tokenizer, prompts, prompt_ids, order, decoding, ending, on_done=lambda: bar.update(1)
+            )
     raw = [tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
     if skip_leading_whitespace:
         texts = [truncate_at_stop(text, ending.stop) for text in raw]

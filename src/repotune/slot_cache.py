@@ -108,6 +108,22 @@ class SlotCache(Cache):
                 layer.values[target, :, :length] = layer.values[source, :, :length]
         self.lengths[target] = length
 
+    def reorder(self, targets: list[int], sources: list[int]) -> None:
+        """Slot ``targets[i]`` takes the sequence of slot ``sources[i]``, all at once (a
+        source may also be a target: beam search's new beams copy their parents)."""
+        pairs = [(target, source) for target, source in zip(targets, sources, strict=True) if target != source]
+        if not pairs:
+            return
+        device = self.lengths.device
+        target_rows = torch.tensor([target for target, _ in pairs], device=device)
+        source_rows = torch.tensor([source for _, source in pairs], device=device)
+        length = int(self.lengths[source_rows].max())
+        for layer in self.layers:
+            if layer.is_initialized:  # the right-hand sides are copies: sources are read first
+                layer.keys[target_rows, :, :length] = layer.keys[source_rows, :, :length]
+                layer.values[target_rows, :, :length] = layer.values[source_rows, :, :length]
+        self.lengths[target_rows] = self.lengths[source_rows]
+
     def step_inputs(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Position ids [active, 1] and additive attention mask [active, 1, 1, width] of a step.
 
@@ -128,3 +144,24 @@ class SlotCache(Cache):
     def advance(self) -> None:
         """Count the token every active slot has just cached."""
         self.lengths[: self.active] += 1
+
+    def decode(self, model: PreTrainedModel, last: list[int]) -> torch.Tensor:
+        """One decoding step of `model`: each active slot's `last` token in, the next-token
+        logits out ([active, vocab], float32); the step's keys and values are cached."""
+        positions, mask = self.step_inputs(model.dtype)
+        ids = torch.tensor(last, device=model.device)[:, None]
+        logits = model(
+            input_ids=ids, position_ids=positions, attention_mask=mask,
+            past_key_values=self, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1].float()
+        self.advance()
+        return logits
+
+
+def prefill(model: PreTrainedModel, prompt_ids: list[int]) -> tuple[Cache, torch.Tensor]:
+    """One prompt through `model` alone (no padding): its batch-1 cache, for
+    :meth:`SlotCache.load`, and the next-token logits ([vocab], float32)."""
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([prompt_ids], device=model.device)
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    return cache, logits[0, -1].float()
