@@ -298,3 +298,25 @@ def test_the_loss_bench_times_trls_kernel_and_the_shipped_loss_on_the_same_rows(
         assert run["loss_difference"] < 1e-4 and run["gradient_difference"] < 1e-6
     assert result["machine"]["logical_cores"] >= 1
     capsys.readouterr()
+
+
+def test_beam_search_bench_times_both_paths(tiny_model, tmp_path, capsys):
+    import beam_search
+
+    from repotune import atomic
+
+    split = tmp_path / "test.jsonl"
+    atomic.write_jsonl(split, tiny_records(4))
+    out = tmp_path / "beams.json"
+    beam_search.main([
+        "--model", str(tiny_model), "--prompts", str(split), "--samples", "3", "--num-beams", "2",
+        "--threads", "1", "--out", str(out),
+    ])
+    result = json.loads(out.read_text())
+    (runs,) = result["rounds"]
+    assert result["samples"] == 3 and set(runs) == {"greedy", "slots", "padded"}
+    assert runs["greedy"]["decode_steps"] > 0 and runs["slots"]["decode_steps"] > 0
+    assert runs["padded"]["decode_steps"] == 0  # model.generate's path does not count steps
+    assert all(run["generated_tokens"] > 0 and run["seconds"] > 0 for run in runs.values())
+    assert 0 <= result["same_texts_slots_padded"] <= 3
+    capsys.readouterr()

@@ -119,9 +119,10 @@ class SlotCache(Cache):
         source_rows = torch.tensor([source for _, source in pairs], device=device)
         length = int(self.lengths[source_rows].max())
         for layer in self.layers:
-            if layer.is_initialized:  # the right-hand sides are copies: sources are read first
-                layer.keys[target_rows, :, :length] = layer.keys[source_rows, :, :length]
-                layer.values[target_rows, :, :length] = layer.values[source_rows, :, :length]
+            if layer.is_initialized:
+                for buffer in (layer.keys, layer.values):
+                    filled = buffer[:, :, :length]  # a view; index_select copies the sources first
+                    filled.index_copy_(0, target_rows, filled.index_select(0, source_rows))
         self.lengths[target_rows] = self.lengths[source_rows]
 
     def step_inputs(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
