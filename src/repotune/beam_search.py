@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from repotune.slot_cache import SlotCache, prefill
-from repotune.stops import is_stopped
 
 if TYPE_CHECKING:
     from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
@@ -91,11 +90,10 @@ class BeamSlots:
         self.decoding, self.ending, self.processors, self.on_done = decoding, ending, processors, on_done
         self.width = decoding.num_beams
         self.keep = max(2, 1 + len(ending.eos_ids)) * self.width
-        self.stops = [s for s in ending.stop if s] if ending.early else []
         self.groups = max(1, decoding.batch_size // self.width)
-        capacity = max(len(prompt_ids[i]) for i in order) + decoding.max_new_tokens
-        layers = model.config.get_text_config().num_hidden_layers
-        self.cache = SlotCache(layers, self.groups * self.width, capacity, model.device)
+        self.cache = SlotCache.for_prompts(
+            model, self.groups * self.width, (len(prompt_ids[i]) for i in order), decoding.max_new_tokens
+        )
         self.searches: list[_Search] = []  # search g holds slots [g * width, (g + 1) * width)
         self.tokens: list[list[int]] = [[] for _ in prompt_ids]
         self.queue = iter(order)
@@ -108,13 +106,6 @@ class BeamSlots:
         while self.searches:
             self.step()
         return self.tokens
-
-    def _ends(self, tokens: list[int]) -> bool:
-        if tokens[-1] in self.ending.eos_ids or len(tokens) >= self.decoding.max_new_tokens:
-            return True
-        return bool(self.stops) and is_stopped(
-            self.tokenizer.decode(tokens, skip_special_tokens=True), self.stops, self.ending.skip_leading_whitespace
-        )
 
     def _processed(self, search: _Search, log_probs: torch.Tensor) -> torch.Tensor:
         """The processors' view of `log_probs` [beams, vocab]: each beam's prompt + tokens."""
@@ -140,7 +131,7 @@ class BeamSlots:
         for rank, (score, position) in enumerate(zip(top.tolist(), flat.tolist(), strict=True)):
             parent, token = divmod(position, vocab)
             tokens = search.beams[parent] + [token]
-            if not self._ends(tokens):
+            if not self.ending.reached(tokens, self.decoding.max_new_tokens, self.tokenizer):
                 going.append((score, parent, tokens))
                 continue
             ended.append((_NONE, parent, tokens))

@@ -165,6 +165,15 @@ class Ending:
     early: bool
     skip_leading_whitespace: bool
 
+    def reached(self, tokens: list[int], max_new_tokens: int, tokenizer: PreTrainedTokenizerBase) -> bool:
+        """Whether generated `tokens` end here: the last is an EOS id, there are
+        `max_new_tokens` of them, or (with `early`) their text holds a stop sequence."""
+        if tokens[-1] in self.eos_ids or len(tokens) >= max_new_tokens:
+            return True
+        return self.early and any(self.stop) and is_stopped(
+            tokenizer.decode(tokens, skip_special_tokens=True), self.stop, self.skip_leading_whitespace
+        )
+
 
 class _Slots:
     """One run of continuous batching over a :class:`~repotune.slot_cache.SlotCache` (see the
@@ -180,13 +189,11 @@ class _Slots:
         self.model, self.tokenizer, self.prompt_ids = model, tokenizer, prompt_ids
         self.decoding, self.ending, self.on_done = decoding, ending, on_done
         self.device = model.device
-        self.stops = [s for s in ending.stop if s] if ending.early else []
         self.processors = _processors(model, decoding)
         self.generators: dict[int, torch.Generator] = {}
         self.tokens: list[list[int]] = [[] for _ in prompt_ids]
-        capacity = max(len(prompt_ids[i]) for i in order) + decoding.max_new_tokens
-        self.cache = SlotCache(
-            model.config.get_text_config().num_hidden_layers, decoding.batch_size, capacity, self.device
+        self.cache = SlotCache.for_prompts(
+            model, decoding.batch_size, (len(prompt_ids[i]) for i in order), decoding.max_new_tokens
         )
         self.slot_prompt: list[int] = []  # prompt index held by slot s, for s < cache.active
         self.queue = iter(order)
@@ -206,12 +213,7 @@ class _Slots:
         return int(torch.multinomial(scores.softmax(-1)[None], 1, generator=self.generators[index]))
 
     def finished(self, index: int) -> bool:
-        row = self.tokens[index]
-        if row[-1] in self.ending.eos_ids or len(row) >= self.decoding.max_new_tokens:
-            return True
-        return bool(self.stops) and is_stopped(
-            self.tokenizer.decode(row, skip_special_tokens=True), self.stops, self.ending.skip_leading_whitespace
-        )
+        return self.ending.reached(self.tokens[index], self.decoding.max_new_tokens, self.tokenizer)
 
     def fill(self, slot: int) -> bool:
         """Prefill prompts into `slot` until one needs decoding; False when none is left."""
@@ -252,7 +254,7 @@ class _Slots:
             if not self.fill(slot):
                 last_slot = len(self.slot_prompt) - 1
                 if slot != last_slot:
-                    self.cache.move(last_slot, slot)
+                    self.cache.reorder([slot], [last_slot])
                     self.slot_prompt[slot] = self.slot_prompt[last_slot]
                 self.slot_prompt.pop()
         self.cache.active = len(self.slot_prompt)

@@ -15,6 +15,8 @@ top: import it inside functions (see ``repotune.generation``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from transformers import PreTrainedModel
 
@@ -87,6 +89,15 @@ class SlotCache(Cache):
         self.width = 0  # key/value columns the current step attends over
         super().__init__(layers=[_SlotLayer(self) for _ in range(num_layers)])
 
+    @classmethod
+    def for_prompts(
+        cls, model: PreTrainedModel, batch: int, prompt_lengths: Iterable[int], max_new_tokens: int
+    ) -> SlotCache:
+        """`batch` slots for `model`, each long enough for the longest of `prompt_lengths` plus
+        `max_new_tokens`, on the model's device."""
+        capacity = max(prompt_lengths) + max_new_tokens
+        return cls(model.config.get_text_config().num_hidden_layers, batch, capacity, model.device)
+
     def load(self, slot: int, prefill: Cache) -> None:
         """Copy the keys and values of one prefilled sequence (a batch-1 cache) into `slot`."""
         length = prefill.layers[0].keys.shape[-2]
@@ -98,15 +109,6 @@ class SlotCache(Cache):
             layer.keys[slot, :, :length] = source.keys[0]
             layer.values[slot, :, :length] = source.values[0]
         self.lengths[slot] = length
-
-    def move(self, source: int, target: int) -> None:
-        """Copy the sequence of slot `source` into slot `target` (to keep active slots first)."""
-        length = int(self.lengths[source])
-        for layer in self.layers:
-            if layer.is_initialized:
-                layer.keys[target, :, :length] = layer.keys[source, :, :length]
-                layer.values[target, :, :length] = layer.values[source, :, :length]
-        self.lengths[target] = length
 
     def reorder(self, targets: list[int], sources: list[int]) -> None:
         """Slot ``targets[i]`` takes the sequence of slot ``sources[i]``, all at once (a
