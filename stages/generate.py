@@ -1,7 +1,8 @@
 """Stage `generate`: one system's outputs on every evaluation (set x prompt template).
 
 A system is one entry of params.yaml `generate.systems` (dvc.yaml runs generate@<name> for
-each): the model folder it runs, the context it sees and its prompt kind.
+each): the model folder it runs, the context it sees, its prompt kind, and per task the
+`decoding` keys it uses instead of the section's (the fine-tuned systems: 4 beams on docstrings).
 
 Reads:  the system's model folder (models/base, models/merged, models/merged_rag,
         data/distill/model), data/split/test.jsonl, data/ood.jsonl (when it has samples),

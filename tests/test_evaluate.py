@@ -247,7 +247,8 @@ def test_systems_are_named_in_params_and_the_roles_follow_their_models(tmp_path)
     assert head["delta_exact_match"] == 75.0 and head["delta_plain_again_exact_match"] == 0
     report = (tmp_path / "metrics/report.md").read_text()
     assert report.startswith("# Evaluation, task `docstring`: plain vs tuned vs plain_again\n")
-    assert "Every system gets the same decoding, and the same prompts. Differences are taken against plain:" in report
+    assert ("Every system gets the same decoding (Settings, below), and the same prompts. Differences are taken "
+            "against plain:") in report
 
     # A system listed but disabled (its folder says so) is left out; the reference must be one left.
     atomic.write_json(tmp_path / "data/generations/plain/system.json", {"enabled": False, "reason": "test"})
@@ -284,6 +285,26 @@ def test_the_chat_baseline_asks_through_the_chat_template_or_says_why_not(tmp_pa
     run_generate(tmp_path, params, "base", chatty)
     base_rows = atomic.read_jsonl(tmp_path / "data/generations/base/test.plain.jsonl")
     assert all(c["prompt_tokens"] > b["prompt_tokens"] + 20 for c, b in zip(rows, base_rows))
+
+
+def test_a_system_with_decoding_of_its_own_decodes_with_it_and_the_report_says_so(tmp_path, lively_model):
+    atomic.write_jsonl(tmp_path / "data/split/test.jsonl", records(4))
+    beams = {"docstring": {"num_beams": 2, "length_penalty": 2.0}, "completion": {"num_beams": 3}}
+    params = write_params(tmp_path, decoding={"max_new_tokens": 5, "batch_size": 4}, generate={"systems": {
+        "base": {"model": "models/base"}, "finetuned": {"model": "models/merged", "decoding": beams}}})
+    for system in ("base", "finetuned"):
+        run_generate(tmp_path, params, system, lively_model)
+    applied = {s: json.loads((tmp_path / f"metrics/generate/{s}.json").read_text())["decoding"]
+               for s in ("base", "finetuned")}
+    # The task's keys in place (not the completion ones), the rest from decoding.
+    assert (applied["finetuned"]["num_beams"], applied["finetuned"]["length_penalty"]) == (2, 2.0)
+    assert (applied["base"]["num_beams"], applied["base"]["length_penalty"]) == (1, 1.0)
+    assert applied["finetuned"]["max_new_tokens"] == applied["base"]["max_new_tokens"] == 5
+    rows = atomic.read_jsonl(tmp_path / "data/generations/finetuned/test.plain.jsonl")
+    assert len(rows) == 4 and all(r["new_tokens"] <= 5 for r in rows)
+    report = (run_evaluate(tmp_path, params) / "report.md").read_text()
+    assert "Every system gets the same decoding (Settings, below) but for finetuned (num_beams 2, " \
+           "length_penalty 2.0), and the same prompts." in report
 
 
 def test_chat_answers_are_unwrapped_by_the_task():

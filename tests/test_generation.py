@@ -174,6 +174,32 @@ def test_a_row_ending_at_eos_counts_it_and_frees_its_slot(tiny):
     assert all(0 < n <= 6 for n in ended.new_tokens)  # the freed slot served the other prompts
 
 
+def test_a_special_token_ends_the_output_like_eos(tiny):
+    """A chat turn's start, a file separator...: what follows a special token is not the answer
+    (beams found "A TCP client.\\n<|im_start|>assistant\\nYou can use ..."); greedy and beams end there."""
+    import copy
+
+    model, tokenizer = tiny
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")
+    row = model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids["input_ids"].shape[1] :].tolist()
+    marked = copy.deepcopy(tokenizer)
+    marked.add_special_tokens({"additional_special_tokens": [marked.convert_ids_to_tokens(row[2])]})
+    assert len(marked) == len(tokenizer) and row[2] in marked.all_special_ids  # the same token, now special
+    free = generate(model, tokenizer, PROMPTS[:1], decoding(max_new_tokens=6), progress=False)
+    ended = generate(model, marked, PROMPTS[:1], decoding(max_new_tokens=6), progress=False)
+    assert free.new_tokens == [6] and ended.new_tokens == [row.index(row[2]) + 1]
+    # Beams end there as at an EOS id: the same outputs as with the token made the model's EOS.
+    beams = generate(model, marked, PROMPTS, decoding(max_new_tokens=6, num_beams=2), progress=False)
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [saved, row[2]]
+    try:
+        as_eos = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=6, num_beams=2), progress=False)
+    finally:
+        model.generation_config.eos_token_id = saved
+    plain = generate(model, tokenizer, PROMPTS, decoding(max_new_tokens=6, num_beams=2), progress=False)
+    assert beams.new_tokens == as_eos.new_tokens != plain.new_tokens
+
+
 def test_sampling_does_not_depend_on_batch_size(tiny):
     model, tokenizer = tiny
     options = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.0, "top_p": 0.95}

@@ -285,8 +285,11 @@ def test_generate_systems_are_a_named_mapping_with_defaults_per_system():
     p = params.parse({"source": {"url": "."}})
     assert list(p.generate.systems) == ["base", "base_chat", "finetuned", "base_prefix", "base_rag", "finetuned_rag"]
     assert p.generate.systems["base_chat"] == params.SystemParams(model="models/base", context="none", prompt="chat")
+    beams = {"docstring": params.DecodingOverride(num_beams=4, length_penalty=1.5)}
     assert p.generate.systems["finetuned_rag"] == params.SystemParams(
-        model="models/merged_rag", context="retrieval", prompt="trained", enabled="with_retrieval")
+        model="models/merged_rag", context="retrieval", prompt="trained", enabled="with_retrieval", decoding=beams)
+    # The fine-tuned systems decode docstrings with beams of their own; the base ones as `decoding` says.
+    assert p.generate.systems["finetuned"].decoding == beams and p.generate.systems["base"].decoding == {}
     two = params.parse({"source": {"url": "."}, "generate": {"systems": {
         "finetuned": {"model": "models/merged"}, "base2": {"model": "models/base", "prompt": "trained"}}}})
     assert list(two.generate.systems) == ["finetuned", "base2"]  # the order written, the report's
@@ -307,13 +310,40 @@ def test_generate_systems_problems_name_the_key():
         "model), models/merged (the fine-tuned model), models/merged_rag (fine-tuned with retrieved context; needs "
         "retrieval.enabled) or data/distill/model (the distill teacher), got 'base'",
         "params.yaml: generate.systems.Big-One.prompt must be 'trained' or 'chat', got 'fancy'",
-        "params.yaml: generate.systems.Big-One.seed is not a known key (valid keys: model, context, prompt, enabled)",
+        "params.yaml: generate.systems.Big-One.seed is not a known key (valid keys: model, context, prompt, enabled, "
+        "decoding)",
         "params.yaml: generate.systems.odd.context must be 'none', 'retrieval' or 'prefix', got 'graph'",
         "params.yaml: generate.systems.plain: enabled is with_retrieval, but the system needs nothing retrieval "
         "makes (context none, model models/base): use true or false",
     ]
     with pytest.raises(ParamsError, match=r"^params.yaml: generate.systems.x.model is required$"):
         params.parse({"source": {"url": "."}, "generate": {"systems": {"x": {"prompt": "chat"}}}})
+
+
+def test_a_system_decodes_a_task_with_keys_of_its_own_and_the_rest_from_decoding():
+    tuned = {"model": "models/merged", "decoding": {"docstring": {"num_beams": 4, "length_penalty": 1.5}}}
+    p = params.parse({"source": {"url": "."}, "decoding": {"max_new_tokens": 40, "num_beams": 2},
+                      "generate": {"systems": {"base": {"model": "models/base"}, "tuned": tuned}}})
+    tuned_params, base = p.generate.systems["tuned"], p.generate.systems["base"]
+    docstring = tuned_params.decoding_for(p.decoding, "docstring")
+    assert (docstring.num_beams, docstring.length_penalty, docstring.max_new_tokens) == (4, 1.5, 40)
+    # Another task, or a system with no keys of its own: decoding as it is.
+    assert tuned_params.decoding_for(p.decoding, "completion") == p.decoding == base.decoding_for(p.decoding, "docstring")
+    # A key left null keeps decoding's (the task's default stays reachable through decoding).
+    assert tuned_params.decoding["docstring"].no_repeat_ngram_size is None
+    with pytest.raises(ParamsError) as info:
+        params.parse({"source": {"url": "."}, "generate": {"systems": {"tuned": {
+            "model": "models/merged", "decoding": {"docstring": {"num_beams": 0, "beams": 2}}}}}})
+    assert str(info.value).splitlines() == [
+        "params.yaml: generate.systems.tuned.decoding.docstring.num_beams must be greater than 0, got 0",
+        "params.yaml: generate.systems.tuned.decoding.docstring.beams is not a known key (valid keys: "
+        "max_new_tokens, do_sample, temperature, top_p, num_beams, length_penalty, repetition_penalty, "
+        "no_repeat_ngram_size, batch_size, stop, seed)",
+    ]
+    with pytest.raises(ParamsError, match=r"^params.yaml: generate.systems.tuned.decoding.poetry: 'poetry' is not a "
+                                          r"task \(tasks: docstring, completion, method_name\)$"):
+        params.parse({"source": {"url": "."}, "generate": {"systems": {"base": {"model": "models/base"}, "tuned": {
+            "model": "models/merged", "decoding": {"poetry": {"num_beams": 2}}}}}})
 
 
 def test_a_system_that_needs_retrieval_runs_with_retrieval_enabled_or_says_with_retrieval():

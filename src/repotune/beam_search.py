@@ -133,6 +133,8 @@ class BeamSlots:
             tokens = search.beams[parent] + [token]
             if not self.ending.reached(tokens, self.decoding.max_new_tokens, self.tokenizer):
                 going.append((score, parent, tokens))
+                if len(going) == self.width:  # the beams are full; later ranks can be neither
+                    break
                 continue
             ended.append((_NONE, parent, tokens))
             if rank < self.width and search.improvable:

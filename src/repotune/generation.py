@@ -132,11 +132,15 @@ def _count_new_tokens(row: list[int], eos_ids: set[int], stopped_at: int | None)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokens that end an output: the model's and the tokenizer's EOS, and every other
+    special token of the tokenizer (a chat turn's start, a file separator, ...). The decoded
+    text drops special tokens, so what follows one is a new turn or file, not the answer: beam
+    search found "A TCP client.\n<|im_start|>assistant\nYou can use ..." where greedy ends."""
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    return ids
+    return ids | set(tokenizer.all_special_ids)
 
 
 def _processors(model: PreTrainedModel, decoding: DecodingParams):

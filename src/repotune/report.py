@@ -11,12 +11,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repotune.degenerate import CHECKS
 from repotune.evaluation import Scored, gain_kept
 from repotune.atomic import atomic_path, read_json
 from repotune.metrics import METRICS
+
+if TYPE_CHECKING:
+    from repotune.params import SystemParams
 
 # The reference system grey, the others in Tableau colours.
 PALETTE = ["#9d9d9d", "#4c78a8", "#f58518", "#54a24b", "#e45756"]
@@ -518,6 +521,16 @@ def _setup_lines(
     return lines
 
 
+def own_decoding_words(systems: Mapping[str, SystemParams], task_name: str) -> str:
+    """The systems that decode task `task_name` with keys of their own, in words
+    (``generate.systems.<name>.decoding.<task>``): "finetuned (num_beams 4, length_penalty 1.5)";
+    empty when none does."""
+    own = {name: s.decoding[task_name].model_dump(exclude_none=True) for name, s in systems.items()
+           if task_name in s.decoding and s.decoding[task_name].model_dump(exclude_none=True)}
+    return "; ".join(f"{name} ({', '.join(f'{key} {value}' for key, value in keys.items())})"
+                     for name, keys in own.items())
+
+
 # long: the report's sections in the order they are printed, each a few lines over helpers
 # that do the work; read top to bottom it is the report's outline.
 def render_report(
@@ -551,13 +564,16 @@ def render_report(
     prompt_of = {s: systems[s].prompt if s in systems else "trained" for s in systems_listed}
     chat = [s for s in systems_listed if prompt_of[s] == "chat"]
     level = f"{round(confidence * 100)}%"
+    own_decoding = own_decoding_words(systems, task_name)
     lines = [
         f"# Evaluation, task `{task_name}`: " + " vs ".join(systems_listed),
         "",
         *(_setup_lines(evaluations, sample_metric, reference, confidence, setup, stage_metrics.get("train"))
           + [""] if setup is not None else []),
         *[f"> **Warning:** {warning}\n" for warning in warnings],
-        "Every system gets the same decoding, and the same prompts"
+        "Every system gets the same decoding (Settings, below)"
+        + (f" but for {own_decoding}" if own_decoding else "")
+        + ", and the same prompts"
         + (f" but for {', '.join(chat)} ({PROMPT_WORDS['chat']}). " if chat else ". ")
         + "Differences are taken against "
         f"{reference}: {level} paired bootstrap intervals ({resamples} resamples of the "

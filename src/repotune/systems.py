@@ -144,7 +144,8 @@ def generate_outputs(
     """Generate `system`'s (``generate.systems.<name>``) outputs with `model` on every evaluation
     of `sets` (their context already rendered) and write them to the folder `out` (replaced
     whole, atomically); return the entry of metrics/generate/<name>.json: the system, the device,
-    precision and decoding as applied (the task's defaults filled in), the stops, and per
+    precision and decoding as applied (the system's own keys for the task in place, the task's
+    defaults filled in), the stops, and per
     evaluation :func:`write_outputs`' summary.
 
     The rest are params: ``task.name`` and its ``extract`` section, ``prompt``,
@@ -152,7 +153,7 @@ def generate_outputs(
     `max_length` (``retrieval.max_length`` for a system with context, else ``train.max_length``),
     which keeps room for ``max_new_tokens``."""
     module = task(task_name)
-    applied = resolved_decoding(decoding, task_name)
+    applied = resolved_decoding(system.decoding_for(decoding, task_name), task_name)
     chat = system.prompt == "chat"
     prompts, cut, context_cut = system_prompts(
         task_name, prompt, templates, system, module.CHAT_PROMPT, sets, tokenizer,
