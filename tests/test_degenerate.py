@@ -9,6 +9,7 @@ from repotune.degenerate import (
     echoes_input,
     is_empty,
     ngram_loop,
+    nests_markup,
     repeats_line,
     repeats_phrase,
     summarise,
@@ -171,6 +172,7 @@ def test_summarise_counts_by_hand() -> None:
         "repeats_phrase_pct": 0.0,  # no 6 words twice anywhere
         "empty_pct": 25.0,
         "echoes_input_pct": 25.0,
+        "nests_markup_pct": 0.0,
         "wrong_kind_pct": 25.0,
         "degenerate_pct": 100.0,  # output 1 (wrong kind), 2, 3 and 4
         "output_chars_mean": 25.5,  # (27 + 0 + 26 + 49) / 4
@@ -241,3 +243,16 @@ def test_uses_markup(text, expected):
 def test_summarise_reports_markup_of_outputs_and_references():
     summary = summarise(["Return C{x}.", "Return x.", "Return y."], ["Return C{x}.", "Use L{y}.", "No."], ["", "", ""])
     assert summary["markup_pct"] == round(100 / 3, 4) and summary["reference_markup_pct"] == round(200 / 3, 4)
+
+
+def test_nests_markup_catches_markup_opened_inside_markup() -> None:
+    # Seen in beam-searched Twisted summaries of the 135M adapter; no reference has them.
+    assert nests_markup("A L{Cooperator} is a L{L{Deferred}} with a list.")
+    assert nests_markup("The server will respond with a C{L{C{User}}} message.")
+    assert nests_markup("This L{TaskT{TaskResultT}} is a task.")  # not at the opener: still inside
+    assert nests_markup("See {@link Foo {@code bar}}.")
+    # Markup side by side, closed before the next opens, and braces that are not markup.
+    assert not nests_markup("Return a L{Deferred} that fires with C{None}.")
+    assert not nests_markup("See {@link Foo} and {@code bar}.")
+    assert not nests_markup("Format the {name: value} mapping as C{key=value}.")
+    assert not nests_markup("L{Foo}{bar}")  # closed before the next brace opens

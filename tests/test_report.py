@@ -23,7 +23,7 @@ def _diff(delta: float, low: float, high: float, p: float, significant: bool) ->
 
 def _degenerate(ngram: float, wrong: float) -> dict:
     return {"repeats_line_pct": 0.0, "ngram_loop_pct": ngram, "repeats_phrase_pct": 0.0, "empty_pct": 0.0,
-            "echoes_input_pct": 0.0, "wrong_kind_pct": wrong, "degenerate_pct": max(ngram, wrong),
+            "echoes_input_pct": 0.0, "nests_markup_pct": 0.0, "wrong_kind_pct": wrong, "degenerate_pct": max(ngram, wrong),
             "output_tokens_mean": 12.3, "reference_tokens_mean": 10.0, "length_ratio": 1.23,
             "markup_pct": 0.0, "reference_markup_pct": 100 / 3}
 
@@ -115,10 +115,10 @@ def test_verdict_of_a_worse_system_and_setup_lines_name_the_run():
 
 def test_degenerate_table_one_row_per_evaluation_and_system():
     lines = report._degenerate_table([evaluation()])
-    assert lines[1] == "|---|---" + "|---:" * 10 + "|"
+    assert lines[1] == "|---|---" + "|---:" * 11 + "|"
     assert lines[2:] == [
-        "| test · plain | base | 0.0% | 33.3% | 0.0% | 0.0% | 0.0% | 66.7% | 66.7% | 12.3 (10.0) | 1.23 | 0.0% (33.3%) |",
-        "| test · plain | finetuned | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 12.3 (10.0) | 1.23 | 0.0% (33.3%) |",
+        "| test · plain | base | 0.0% | 33.3% | 0.0% | 0.0% | 0.0% | 0.0% | 66.7% | 66.7% | 12.3 (10.0) | 1.23 | 0.0% (33.3%) |",
+        "| test · plain | finetuned | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 12.3 (10.0) | 1.23 | 0.0% (33.3%) |",
     ]
 
 

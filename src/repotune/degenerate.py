@@ -1,5 +1,5 @@
 """Degenerate-output checks: repeated lines, n-gram loops, repeated phrases, empty outputs, echoed
-input, outputs of the wrong kind.
+input, markup nested in markup, outputs of the wrong kind.
 
 Pure functions on one model output (and its input where needed), plus :func:`summarise`, the
 shares and lengths a benchmark report shows next to the scores. Texts are compared as written
@@ -37,6 +37,12 @@ Rules and defaults, chosen from the shapes real degenerate outputs take:
   ``ECHO_MIN_LINES`` (2) lines or ``ECHO_MIN_CHARS`` (40) characters together, so that one short
   coincidental line (``return result``) is not an echo.
 
+- :func:`nests_markup`: inline markup opened inside another before it closes: an epytext
+  ``X{`` holding another ``{`` (``L{L{bool}}``, ``C{L{C{User}}}``, ``L{TaskT{Result}}``), or a
+  Javadoc ``{@tag`` holding another ``{@``. Calibrated on real references: 1 of 4,512 Twisted
+  summaries (a literal of delimiters, ``C{"(),/:;<=>?@[\\]{}"}``), 0 of 170 jinja2 ones. Seen
+  in the longer outputs of a small fine-tuned model (4 beams favouring length: 7 of 150
+  Twisted test outputs, greedy 1), which no other check flags.
 - ``wrong_kind``: not the kind of output the task asks for (code where a docstring is asked,
   prose where a name or a line of code is): each task's own rule (``wrong_kind`` and
   ``WRONG_KIND`` of its module), handed to :func:`summarise` as one flag per output.
@@ -79,8 +85,9 @@ CHECKS: dict[str, str] = {
         "% of outputs whose substantial lines are >= half copied verbatim from the input "
         "(>= 2 lines or >= 40 characters copied)"
     ),
+    "nests_markup_pct": "% of outputs with inline markup opened inside another before it closes (L{L{x}}, {@link {@code x}})",
     "wrong_kind_pct": "% of outputs not of the kind the task asks for (the task's own rule, stated below)",
-    "degenerate_pct": "% of outputs flagged by at least one of the six checks above",
+    "degenerate_pct": "% of outputs flagged by at least one of the seven checks above",
     "output_chars_mean": "mean output length in characters, surrounding whitespace stripped",
     "output_tokens_mean": "mean output length in whitespace-separated tokens",
     "reference_chars_mean": "mean reference length in characters, surrounding whitespace stripped",
@@ -172,6 +179,17 @@ _MARKUP = re.compile(
 )
 
 
+_NESTED_MARKUP = re.compile(
+    r"\b[A-Z]\{[^{}\n]*\{"  # an epytext markup holding another opening brace
+    r"|\{@\w+[^{}\n]*\{@"  # a Javadoc inline tag holding another
+)
+
+
+def nests_markup(text: str) -> bool:
+    """True when inline markup is opened inside another before it closes (see the module docstring)."""
+    return _NESTED_MARKUP.search(text) is not None
+
+
 def uses_markup(text: str) -> bool:
     """True when `text` holds inline documentation markup (see the module docstring)."""
     return _MARKUP.search(text) is not None
@@ -213,6 +231,7 @@ def summarise(
         "echoes_input_pct": [
             echoes_input(out, src) for out, src in zip(outputs, inputs, strict=True)
         ],
+        "nests_markup_pct": [nests_markup(out) for out in outputs],
         "wrong_kind_pct": [bool(flag) for flag in wrong_kind],
     }
     flags["degenerate_pct"] = [any(row) for row in zip(*flags.values())]

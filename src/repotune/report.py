@@ -359,9 +359,9 @@ def _context_split_table(split: Mapping[str, Any], confidence: float, result: Ma
 
 def _degenerate_table(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     shares = ["repeats_line_pct", "ngram_loop_pct", "repeats_phrase_pct", "empty_pct", "echoes_input_pct",
-              "wrong_kind_pct", "degenerate_pct"]
+              "nests_markup_pct", "wrong_kind_pct", "degenerate_pct"]
     head = ["evaluation", "system", "repeats a line", "n-gram loop", "repeats a phrase", "empty", "echoes input",
-            "wrong kind", "any",
+            "markup in markup", "wrong kind", "any",
             "mean tokens (reference)", "length ratio", "uses markup (reference)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     for ev in evaluations:
