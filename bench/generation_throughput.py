@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = load_causal_lm(args.model)
         prepack_linears(model, batch_size)
         # Warm-up (not timed): the first calls pay for thread-pool start and allocations.
-        # No repetition penalty, no n-gram blocking: the neutral values, as before DecodingParams.
-        plain = DecodingParams(repetition_penalty=1.0, no_repeat_ngram_size=0)
+        # No repetition penalty, no n-gram blocking, no markup guard: the neutral values, as before DecodingParams.
+        plain = DecodingParams(repetition_penalty=1.0, no_repeat_ngram_size=0, markup_guard=False)
         generate(model, tokenizer, prompts[:2], plain.model_copy(update={"max_new_tokens": 4, "batch_size": 2}),
                  stop=[], progress=False)
         for early in stop_early:

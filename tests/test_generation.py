@@ -20,7 +20,7 @@ PROMPTS = [
 def decoding(**settings) -> DecodingParams:
     """Decoding params resolved as a task resolves them (no repetition penalty, no n-gram
     blocking), greedy and without stops unless `settings` say otherwise."""
-    return DecodingParams(**{"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "stop": [], **settings})
+    return DecodingParams(**{"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "markup_guard": False, "stop": [], **settings})
 
 
 # --- stop sequences and token counting ---------------------------------------------------
@@ -330,7 +330,7 @@ def test_a_stop_ends_exactly_the_beam_that_holds_it(tiny):
     with torch.inference_mode():
         rows, _, _ = generate_beams(
             model, tokenizer, tokenizer(PROMPTS)["input_ids"], range(len(PROMPTS)), settings, ending,
-            _processors(model, settings), on_done=lambda: None,
+            _processors(model, settings, tokenizer), on_done=lambda: None,
         )
     held = [is_stopped(tokenizer.decode(row, skip_special_tokens=True), stop) for row in rows]
     assert any(held) and sum(map(len, rows)) < sum(free.new_tokens)

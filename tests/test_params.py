@@ -338,7 +338,7 @@ def test_a_system_decodes_a_task_with_keys_of_its_own_and_the_rest_from_decoding
         "params.yaml: generate.systems.tuned.decoding.docstring.num_beams must be greater than 0, got 0",
         "params.yaml: generate.systems.tuned.decoding.docstring.beams is not a known key (valid keys: "
         "max_new_tokens, do_sample, temperature, top_p, num_beams, length_penalty, repetition_penalty, "
-        "no_repeat_ngram_size, batch_size, stop, seed)",
+        "no_repeat_ngram_size, markup_guard, batch_size, stop, seed)",
     ]
     with pytest.raises(ParamsError, match=r"^params.yaml: generate.systems.tuned.decoding.poetry: 'poetry' is not a "
                                           r"task \(tasks: docstring, completion, method_name\)$"):

@@ -477,7 +477,7 @@ def test_every_task_owns_its_decoding_defaults_and_wrong_kind_rule():
     from repotune.tasks import TASKS, resolved_decoding
 
     for name, module in TASKS.items():
-        assert set(module.DECODING) == {"no_repeat_ngram_size", "repetition_penalty"}, name
+        assert set(module.DECODING) == {"no_repeat_ngram_size", "repetition_penalty", "markup_guard"}, name
         assert isinstance(module.WRONG_KIND, str) and module.WRONG_KIND, name
         assert callable(module.wrong_kind), name
     # Left null, the task decides: a 4-gram block for prose, none for code.
@@ -486,6 +486,10 @@ def test_every_task_owns_its_decoding_defaults_and_wrong_kind_rule():
     assert resolved_decoding(unset, "completion").no_repeat_ngram_size == 0
     assert resolved_decoding(unset, "method_name").no_repeat_ngram_size == 0
     assert {resolved_decoding(unset, t).repetition_penalty for t in TASKS} == {1.0}
+    # The markup guard for prose only: code opens braces after capitals (Foo{).
+    assert {t: resolved_decoding(unset, t).markup_guard for t in TASKS} == {
+        "docstring": True, "completion": False, "method_name": False}
+    assert resolved_decoding(DecodingParams(markup_guard=False), "docstring").markup_guard is False
     # Set explicitly, the user's value wins, even where it equals another task's default.
     explicit = DecodingParams(no_repeat_ngram_size=3, repetition_penalty=1.2, max_new_tokens=9)
     for name in TASKS:
@@ -515,7 +519,8 @@ def test_generation_refuses_unresolved_decoding(tiny_model):
     from repotune.generation import generate_from_folder
     from repotune.params import DecodingParams
 
-    with pytest.raises(ValueError, match="decoding.repetition_penalty, decoding.no_repeat_ngram_size unresolved"):
+    with pytest.raises(ValueError, match="decoding.repetition_penalty, decoding.no_repeat_ngram_size, "
+                                         "decoding.markup_guard unresolved"):
         generate_from_folder(tiny_model, {"x": ["a"]}, DecodingParams(), stop=[], skip_leading_whitespace=False,
                              device="cpu", precision="fp32")
 

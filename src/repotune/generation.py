@@ -143,10 +143,11 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     return ids | set(tokenizer.all_special_ids)
 
 
-def _processors(model: PreTrainedModel, decoding: DecodingParams):
+def _processors(model: PreTrainedModel, decoding: DecodingParams, tokenizer: PreTrainedTokenizerBase):
     """transformers' own logits processors for these options, as ``generate`` builds them from
     a ``GenerationConfig`` (repetition penalty, n-gram blocking; temperature and nucleus
-    warpers when sampling); empty for plain greedy decoding."""
+    warpers when sampling), after the markup guard when ``decoding.markup_guard``
+    (:mod:`repotune.markup_guard`); empty for plain greedy decoding."""
     from transformers import GenerationConfig
 
     sample = decoding.do_sample
@@ -155,7 +156,12 @@ def _processors(model: PreTrainedModel, decoding: DecodingParams):
         top_p=decoding.top_p if sample else None, top_k=None, repetition_penalty=decoding.repetition_penalty,
         no_repeat_ngram_size=decoding.no_repeat_ngram_size,
     )
-    return compat.logits_processors(model, config)
+    processors = compat.logits_processors(model, config)
+    if decoding.markup_guard:
+        from repotune.markup_guard import MarkupGuard  # imports torch at its top: only when generating
+
+        processors.insert(0, MarkupGuard(tokenizer))
+    return processors
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,7 @@ class _Slots:
         self.model, self.tokenizer, self.prompt_ids = model, tokenizer, prompt_ids
         self.decoding, self.ending, self.on_done = decoding, ending, on_done
         self.device = model.device
-        self.processors = _processors(model, decoding)
+        self.processors = _processors(model, decoding, tokenizer)
         self.generators: dict[int, torch.Generator] = {}
         self.tokens: list[list[int]] = [[] for _ in prompt_ids]
         self.cache = SlotCache.for_prompts(
@@ -326,6 +332,12 @@ def _generate_padded(
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": sorted(ending.eos_ids) or None,
     }
+    if decoding.markup_guard:
+        from transformers import LogitsProcessorList
+
+        from repotune.markup_guard import MarkupGuard  # imports torch at its top: only when generating
+
+        options["logits_processor"] = LogitsProcessorList([MarkupGuard(tokenizer)])
     if decoding.do_sample:
         options.update(temperature=decoding.temperature, top_p=decoding.top_p)
     else:
@@ -369,7 +381,8 @@ def check_resolved(decoding: DecodingParams) -> None:
     Raises:
         ValueError: naming the unresolved keys; never guess a default here.
     """
-    unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size") if getattr(decoding, key) is None]
+    unresolved = [key for key in ("repetition_penalty", "no_repeat_ngram_size", "markup_guard")
+                  if getattr(decoding, key) is None]
     if unresolved:
         raise ValueError(f"decoding.{', decoding.'.join(unresolved)} unresolved: pass tasks.resolved_decoding(...)")
 
@@ -403,7 +416,7 @@ def _decode(
         from repotune.beam_search import generate_beams  # imports torch at its top
 
         return generate_beams(
-            model, tokenizer, prompt_ids, order, decoding, ending, _processors(model, decoding), on_done
+            model, tokenizer, prompt_ids, order, decoding, ending, _processors(model, decoding, tokenizer), on_done
         )
     return _generate_padded(model, tokenizer, prompts, order, decoding, ending, on_done), 0.0, 0
 

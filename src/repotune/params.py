@@ -463,6 +463,9 @@ class DecodingParams(Section):
     # None = the task's own default (its DECODING: n-gram blocking for prose, none for code).
     repetition_penalty: float | None = Field(default=None, gt=0)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0)
+    # None = the task's own default: docstrings true (no inline markup opened inside open
+    # markup, repotune.markup_guard), code tasks false.
+    markup_guard: bool | None = None
     batch_size: int = Field(default=16, gt=0)
     stop: list[str] | None = None
     seed: int = 42

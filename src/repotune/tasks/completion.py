@@ -97,7 +97,7 @@ CHAT_PROMPT = None
 # (call chains, identifiers, argument lists), so no n-gram block and no repetition penalty:
 # a 4-gram block cut SmolLM2's exact match from 37 to 26 on click (Python) and from 29 to 15 on
 # react-native-screens (Kotlin), base and fine-tuned alike (docs/results.md, "Decoding per task").
-DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
+DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "markup_guard": False}
 # Training defaults for the `train` keys left null. lr 2e-4: at 1e-3 SmolLM2 fine-tuned on 160
 # react-native-screens windows lost edit similarity (-7.3 [-13.4, -0.7] against the base; 2e-4:
 # +0.4, n.s.) and 21% of its completions degenerated (2e-4: 7%).

@@ -81,7 +81,7 @@ CHAT_PROMPT = (
 # Decoding defaults for the `decoding` keys left null: a name is made of the identifiers of
 # its body, which a repetition penalty or an n-gram block over prompt + output would forbid
 # (measured on two libraries, the block changed 0-10 of 45-59 outputs and no score).
-DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
+DECODING = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "markup_guard": False}
 # Training defaults for the `train` keys left null. lr 1e-3: on rich (160 train functions, 20
 # updates) SmolLM2 went from sub-token F1 4.8 and 58% wrong-kind answers at 2e-4 to F1 18.8
 # [+11.0, +26.1 over the base] and none.
