@@ -526,9 +526,9 @@ def own_decoding_words(systems: Mapping[str, SystemParams], task_name: str) -> s
     (``generate.systems.<name>.decoding.<task>``): "finetuned (num_beams 4, length_penalty 1.5)";
     empty when none does."""
     own = {name: s.decoding[task_name].model_dump(exclude_none=True) for name, s in systems.items()
-           if task_name in s.decoding and s.decoding[task_name].model_dump(exclude_none=True)}
+           if task_name in s.decoding}
     return "; ".join(f"{name} ({', '.join(f'{key} {value}' for key, value in keys.items())})"
-                     for name, keys in own.items())
+                     for name, keys in own.items() if keys)
 
 
 # long: the report's sections in the order they are printed, each a few lines over helpers
